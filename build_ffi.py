@@ -1,0 +1,51 @@
+"""cffi builder: compiles the C core in csrc/ into ``xenmapcache._core``.
+
+The declarations handed to cffi are the public header's own text, between its
+``cdef-begin`` and ``cdef-end`` markers, so the binding cannot drift from the
+header; numeric ``#define``s become ``...`` so the compiler supplies their
+values.  The sources are the Makefile's ``SOURCES``: one list for both builds.
+"""
+
+import pathlib
+import re
+
+from cffi import FFI
+
+HERE = pathlib.Path(__file__).resolve().parent
+CSRC = "csrc"
+
+# Callbacks from C into Python (translate hooks, Python-side backends).
+CALLBACKS = """
+extern "Python" int _xmc_py_translate(void *, uint64_t, uint64_t, uint64_t *);
+"""
+
+
+def public_cdef() -> str:
+    header = (HERE / CSRC / "xenmapcache.h").read_text()
+    body = header.split("/* cdef-begin", 1)[1].split("/* cdef-end */", 1)[0]
+    body = body.split("*/", 1)[1]
+    return re.sub(r"^#define (\w+) .*$", r"#define \1 ...", body, flags=re.M)
+
+
+def c_sources() -> list[str]:
+    makefile = (HERE / CSRC / "Makefile").read_text()
+    names = re.search(r"^SOURCES\s*=\s*(.+)$", makefile, re.M)
+    if names is None:
+        raise RuntimeError("csrc/Makefile has no SOURCES line")
+    return [f"{CSRC}/{name}" for name in names.group(1).split()]
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(public_cdef() + CALLBACKS)
+ffibuilder.set_source(
+    "xenmapcache._core",
+    '#include "xenmapcache.h"',
+    sources=c_sources(),
+    include_dirs=[CSRC],
+    depends=[f"{CSRC}/xenmapcache.h", f"{CSRC}/xmc_internal.h"],
+    extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"],
+    libraries=["pthread"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,151 @@
+/*
+ * xenmapcache.h - the Xen mapcache as a plain C library.
+ *
+ * An emulator running a Xen guest maps guest-physical memory on demand, in
+ * fixed-size buckets, through a "backend" (foreign memory on Xen, a memfd of
+ * guest RAM here), and keeps those mappings in a cache.  A request either hits
+ * an entry already mapped or maps one; "locked" requests pin their entry until
+ * xmc_unlock() and leave a reverse record (host address -> entry) behind, so
+ * that host pointers can be turned back into guest addresses in O(1).
+ * xmc_invalidate() drops every unlocked entry and hands back the locked DMA
+ * mappings still in flight, which the caller should warn about.
+ *
+ * Every function returns XMC_OK or a negative XMC_E* code (see xmc_strerror);
+ * nothing here aborts, exits or prints.  Each cache is serialised by its own
+ * mutex; distinct caches share nothing.  Include this header alone.
+ */
+#ifndef XENMAPCACHE_H
+#define XENMAPCACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* cdef-begin: build_ffi.py hands the text up to cdef-end to cffi. */
+
+/* Status codes. */
+#define XMC_OK 0
+#define XMC_ENOMEM -1    /* out of memory */
+#define XMC_EINVAL -2    /* invalid argument or address */
+#define XMC_EMAP -3      /* guest pages cannot be mapped */
+#define XMC_ENOENT -4    /* no such mapping */
+#define XMC_EOVERFLOW -5 /* lock count at its limit */
+#define XMC_EUNAVAIL -6  /* backend not available on this machine */
+#define XMC_ESYS -7      /* a system call failed; see errno */
+
+#define XMC_PAGE_SHIFT 12
+#define XMC_MIN_BUCKET_SHIFT 12
+#define XMC_MAX_BUCKET_SHIFT 32
+#define XMC_MAX_SLOTS 16777216
+
+/* Flags for xmc_map(). */
+#define XMC_LOCK 1 /* pin the entry and leave a reverse record */
+#define XMC_DMA 2  /* the locked mapping is a DMA transfer ([b]) */
+
+typedef struct xmc_cache xmc_cache;
+typedef struct xmc_ram xmc_ram;
+
+/*
+ * The foreign-memory side.  map() maps nr_pages guest pages starting at
+ * first_pfn, at `fixed` (replacing what is there) or anywhere when fixed is
+ * NULL; it stores 0 or a positive errno per page in errs[] (a page with an
+ * error is mapped with no access) and the address in *out.  It returns
+ * XMC_OK, or an error when nothing was mapped.  unmap() undoes one map().
+ * translate, retain and release may be NULL.  retain/release let a cache keep
+ * the backend alive for as long as it holds mappings from it.
+ */
+typedef struct xmc_backend {
+    void *opaque;
+    int (*map)(void *opaque, void *fixed, uint64_t first_pfn, size_t nr_pages,
+               int *errs, void **out);
+    int (*unmap)(void *opaque, void *addr, size_t len);
+    int (*translate)(void *opaque, uint64_t paddr, uint64_t size, uint64_t *out);
+    void (*retain)(void *opaque);
+    void (*release)(void *opaque);
+} xmc_backend;
+
+typedef int (*xmc_translate_fn)(void *opaque, uint64_t paddr, uint64_t size,
+                                uint64_t *out);
+
+/* One outstanding locked mapping. */
+typedef struct xmc_record {
+    uintptr_t address; /* host address handed out */
+    uint64_t paddr;    /* guest address behind it (follows xmc_replace) */
+    uint64_t size;     /* size asked for */
+    uint64_t tag;      /* caller's cookie */
+    bool dma;
+} xmc_record;
+
+typedef struct xmc_stats {
+    uint64_t hits;          /* requests served by an entry already mapped */
+    uint64_t misses;        /* requests that had to map */
+    uint64_t remaps;        /* misses that reused an unlocked entry */
+    uint64_t entries;       /* live entries */
+    uint64_t locked;        /* outstanding locked mappings */
+    uint64_t dma_locked;    /* of which DMA */
+    uint64_t mapped_bytes;  /* bytes mapped by live entries */
+    uint64_t invalidations; /* xmc_invalidate() calls */
+} xmc_stats;
+
+const char *xmc_strerror(int err);
+
+/* Guest RAM in a Linux memfd: the embedded backend. */
+int xmc_ram_new(uint64_t size, xmc_ram **out);
+int xmc_ram_open(const char *path, xmc_ram **out); /* copy of a raw RAM image */
+/* RAM in an existing file of at least `size` bytes (the fd is duplicated). */
+int xmc_ram_new_fd(int fd, uint64_t size, xmc_ram **out);
+int xmc_ram_add_hole(xmc_ram *ram, uint64_t start, uint64_t end); /* [start, end) */
+int xmc_ram_size(const xmc_ram *ram, uint64_t *out);
+int xmc_ram_read(xmc_ram *ram, uint64_t paddr, void *buf, size_t n);
+int xmc_ram_write(xmc_ram *ram, uint64_t paddr, const void *buf, size_t n);
+const xmc_backend *xmc_ram_backend(xmc_ram *ram);
+void xmc_ram_free(xmc_ram *ram); /* caches using it keep it alive */
+
+/*
+ * A cache over `be` (which must outlive the cache unless it has retain and
+ * release).  bucket_shift 0 = default (20 on 64-bit hosts, 16 on 32-bit);
+ * max_size 0 = default (32 GiB on 64-bit hosts, 2 GiB on 32-bit).
+ */
+int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_size,
+                  xmc_cache **out);
+void xmc_cache_free(xmc_cache *c); /* unmaps everything */
+int xmc_cache_set_lock_limit(xmc_cache *c, uint32_t limit);
+int xmc_cache_set_dummy(xmc_cache *c, bool on); /* incoming-migration mode */
+int xmc_cache_set_translate(xmc_cache *c, xmc_translate_fn fn, void *opaque);
+
+/* Host address of paddr; flags XMC_LOCK, XMC_DMA; tag is kept in the record. */
+int xmc_map(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
+            uint64_t tag, void **out);
+/* Drop one locked mapping at exactly addr (the newest); *tag_out may be NULL. */
+int xmc_unlock(xmc_cache *c, const void *addr, uint64_t *tag_out);
+/* Drop the locked mapping at addr that carries tag. */
+int xmc_unlock_tag(xmc_cache *c, const void *addr, uint64_t tag);
+/* Guest address behind any host address inside a mapped entry. */
+int xmc_ram_addr(xmc_cache *c, const void *addr, uint64_t *out);
+/*
+ * Unmap every unlocked entry.  When dma_out is not NULL it receives an array
+ * (free it with xmc_records_free) of the DMA mappings still outstanding.
+ */
+int xmc_invalidate(xmc_cache *c, xmc_record **dma_out, size_t *n_dma);
+/* Remap the entry holding old_paddr onto new_paddr in place. */
+int xmc_replace(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
+                uint64_t size, void **out);
+/* Every outstanding locked mapping, oldest first. */
+int xmc_locked(xmc_cache *c, xmc_record **out, size_t *n);
+void xmc_records_free(xmc_record *records);
+/* Copy guest memory through the cache (unlocked, may span buckets). */
+int xmc_read(xmc_cache *c, uint64_t paddr, void *buf, size_t n);
+int xmc_write(xmc_cache *c, uint64_t paddr, const void *buf, size_t n);
+int xmc_stats_get(xmc_cache *c, xmc_stats *out);
+
+/* cdef-end */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* XENMAPCACHE_H */

@@ -1,0 +1,40 @@
+/*
+ * xenmapcache_qemu.h - QEMU's mapcache API over one xenmapcache cache.
+ *
+ * The six functions keep QEMU's names and argument lists so device-model code
+ * written against hw/xen/xen-mapcache.h links against this library unchanged.
+ * They act on the cache chosen with xen_map_cache_use(); unlike QEMU they
+ * never abort: a failed map returns NULL, an unknown pointer RAM_ADDR_INVALID.
+ * Define XMC_HAVE_QEMU_TYPES if hwaddr and ram_addr_t are already declared.
+ */
+#ifndef XENMAPCACHE_QEMU_H
+#define XENMAPCACHE_QEMU_H
+
+#include "xenmapcache.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#ifndef XMC_HAVE_QEMU_TYPES
+typedef uint64_t hwaddr;
+typedef uint64_t ram_addr_t;
+#endif
+
+#ifndef RAM_ADDR_INVALID
+#define RAM_ADDR_INVALID (~(ram_addr_t)0)
+#endif
+
+void xen_map_cache_use(xmc_cache *c);
+uint8_t *xen_map_cache(hwaddr phys_addr, hwaddr size, uint8_t lock, bool dma);
+ram_addr_t xen_ram_addr_from_mapcache(void *ptr);
+void xen_invalidate_map_cache_entry(uint8_t *buffer);
+void xen_invalidate_map_cache(void);
+uint8_t *xen_replace_cache_entry(hwaddr old_phys_addr, hwaddr new_phys_addr,
+                                 hwaddr size);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* XENMAPCACHE_QEMU_H */

@@ -1,0 +1,38 @@
+"""xenmapcache: the Xen mapcache, a fast C core with a safe Python API.
+
+    import xenmapcache as xmc
+    ram = xmc.GuestRAM(1 << 30, holes=[(0xC000_0000, 0x1_0000_0000)])
+    with xmc.MapCache(ram) as cache, cache.map(0x1000, 512, dma=True, tag="disk") as m:
+        memoryview(m)[:4] = b"data"
+
+See README.md for the tour and DESIGN.md for the contract.
+"""
+
+from .cache import LockedMapping, MapCache, Mapping, Stats
+from .errors import (
+    BackendUnavailable,
+    DMAMappingWarning,
+    InvalidAddress,
+    LockOverflow,
+    MapCacheError,
+    MappingError,
+    UnknownMapping,
+)
+from .ram import GuestRAM
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailable",
+    "DMAMappingWarning",
+    "GuestRAM",
+    "InvalidAddress",
+    "LockOverflow",
+    "LockedMapping",
+    "MapCache",
+    "MapCacheError",
+    "Mapping",
+    "MappingError",
+    "Stats",
+    "UnknownMapping",
+]

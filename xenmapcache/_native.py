@@ -1,0 +1,60 @@
+"""The one module that touches the compiled core: ``ffi``, ``lib``, ``check``.
+
+Every other module goes through here, never through ``_core`` directly.  The
+core is imported on first use, so the pure-Python parts of the package (the
+reference implementation, GuestRAM) import without a compiler.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from .errors import (
+    BackendUnavailable,
+    InvalidAddress,
+    LockOverflow,
+    MapCacheError,
+    MappingError,
+    UnknownMapping,
+)
+
+
+@functools.cache
+def binding() -> tuple[Any, Any]:
+    """Return ``(ffi, lib)`` of the compiled core, importing it once."""
+    try:
+        from . import _core
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "xenmapcache's C core is not built; install the package with "
+            "'pip install .' (it needs a C compiler)"
+        ) from exc
+    return _core.ffi, _core.lib
+
+
+@functools.cache
+def _error_table() -> dict[int, type[Exception]]:
+    _, lib = binding()
+    return {
+        lib.XMC_ENOMEM: MemoryError,
+        lib.XMC_EINVAL: InvalidAddress,
+        lib.XMC_EMAP: MappingError,
+        lib.XMC_ENOENT: UnknownMapping,
+        lib.XMC_EOVERFLOW: LockOverflow,
+        lib.XMC_EUNAVAIL: BackendUnavailable,
+        lib.XMC_ESYS: MapCacheError,
+    }
+
+
+def raise_for(rc: int, what: str) -> None:
+    """Raise the exception for the core's status code ``rc`` (non-zero)."""
+    ffi, lib = binding()
+    message = ffi.string(lib.xmc_strerror(rc)).decode()
+    raise _error_table().get(rc, MapCacheError)(f"{what}: {message}")
+
+
+def check(rc: int, what: str) -> None:
+    """Raise unless ``rc`` is XMC_OK."""
+    if rc:
+        raise_for(rc, what)

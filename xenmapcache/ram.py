@@ -1,0 +1,163 @@
+"""Guest RAM held in a Linux memfd: the embedded backend's memory.
+
+``GuestRAM`` is plain Python (the memfd, the holes, reads and writes) so that
+the pure-Python reference implementation can use it without the C core; the C
+core gets its own view of the same memfd on first use (``_c_ram``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+from typing import Any
+
+from ._validate import as_uint
+from .errors import InvalidAddress, MapCacheError, MappingError
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+
+
+class GuestRAM:
+    """``size`` bytes of guest RAM in a memfd, with optional holes.
+
+    ``holes`` is an iterable of ``(start, end)`` guest ranges (end exclusive)
+    that are not RAM, a PCI hole for example: a page touching a hole cannot be
+    mapped.  ``size`` must be a positive multiple of 4096.
+    """
+
+    def __init__(self, size: int, holes: Iterable[tuple[int, int]] = ()) -> None:
+        size = as_uint(size, "size")
+        if size == 0 or size % PAGE_SIZE:
+            raise InvalidAddress(f"RAM size must be a positive multiple of {PAGE_SIZE}")
+        self._holes = _parse_holes(holes)
+        self._size = size
+        self._c: Any = None
+        self._fd = os.memfd_create("xenmapcache-guest-ram", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self._fd, size)
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], holes: Iterable[tuple[int, int]] = ()) -> GuestRAM:
+        """Guest RAM holding a copy of the raw RAM image at ``path``."""
+        with open(path, "rb") as image:
+            length = os.fstat(image.fileno()).st_size
+            ram = cls(max(PAGE_SIZE, -(-length // PAGE_SIZE) * PAGE_SIZE), holes)
+            with os.fdopen(os.dup(ram._fd), "r+b") as dest:
+                shutil.copyfileobj(image, dest, 1 << 20)
+        return ram
+
+    @property
+    def size(self) -> int:
+        """Size of guest RAM in bytes."""
+        return self._size
+
+    @property
+    def holes(self) -> list[tuple[int, int]]:
+        """The holes, as ``(start, end)`` pairs."""
+        return list(self._holes)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._fd < 0
+
+    def fileno(self) -> int:
+        """The memfd holding guest RAM."""
+        self._check_open()
+        return self._fd
+
+    def page_error(self, pfn: int) -> int:
+        """0 when guest page ``pfn`` is RAM, else an errno saying why not."""
+        start = pfn << PAGE_SHIFT
+        if start + PAGE_SIZE > self._size:
+            return 6  # ENXIO
+        for lo, hi in self._holes:
+            if start < hi and lo < start + PAGE_SIZE:
+                return 14  # EFAULT
+        return 0
+
+    def _check_range(self, paddr: int, n: int) -> None:
+        self._check_open()
+        if paddr + n > self._size:
+            raise InvalidAddress(f"[{paddr:#x}, {paddr + n:#x}) is past the end of RAM")
+        for lo, hi in self._holes:
+            if n and paddr < hi and lo < paddr + n:
+                raise MappingError(f"[{paddr:#x}, {paddr + n:#x}) touches the hole [{lo:#x}, {hi:#x})")
+
+    def read(self, paddr: int, n: int) -> bytes:
+        """Read ``n`` bytes of guest RAM at ``paddr``."""
+        paddr, n = as_uint(paddr, "paddr"), as_uint(n, "n")
+        self._check_range(paddr, n)
+        chunks = []
+        while n:
+            chunk = os.pread(self._fd, n, paddr)
+            if not chunk:
+                raise MapCacheError("short read from guest RAM")
+            chunks.append(chunk)
+            paddr += len(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def write(self, paddr: int, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` into guest RAM at ``paddr``."""
+        paddr = as_uint(paddr, "paddr")
+        view = memoryview(data).cast("B")
+        self._check_range(paddr, len(view))
+        while view:
+            done = os.pwrite(self._fd, view, paddr)
+            view = view[done:]
+            paddr += done
+
+    def close(self) -> None:
+        """Close guest RAM.  Caches built on it keep their own reference."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._c = None
+
+    def __enter__(self) -> GuestRAM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._fd < 0:
+            raise MapCacheError("guest RAM is closed")
+
+    def _c_ram(self) -> Any:
+        """The C core's ``xmc_ram *`` over the same memfd (created once)."""
+        if self._c is None:
+            from ._native import binding, check
+
+            ffi, lib = binding()
+            self._check_open()
+            out = ffi.new("xmc_ram **")
+            check(lib.xmc_ram_new_fd(self._fd, self._size, out), "GuestRAM")
+            ram = ffi.gc(out[0], lib.xmc_ram_free)
+            for lo, hi in self._holes:
+                check(lib.xmc_ram_add_hole(ram, lo, hi), "GuestRAM hole")
+            self._c = ram
+        return self._c
+
+    def __repr__(self) -> str:
+        return f"GuestRAM(size={self._size:#x}, holes={self._holes!r})"
+
+
+def _parse_holes(holes: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    parsed = []
+    for hole in holes:
+        try:
+            lo, hi = hole
+        except (TypeError, ValueError):
+            raise InvalidAddress(f"a hole is a (start, end) pair, not {hole!r}") from None
+        lo, hi = as_uint(lo, "hole start"), as_uint(hi, "hole end")
+        if lo >= hi:
+            raise InvalidAddress(f"hole ({lo:#x}, {hi:#x}) is empty")
+        parsed.append((lo, hi))
+    return sorted(parsed)
