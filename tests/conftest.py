@@ -1,0 +1,36 @@
+"""Shared fixtures: every contract test runs on each implementation of the API."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from types import ModuleType
+
+import pytest
+
+# Implementations of DESIGN.md section 6: the C core, later the pure-Python reference.
+IMPLEMENTATIONS = {"c": "xenmapcache"}
+
+MIB = 1 << 20
+
+
+@pytest.fixture(params=sorted(IMPLEMENTATIONS), scope="session")
+def xmc(request: pytest.FixtureRequest) -> ModuleType:
+    """The module under test (``import xenmapcache as xmc`` or its reference)."""
+    return importlib.import_module(IMPLEMENTATIONS[request.param])
+
+
+@pytest.fixture
+def ram(xmc: ModuleType) -> Iterator[object]:
+    """64 MiB of guest RAM with a hole at [32 MiB, 40 MiB)."""
+    r = xmc.GuestRAM(64 * MIB, holes=[(32 * MIB, 40 * MIB)])
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def cache(xmc: ModuleType, ram: object) -> Iterator[object]:
+    """A default cache over ``ram``."""
+    c = xmc.MapCache(ram)
+    yield c
+    c.close()
