@@ -797,10 +797,12 @@ static int replace_locked(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
     old_index = e->index;
     rc = map_into(c, e, new_paddr >> c->shift, cache_size, true, false, e->valid);
     if (rc == XMC_OK && !pages_valid(e, new_offset >> XMC_PAGE_SHIFT, n)) {
+        if (map_into(c, e, old_index, cache_size, true, false, e->valid) == XMC_OK)
+            return XMC_EMAP;
+        /* The old pages cannot come back: fail as a failed map does, with
+         * the records still naming the old guest address. */
+        e->index = old_index;
         rc = XMC_EMAP;
-        if (map_into(c, e, old_index, cache_size, true, false, e->valid) != XMC_OK)
-            entry_blank(c, e);
-        return rc;
     }
     if (rc != XMC_OK) {
         entry_blank(c, e);
