@@ -1,0 +1,480 @@
+/*
+ * stress.c - many threads against one small cache, with an invalidator.
+ *
+ * NTHREADS workers share a cache of 16 KiB buckets and only four slots, so
+ * every request collides.  Guest RAM [0, 256 KiB) is divided by page among the
+ * workers (page p belongs to worker p % NTHREADS, so each bucket serves four
+ * of them); each worker writes its own patterns into its own pages, through
+ * locked mappings and through xmc_write, and checks every byte it reads back
+ * against its private shadow.  Locked mappings carry a tag that encodes
+ * their guest address; a concurrent invalidator thread invalidates, lists
+ * records, moves entries of a constant region around with xmc_replace (the
+ * workers' own entries are not replaced under their feet: remapping memory a
+ * thread is writing is a race by definition) and checks every record it
+ * sees against its tag.  Reads through a translated hole exercise the callback,
+ * which runs with the cache mutex dropped.  The lock limit is small, so
+ * XMC_EOVERFLOW happens too.
+ *
+ * The run is cut into rounds; between rounds every thread stops at a barrier
+ * and the main thread checks the invariants that need quiet: stats.locked ==
+ * records listed == mappings the workers hold, dma_locked likewise, every
+ * record matches a held mapping exactly, and guest RAM equals the shadow.
+ *
+ * Usage: stress [total-worker-ops] (default 160000).  `make tsan` runs it
+ * under ThreadSanitizer, `make stress` under AddressSanitizer.
+ */
+#define _GNU_SOURCE 1
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "xenmapcache.h"
+
+#define NTHREADS 8
+#define ROUNDS 10
+#define SHIFT 14
+#define BUCKET (UINT64_C(1) << SHIFT)
+#define PAGE UINT64_C(4096)
+#define OWNED (UINT64_C(256) << 10)         /* [0, 256 KiB): the workers' pages */
+#define ALIAS OWNED                         /* [256 KiB, +64 KiB): constant data */
+#define HOLE (UINT64_C(3) << 20)            /* [3 MiB, +64 KiB): translated */
+#define ALIAS_LEN (UINT64_C(64) << 10)
+#define RAM_SIZE (UINT64_C(4) << 20)
+#define MAX_HELD 4
+#define LOCK_LIMIT 3
+
+#define FAIL(...)                                                             \
+    do {                                                                      \
+        fprintf(stderr, "stress: FAIL at %s:%d: ", __FILE__, __LINE__);       \
+        fprintf(stderr, __VA_ARGS__);                                         \
+        fputc('\n', stderr);                                                  \
+        _exit(1);                                                             \
+    } while (0)
+#define EXPECT(cond)                                                          \
+    do {                                                                      \
+        if (!(cond))                                                          \
+            FAIL("%s", #cond);                                                \
+    } while (0)
+
+typedef struct held {
+    uint8_t *ptr;
+    uint64_t paddr, size, tag;
+    bool dma;
+} held;
+
+typedef struct worker {
+    pthread_t th;
+    unsigned id;
+    uint64_t rng;
+    unsigned long ops_per_round;
+    held held[MAX_HELD];
+    size_t nheld;
+    unsigned long ops, overflows, translated;
+    uint64_t next_tag;
+} worker;
+
+static xmc_cache *cache;
+static xmc_ram *ram;
+static uint8_t *shadow; /* OWNED bytes; byte b is touched only by its owner */
+static worker workers[NTHREADS];
+static pthread_barrier_t quiet, resume;
+static atomic_uint finished; /* workers done with the round */
+static atomic_bool over;
+static unsigned long inv_ops, invalidations, replaces, records_seen;
+
+static uint64_t rnd(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+static uint8_t constant(uint64_t p)
+{
+    return (uint8_t)(p * 131 + (p >> 9) + 7);
+}
+
+/* tag: worker id in the top byte, a counter, and the guest address. */
+static uint64_t make_tag(worker *w, uint64_t paddr)
+{
+    return ((uint64_t)w->id << 56) | ((w->next_tag++ & 0xffff) << 32) | paddr;
+}
+
+static uint64_t tag_paddr(uint64_t tag)
+{
+    return tag & 0xffffffffu;
+}
+
+/* A random byte range inside one of w's pages. */
+static void own_range(worker *w, uint64_t *paddr, uint64_t *len)
+{
+    uint64_t pages = OWNED / PAGE / NTHREADS;
+    uint64_t page = (rnd(&w->rng) % pages) * NTHREADS + w->id;
+    uint64_t off = rnd(&w->rng) % PAGE;
+
+    *paddr = page * PAGE + off;
+    *len = 1 + rnd(&w->rng) % (PAGE - off);
+    if (*len > 512)
+        *len = 1 + *len % 512;
+}
+
+static void fill(worker *w, uint8_t *dst, uint64_t paddr, uint64_t len)
+{
+    uint8_t seed = (uint8_t)rnd(&w->rng);
+
+    for (uint64_t i = 0; i < len; i++) {
+        dst[i] = (uint8_t)(seed + i * 3 + w->id);
+        shadow[paddr + i] = dst[i];
+    }
+}
+
+static void verify(const uint8_t *src, uint64_t paddr, uint64_t len, const char *how)
+{
+    for (uint64_t i = 0; i < len; i++)
+        if (src[i] != shadow[paddr + i])
+            FAIL("%s: guest %#" PRIx64 " holds %#x, expected %#x", how, paddr + i,
+                 src[i], shadow[paddr + i]);
+}
+
+static void drop_held(worker *w, size_t i)
+{
+    held *h = &w->held[i];
+    uint64_t tag = 0;
+    int rc;
+
+    verify(h->ptr, h->paddr, h->size, "locked mapping before unlock");
+    if (rnd(&w->rng) & 1) {
+        rc = xmc_unlock_tag(cache, h->ptr, h->tag);
+        tag = h->tag;
+    } else {
+        rc = xmc_unlock(cache, h->ptr, &tag); /* newest record at that address */
+    }
+    if (rc != XMC_OK)
+        FAIL("unlock: %s", xmc_strerror(rc));
+    for (size_t j = 0; j < w->nheld; j++)
+        if (w->held[j].tag == tag) {
+            w->held[j] = w->held[--w->nheld];
+            return;
+        }
+    FAIL("unlock returned tag %#" PRIx64 " that worker %u does not hold", tag, w->id);
+}
+
+static void op_lock(worker *w)
+{
+    uint64_t paddr, len, back;
+    bool dma = rnd(&w->rng) & 1;
+    void *p;
+    held *h;
+    int rc;
+
+    if (w->nheld == MAX_HELD)
+        drop_held(w, 0);
+    own_range(w, &paddr, &len);
+    h = &w->held[w->nheld];
+    h->tag = make_tag(w, paddr);
+    rc = xmc_map(cache, paddr, len, XMC_LOCK | (dma ? XMC_DMA : 0), h->tag, &p);
+    if (rc == XMC_EOVERFLOW) {
+        w->overflows++;
+        return;
+    }
+    if (rc != XMC_OK)
+        FAIL("locked map of %#" PRIx64 "+%#" PRIx64 ": %s", paddr, len, xmc_strerror(rc));
+    *h = (held){ .ptr = p, .paddr = paddr, .size = len, .tag = h->tag, .dma = dma };
+    w->nheld++;
+    verify(h->ptr, paddr, len, "fresh locked mapping");
+    fill(w, h->ptr, paddr, len);
+    if (xmc_ram_addr(cache, h->ptr + len - 1, &back) != XMC_OK || back != paddr + len - 1)
+        FAIL("ram_addr of a locked mapping's last byte");
+}
+
+static void op_copy(worker *w, bool write)
+{
+    uint8_t buf[512];
+    uint64_t paddr, len;
+    int rc;
+
+    own_range(w, &paddr, &len);
+    if (write) {
+        fill(w, buf, paddr, len);
+        rc = xmc_write(cache, paddr, buf, len);
+    } else {
+        rc = xmc_read(cache, paddr, buf, len);
+    }
+    if (rc != XMC_OK)
+        FAIL("%s %#" PRIx64 ": %s", write ? "write" : "read", paddr, xmc_strerror(rc));
+    if (!write)
+        verify(buf, paddr, len, "xmc_read");
+}
+
+static void op_translated_read(worker *w)
+{
+    uint8_t buf[256];
+    uint64_t off = rnd(&w->rng) % (ALIAS_LEN - sizeof(buf));
+    int rc = xmc_read(cache, HOLE + off, buf, sizeof(buf));
+
+    if (rc != XMC_OK)
+        FAIL("translated read: %s", xmc_strerror(rc));
+    for (size_t i = 0; i < sizeof(buf); i++)
+        if (buf[i] != constant(ALIAS + off + i))
+            FAIL("translated read at hole + %#" PRIx64, off + i);
+    w->translated++;
+}
+
+static void op_probe(worker *w)
+{
+    uint64_t paddr = rnd(&w->rng) % (RAM_SIZE + RAM_SIZE / 4), back;
+    void *p;
+    int rc = xmc_map(cache, paddr, 0, 0, 0, &p); /* never dereferenced */
+
+    if (rc != XMC_OK && rc != XMC_EMAP)
+        FAIL("unlocked map of %#" PRIx64 ": %s", paddr, xmc_strerror(rc));
+    if (w->nheld) {
+        held *h = &w->held[rnd(&w->rng) % w->nheld];
+        uint64_t k = rnd(&w->rng) % h->size;
+
+        if (xmc_ram_addr(cache, h->ptr + k, &back) != XMC_OK || back != h->paddr + k)
+            FAIL("ram_addr of an interior pointer");
+    }
+}
+
+static void *work(void *arg)
+{
+    worker *w = arg;
+
+    for (int round = 0; round < ROUNDS; round++) {
+        for (unsigned long i = 0; i < w->ops_per_round; i++) {
+            unsigned r = (unsigned)(rnd(&w->rng) % 100);
+
+            if (r < 30)
+                op_lock(w);
+            else if (r < 45) {
+                if (w->nheld)
+                    drop_held(w, rnd(&w->rng) % w->nheld);
+            } else if (r < 65)
+                op_copy(w, true);
+            else if (r < 85)
+                op_copy(w, false);
+            else if (r < 90)
+                op_translated_read(w);
+            else
+                op_probe(w);
+            if (++w->ops % 8 == 0)
+                sched_yield(); /* let the invalidator in: mutexes are unfair */
+        }
+        if (round == ROUNDS - 1)
+            while (w->nheld)
+                drop_held(w, w->nheld - 1);
+        atomic_fetch_add(&finished, 1);
+        pthread_barrier_wait(&quiet);
+        pthread_barrier_wait(&resume);
+    }
+    return NULL;
+}
+
+static void check_record(const xmc_record *r, bool want_dma)
+{
+    EXPECT(r->paddr == tag_paddr(r->tag));
+    EXPECT((r->tag >> 56) < NTHREADS);
+    EXPECT(r->paddr % PAGE + r->size <= PAGE);
+    EXPECT((r->paddr / PAGE) % NTHREADS == (r->tag >> 56));
+    if (want_dma)
+        EXPECT(r->dma);
+}
+
+static void *invalidator(void *arg)
+{
+    uint64_t rng = 0x1234567;
+    xmc_record *recs;
+    xmc_stats st;
+    size_t n;
+    void *p;
+    int rc;
+
+    (void)arg;
+    for (;;) {
+        while (atomic_load(&finished) < NTHREADS) {
+            switch (rnd(&rng) % 4) {
+            case 0:
+                rc = xmc_invalidate(cache, &recs, &n);
+                if (rc != XMC_OK)
+                    FAIL("invalidate: %s", xmc_strerror(rc));
+                for (size_t i = 0; i < n; i++)
+                    check_record(&recs[i], true);
+                records_seen += n;
+                xmc_records_free(recs);
+                invalidations++;
+                break;
+            case 1:
+                rc = xmc_locked(cache, &recs, &n);
+                if (rc != XMC_OK)
+                    FAIL("locked: %s", xmc_strerror(rc));
+                for (size_t i = 0; i < n; i++)
+                    check_record(&recs[i], false);
+                records_seen += n;
+                xmc_records_free(recs);
+                break;
+            case 2: { /* move an entry of the constant region to another */
+                uint64_t from = ALIAS + (rnd(&rng) % (ALIAS_LEN / BUCKET)) * BUCKET;
+                uint64_t to = ALIAS + (rnd(&rng) % (ALIAS_LEN / BUCKET)) * BUCKET;
+
+                rc = xmc_replace(cache, from, to, 0, &p);
+                if (rc != XMC_OK && rc != XMC_ENOENT)
+                    FAIL("replace: %s", xmc_strerror(rc));
+                replaces += rc == XMC_OK;
+                break;
+            }
+            default:
+                if (xmc_stats_get(cache, &st) != XMC_OK)
+                    FAIL("stats");
+                EXPECT(st.dma_locked <= st.locked);
+                EXPECT(st.mapped_bytes % BUCKET == 0);
+                EXPECT(st.mapped_bytes >= st.entries * BUCKET);
+                break;
+            }
+            inv_ops++;
+        }
+        pthread_barrier_wait(&quiet);
+        pthread_barrier_wait(&resume);
+        if (atomic_load(&over))
+            return NULL;
+    }
+}
+
+/* Between rounds: nothing runs but us. */
+static void check_quiet(void)
+{
+    size_t want = 0, want_dma = 0, n;
+    uint8_t *buf = malloc(OWNED);
+    xmc_record *recs;
+    xmc_stats st;
+
+    EXPECT(buf);
+    for (unsigned t = 0; t < NTHREADS; t++) {
+        want += workers[t].nheld;
+        for (size_t i = 0; i < workers[t].nheld; i++)
+            want_dma += workers[t].held[i].dma;
+    }
+    EXPECT(xmc_stats_get(cache, &st) == XMC_OK);
+    EXPECT(xmc_locked(cache, &recs, &n) == XMC_OK);
+    if (st.locked != want || n != want || st.dma_locked != want_dma)
+        FAIL("stats.locked %" PRIu64 ", %zu records, workers hold %zu (dma %" PRIu64
+             " vs %zu)", st.locked, n, want, st.dma_locked, want_dma);
+    for (size_t i = 0; i < n; i++) {
+        worker *w = &workers[recs[i].tag >> 56];
+        bool found = false;
+
+        check_record(&recs[i], false);
+        for (size_t j = 0; j < w->nheld; j++) {
+            const held *h = &w->held[j];
+            if (h->tag == recs[i].tag) {
+                EXPECT((uintptr_t)h->ptr == recs[i].address);
+                EXPECT(h->paddr == recs[i].paddr && h->size == recs[i].size);
+                EXPECT(h->dma == recs[i].dma);
+                found = true;
+            }
+        }
+        EXPECT(found);
+    }
+    xmc_records_free(recs);
+    EXPECT(xmc_ram_read(ram, 0, buf, OWNED) == XMC_OK);
+    for (uint64_t i = 0; i < OWNED; i++)
+        if (buf[i] != shadow[i])
+            FAIL("guest RAM at %#" PRIx64 " is %#x, shadow %#x", i, buf[i], shadow[i]);
+    free(buf);
+}
+
+static int alias(void *opaque, uint64_t paddr, uint64_t size, uint64_t *out)
+{
+    (void)opaque;
+    (void)size;
+    *out = paddr >= HOLE && paddr - HOLE < ALIAS_LEN ? paddr - HOLE + ALIAS : paddr;
+    return XMC_OK;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv)
+{
+    unsigned long total = argc > 1 ? strtoul(argv[1], NULL, 10) : 160000;
+    unsigned long ops = 0, overflows = 0, translated = 0;
+    pthread_t inv;
+    xmc_stats st;
+    double t0 = now();
+    uint8_t *init;
+
+    if (total < NTHREADS * ROUNDS)
+        total = NTHREADS * ROUNDS;
+    EXPECT(xmc_ram_new(RAM_SIZE, &ram) == XMC_OK);
+    EXPECT(xmc_ram_add_hole(ram, HOLE, HOLE + ALIAS_LEN) == XMC_OK);
+    shadow = malloc(OWNED);
+    init = malloc(ALIAS_LEN);
+    EXPECT(shadow && init);
+    for (uint64_t i = 0; i < OWNED; i++)
+        shadow[i] = (uint8_t)(i ^ (i >> 8));
+    for (uint64_t i = 0; i < ALIAS_LEN; i++)
+        init[i] = constant(ALIAS + i);
+    EXPECT(xmc_ram_write(ram, 0, shadow, OWNED) == XMC_OK);
+    EXPECT(xmc_ram_write(ram, ALIAS, init, ALIAS_LEN) == XMC_OK);
+    free(init);
+    EXPECT(xmc_cache_new(xmc_ram_backend(ram), SHIFT, 4 * BUCKET, &cache) == XMC_OK);
+    EXPECT(xmc_cache_set_lock_limit(cache, LOCK_LIMIT) == XMC_OK);
+    EXPECT(xmc_cache_set_translate(cache, alias, NULL) == XMC_OK);
+
+    EXPECT(pthread_barrier_init(&quiet, NULL, NTHREADS + 2) == 0);
+    EXPECT(pthread_barrier_init(&resume, NULL, NTHREADS + 2) == 0);
+    for (unsigned t = 0; t < NTHREADS; t++) {
+        workers[t].id = t;
+        workers[t].rng = 0x9E3779B97F4A7C15ull * (t + 1);
+        workers[t].ops_per_round = (total + NTHREADS * ROUNDS - 1) / (NTHREADS * ROUNDS);
+        EXPECT(pthread_create(&workers[t].th, NULL, work, &workers[t]) == 0);
+    }
+    EXPECT(pthread_create(&inv, NULL, invalidator, NULL) == 0);
+    for (int round = 0; round < ROUNDS; round++) {
+        pthread_barrier_wait(&quiet);
+        check_quiet();
+        atomic_store(&finished, 0);
+        if (round == ROUNDS - 1)
+            atomic_store(&over, true);
+        pthread_barrier_wait(&resume);
+    }
+    for (unsigned t = 0; t < NTHREADS; t++) {
+        EXPECT(pthread_join(workers[t].th, NULL) == 0);
+        ops += workers[t].ops;
+        overflows += workers[t].overflows;
+        translated += workers[t].translated;
+    }
+    EXPECT(pthread_join(inv, NULL) == 0);
+
+    /* Everything unlocked: one invalidate leaves nothing mapped. */
+    EXPECT(xmc_stats_get(cache, &st) == XMC_OK && st.locked == 0);
+    EXPECT(xmc_invalidate(cache, NULL, NULL) == XMC_OK);
+    EXPECT(xmc_stats_get(cache, &st) == XMC_OK);
+    EXPECT(st.entries == 0 && st.mapped_bytes == 0);
+    printf("stress: %d threads, %lu operations on colliding addresses (%lu lock "
+           "overflows, %lu translated reads), invalidator: %lu operations, %lu "
+           "invalidations, %lu in-place replaces, %lu records checked; "
+           "hits %" PRIu64 ", misses %" PRIu64 ", remaps %" PRIu64 "; %.1f s\n",
+           NTHREADS, ops, overflows, translated, inv_ops, invalidations, replaces,
+           records_seen, st.hits, st.misses, st.remaps, now() - t0);
+    xmc_cache_free(cache);
+    xmc_ram_free(ram);
+    free(shadow);
+    pthread_barrier_destroy(&quiet);
+    pthread_barrier_destroy(&resume);
+    printf("stress: ok\n");
+    return 0;
+}
