@@ -1,0 +1,761 @@
+/*
+ * fuzz_cache.c - libFuzzer harness: input bytes become a sequence of C API
+ * calls on a small cache, checked against a model after every call.
+ *
+ * Setup (first three bytes): bucket shift 12..14, 1..8 slots, lock limit,
+ * translate on/off, a second hole.  Guest RAM is 64 pages with a fixed hole
+ * at pages [24, 28) and a chosen one; addresses reach past the end and up to
+ * the top of the 64-bit space.  The translate callback maps the fixed hole
+ * onto pages [4, 8), fails for the chosen hole and answers a wrapping
+ * address just past the end of RAM.
+ *
+ * Then each op is one byte plus operands: map (unlocked, locked, DMA, bad
+ * flags), unlock by address and by tag, unlock of foreign and interior
+ * pointers, ram_addr of exact/interior/foreign pointers, invalidate, replace,
+ * read, write, writes through held mappings, dummy mode, lock limit, stats.
+ *
+ * Invariants checked: every status code is one the model allows; a pointer
+ * handed out resolves back to the guest address asked for (or its
+ * translation) and holds the guest data; stats.locked and dma_locked equal
+ * the mappings held, and xmc_locked() lists exactly them, oldest first;
+ * invalidate returns exactly the held DMA mappings; guest RAM equals a
+ * shadow; every mapping the backend handed out is unmapped exactly once.
+ *
+ * Where dummy mode may have left anonymous entries, whether a pointer is
+ * guest memory is read from /proc/self/maps (only then: it is slow).
+ */
+#define _GNU_SOURCE 1
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "xenmapcache.h"
+
+#define PAGE UINT64_C(4096)
+#define RAM_PAGES 64
+#define RAM_SIZE (RAM_PAGES * PAGE)
+#define HOLE_LO (24 * PAGE) /* translated to ALIAS */
+#define HOLE_HI (28 * PAGE)
+#define ALIAS (4 * PAGE)
+#define MAX_HELD 64
+#define MAX_TRACK 512
+
+#define FAIL(...)                                                             \
+    do {                                                                      \
+        fprintf(stderr, "fuzz_cache: invariant broken at line %d: ", __LINE__); \
+        fprintf(stderr, __VA_ARGS__);                                         \
+        fputc('\n', stderr);                                                  \
+        abort();                                                              \
+    } while (0)
+#define EXPECT(cond)                                                          \
+    do {                                                                      \
+        if (!(cond))                                                          \
+            FAIL("%s", #cond);                                                \
+    } while (0)
+
+/* XMC_FUZZ_TRACE=1 prints each call: for reading a crash input. */
+static bool tracing;
+#define TRACE(...)                                                            \
+    do {                                                                      \
+        if (tracing)                                                          \
+            fprintf(stderr, __VA_ARGS__);                                     \
+    } while (0)
+
+typedef struct held {
+    uint8_t *ptr;
+    uint64_t paddr, size, tag;
+    bool dma;
+    bool guest;      /* guest memory, not a dummy entry's anonymous pages */
+    bool accessible; /* its pages are mapped (a replace may move it onto a hole) */
+} held;
+
+/* ---- the input ----------------------------------------------------------- */
+
+static const uint8_t *in;
+static size_t in_len, in_pos;
+
+static uint8_t get8(void)
+{
+    return in_pos < in_len ? in[in_pos++] : 0;
+}
+
+static uint16_t get16(void)
+{
+    uint16_t v = get8();
+    return (uint16_t)(v | get8() << 8);
+}
+
+static uint64_t get64(void)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v |= (uint64_t)get8() << (8 * i);
+    return v;
+}
+
+/* ---- the world ------------------------------------------------------------ */
+
+static xmc_ram *ram;
+static xmc_cache *cache;
+static unsigned shift;
+static uint64_t bucket, max_size;
+static uint32_t lock_limit;
+static bool translate_on, dummy_on, dummy_ever;
+static uint64_t hole2_lo, hole2_hi;
+static uint8_t shadow[RAM_SIZE], initial[RAM_SIZE];
+static bool initial_done;
+static held hold[MAX_HELD];
+static size_t nheld;
+static uint64_t next_tag;
+
+/* The backend under the cache, wrapped to see every map and unmap. */
+static const xmc_backend *rb;
+static xmc_backend tracked;
+static struct { uintptr_t addr; size_t len; } track[MAX_TRACK];
+static size_t ntrack;
+
+static int tr_map(void *o, void *fixed, uint64_t pfn, size_t n, int *errs, void **out)
+{
+    int rc = rb->map(o, fixed, pfn, n, errs, out);
+
+    if (rc != XMC_OK)
+        return rc;
+    if (fixed) {
+        for (size_t i = 0; i < ntrack; i++)
+            if (track[i].addr == (uintptr_t)fixed) {
+                track[i].len = n * PAGE; /* mapped over in place */
+                return rc;
+            }
+    } else {
+        uintptr_t lo = (uintptr_t)*out, hi = lo + n * PAGE;
+        for (size_t i = 0; i < ntrack;) /* the kernel reused a stale range */
+            if (track[i].addr < hi && lo < track[i].addr + track[i].len)
+                track[i] = track[--ntrack];
+            else
+                i++;
+    }
+    if (ntrack == MAX_TRACK)
+        FAIL("more than %d live backend mappings", MAX_TRACK);
+    track[ntrack].addr = (uintptr_t)*out;
+    track[ntrack++].len = n * PAGE;
+    return rc;
+}
+
+static int tr_unmap(void *o, void *addr, size_t len)
+{
+    for (size_t i = 0; i < ntrack; i++)
+        if (track[i].addr == (uintptr_t)addr) {
+            if (track[i].len != len)
+                FAIL("unmap of %zu bytes, %zu mapped", len, track[i].len);
+            track[i] = track[--ntrack];
+            return rb->unmap(o, addr, len);
+        }
+    FAIL("unmap of %p, which the backend never handed out (or twice)", addr);
+}
+
+static uint64_t translate_model(uint64_t paddr, int *rc)
+{
+    *rc = XMC_OK;
+    if (paddr >= HOLE_LO && paddr < HOLE_HI)
+        return paddr - HOLE_LO + ALIAS;
+    if (paddr >= hole2_lo && paddr < hole2_hi)
+        *rc = XMC_EMAP;
+    if (paddr >= RAM_SIZE && paddr < RAM_SIZE + 16 * PAGE)
+        return UINT64_MAX - 16;
+    return paddr;
+}
+
+static int translate(void *opaque, uint64_t paddr, uint64_t size, uint64_t *out)
+{
+    int rc;
+
+    (void)opaque;
+    (void)size;
+    *out = translate_model(paddr, &rc);
+    return rc;
+}
+
+/* ---- the model ------------------------------------------------------------ */
+
+static bool range_ok(uint64_t a, uint64_t n)
+{
+    return n == 0 || a <= UINT64_MAX - (n - 1);
+}
+
+/* Are the pages of [paddr, paddr + max(size, 1)) all RAM? */
+static bool valid(uint64_t paddr, uint64_t size)
+{
+    uint64_t n = size ? size : 1, end;
+
+    if (paddr >= RAM_SIZE || n > RAM_SIZE - paddr)
+        return false;
+    end = paddr + n;
+    if (paddr < HOLE_HI && ((HOLE_LO & ~(PAGE - 1)) < end))
+        return false;
+    if (paddr < hole2_hi && hole2_lo < end)
+        return false;
+    return true;
+}
+
+/* Entry key of a request: (index, cache_size). */
+static void key(uint64_t paddr, uint64_t size, uint64_t *index, uint64_t *csize)
+{
+    uint64_t off = paddr & (bucket - 1);
+
+    *index = paddr >> shift;
+    *csize = size ? (off + size + bucket - 1) & ~(bucket - 1) : bucket;
+}
+
+static size_t held_with_key(uint64_t paddr, uint64_t size)
+{
+    uint64_t i0, c0, i1, c1;
+    size_t n = 0;
+
+    key(paddr, size, &i0, &c0);
+    for (size_t i = 0; i < nheld; i++) {
+        key(hold[i].paddr, hold[i].size, &i1, &c1);
+        n += i0 == i1 && c0 == c1;
+    }
+    return n;
+}
+
+/* Is p inside guest memory (the memfd) rather than a dummy's anonymous pages? */
+static bool is_guest(const void *p)
+{
+    FILE *f;
+    char line[512];
+    bool guest = false;
+
+    if (!dummy_ever)
+        return true;
+    f = fopen("/proc/self/maps", "re");
+    EXPECT(f);
+    while (fgets(line, sizeof(line), f)) {
+        unsigned long lo, hi;
+
+        if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && lo <= (uintptr_t)p &&
+            (uintptr_t)p < hi) {
+            guest = strstr(line, "xenmapcache-guest-ram") != NULL;
+            break;
+        }
+    }
+    fclose(f);
+    return guest;
+}
+
+/* With every entry gone, no mapping of guest RAM may be left. */
+static void check_no_guest_mapping(void)
+{
+    FILE *f = fopen("/proc/self/maps", "re");
+    char line[512];
+
+    EXPECT(f);
+    while (fgets(line, sizeof(line), f))
+        if (strstr(line, "xenmapcache-guest-ram"))
+            FAIL("guest RAM still mapped after the last entry went: %s", line);
+    fclose(f);
+}
+
+static void check_data(const uint8_t *p, uint64_t paddr, uint64_t n)
+{
+    if (n > 2 * PAGE)
+        n = 2 * PAGE;
+    for (uint64_t i = 0; i < n; i++)
+        if (p[i] != shadow[paddr + i])
+            FAIL("guest %#" PRIx64 " reads %#x through the cache, shadow %#x",
+                 paddr + i, p[i], shadow[paddr + i]);
+}
+
+/* The shadow from guest RAM itself, after a write the model cannot follow. */
+static void resync_shadow(void)
+{
+    for (uint64_t pg = 0; pg < RAM_PAGES; pg++)
+        if (valid(pg * PAGE, PAGE))
+            EXPECT(xmc_ram_read(ram, pg * PAGE, shadow + pg * PAGE, PAGE) == XMC_OK);
+}
+
+static void check_ram(void)
+{
+    static uint8_t buf[PAGE];
+
+    for (uint64_t pg = 0; pg < RAM_PAGES; pg++) {
+        if (!valid(pg * PAGE, PAGE))
+            continue;
+        EXPECT(xmc_ram_read(ram, pg * PAGE, buf, PAGE) == XMC_OK);
+        if (memcmp(buf, shadow + pg * PAGE, PAGE) != 0)
+            FAIL("guest RAM page %" PRIu64 " differs from the shadow", pg);
+    }
+}
+
+static void check_records(void)
+{
+    size_t n, ndma = 0;
+    xmc_record *r;
+    xmc_stats st;
+
+    EXPECT(xmc_stats_get(cache, &st) == XMC_OK);
+    EXPECT(xmc_locked(cache, &r, &n) == XMC_OK);
+    for (size_t i = 0; i < nheld; i++)
+        ndma += hold[i].dma;
+    if (st.locked != nheld || n != nheld || st.dma_locked != ndma)
+        FAIL("stats.locked %" PRIu64 " (dma %" PRIu64 "), %zu records, %zu held (dma %zu)",
+             st.locked, st.dma_locked, n, nheld, ndma);
+    for (size_t i = 0; i < n; i++) {
+        const held *h = &hold[i];
+        if (r[i].tag != h->tag || r[i].address != (uintptr_t)h->ptr ||
+            r[i].paddr != h->paddr || r[i].size != h->size || r[i].dma != h->dma)
+            FAIL("record %zu: tag %#" PRIx64 " paddr %#" PRIx64 ", held tag %#" PRIx64
+                 " paddr %#" PRIx64, i, r[i].tag, r[i].paddr, h->tag, h->paddr);
+    }
+    xmc_records_free(r);
+    EXPECT(st.mapped_bytes % bucket == 0);
+    EXPECT(st.mapped_bytes >= st.entries * bucket);
+    EXPECT(st.entries <= 4096);
+}
+
+static void forget(size_t i)
+{
+    memmove(&hold[i], &hold[i + 1], (nheld - i - 1) * sizeof(hold[0]));
+    nheld--;
+}
+
+/* Newest held mapping at exactly p, or -1. */
+static long newest_at(const void *p)
+{
+    for (size_t i = nheld; i-- > 0;)
+        if (hold[i].ptr == p)
+            return (long)i;
+    return -1;
+}
+
+/* ---- operands ------------------------------------------------------------ */
+
+static uint64_t gen_paddr(void)
+{
+    uint8_t sel = get8();
+
+    if (sel < 160)
+        return (get8() % (RAM_PAGES + 16)) * PAGE + get16() % PAGE;
+    if (sel < 200)
+        return HOLE_LO + get16() % (HOLE_HI - HOLE_LO);
+    if (sel < 220)
+        return hole2_lo + get8() % PAGE;
+    if (sel < 240)
+        return (uint64_t)get8() * bucket + get8();
+    if (sel < 250)
+        return UINT64_MAX - get16();
+    return get64();
+}
+
+static uint64_t gen_size(void)
+{
+    uint8_t sel = get8();
+
+    if (sel < 64)
+        return 0;
+    if (sel < 160)
+        return 1 + get8();
+    if (sel < 220)
+        return 1 + get16() % (2 * bucket + PAGE);
+    if (sel < 235)
+        return (1 + get8() % 8) * bucket;
+    switch (sel % 4) {
+    case 0: return max_size;
+    case 1: return max_size + 1;
+    case 2: return UINT64_MAX;
+    default: return get64();
+    }
+}
+
+/* A pointer near a held mapping, or a foreign one. */
+static uint8_t *gen_ptr(void)
+{
+    static uint8_t local;
+    uint8_t sel = get8();
+
+    if (nheld && sel < 200)
+        return hold[get8() % nheld].ptr + (int16_t)get16() % (int)(2 * bucket);
+    switch (sel % 4) {
+    case 0: return NULL;
+    case 1: return &local;
+    case 2: return (uint8_t *)UINTPTR_MAX - get8();
+    default: return (uint8_t *)(uintptr_t)get64();
+    }
+}
+
+/* ---- operations ----------------------------------------------------------- */
+
+static void op_map(unsigned flags)
+{
+    uint64_t paddr = gen_paddr(), size = gen_size(), tag = next_tag++, back, tp;
+    bool lock = flags & XMC_LOCK, ok_flags = !(flags & ~3u);
+    bool ok_range = range_ok(paddr, size) && size <= max_size;
+    bool v = valid(paddr, size);
+    int trc = XMC_OK;
+    uint8_t *p = NULL;
+    int rc;
+
+    tp = translate_on ? translate_model(paddr, &trc) : paddr;
+    rc = xmc_map(cache, paddr, size, flags, tag, (void **)&p);
+    TRACE("map(%#" PRIx64 ", %#" PRIx64 ", %u) tag %" PRIu64 " = %d %p\n", paddr, size,
+          flags, tag, rc, (void *)p);
+    if (!ok_flags || !ok_range) {
+        if (rc != XMC_EINVAL)
+            FAIL("map(%#" PRIx64 ", %#" PRIx64 ", %u) = %d, want EINVAL", paddr, size,
+                 flags, rc);
+        return;
+    }
+    if (rc == XMC_EOVERFLOW) {
+        EXPECT(lock);
+        if (held_with_key(paddr, size) < lock_limit &&
+            !(translate_on && held_with_key(tp, size) >= lock_limit))
+            FAIL("EOVERFLOW with fewer than %u locks on the entry", lock_limit);
+        return;
+    }
+    if (v) {
+        if (rc != XMC_OK)
+            FAIL("map(%#" PRIx64 ", %#" PRIx64 ") of RAM failed: %s", paddr, size,
+                 xmc_strerror(rc));
+    } else if (rc == XMC_EMAP) {
+        return;
+    } else if (rc == XMC_EINVAL) {
+        EXPECT(translate_on && !range_ok(tp, size));
+        return;
+    } else if (rc == XMC_OK) {
+        EXPECT(dummy_ever || (translate_on && trc == XMC_OK));
+    } else {
+        FAIL("map(%#" PRIx64 ", %#" PRIx64 "): unexpected %s", paddr, size,
+             xmc_strerror(rc));
+    }
+    /* A pointer came back: it resolves to what was asked (or its translation). */
+    EXPECT(xmc_ram_addr(cache, p, &back) == XMC_OK);
+    if (v ? back != paddr : back != paddr && back != tp)
+        FAIL("ram_addr(map(%#" PRIx64 ")) = %#" PRIx64, paddr, back);
+    if (size) {
+        uint64_t last;
+        EXPECT(xmc_ram_addr(cache, p + size - 1, &last) == XMC_OK);
+        EXPECT(last == back + size - 1);
+    }
+    if (valid(back, size) && is_guest(p))
+        check_data(p, back, size ? size : 1);
+    if (lock) {
+        held *h;
+
+        EXPECT(nheld < MAX_HELD);
+        h = &hold[nheld++];
+        *h = (held){ .ptr = p, .paddr = back, .size = size, .tag = tag,
+                     .dma = flags & XMC_DMA };
+        h->guest = is_guest(p);
+        h->accessible = !h->guest || valid(back, size);
+    }
+}
+
+static void op_unlock(bool by_tag)
+{
+    uint64_t tag = 0;
+    long i;
+    int rc;
+
+    if (!nheld)
+        return;
+    i = (long)(get8() % nheld);
+    if (by_tag) {
+        EXPECT(xmc_unlock_tag(cache, hold[i].ptr, hold[i].tag) == XMC_OK);
+        forget((size_t)i);
+        EXPECT(xmc_unlock_tag(cache, hold[i < (long)nheld ? i : 0].ptr, ~UINT64_C(0)) ==
+               XMC_ENOENT);
+        return;
+    }
+    i = newest_at(hold[i].ptr);
+    rc = xmc_unlock(cache, hold[i].ptr, &tag);
+    EXPECT(rc == XMC_OK && tag == hold[i].tag);
+    forget((size_t)i);
+}
+
+static void op_unlock_foreign(void)
+{
+    uint8_t *p = gen_ptr();
+    long i = newest_at(p);
+    uint64_t tag = 0;
+    int rc = xmc_unlock(cache, p, &tag);
+
+    if (i < 0) {
+        EXPECT(rc == XMC_ENOENT);
+        return;
+    }
+    EXPECT(rc == XMC_OK && tag == hold[i].tag);
+    forget((size_t)i);
+}
+
+static void op_ram_addr(void)
+{
+    uint64_t back, off, csize, idx;
+    uint8_t *p;
+    int64_t k;
+    held *h;
+
+    if (!nheld) {
+        p = gen_ptr();
+        if (newest_at(p) < 0 && (p == NULL || (uintptr_t)p > UINTPTR_MAX - 512))
+            EXPECT(xmc_ram_addr(cache, p, &back) == XMC_ENOENT);
+        return;
+    }
+    h = &hold[get8() % nheld];
+    key(h->paddr, h->size, &idx, &csize);
+    off = h->paddr & (bucket - 1);
+    /* Anywhere in its entry: [ptr - off, ptr - off + csize). */
+    k = (int64_t)(get16() % csize) - (int64_t)off;
+    EXPECT(xmc_ram_addr(cache, h->ptr + k, &back) == XMC_OK);
+    if (back != h->paddr + (uint64_t)k)
+        FAIL("ram_addr(ptr %+" PRId64 ") = %#" PRIx64 ", want %#" PRIx64, k, back,
+             h->paddr + (uint64_t)k);
+    EXPECT(xmc_ram_addr(cache, NULL, &back) == XMC_ENOENT);
+}
+
+static void op_invalidate(void)
+{
+    xmc_record *r;
+    size_t n, j = 0;
+
+    EXPECT(xmc_invalidate(cache, &r, &n) == XMC_OK);
+    for (size_t i = 0; i < nheld; i++) {
+        if (!hold[i].dma)
+            continue;
+        if (j >= n || r[j].tag != hold[i].tag || r[j].address != (uintptr_t)hold[i].ptr)
+            FAIL("invalidate: DMA record %zu is not held mapping %zu", j, i);
+        j++;
+    }
+    EXPECT(j == n);
+    xmc_records_free(r);
+    if (nheld == 0 && !dummy_on) {
+        xmc_stats st;
+        EXPECT(xmc_stats_get(cache, &st) == XMC_OK);
+        EXPECT(st.entries == 0 && st.mapped_bytes == 0);
+        dummy_ever = false; /* no entry left, so no dummy one */
+    }
+    /* Locked mappings keep their data. */
+    for (size_t i = 0; i < nheld; i++)
+        if (hold[i].guest && hold[i].accessible)
+            check_data(hold[i].ptr, hold[i].paddr, hold[i].size ? hold[i].size : 1);
+}
+
+static void op_replace(void)
+{
+    uint64_t old = gen_paddr(), new = gen_paddr(), size = gen_size(), back;
+    xmc_record *r;
+    uint8_t *p;
+    size_t n;
+    int rc;
+
+    if (get8() & 1) /* often the bucket of a held mapping */
+        if (nheld)
+            old = hold[get8() % nheld].paddr;
+    rc = xmc_replace(cache, old, new, size, (void **)&p);
+    TRACE("replace(%#" PRIx64 ", %#" PRIx64 ", %#" PRIx64 ") = %d %p\n", old, new, size,
+          rc, (void *)p);
+    if (!range_ok(old, size) || !range_ok(new, size) || size > max_size) {
+        EXPECT(rc == XMC_EINVAL);
+        return;
+    }
+    if (rc != XMC_OK) {
+        EXPECT(rc == XMC_ENOENT || rc == XMC_EINVAL || rc == XMC_EMAP);
+        EXPECT(rc != XMC_EMAP || !valid(new, size));
+        check_records(); /* nothing moved */
+        return;
+    }
+    EXPECT(xmc_ram_addr(cache, p, &back) == XMC_OK && back == new);
+    EXPECT(valid(new, size));
+    check_data(p, new, size ? size : 1);
+    /* Records of the replaced entry follow it: take their new addresses. */
+    EXPECT(xmc_locked(cache, &r, &n) == XMC_OK);
+    EXPECT(n == nheld);
+    for (size_t i = 0; i < n; i++) {
+        held *h = &hold[i];
+
+        EXPECT(r[i].tag == h->tag);
+        if (r[i].paddr != h->paddr) {
+            EXPECT((r[i].paddr & (bucket - 1)) == (h->paddr & (bucket - 1)));
+            EXPECT((r[i].paddr >> shift) == (new >> shift));
+            h->paddr = r[i].paddr;
+        }
+        h->guest = is_guest(h->ptr);
+        h->accessible = !h->guest || valid(h->paddr, h->size);
+    }
+    xmc_records_free(r);
+}
+
+static void op_copy(bool write)
+{
+    uint64_t paddr = gen_paddr(), n = get16() % (3 * bucket);
+    static uint8_t buf[3 * (1u << 14)], back[3 * (1u << 14)];
+    bool v = n == 0 || valid(paddr, n);
+    int rc;
+
+    if (write)
+        for (uint64_t i = 0; i < n; i++)
+            buf[i] = (uint8_t)(get8() ^ i);
+    rc = write ? xmc_write(cache, paddr, buf, n) : xmc_read(cache, paddr, buf, n);
+    TRACE("%s(%#" PRIx64 ", %#" PRIx64 ") = %d\n", write ? "write" : "read", paddr, n, rc);
+    if (!range_ok(paddr, n)) {
+        EXPECT(rc == XMC_EINVAL);
+        return;
+    }
+    if (v && rc != XMC_OK)
+        FAIL("%s of RAM %#" PRIx64 "+%#" PRIx64 ": %s", write ? "write" : "read",
+             paddr, n, xmc_strerror(rc));
+    if (!v)
+        EXPECT(rc == XMC_OK || rc == XMC_EMAP || rc == XMC_EINVAL);
+    if (n == 0 || (rc != XMC_OK && !write))
+        return;
+    if (rc != XMC_OK || !v || dummy_ever) {
+        if (write) /* a failed write may have written its first buckets */
+            resync_shadow();
+        return;
+    }
+    if (write) {
+        EXPECT(xmc_ram_read(ram, paddr, back, n) == XMC_OK);
+        EXPECT(memcmp(back, buf, n) == 0); /* written is read back */
+        memcpy(shadow + paddr, buf, n);
+    } else {
+        check_data(buf, paddr, n);
+    }
+}
+
+static void op_held_write(void)
+{
+    held *h;
+    uint64_t n;
+
+    if (!nheld)
+        return;
+    h = &hold[get8() % nheld];
+    if (!h->accessible)
+        return;
+    n = h->size ? h->size : 1;
+    TRACE("held write tag %" PRIu64 " %p paddr %#" PRIx64 " guest %d\n", h->tag,
+          (void *)h->ptr, h->paddr, h->guest);
+    if (h->guest)
+        check_data(h->ptr, h->paddr, n);
+    for (uint64_t i = 0; i < n; i++) {
+        h->ptr[i] = (uint8_t)(i * 7 + h->tag);
+        if (h->guest)
+            shadow[h->paddr + i] = h->ptr[i];
+    }
+}
+
+static void run(void)
+{
+    while (in_pos < in_len) {
+        uint8_t op = get8();
+
+        TRACE("op %u\n", op % 20u);
+        switch (op % 20) {
+        case 0: op_map(0); break;
+        case 1: op_map(0); break;
+        case 2: op_map(XMC_LOCK); break;
+        case 3: op_map(XMC_LOCK | XMC_DMA); break;
+        case 4: op_map(get8() & 7); break;
+        case 5: op_unlock(false); break;
+        case 6: op_unlock(true); break;
+        case 7: op_unlock_foreign(); break;
+        case 8: op_ram_addr(); break;
+        case 9: op_ram_addr(); break;
+        case 10: op_invalidate(); break;
+        case 11: op_replace(); break;
+        case 12: op_copy(false); break;
+        case 13: op_copy(true); break;
+        case 14: op_held_write(); break;
+        case 15: op_held_write(); break;
+        case 16:
+            dummy_on = !dummy_on;
+            dummy_ever |= dummy_on;
+            EXPECT(xmc_cache_set_dummy(cache, dummy_on) == XMC_OK);
+            break;
+        case 17:
+            lock_limit = get8() % 6;
+            EXPECT(xmc_cache_set_lock_limit(cache, lock_limit) == XMC_OK);
+            break;
+        case 18: check_ram(); break;
+        default: {
+            xmc_stats st;
+            EXPECT(xmc_stats_get(cache, &st) == XMC_OK);
+            EXPECT(st.hits + st.misses >= st.remaps);
+            break;
+        }
+        }
+        check_records();
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    uint8_t h0, h1, h2;
+    xmc_stats st;
+
+    tracing = getenv("XMC_FUZZ_TRACE") != NULL;
+    in = data;
+    in_len = size;
+    in_pos = 0;
+    h0 = get8();
+    h1 = get8();
+    h2 = get8();
+    shift = 12 + h0 % 3;
+    bucket = UINT64_C(1) << shift;
+    max_size = (1 + (h0 >> 2) % 8) * bucket;
+    lock_limit = h1 & 0x80 ? UINT32_MAX : 1 + h1 % 4;
+    translate_on = h1 & 0x40;
+    TRACE("shift %u, max_size %#" PRIx64 ", lock limit %u, translate %d, hole2 page %" PRIu64
+          "\n", shift, max_size, lock_limit, translate_on, (uint64_t)(h2 % RAM_PAGES));
+    dummy_on = dummy_ever = false;
+    hole2_lo = (h2 % RAM_PAGES) * PAGE;
+    hole2_hi = hole2_lo + (1 + (h2 >> 6)) * PAGE;
+    nheld = 0;
+    next_tag = 1;
+    ntrack = 0;
+
+    if (!initial_done) { /* per byte, this loop is slow under coverage */
+        for (uint64_t i = 0; i < RAM_SIZE; i++)
+            initial[i] = (uint8_t)(i * 13 + (i >> 12) + 1);
+        initial_done = true;
+    }
+    memcpy(shadow, initial, RAM_SIZE);
+    EXPECT(xmc_ram_new(RAM_SIZE, &ram) == XMC_OK);
+    EXPECT(xmc_ram_write(ram, 0, shadow, RAM_SIZE) == XMC_OK);
+    EXPECT(xmc_ram_add_hole(ram, HOLE_LO, HOLE_HI) == XMC_OK);
+    EXPECT(xmc_ram_add_hole(ram, hole2_lo, hole2_hi) == XMC_OK);
+    rb = xmc_ram_backend(ram);
+    tracked = (xmc_backend){ .opaque = rb->opaque, .map = tr_map, .unmap = tr_unmap };
+    EXPECT(xmc_cache_new(&tracked, shift, max_size, &cache) == XMC_OK);
+    EXPECT(xmc_cache_set_lock_limit(cache, lock_limit) == XMC_OK);
+    if (translate_on)
+        EXPECT(xmc_cache_set_translate(cache, translate, NULL) == XMC_OK);
+
+    run();
+
+    /* Unlock everything, invalidate: nothing may stay mapped. */
+    while (nheld) {
+        uint64_t tag;
+        long i = newest_at(hold[nheld - 1].ptr);
+        EXPECT(xmc_unlock(cache, hold[i].ptr, &tag) == XMC_OK && tag == hold[i].tag);
+        forget((size_t)i);
+    }
+    check_records();
+    check_ram();
+    EXPECT(xmc_invalidate(cache, NULL, NULL) == XMC_OK);
+    EXPECT(xmc_stats_get(cache, &st) == XMC_OK);
+    EXPECT(st.entries == 0 && st.mapped_bytes == 0 && st.locked == 0);
+    /* Backend mappings the cache mapped over (dummy, blanking) and then
+     * munmapped itself stay in the table; none may still map guest RAM. */
+    if (ntrack)
+        check_no_guest_mapping();
+    xmc_cache_free(cache);
+    xmc_ram_free(ram);
+    return 0;
+}
