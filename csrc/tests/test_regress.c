@@ -74,8 +74,35 @@ TEST(regress_failed_replace_restore_keeps_records_and_drops_unlocked)
     fx_teardown();
 }
 
+/*
+ * Found by the fuzzer (fuzz/corpus/crash-replace-dummy-restore): replace of
+ * a dummy entry onto invalid pages "restored" it from the backend, whose
+ * pages for that bucket are not there, so a locked mapping that had been
+ * handed out writable turned PROT_NONE and the next access crashed.
+ */
+TEST(regress_failed_replace_of_dummy_entry_keeps_it_accessible)
+{
+    uint8_t *l;
+    void *q;
+
+    fx_setup(MIB, 16, 4 << 16);
+    fb_bad_pages(F, 0x30, 0x40); /* bucket 3 is not there yet */
+    fb_bad_pages(F, 0x70, 0x71);
+    OK(xmc_cache_set_dummy(C, true));
+    l = MAP(0x30020, 0x29, XMC_LOCK | XMC_DMA);
+    OK(xmc_cache_set_dummy(C, false));
+    CHECK_EQ(xmc_replace(C, 0x30000, 0x70000, 0, &q), XMC_EMAP);
+    CHECK(!xt_faults(xt_touch_write, l));
+    CHECK(!xt_faults(xt_touch_read, l + 0x28));
+    l[0] = 1; /* and for real */
+    CHECK_EQ(RAM_ADDR(l), 0x30020);
+    OK(xmc_unlock(C, l, NULL));
+    fx_teardown();
+}
+
 const xt_test xt_regress_tests[] = {
     XT(regress_last_bucket_of_address_space_is_emap_not_einval),
     XT(regress_failed_replace_restore_keeps_records_and_drops_unlocked),
+    XT(regress_failed_replace_of_dummy_entry_keeps_it_accessible),
     XT_END,
 };
