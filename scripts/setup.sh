@@ -2,7 +2,8 @@
 # Make .venv with a Python >= 3.12 and install xenmapcache into it.
 #   scripts/setup.sh        install the package (what the demo needs)
 #   scripts/setup.sh test   editable install with the test extras, and the
-#                           system tools the C tests use (gcc, make)
+#                           system tools the C tests use (gcc, make, clang with
+#                           libFuzzer, valgrind), apt-installed when missing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,11 +22,45 @@ find_python() {
     return 1
 }
 
+apt_updated=
+apt_install() {
+    local sudo=
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    [ -n "$apt_updated" ] || $sudo apt-get update -qq
+    apt_updated=1
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+# Can clang build a libFuzzer target (csrc/fuzz)?
+libfuzzer_ok() {
+    local tmp rc
+    tmp=$(mktemp -d)
+    printf '#include <stddef.h>\n#include <stdint.h>\nint LLVMFuzzerTestOneInput(const uint8_t *d, size_t n) { (void)d; (void)n; return 0; }\n' >"$tmp/p.c"
+    clang -fsanitize=fuzzer,address "$tmp/p.c" -o "$tmp/p" 2>/dev/null && rc=0 || rc=1
+    rm -rf "$tmp"
+    return $rc
+}
+
 need=()
 command -v cc >/dev/null || need+=(gcc)
 command -v make >/dev/null || need+=(make)
 if [ ${#need[@]} -gt 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+    apt_install "${need[@]}"
+fi
+if [ "${1:-}" = test ]; then
+    # The C suite: clang + libFuzzer for the fuzz run, valgrind for memcheck.
+    # Without them tests/test_c_suite.py skips those runs and says why.
+    want=()
+    command -v clang >/dev/null || want+=(clang)
+    command -v valgrind >/dev/null || want+=(valgrind)
+    if [ ${#want[@]} -gt 0 ]; then
+        apt_install "${want[@]}" || echo "setup: could not install ${want[*]}" >&2
+    fi
+    if command -v clang >/dev/null && ! libfuzzer_ok; then
+        # Debian ships libFuzzer in libclang-rt-N-dev, N = clang's major version.
+        apt_install "libclang-rt-$(clang -dumpversion | cut -d. -f1)-dev" ||
+            echo "setup: could not install libFuzzer for clang" >&2
+    fi
 fi
 
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then

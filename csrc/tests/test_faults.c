@@ -268,23 +268,6 @@ TEST(fault_on_restore_after_failed_replace)
     fx_teardown();
 }
 
-TEST(fault_translate_rescues_chosen_pages)
-{
-    uint8_t *p;
-
-    setup();
-    fb_bad_pages(F, 0x40, 0x50);
-    F->tr_on = true;
-    F->tr_from = 0x40000;
-    F->tr_len = B;
-    F->tr_to = 0x90000;
-    OK(xmc_map(C, 0x41000, 0x10, XMC_LOCK, 0, (void **)&p));
-    CHECK(xt_has_pattern(p, 0x91000, 0x10));
-    CHECK_EQ(RAM_ADDR(p), 0x91000);
-    OK(xmc_unlock(C, p, NULL));
-    fx_teardown();
-}
-
 TEST(fault_every_map_failing_is_survivable)
 {
     uint8_t buf[32];
@@ -352,7 +335,6 @@ const xt_test xt_faults_tests[] = {
     XT(fault_map_in_replace_of_unlocked_entry_drops_it),
     XT(fault_map_in_replace_of_locked_entry_blanks_it),
     XT(fault_on_restore_after_failed_replace),
-    XT(fault_translate_rescues_chosen_pages),
     XT(fault_every_map_failing_is_survivable),
     XT(fault_backend_returning_no_address_is_a_map_error),
     XT_END,

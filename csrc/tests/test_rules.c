@@ -256,9 +256,11 @@ TEST(map_falls_back_on_backend_translate)
     F->tr_from = 0x80000;
     F->tr_len = 0x10000;
     F->tr_to = 0x10000;
-    OK(xmc_map(C, 0x80010, 0, 0, 0, (void **)&p));
+    OK(xmc_map(C, 0x80010, 0x10, XMC_LOCK | XMC_DMA, 0, (void **)&p));
     CHECK_EQ(F->translate_calls, 1);
-    CHECK(xt_has_pattern(p, 0x10010, 64));
+    CHECK(xt_has_pattern(p, 0x10010, 0x10));
+    CHECK_EQ(RAM_ADDR(p), 0x10010); /* the record names the translated page */
+    OK(xmc_unlock(C, p, NULL));
     fx_teardown();
 }
 
