@@ -788,6 +788,10 @@ static int replace_locked(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
         cache_size = (offset + size + c->bucket_size - 1) & ~(c->bucket_size - 1);
         n = ((new_paddr & (XMC_PAGE_SIZE - 1)) + size + XMC_PAGE_SIZE - 1) >> XMC_PAGE_SHIFT;
     }
+    /* Sized from the old offset, the entry must still end by 2**64 at the new
+     * address: a backend asked for more fails, and that would blank it. */
+    if (!xmc_range_ok(new_paddr & ~(c->bucket_size - 1), cache_size))
+        return XMC_EINVAL;
     for (e = c->slots[index % c->nr_slots]; e; e = e->next)
         if (e->index == index && e->size == cache_size)
             break;

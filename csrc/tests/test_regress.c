@@ -100,9 +100,37 @@ TEST(regress_failed_replace_of_dummy_entry_keeps_it_accessible)
     fx_teardown();
 }
 
+/*
+ * replace() sizes the entry from the old address's offset, so a new address
+ * in the last bucket below 2**64 can ask for an entry that would run past
+ * 2**64.  The backend refused it (XMC_EINVAL) without touching anything, but
+ * replace took any map failure as "the old pages may be gone" and blanked
+ * the entry: a locked mapping handed out writable turned PROT_NONE.
+ */
+TEST(regress_replace_past_top_of_address_space_leaves_entry_alone)
+{
+    uint8_t *l;
+    void *q;
+
+    fx_setup(MIB, 16, 4 << 16);
+    l = MAP(0x1f000, 0x2000, XMC_LOCK); /* a two-bucket entry, bucket 1 */
+    CHECK_EQ(xmc_replace(C, 0x1f000, UINT64_MAX - 0x1fff, 0x2000, &q), XMC_EINVAL);
+    CHECK(!xt_faults(xt_touch_read, l + 0x1fff));
+    CHECK(xt_has_pattern(l, 0x1f000, 0x2000));
+    l[0] = 1; /* writable */
+    CHECK_EQ(RAM_ADDR(l + 0x1000), 0x20000);
+    OK(xmc_unlock(C, l, NULL));
+    l = MAP(0x1f001, 0x1fff, 0); /* unlocked: still there, not dropped */
+    CHECK_EQ(xmc_replace(C, 0x1f000, UINT64_MAX - 0x1fff, 0x2000, &q), XMC_EINVAL);
+    CHECK(xt_has_pattern(l, 0x1f001, 0x1fff));
+    CHECK_EQ(xt_stats(C).entries, 1);
+    fx_teardown();
+}
+
 const xt_test xt_regress_tests[] = {
     XT(regress_last_bucket_of_address_space_is_emap_not_einval),
     XT(regress_failed_replace_restore_keeps_records_and_drops_unlocked),
     XT(regress_failed_replace_of_dummy_entry_keeps_it_accessible),
+    XT(regress_replace_past_top_of_address_space_leaves_entry_alone),
     XT_END,
 };
