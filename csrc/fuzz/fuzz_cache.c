@@ -224,15 +224,20 @@ static size_t held_with_key(uint64_t paddr, uint64_t size)
     return n;
 }
 
-/* Is p inside guest memory (the memfd) rather than a dummy's anonymous pages? */
-static bool is_guest(const void *p)
+/*
+ * Is p in guest memory (the memfd), in a dummy entry's anonymous pages, or
+ * in a page mapped with no access (a hole, say, after a replace)?
+ */
+enum kind { GUEST, DUMMY, NO_ACCESS };
+
+static enum kind kind_of(const void *p)
 {
-    FILE *f;
+    enum kind kind = NO_ACCESS;
     char line[512];
-    bool guest = false;
+    FILE *f;
 
     if (!dummy_ever)
-        return true;
+        return GUEST; /* the caller knows from valid() whether it is RAM */
     f = fopen("/proc/self/maps", "re");
     EXPECT(f);
     while (fgets(line, sizeof(line), f)) {
@@ -240,12 +245,29 @@ static bool is_guest(const void *p)
 
         if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && lo <= (uintptr_t)p &&
             (uintptr_t)p < hi) {
-            guest = strstr(line, "xenmapcache-guest-ram") != NULL;
+            if (strstr(line, "xenmapcache-guest-ram"))
+                kind = GUEST;
+            else if (strstr(line, " rw"))
+                kind = DUMMY;
             break;
         }
     }
     fclose(f);
-    return guest;
+    return kind;
+}
+
+static bool is_guest(const void *p)
+{
+    return kind_of(p) == GUEST;
+}
+
+/* Classify a held mapping afresh (after a map or a replace). */
+static void classify(held *h)
+{
+    enum kind k = kind_of(h->ptr);
+
+    h->guest = k == GUEST;
+    h->accessible = k == DUMMY || (k == GUEST && valid(h->paddr, h->size));
 }
 
 /* With every entry gone, no mapping of guest RAM may be left. */
@@ -450,8 +472,7 @@ static void op_map(unsigned flags)
         h = &hold[nheld++];
         *h = (held){ .ptr = p, .paddr = back, .size = size, .tag = tag,
                      .dma = flags & XMC_DMA };
-        h->guest = is_guest(p);
-        h->accessible = !h->guest || valid(back, size);
+        classify(h);
     }
 }
 
@@ -583,8 +604,7 @@ static void op_replace(void)
             EXPECT((r[i].paddr >> shift) == (new >> shift));
             h->paddr = r[i].paddr;
         }
-        h->guest = is_guest(h->ptr);
-        h->accessible = !h->guest || valid(h->paddr, h->size);
+        classify(h);
     }
     xmc_records_free(r);
 }
