@@ -3,7 +3,8 @@
  * calls on a small cache, checked against a model after every call.
  *
  * Setup (first three bytes): bucket shift 12..14, 1..8 slots, lock limit,
- * translate on/off, a second hole.  Guest RAM is 64 pages with a fixed hole
+ * translate on/off, a second hole, and whether the cache is freed at the end
+ * with its locked mappings outstanding (else they are unlocked first).  Guest RAM is 64 pages with a fixed hole
  * at pages [24, 28) and a chosen one; addresses reach past the end and up to
  * the top of the 64-bit space.  The translate callback maps the fixed hole
  * onto pages [4, 8), fails for the chosen hole and answers a wrapping
@@ -42,7 +43,7 @@
 #define HOLE_LO (24 * PAGE) /* translated to ALIAS */
 #define HOLE_HI (28 * PAGE)
 #define ALIAS (4 * PAGE)
-#define MAX_HELD 64
+#define MAX_HELD 200 /* past 64: the record hash table grows */
 #define MAX_TRACK 512
 
 #define FAIL(...)                                                             \
@@ -105,7 +106,7 @@ static xmc_cache *cache;
 static unsigned shift;
 static uint64_t bucket, max_size;
 static uint32_t lock_limit;
-static bool translate_on, dummy_on, dummy_ever;
+static bool translate_on, dummy_on, dummy_ever, free_locked;
 static uint64_t hole2_lo, hole2_hi;
 static uint8_t shadow[RAM_SIZE], initial[RAM_SIZE];
 static bool initial_done;
@@ -422,6 +423,10 @@ static void op_map(unsigned flags)
     uint8_t *p = NULL;
     int rc;
 
+    if (lock && nheld == MAX_HELD) { /* make room: drop the oldest */
+        EXPECT(xmc_unlock_tag(cache, hold[0].ptr, hold[0].tag) == XMC_OK);
+        forget(0);
+    }
     tp = translate_on ? translate_model(paddr, &trc) : paddr;
     rc = xmc_map(cache, paddr, size, flags, tag, (void **)&p);
     TRACE("map(%#" PRIx64 ", %#" PRIx64 ", %u) tag %" PRIu64 " = %d %p\n", paddr, size,
@@ -731,6 +736,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     max_size = (1 + (h0 >> 2) % 8) * bucket;
     lock_limit = h1 & 0x80 ? UINT32_MAX : 1 + h1 % 4;
     translate_on = h1 & 0x40;
+    free_locked = h1 & 0x20; /* end with xmc_cache_free on locked mappings */
     TRACE("shift %u, max_size %#" PRIx64 ", lock limit %u, translate %d, hole2 page %" PRIu64
           "\n", shift, max_size, lock_limit, translate_on, (uint64_t)(h2 % RAM_PAGES));
     dummy_on = dummy_ever = false;
@@ -759,6 +765,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     run();
 
+    if (free_locked) { /* the cache goes with mappings still locked */
+        xmc_cache_free(cache);
+        if (!dummy_ever)
+            check_no_guest_mapping();
+        xmc_ram_free(ram);
+        return 0;
+    }
     /* Unlock everything, invalidate: nothing may stay mapped. */
     while (nheld) {
         uint64_t tag;

@@ -23,13 +23,16 @@ DUMMY, LOCK_LIMIT, CHECK_RAM, STATS = 16, 17, 18, 19
 
 
 def header(shift: int = 12, slots: int = 4, lock_limit: int = 0, translate: bool = False,
-           hole2_page: int = 40, hole2_pages: int = 1) -> bytes:
-    """Shift 12..14, 1..8 slots, lock limit 1..4 (0 = unlimited), second hole."""
+           hole2_page: int = 40, hole2_pages: int = 1, free_locked: bool = False) -> bytes:
+    """Shift 12..14, 1..8 slots, lock limit 1..4 (0 = unlimited), second hole;
+    free_locked: end with xmc_cache_free while mappings are still locked."""
     # h0 % 3 picks the shift, (h0 >> 2) % 8 the number of slots.
     h0 = next(c for c in range(256) if c % 3 == shift - 12 and (c >> 2) % 8 == slots - 1)
     h1 = 0x80 if lock_limit == 0 else (lock_limit - 1)
     if translate:
         h1 |= 0x40
+    if free_locked:
+        h1 |= 0x20
     h2 = (hole2_page % 64) | ((hole2_pages - 1) << 6)
     return bytes([h0, h1, h2])
 
@@ -104,6 +107,15 @@ def seeds() -> dict[str, bytes]:
         bytes([WRITE]) + top_addr(3) + struct.pack("<H", 8) + bytes(8),
         bytes([UNLOCK_FOREIGN, 255, RAM_ADDR, 254]),
     ])
+    s["replace_top"] = header(shift=12, slots=4, lock_limit=0) + b"".join([
+        bytes([MAP_LOCK]) + page_addr(3, 0xf00) + sized(0x300),  # two-page entry
+        bytes([REPLACE]) + page_addr(3, 0xf00) + top_addr(0x2ff) + sized(0x300) + bytes([0]),
+        bytes([HELD_WRITE, 0, INVALIDATE, UNLOCK, 0]),
+    ])
+    s["many_locks_then_free"] = header(shift=13, slots=8, free_locked=True) + b"".join(
+        bytes([MAP_LOCK if i % 2 else MAP_DMA]) + page_addr(i % 20, 8 * i) + small(8)
+        for i in range(80)
+    )
     return s
 
 
