@@ -91,6 +91,13 @@ typedef struct xmc_stats {
     uint64_t invalidations; /* xmc_invalidate() calls */
 } xmc_stats;
 
+/* Heap the cache holds for its bookkeeping (guest mappings not included). */
+typedef struct xmc_memory {
+    uint64_t record_bytes; /* record pool (grown in chunks, kept) + reverse hash */
+    uint64_t entry_bytes;  /* live entries, page bitmaps included */
+    uint64_t slot_bytes;   /* the cache itself and its hash slots */
+} xmc_memory;
+
 const char *xmc_strerror(int err);
 
 /* Guest RAM in a Linux memfd: the embedded backend. */
@@ -141,6 +148,7 @@ void xmc_records_free(xmc_record *records);
 int xmc_read(xmc_cache *c, uint64_t paddr, void *buf, size_t n);
 int xmc_write(xmc_cache *c, uint64_t paddr, const void *buf, size_t n);
 int xmc_stats_get(xmc_cache *c, xmc_stats *out);
+int xmc_memory_get(xmc_cache *c, xmc_memory *out);
 
 /* cdef-end */
 
