@@ -19,6 +19,16 @@ CALLBACKS = """
 extern "Python" int _xmc_py_translate(void *, uint64_t, uint64_t, uint64_t *);
 """
 
+# The hot-path wrappers of csrc/xmc_pyseam.h: plain integers in and out.
+SEAM = """
+#define XMC_PY_ERR ...
+uint64_t xmc_py_map_ptr(xmc_cache *c, uint64_t paddr, uint64_t size, int lock, int dma);
+uint64_t xmc_py_noop(xmc_cache *c, uint64_t paddr, uint64_t size, int lock, int dma);
+uint64_t xmc_py_map(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags, uint64_t tag);
+uint64_t xmc_py_ram_addr(xmc_cache *c, uintptr_t addr);
+int xmc_py_unlock(xmc_cache *c, uintptr_t addr, uint64_t tag);
+"""
+
 
 def public_cdef() -> str:
     header = (HERE / CSRC / "xenmapcache.h").read_text()
@@ -36,14 +46,14 @@ def c_sources() -> list[str]:
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(public_cdef() + CALLBACKS)
+ffibuilder.cdef(public_cdef() + CALLBACKS + SEAM)
 ffibuilder.set_source(
     "xenmapcache._core",
-    '#include "xenmapcache.h"',
+    '#include "xenmapcache.h"\n#include "xmc_pyseam.h"',
     sources=c_sources(),
     include_dirs=[CSRC],
-    depends=[f"{CSRC}/xenmapcache.h", f"{CSRC}/xmc_internal.h"],
-    extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"],
+    depends=[f"{CSRC}/xenmapcache.h", f"{CSRC}/xmc_internal.h", f"{CSRC}/xmc_pyseam.h"],
+    extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden"],
     libraries=["pthread"],
 )
 

@@ -4,7 +4,10 @@
 ``xenmapcache.reference``) what belongs to Python: input checks, ``Mapping``
 objects with buffer export counting, tags, the DMA warnings, and lifetimes.
 A core exposes: map, unlock, ram_addr, invalidate, replace, locked, read,
-write, stats, view and close (see ``_NativeCore``).
+write, stats, view and close (see ``_NativeCore``).  A core may also offer
+``fast_paths(cache)``: closures that the cache installs over its own
+``map_ptr``, ``read``, ``ram_addr`` and ``unlock`` so that the common case
+costs one C call and no Python object besides the result.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import sys
 import threading
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +38,10 @@ LOCK_LIMIT_MAX = 2**32 - 1
 Translate = Callable[[int, int], int]
 # A raw record (map_ptr with lock=True) carries this tag id; Mappings get their own.
 RAW = 0
+# cache.read fills a fresh bytes object in place (one copy instead of two) on
+# CPython, where cffi passes a bytes object to C as a pointer to its own data.
+FILL_BYTES = sys.implementation.name == "cpython"
+FAST_READ_MAX = 1 << 24  # larger reads take the checked path: the copy dominates
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,18 +167,31 @@ class _NativeCore:
         except MappingError as exc:
             raise exc from cause
 
+    def _fail_encoded(self, value: int, what: str) -> None:
+        """Raise for an error code encoded as a host address (see xmc_pyseam.h)."""
+        self._fail(value - (1 << 64), what)
+
     def map(self, paddr: int, size: int, flags: int, tag: int) -> int:
-        out = self._ffi.new("void **")  # per call: threads share this core
-        rc = self._lib.xmc_map(self._c, paddr, size, flags, tag, out)
-        if rc:
-            self._fail(rc, f"map {paddr:#x}+{size:#x}")
-        return int(self._ffi.cast("uintptr_t", out[0]))
+        # The address comes back as the return value: nothing shared between threads.
+        address = self._lib.xmc_py_map(self._c, paddr, size, flags, tag)
+        if address >= self._lib.XMC_PY_ERR:
+            self._fail_encoded(address, f"map {paddr:#x}+{size:#x}")
+        return address
+
+    def map_ptr(self, paddr: int, size: int, lock: bool, dma: bool) -> int:
+        address = self._lib.xmc_py_map_ptr(self._c, paddr, size, lock, dma)
+        if address >= self._lib.XMC_PY_ERR:
+            self._fail_encoded(address, f"map {paddr:#x}+{size:#x}")
+        return address
 
     def unlock(self, address: int, tag: int) -> None:
-        self._check(self._lib.xmc_unlock_tag(self._c, self._ffi.cast("void *", address), tag), f"unlock {address:#x}")
+        self._check(self._lib.xmc_py_unlock(self._c, address, tag), f"unlock {address:#x}")
 
     def ram_addr(self, address: int) -> int:
-        out = self._ffi.new("uint64_t *")
+        paddr = self._lib.xmc_py_ram_addr(self._c, address)
+        if paddr != U64_LIMIT - 1:
+            return paddr
+        out = self._ffi.new("uint64_t *")  # an error, or really the last byte of guest space
         self._check(self._lib.xmc_ram_addr(self._c, self._ffi.cast("void *", address), out), f"ram_addr {address:#x}")
         return int(out[0])
 
@@ -197,11 +218,17 @@ class _NativeCore:
         return int(self._ffi.cast("uintptr_t", out[0]))
 
     def read(self, paddr: int, n: int) -> bytes:
-        buf = bytearray(n)
-        rc = self._lib.xmc_read(self._c, paddr, self._ffi.from_buffer(buf), n)
+        if FILL_BYTES and n > 1:
+            buf = bytes(n)  # fresh, private, never the shared b"" or 1-byte objects
+            rc = self._lib.xmc_read(self._c, paddr, buf, n)
+            if rc:
+                self._fail(rc, f"read {paddr:#x}+{n:#x}")
+            return buf
+        ba = bytearray(n)
+        rc = self._lib.xmc_read(self._c, paddr, self._ffi.from_buffer(ba), n)
         if rc:
             self._fail(rc, f"read {paddr:#x}+{n:#x}")
-        return bytes(buf)
+        return bytes(ba)
 
     def write(self, paddr: int, data: Any) -> None:
         src = self._ffi.from_buffer(data)
@@ -217,7 +244,95 @@ class _NativeCore:
     def view(self, address: int, size: int) -> memoryview:
         return memoryview(self._ffi.buffer(self._ffi.cast("char *", address), size))
 
+    def fast_paths(self, cache: MapCache) -> dict[str, Callable[..., Any]]:
+        """Closures for ``cache.map_ptr``, ``read``, ``ram_addr`` and ``unlock``.
+
+        Each does the common case in one C call with the cache handle in a
+        closure cell: no bound method, no attribute lookups, no validation
+        beyond an exact ``int`` check (cffi itself rejects negative and
+        too-large values with OverflowError).  Anything unusual (another
+        type, an out-of-range value, an error) goes to the cache's own
+        method, which validates and raises as documented.  ``close()`` sets
+        the handle to NULL, which the C core refuses with XMC_EINVAL, so a
+        closure kept past ``close()`` never touches freed memory.  The cache
+        is held weakly: the closures live in its ``__dict__``.
+        """
+        lib, ffi = self._lib, self._ffi
+        handle = self._c
+        owner_ref = weakref.ref(cache)
+        cls = type(cache)
+        map_ptr_c, read_c, ram_addr_c, unlock_c = lib.xmc_py_map_ptr, lib.xmc_read, lib.xmc_py_ram_addr, lib.xmc_py_unlock
+        err, no_paddr, fail = lib.XMC_PY_ERR, U64_LIMIT - 1, self._fail_encoded
+
+        def owner() -> MapCache:
+            c = owner_ref()
+            if c is None:
+                raise MapCacheError("the cache is gone")
+            return c
+
+        def map_ptr(paddr: int, size: int = 0, lock: bool = False, dma: bool = False) -> int:
+            if type(paddr) is int and type(size) is int:
+                try:
+                    address = map_ptr_c(handle, paddr, size, lock, dma)
+                except (OverflowError, TypeError):
+                    pass
+                else:
+                    if address < err:
+                        return address
+                    owner()._check_open()
+                    fail(address, f"map {paddr:#x}+{size:#x}")
+            return cls.map_ptr(owner(), paddr, size, lock, dma)
+
+        def read(paddr: int, n: int) -> bytes:
+            if type(paddr) is int and type(n) is int and 1 < n <= FAST_READ_MAX:
+                buf = bytes(n)  # fresh and private: the core fills it in place
+                try:
+                    rc = read_c(handle, paddr, buf, n)
+                except OverflowError:
+                    pass
+                else:
+                    if not rc:
+                        return buf
+            return cls.read(owner(), paddr, n)  # checks, then reports any error
+
+        def ram_addr(address: int) -> int:
+            if type(address) is int:
+                try:
+                    paddr = ram_addr_c(handle, address)
+                except OverflowError:
+                    pass
+                else:
+                    if paddr != no_paddr:
+                        return paddr
+            return cls.ram_addr(owner(), address)
+
+        def unlock(address: int) -> None:
+            if type(address) is int:
+                try:
+                    rc = unlock_c(handle, address, RAW)
+                except OverflowError:
+                    pass
+                else:
+                    if not rc:
+                        return
+            cls.unlock(owner(), address)  # Mappings at that address, or the error
+
+        def detach() -> None:
+            nonlocal handle
+            handle = ffi.NULL
+
+        for fn, method in ((map_ptr, cls.map_ptr), (read, cls.read), (ram_addr, cls.ram_addr), (unlock, cls.unlock)):
+            fn.__doc__ = method.__doc__
+        self._detach = detach
+        paths = {"map_ptr": map_ptr, "ram_addr": ram_addr, "unlock": unlock}
+        if FILL_BYTES:
+            paths["read"] = read
+        return paths
+
     def close(self) -> None:
+        detach = getattr(self, "_detach", None)
+        if detach is not None:
+            detach()
         self._ffi.release(self._c)
 
 
@@ -256,6 +371,9 @@ class MapCache:
         self.bucket_shift = shift
         self.max_size = max_size
         self._core = self._Core(ram, shift, max_size, translate, bool(dummy_on_failure), lock_limit)
+        fast_paths = getattr(self._core, "fast_paths", None)
+        if fast_paths is not None:  # instance attributes: they shadow the methods below
+            vars(self).update(fast_paths(self))
         self._ram = ram
         self._mappings: dict[int, Mapping] = {}
         self._by_address: dict[int, list[Mapping]] = {}
