@@ -65,6 +65,7 @@ struct xmc_cache {
     record *newest;
     uint32_t lock_limit;
     bool dummy;
+    bool closed;
     xmc_translate_fn translate;
     void *translate_opaque;
     xmc_stats st;
@@ -81,6 +82,7 @@ const char *xmc_strerror(int err)
     case XMC_EOVERFLOW: return "lock count at its limit";
     case XMC_EUNAVAIL: return "backend not available";
     case XMC_ESYS: return "system call failed";
+    case XMC_ECLOSED: return "the cache is closed";
     default: return "unknown error";
     }
 }
@@ -522,21 +524,31 @@ int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_siz
     return XMC_OK;
 }
 
+/* Drop every record and entry; the cache is then empty but usable. */
+static void drain(xmc_cache *c)
+{
+    while (c->oldest) {
+        record *r = c->oldest;
+        c->oldest = r->newer;
+        free(r);
+    }
+    c->newest = NULL;
+    free(c->rhash);
+    c->rhash = NULL;
+    c->rhash_bits = 0;
+    while (c->live)
+        entry_destroy(c, c->live);
+    c->st.locked = c->st.dma_locked = 0;
+}
+
 void xmc_cache_free(xmc_cache *c)
 {
     const xmc_backend *be;
 
     if (!c)
         return;
-    while (c->oldest) {
-        record *r = c->oldest;
-        c->oldest = r->newer;
-        free(r);
-    }
-    while (c->live)
-        entry_destroy(c, c->live);
+    drain(c);
     tdestroy(c->tree, tree_noop);
-    free(c->rhash);
     free(c->slots);
     pthread_mutex_destroy(&c->mutex);
     be = c->be;
@@ -551,10 +563,22 @@ void xmc_cache_free(xmc_cache *c)
         if (!(c))                                                             \
             return XMC_EINVAL;                                                \
         pthread_mutex_lock(&(c)->mutex);                                      \
-        rc_ = (expr);                                                         \
+        rc_ = (c)->closed ? XMC_ECLOSED : (expr);                             \
         pthread_mutex_unlock(&(c)->mutex);                                    \
         return rc_;                                                           \
     } while (0)
+
+static int close_locked(xmc_cache *c)
+{
+    drain(c);
+    c->closed = true;
+    return XMC_OK;
+}
+
+int xmc_cache_close(xmc_cache *c)
+{
+    LOCKED_CALL(c, close_locked(c));
+}
 
 static int set_lock_limit_locked(xmc_cache *c, uint32_t limit)
 {

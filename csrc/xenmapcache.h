@@ -36,6 +36,7 @@ extern "C" {
 #define XMC_EOVERFLOW -5 /* lock count at its limit */
 #define XMC_EUNAVAIL -6  /* backend not available on this machine */
 #define XMC_ESYS -7      /* a system call failed; see errno */
+#define XMC_ECLOSED -8   /* the cache was closed */
 
 #define XMC_PAGE_SHIFT 12
 #define XMC_MIN_BUCKET_SHIFT 12
@@ -113,6 +114,12 @@ void xmc_ram_free(xmc_ram *ram); /* caches using it keep it alive */
 int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_size,
                   xmc_cache **out);
 void xmc_cache_free(xmc_cache *c); /* unmaps everything */
+/*
+ * Unmap everything and drop every record now, while other threads may still
+ * hold the handle: their calls then fail with XMC_ECLOSED until the last user
+ * calls xmc_cache_free().
+ */
+int xmc_cache_close(xmc_cache *c);
 int xmc_cache_set_lock_limit(xmc_cache *c, uint32_t limit);
 int xmc_cache_set_dummy(xmc_cache *c, bool on); /* incoming-migration mode */
 int xmc_cache_set_translate(xmc_cache *c, xmc_translate_fn fn, void *opaque);

@@ -88,25 +88,27 @@ class Mapping:
         return self._released
 
     def __buffer__(self, flags: int) -> memoryview:
-        if self._released:
-            raise BufferError("the mapping was released")
-        view = self._cache._core.view(self.address, self.size)
-        self._exports += 1
-        return view
+        with self._cache._lock:
+            if self._released:
+                raise BufferError("the mapping was released")
+            self._exports += 1
+        return self._cache._core.view(self.address, self.size)
 
     def __release_buffer__(self, view: memoryview) -> None:
-        self._exports -= 1
         view.release()
+        with self._cache._lock:
+            self._exports -= 1
 
     def release(self) -> None:
         """Unlock the mapping; a second call does nothing."""
-        if self._released:
-            return
-        if self._exports:
-            raise BufferError(f"{self._exports} memoryview(s) of the mapping are still alive")
-        self._cache._forget(self)
+        with self._cache._lock:
+            if self._released:
+                return
+            if self._exports:
+                raise BufferError(f"{self._exports} memoryview(s) of the mapping are still alive")
+            self._released = True
+            self._cache._forget(self)
         self._cache._core.unlock(self.address, self._id)
-        self._released = True
 
     def __enter__(self) -> Mapping:
         return self
@@ -218,7 +220,10 @@ class _NativeCore:
         return memoryview(self._ffi.buffer(self._ffi.cast("char *", address), size))
 
     def close(self) -> None:
-        self._ffi.release(self._c)
+        # Unmap now; the handle itself is freed by the GC once no thread is
+        # inside a call (a call holds a reference to it), so a racing call
+        # fails with a clean error instead of touching freed memory.
+        self._check(self._lib.xmc_cache_close(self._c), "close")
 
 
 class MapCache:
@@ -261,7 +266,9 @@ class MapCache:
         self._by_address: dict[int, list[Mapping]] = {}
         self._ids = itertools.count(1)
         self._closed = False
-        self._close_lock = threading.Lock()
+        # Guards buffer exports and the registry, never held across a C call:
+        # the C core serialises the cache itself.
+        self._lock = threading.Lock()
 
     # -- mapping ---------------------------------------------------------
 
@@ -270,13 +277,14 @@ class MapCache:
         self._check_open()
         paddr, size = check_range(paddr, size, self.max_size)
         m = Mapping(self, next(self._ids), paddr, size, bool(dma), tag)
-        self._mappings[m._id] = m
+        self._mappings[m._id] = m  # before the call: invalidate() may list it at once
         try:
             m.address = self._core.map(paddr, size, LOCK | (DMA if dma else 0), m._id)
         except BaseException:
             del self._mappings[m._id]
             raise
-        self._by_address.setdefault(m.address, []).append(m)
+        with self._lock:
+            self._by_address.setdefault(m.address, []).append(m)
         return m
 
     def map_ptr(self, paddr: int, size: int = 0, lock: bool = False, dma: bool = False) -> int:
@@ -295,14 +303,15 @@ class MapCache:
             return
         except UnknownMapping:
             pass
-        holders = self._by_address.get(address, [])
-        for m in reversed(holders):
-            if not m._exports:
-                m.release()
-                return
-        if holders:
+        with self._lock:
+            holders = self._by_address.get(address, [])
+            idle = [m for m in holders if not m._exports]
+        if idle:
+            idle[-1].release()
+        elif holders:
             raise BufferError(f"every mapping at {address:#x} still has memoryviews alive")
-        raise UnknownMapping(f"no locked mapping at {address:#x}")
+        else:
+            raise UnknownMapping(f"no locked mapping at {address:#x}")
 
     def ram_addr(self, address: int) -> int:
         """The guest-physical address behind a host address inside a mapped entry."""
@@ -373,6 +382,7 @@ class MapCache:
     # -- lifetime -------------------------------------------------------------
 
     def _forget(self, m: Mapping) -> None:
+        """Drop ``m`` from the registry; the caller holds ``self._lock``."""
         self._mappings.pop(m._id, None)
         holders = self._by_address.get(m.address)
         if holders is not None:
@@ -391,7 +401,7 @@ class MapCache:
 
     def close(self) -> None:
         """Unmap everything.  Raises BufferError (and keeps everything) while a view is alive."""
-        with self._close_lock:
+        with self._lock:
             if self._closed:
                 return
             busy = [m for m in self._mappings.values() if m._exports]
@@ -402,7 +412,7 @@ class MapCache:
                 m._released = True
             self._mappings.clear()
             self._by_address.clear()
-            self._core.close()
+        self._core.close()
 
     def __enter__(self) -> MapCache:
         return self
