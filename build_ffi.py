@@ -17,6 +17,10 @@ CSRC = "csrc"
 # Callbacks from C into Python (translate hooks, Python-side backends).
 CALLBACKS = """
 extern "Python" int _xmc_py_translate(void *, uint64_t, uint64_t, uint64_t *);
+extern "Python" int _xmc_py_map(void *, void *, uint64_t, size_t, int *, void **);
+extern "Python" int _xmc_py_unmap(void *, void *, size_t);
+extern "Python" void _xmc_py_retain(void *);
+extern "Python" void _xmc_py_release(void *);
 """
 
 

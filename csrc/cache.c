@@ -290,8 +290,7 @@ static int entry_remap(xmc_cache *c, xmc_entry *e, uint64_t index, uint64_t size
 
     if (size == e->size) {
         rc = map_into(c, e, index, size, true, dummy, e->valid);
-        if (rc != XMC_OK) {
-            e->flags |= ENTRY_ANON; /* whatever is left there is ours to drop */
+        if (rc != XMC_OK) { /* the backend unmaps whatever is left there */
             entry_destroy(c, e);
             return rc;
         }

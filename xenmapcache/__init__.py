@@ -8,6 +8,7 @@
 See README.md for the tour and DESIGN.md for the contract.
 """
 
+from .backends import CallbackBackend
 from .cache import LockedMapping, MapCache, Mapping, Stats
 from .errors import (
     BackendUnavailable,
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailable",
+    "CallbackBackend",
     "DMAMappingWarning",
     "GuestRAM",
     "InvalidAddress",

@@ -20,6 +20,7 @@ from typing import Any
 
 from ._validate import U64_LIMIT, as_uint, check_range
 from .errors import DMAMappingWarning, InvalidAddress, MapCacheError, MappingError, UnknownMapping
+from .backends import CallbackBackend
 from .ram import GuestRAM
 
 logger = logging.getLogger("xenmapcache")
@@ -137,28 +138,26 @@ class _NativeCore:
 
         self._ffi, self._lib = ffi, lib = binding()
         self._check = check
-        c_ram = ram._c_ram()
         out = ffi.new("xmc_cache **")
-        check(lib.xmc_cache_new(lib.xmc_ram_backend(c_ram), bucket_shift, max_size, out), "MapCache")
+        with ram._c_backend() as backend:
+            check(lib.xmc_cache_new(backend, bucket_shift, max_size, out), "MapCache")
         self._c = ffi.gc(out[0], lib.xmc_cache_free)
         check(lib.xmc_cache_set_lock_limit(self._c, lock_limit), "lock_limit")
         check(lib.xmc_cache_set_dummy(self._c, dummy), "dummy_on_failure")
         self._translate = None
-        if translate is not None:
-            from . import _callbacks
+        from . import _callbacks
 
+        self._pending = _callbacks.pending
+        if translate is not None:
             self._translate = ffi.new_handle(translate)
             check(lib.xmc_cache_set_translate(self._c, lib._xmc_py_translate, self._translate), "translate")
-            self._pending = _callbacks.pending
 
     def _fail(self, rc: int, what: str) -> None:
-        cause = None
-        if self._translate is not None:
-            cause = getattr(self._pending, "error", None)
-            self._pending.error = None
+        cause = getattr(self._pending, "error", None)  # from a Python callback
+        self._pending.error = None
         try:
             self._check(rc, what)
-        except MappingError as exc:
+        except MapCacheError as exc:
             raise exc from cause
 
     def map(self, paddr: int, size: int, flags: int, tag: int) -> int:
@@ -169,27 +168,40 @@ class _NativeCore:
         return int(self._ffi.cast("uintptr_t", out[0]))
 
     def unlock(self, address: int, tag: int) -> None:
-        self._check(self._lib.xmc_unlock_tag(self._c, self._ffi.cast("void *", address), tag), f"unlock {address:#x}")
+        rc = self._lib.xmc_unlock_tag(self._c, self._ffi.cast("void *", address), tag)
+        if rc:
+            self._fail(rc, f"unlock {address:#x}")
 
     def ram_addr(self, address: int) -> int:
         out = self._ffi.new("uint64_t *")
         self._check(self._lib.xmc_ram_addr(self._c, self._ffi.cast("void *", address), out), f"ram_addr {address:#x}")
         return int(out[0])
 
-    def _records(self, fn: Any, what: str) -> list[tuple[int, int, int, int, bool]]:
+    def _records(self, fn: Any) -> tuple[list[tuple[int, int, int, int, bool]], int]:
         ffi = self._ffi
         arr, n = ffi.new("xmc_record **"), ffi.new("size_t *")
-        self._check(fn(self._c, arr, n), what)
-        try:
-            return [(r.address, r.paddr, r.size, r.tag, bool(r.dma)) for r in arr[0][0 : n[0]]]
-        finally:
-            self._lib.xmc_records_free(arr[0])
+        rc = fn(self._c, arr, n)
+        records = [(r.address, r.paddr, r.size, r.tag, bool(r.dma)) for r in arr[0][0 : n[0]]] if arr[0] else []
+        self._lib.xmc_records_free(arr[0])
+        return records, rc
 
     def invalidate(self) -> list[tuple[int, int, int, int, bool]]:
-        return self._records(self._lib.xmc_invalidate, "invalidate")
+        records, rc = self._records(self._lib.xmc_invalidate)
+        if rc == self._lib.XMC_ESYS:
+            # The invalidation happened; an entry failed to unmap and is gone
+            # all the same (never retried).  Say so once and keep the records.
+            cause = getattr(self._pending, "error", None)
+            self._pending.error = None
+            logger.error("invalidate: unmapping an entry failed: %s", cause or "system call failed")
+        elif rc:
+            self._fail(rc, "invalidate")
+        return records
 
     def locked(self) -> list[tuple[int, int, int, int, bool]]:
-        return self._records(self._lib.xmc_locked, "locked")
+        records, rc = self._records(self._lib.xmc_locked)
+        if rc:
+            self._fail(rc, "locked")
+        return records
 
     def replace(self, old: int, new: int, size: int) -> int:
         out = self._ffi.new("void **")
@@ -223,7 +235,9 @@ class _NativeCore:
         # Unmap now; the handle itself is freed by the GC once no thread is
         # inside a call (a call holds a reference to it), so a racing call
         # fails with a clean error instead of touching freed memory.
-        self._check(self._lib.xmc_cache_close(self._c), "close")
+        rc = self._lib.xmc_cache_close(self._c)
+        if rc:
+            self._fail(rc, "close")
 
 
 class MapCache:
@@ -240,15 +254,15 @@ class MapCache:
 
     def __init__(
         self,
-        ram: GuestRAM,
+        ram: GuestRAM | CallbackBackend,
         bucket_shift: int = DEFAULT_BUCKET_SHIFT,
         max_size: int | None = None,
         translate: Translate | None = None,
         dummy_on_failure: bool = False,
         lock_limit: int = LOCK_LIMIT_MAX,
     ) -> None:
-        if not isinstance(ram, GuestRAM):
-            raise TypeError(f"ram must be a GuestRAM, not {type(ram).__name__}")
+        if not hasattr(ram, "_c_backend"):
+            raise TypeError(f"ram must be a GuestRAM or a backend, not {type(ram).__name__}")
         shift = as_uint(bucket_shift, "bucket_shift")
         if not MIN_BUCKET_SHIFT <= shift <= MAX_BUCKET_SHIFT:
             raise InvalidAddress(f"bucket_shift must be in [{MIN_BUCKET_SHIFT}, {MAX_BUCKET_SHIFT}]: {shift}")
