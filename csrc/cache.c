@@ -278,8 +278,9 @@ static int entry_new(xmc_cache *c, uint64_t index, uint64_t size, bool dummy,
 }
 
 /*
- * Point the unlocked entry e at bucket `index`.  Same size: map over it in
- * place.  Otherwise unmap and map afresh.  On failure e is destroyed.
+ * Point the unlocked entry e at bucket `index`.  Same size and same kind of
+ * memory (backend or anonymous): map over it in place.  Otherwise unmap it
+ * through whoever mapped it and map afresh.  On failure e is destroyed.
  */
 static int entry_remap(xmc_cache *c, xmc_entry *e, uint64_t index, uint64_t size,
                        bool dummy)
@@ -288,7 +289,7 @@ static int entry_remap(xmc_cache *c, xmc_entry *e, uint64_t index, uint64_t size
     unsigned long *bitmap = e->valid;
     int rc;
 
-    if (size == e->size) {
+    if (size == e->size && dummy == !!(e->flags & ENTRY_ANON)) {
         rc = map_into(c, e, index, size, true, dummy, e->valid);
         if (rc != XMC_OK) { /* the backend unmaps whatever is left there */
             entry_destroy(c, e);

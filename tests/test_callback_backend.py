@@ -147,3 +147,14 @@ def test_a_forgotten_cache_unmaps_through_its_backend(mem: OwnMemory) -> None:
 def test_callbacks_must_be_callable() -> None:
     with pytest.raises(TypeError):
         xmc.CallbackBackend(None, print)  # type: ignore[arg-type]
+
+
+def test_dummy_entries_never_leak_backend_mappings(mem: OwnMemory) -> None:
+    with xmc.MapCache(mem.backend(), bucket_shift=12, max_size=4 * PAGE, dummy_on_failure=True) as cache:
+        for i in range(8):
+            cache.map_ptr(MIB + 4 * i * PAGE)  # the hole: dummy memory, one slot
+            cache.map_ptr(4 * i * PAGE)  # the same slot again, real memory
+        m = cache.map(MIB, 8)  # dummy, then swapped for real memory in place
+        cache.replace(MIB, 0, 8)
+        m.release()
+    assert mem.live == {} and mem.maps == mem.unmaps
