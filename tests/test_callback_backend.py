@@ -57,7 +57,7 @@ class OwnMemory:
                     (first_pfn + i) * PAGE,
                 )
                 assert page == base + i * PAGE
-        if fixed is None:
+        if base not in self.live:  # a new mapping, not one remapped in place
             self.maps += 1
         self.live[base] = length
         return base, errors
