@@ -42,9 +42,9 @@ ffibuilder.set_source(
     '#include "xenmapcache.h"',
     sources=c_sources(),
     include_dirs=[CSRC],
-    depends=[f"{CSRC}/xenmapcache.h", f"{CSRC}/xmc_internal.h"],
+    depends=[f"{CSRC}/{name}" for name in ("xenmapcache.h", "xmc_internal.h", "xmc_xenfm.h")],
     extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"],
-    libraries=["pthread"],
+    libraries=["pthread", "dl"],  # dl: the Xen backend loads libxenforeignmemory at run time
 )
 
 if __name__ == "__main__":
