@@ -19,6 +19,7 @@ from .errors import (
     UnknownMapping,
 )
 from .ram import GuestRAM
+from .xen import XenForeignMemory
 
 __version__ = "0.1.0"
 
@@ -35,4 +36,5 @@ __all__ = [
     "MappingError",
     "Stats",
     "UnknownMapping",
+    "XenForeignMemory",
 ]

@@ -21,6 +21,7 @@ from typing import Any
 from ._validate import U64_LIMIT, as_uint, check_range
 from .errors import DMAMappingWarning, InvalidAddress, MapCacheError, MappingError, UnknownMapping
 from .ram import GuestRAM
+from .xen import XenForeignMemory
 
 logger = logging.getLogger("xenmapcache")
 
@@ -124,7 +125,7 @@ class _NativeCore:
 
     def __init__(
         self,
-        ram: GuestRAM,
+        ram: GuestRAM | XenForeignMemory,
         bucket_shift: int,
         max_size: int,
         translate: Translate | None,
@@ -135,9 +136,8 @@ class _NativeCore:
 
         self._ffi, self._lib = ffi, lib = binding()
         self._check = check
-        c_ram = ram._c_ram()
         out = ffi.new("xmc_cache **")
-        check(lib.xmc_cache_new(lib.xmc_ram_backend(c_ram), bucket_shift, max_size, out), "MapCache")
+        check(lib.xmc_cache_new(ram._c_backend(), bucket_shift, max_size, out), "MapCache")
         self._c = ffi.gc(out[0], lib.xmc_cache_free)
         check(lib.xmc_cache_set_lock_limit(self._c, lock_limit), "lock_limit")
         check(lib.xmc_cache_set_dummy(self._c, dummy), "dummy_on_failure")
@@ -237,15 +237,15 @@ class MapCache:
 
     def __init__(
         self,
-        ram: GuestRAM,
+        ram: GuestRAM | XenForeignMemory,
         bucket_shift: int = DEFAULT_BUCKET_SHIFT,
         max_size: int | None = None,
         translate: Translate | None = None,
         dummy_on_failure: bool = False,
         lock_limit: int = LOCK_LIMIT_MAX,
     ) -> None:
-        if not isinstance(ram, GuestRAM):
-            raise TypeError(f"ram must be a GuestRAM, not {type(ram).__name__}")
+        if not isinstance(ram, (GuestRAM, XenForeignMemory)):
+            raise TypeError(f"ram must be a GuestRAM or XenForeignMemory, not {type(ram).__name__}")
         shift = as_uint(bucket_shift, "bucket_shift")
         if not MIN_BUCKET_SHIFT <= shift <= MAX_BUCKET_SHIFT:
             raise InvalidAddress(f"bucket_shift must be in [{MIN_BUCKET_SHIFT}, {MAX_BUCKET_SHIFT}]: {shift}")

@@ -145,6 +145,12 @@ class GuestRAM:
             self._c = ram
         return self._c
 
+    def _c_backend(self) -> Any:
+        """The C core's ``const xmc_backend *`` over this RAM (caches retain it)."""
+        from ._native import binding
+
+        return binding()[1].xmc_ram_backend(self._c_ram())
+
     def __repr__(self) -> str:
         return f"GuestRAM(size={self._size:#x}, holes={self._holes!r})"
 
