@@ -18,10 +18,9 @@ from .errors import (
     MappingError,
     UnknownMapping,
 )
+from ._version import __version__
 from .ram import GuestRAM
 from .xen import XenForeignMemory
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailable",
@@ -37,4 +36,5 @@ __all__ = [
     "Stats",
     "UnknownMapping",
     "XenForeignMemory",
+    "__version__",
 ]

@@ -17,7 +17,7 @@ ffi, lib = binding()
 pending = threading.local()
 
 
-@ffi.def_extern()  # type: ignore[misc]
+@ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
 def _xmc_py_translate(opaque: Any, paddr: int, size: int, out: Any) -> int:
     try:
         new = ffi.from_handle(opaque)(paddr, size)

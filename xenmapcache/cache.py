@@ -257,7 +257,7 @@ class MapCache:
         lock_limit = as_uint(lock_limit, "lock_limit", LOCK_LIMIT_MAX + 1)
         self.bucket_shift = shift
         self.max_size = max_size
-        self._core = self._Core(ram, shift, max_size, translate, bool(dummy_on_failure), lock_limit)
+        self._core: _NativeCore = self._Core(ram, shift, max_size, translate, bool(dummy_on_failure), lock_limit)
         self._ram = ram
         self._mappings: dict[int, Mapping] = {}
         self._by_address: dict[int, list[Mapping]] = {}
