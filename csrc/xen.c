@@ -53,9 +53,8 @@ static void log_vmessage(struct xentoollog_logger *logger, unsigned level,
     xmc_xen *xen = (xmc_xen *)(void *)logger;
     size_t used;
 
-    (void)level;
     (void)context;
-    if (!xen->log || !format)
+    if (!xen->log || !format || level < XMC_XTL_WARN)
         return;
 #if defined(__GNUC__)
 #pragma GCC diagnostic push

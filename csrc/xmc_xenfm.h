@@ -40,6 +40,7 @@ typedef int xmc_fm_unmap_fn(struct xenforeignmemory_handle *fmem, void *addr,
  * calls these three hooks of the logger handed to xenforeignmemory_open().
  * `level` is a xentoollog_level, an enum whose values are all non-negative.
  */
+#define XMC_XTL_WARN 7 /* XTL_WARN: the least level worth keeping */
 typedef struct xmc_xtl_logger {
     void (*vmessage)(struct xentoollog_logger *logger, unsigned level, int errnoval,
                      const char *context, const char *format, va_list al);

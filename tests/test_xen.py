@@ -153,6 +153,7 @@ def test_privcmd_missing_is_unavailable_and_logged_nowhere(
     # The library's own log line, captured by our logger, ends up in the message.
     assert "/dev/xen/privcmd is missing" in str(info.value)
     assert "Could not obtain handle on the fake privcmd: No such file or directory" in str(info.value)
+    assert "noise" not in str(info.value)  # debug messages do not overwrite it
     assert capfd.readouterr() == ("", "")
 
 

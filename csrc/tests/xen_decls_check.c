@@ -16,6 +16,7 @@
 #define MEMBER_TYPE(s, m) __typeof__(((s *)0)->m)
 
 _Static_assert(SAME_TYPE(xmc_xen_pfn_t, xen_pfn_t), "xmc_xen_pfn_t is not xen_pfn_t");
+_Static_assert(XMC_XTL_WARN == XTL_WARN, "XMC_XTL_WARN is not XTL_WARN");
 
 _Static_assert(SAME_TYPE(xmc_fm_open_fn, __typeof__(xenforeignmemory_open)),
                "xmc_fm_open_fn differs from xenforeignmemory_open");

@@ -7,8 +7,9 @@
  * 8-byte little-endian value p.  Pages at or past FAKE_PAGES fail with
  * -EINVAL in err[] (and stay mapped with no access), any other domain fails
  * the whole call with ESRCH.  With FAKE_XENFM_NO_PRIVCMD set in the
- * environment, open() logs through the logger and fails with ENOENT, as the
- * real library does without /dev/xen/privcmd.  fake_fixed_maps counts calls
+ * environment, open() logs an error and then some debug noise through the
+ * logger and fails with ENOENT, as the real library does without
+ * /dev/xen/privcmd.  fake_fixed_maps counts calls
  * with MAP_FIXED.
  */
 #define _GNU_SOURCE 1
@@ -31,13 +32,14 @@ struct xenforeignmemory_handle {
 
 int fake_fixed_maps;
 
-static void logf_(struct xentoollog_logger *logger, const char *fmt, ...)
+static void logf_(struct xentoollog_logger *logger, unsigned level, int errnoval,
+                  const char *fmt, ...)
 {
     xmc_xtl_logger *l = (xmc_xtl_logger *)(void *)logger;
     va_list ap;
 
     va_start(ap, fmt);
-    l->vmessage(logger, 8 /* XTL_ERROR */, ENOENT, "xenforeignmemory", fmt, ap);
+    l->vmessage(logger, level, errnoval, "xenforeignmemory", fmt, ap);
     va_end(ap);
 }
 
@@ -53,8 +55,11 @@ struct xenforeignmemory_handle *xenforeignmemory_open(struct xentoollog_logger *
 
     (void)open_flags;
     if (getenv("FAKE_XENFM_NO_PRIVCMD")) {
-        if (logger)
-            logf_(logger, "Could not obtain handle on %s", "the fake privcmd");
+        if (logger) {
+            logf_(logger, 8 /* XTL_ERROR */, ENOENT, "Could not obtain handle on %s",
+                  "the fake privcmd");
+            logf_(logger, 1 /* XTL_DEBUG */, -1, "debug noise after the error");
+        }
         errno = ENOENT;
         return NULL;
     }
