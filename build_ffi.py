@@ -4,6 +4,8 @@ The declarations handed to cffi are the public header's own text, between its
 ``cdef-begin`` and ``cdef-end`` markers, so the binding cannot drift from the
 header; numeric ``#define``s become ``...`` so the compiler supplies their
 values.  The sources are the Makefile's ``SOURCES``: one list for both builds.
+The package version (``xenmapcache/_version.py``) is stamped into the module,
+and ``xenmapcache._native`` refuses a module built for another version.
 """
 
 import pathlib
@@ -23,6 +25,10 @@ extern "Python" void _xmc_py_retain(void *);
 extern "Python" void _xmc_py_release(void *);
 """
 
+# The version the module is built for, compared at import (a stale .so fails).
+STAMP_CDEF = "const char *xmc_py_build_version(void);"
+STAMP_SOURCE = 'static const char *xmc_py_build_version(void) {{ return "{}"; }}'
+
 
 def public_cdef() -> str:
     header = (HERE / CSRC / "xenmapcache.h").read_text()
@@ -39,16 +45,25 @@ def c_sources() -> list[str]:
     return [f"{CSRC}/{name}" for name in names.group(1).split()]
 
 
+def package_version() -> str:
+    text = (HERE / "xenmapcache" / "_version.py").read_text()
+    found = re.search(r'^__version__ = "([^"]+)"$', text, re.M)
+    if found is None:
+        raise RuntimeError("xenmapcache/_version.py has no __version__")
+    return found.group(1)
+
+
 ffibuilder = FFI()
-ffibuilder.cdef(public_cdef() + CALLBACKS)
+ffibuilder.cdef(public_cdef() + CALLBACKS + STAMP_CDEF)
 ffibuilder.set_source(
     "xenmapcache._core",
-    '#include "xenmapcache.h"',
+    '#include "xenmapcache.h"\n' + STAMP_SOURCE.format(package_version()),
     sources=c_sources(),
     include_dirs=[CSRC],
-    depends=[f"{CSRC}/xenmapcache.h", f"{CSRC}/xmc_internal.h"],
+    depends=[f"{CSRC}/{name}" for name in ("xenmapcache.h", "xmc_internal.h", "xmc_xenfm.h")]
+    + ["xenmapcache/_version.py"],
     extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"],
-    libraries=["pthread"],
+    libraries=["pthread", "dl"],  # dl: the Xen backend loads libxenforeignmemory at run time
 )
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ extern "C" {
 
 typedef struct xmc_cache xmc_cache;
 typedef struct xmc_ram xmc_ram;
+typedef struct xmc_xen xmc_xen;
 
 /*
  * The foreign-memory side.  map() maps nr_pages guest pages starting at
@@ -105,6 +106,19 @@ int xmc_ram_read(xmc_ram *ram, uint64_t paddr, void *buf, size_t n);
 int xmc_ram_write(xmc_ram *ram, uint64_t paddr, const void *buf, size_t n);
 const xmc_backend *xmc_ram_backend(xmc_ram *ram);
 void xmc_ram_free(xmc_ram *ram); /* caches using it keep it alive */
+
+/*
+ * Memory of the running Xen domain `domid` through libxenforeignmemory, which
+ * is loaded at run time (no build-time dependency).  XMC_EUNAVAIL when the
+ * library cannot be loaded or /dev/xen/privcmd is missing (not in a Xen
+ * domain); xmc_xen_open() then writes into why[why_size] which it was, and
+ * takes the library to load (NULL: "libxenforeignmemory.so.1").
+ */
+int xmc_xen_new(uint32_t domid, xmc_xen **out);
+int xmc_xen_open(uint32_t domid, const char *library, char *why, size_t why_size,
+                 xmc_xen **out);
+const xmc_backend *xmc_xen_backend(xmc_xen *xen);
+void xmc_xen_free(xmc_xen *xen); /* caches using it keep it alive */
 
 /*
  * A cache over `be` (which must outlive the cache unless it has retain and

@@ -19,9 +19,9 @@ from .errors import (
     MappingError,
     UnknownMapping,
 )
+from ._version import __version__
 from .ram import GuestRAM
-
-__version__ = "0.1.0"
+from .xen import XenForeignMemory
 
 __all__ = [
     "BackendUnavailable",
@@ -37,4 +37,6 @@ __all__ = [
     "MappingError",
     "Stats",
     "UnknownMapping",
+    "XenForeignMemory",
+    "__version__",
 ]

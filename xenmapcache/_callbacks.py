@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from ._native import binding
@@ -27,7 +27,7 @@ pending = threading.local()
 class PyBackend(Protocol):
     """What ``_xmc_py_map`` and ``_xmc_py_unmap`` call (see backends.CallbackBackend)."""
 
-    def _map_pages(self, first_pfn: int, nr_pages: int, fixed: int | None) -> tuple[int, list[int]]: ...
+    def _map_pages(self, first_pfn: int, nr_pages: int, fixed: int | None) -> tuple[int, Sequence[int]]: ...
 
     def _unmap(self, address: int, length: int) -> None: ...
 
@@ -72,7 +72,7 @@ def _stash(exc: Exception) -> int:
     return int(lib.XMC_EMAP)
 
 
-@ffi.def_extern()  # type: ignore[misc]
+@ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
 def _xmc_py_map(opaque: Any, fixed: Any, first_pfn: int, nr_pages: int, errs: Any, out: Any) -> int:
     try:
         backend = backends[int(ffi.cast("uintptr_t", opaque))][0]
@@ -91,7 +91,7 @@ def _xmc_py_map(opaque: Any, fixed: Any, first_pfn: int, nr_pages: int, errs: An
     return 0
 
 
-@ffi.def_extern()  # type: ignore[misc]
+@ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
 def _xmc_py_unmap(opaque: Any, address: Any, length: int) -> int:
     try:
         backends[int(ffi.cast("uintptr_t", opaque))][0]._unmap(int(ffi.cast("uintptr_t", address)), length)
@@ -101,18 +101,18 @@ def _xmc_py_unmap(opaque: Any, address: Any, length: int) -> int:
     return 0
 
 
-@ffi.def_extern()  # type: ignore[misc]
+@ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
 def _xmc_py_retain(opaque: Any) -> None:
     with _registry_lock:
         backends[int(ffi.cast("uintptr_t", opaque))][2] += 1
 
 
-@ffi.def_extern()  # type: ignore[misc]
+@ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
 def _xmc_py_release(opaque: Any) -> None:
     _drop(int(ffi.cast("uintptr_t", opaque)))
 
 
-@ffi.def_extern()  # type: ignore[misc]
+@ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
 def _xmc_py_translate(opaque: Any, paddr: int, size: int, out: Any) -> int:
     try:
         new = ffi.from_handle(opaque)(paddr, size)

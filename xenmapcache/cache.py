@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._validate import U64_LIMIT, as_uint, check_range
-from .errors import DMAMappingWarning, InvalidAddress, MapCacheError, MappingError, UnknownMapping
 from .backends import CallbackBackend
+from .errors import DMAMappingWarning, InvalidAddress, MapCacheError, MappingError, UnknownMapping
 from .ram import GuestRAM
+from .xen import XenForeignMemory
 
 logger = logging.getLogger("xenmapcache")
 
@@ -33,6 +34,9 @@ MIN_BUCKET_SHIFT, MAX_BUCKET_SHIFT = 12, 32
 LOCK_LIMIT_MAX = 2**32 - 1
 
 Translate = Callable[[int, int], int]
+# What a cache maps through: each has ``_c_backend()``, a context manager
+# yielding an ``xmc_backend *`` that a C cache retains.
+Backend = GuestRAM | XenForeignMemory | CallbackBackend
 # A raw record (map_ptr with lock=True) carries this tag id; Mappings get their own.
 RAW = 0
 
@@ -127,7 +131,7 @@ class _NativeCore:
 
     def __init__(
         self,
-        ram: GuestRAM,
+        ram: Backend,
         bucket_shift: int,
         max_size: int,
         translate: Translate | None,
@@ -254,15 +258,15 @@ class MapCache:
 
     def __init__(
         self,
-        ram: GuestRAM | CallbackBackend,
+        ram: Backend,
         bucket_shift: int = DEFAULT_BUCKET_SHIFT,
         max_size: int | None = None,
         translate: Translate | None = None,
         dummy_on_failure: bool = False,
         lock_limit: int = LOCK_LIMIT_MAX,
     ) -> None:
-        if not hasattr(ram, "_c_backend"):
-            raise TypeError(f"ram must be a GuestRAM or a backend, not {type(ram).__name__}")
+        if not isinstance(ram, (GuestRAM, XenForeignMemory, CallbackBackend)):
+            raise TypeError(f"ram must be a GuestRAM, XenForeignMemory or CallbackBackend, not {type(ram).__name__}")
         shift = as_uint(bucket_shift, "bucket_shift")
         if not MIN_BUCKET_SHIFT <= shift <= MAX_BUCKET_SHIFT:
             raise InvalidAddress(f"bucket_shift must be in [{MIN_BUCKET_SHIFT}, {MAX_BUCKET_SHIFT}]: {shift}")
@@ -274,7 +278,7 @@ class MapCache:
         lock_limit = as_uint(lock_limit, "lock_limit", LOCK_LIMIT_MAX + 1)
         self.bucket_shift = shift
         self.max_size = max_size
-        self._core = self._Core(ram, shift, max_size, translate, bool(dummy_on_failure), lock_limit)
+        self._core: _NativeCore = self._Core(ram, shift, max_size, translate, bool(dummy_on_failure), lock_limit)
         self._ram = ram
         self._mappings: dict[int, Mapping] = {}
         self._by_address: dict[int, list[Mapping]] = {}
