@@ -4,6 +4,8 @@ The declarations handed to cffi are the public header's own text, between its
 ``cdef-begin`` and ``cdef-end`` markers, so the binding cannot drift from the
 header; numeric ``#define``s become ``...`` so the compiler supplies their
 values.  The sources are the Makefile's ``SOURCES``: one list for both builds.
+The package version (``xenmapcache/_version.py``) is stamped into the module,
+and ``xenmapcache._native`` refuses a module built for another version.
 """
 
 import pathlib
@@ -17,6 +19,10 @@ CSRC = "csrc"
 # Callbacks from C into Python (translate hooks, Python-side backends).
 CALLBACKS = """
 extern "Python" int _xmc_py_translate(void *, uint64_t, uint64_t, uint64_t *);
+extern "Python" int _xmc_py_map(void *, void *, uint64_t, size_t, int *, void **);
+extern "Python" int _xmc_py_unmap(void *, void *, size_t);
+extern "Python" void _xmc_py_retain(void *);
+extern "Python" void _xmc_py_release(void *);
 """
 
 # The hot-path wrappers of csrc/xmc_pyseam.h: plain integers in and out.
@@ -28,6 +34,10 @@ uint64_t xmc_py_map(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
 uint64_t xmc_py_ram_addr(xmc_cache *c, uintptr_t addr);
 int xmc_py_unlock(xmc_cache *c, uintptr_t addr, uint64_t tag);
 """
+
+# The version the module is built for, compared at import (a stale .so fails).
+STAMP_CDEF = "const char *xmc_py_build_version(void);"
+STAMP_SOURCE = 'static const char *xmc_py_build_version(void) {{ return "{}"; }}'
 
 
 def public_cdef() -> str:
@@ -45,16 +55,26 @@ def c_sources() -> list[str]:
     return [f"{CSRC}/{name}" for name in names.group(1).split()]
 
 
+def package_version() -> str:
+    text = (HERE / "xenmapcache" / "_version.py").read_text()
+    found = re.search(r'^__version__ = "([^"]+)"$', text, re.M)
+    if found is None:
+        raise RuntimeError("xenmapcache/_version.py has no __version__")
+    return found.group(1)
+
+
 ffibuilder = FFI()
-ffibuilder.cdef(public_cdef() + CALLBACKS + SEAM)
+ffibuilder.cdef(public_cdef() + CALLBACKS + SEAM + STAMP_CDEF)
 ffibuilder.set_source(
     "xenmapcache._core",
-    '#include "xenmapcache.h"\n#include "xmc_pyseam.h"',
+    '#include "xenmapcache.h"\n#include "xmc_pyseam.h"\n' + STAMP_SOURCE.format(package_version()),
     sources=c_sources(),
     include_dirs=[CSRC],
-    depends=[f"{CSRC}/xenmapcache.h", f"{CSRC}/xmc_internal.h", f"{CSRC}/xmc_pyseam.h"],
+    depends=[f"{CSRC}/{name}" for name in ("xenmapcache.h", "xmc_internal.h", "xmc_xenfm.h", "xmc_pyseam.h")]
+    + ["xenmapcache/_version.py"],
+    # hidden: the module exports only PyInit, so calls into the core skip the PLT
     extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden"],
-    libraries=["pthread"],
+    libraries=["pthread", "dl"],  # dl: the Xen backend loads libxenforeignmemory at run time
 )
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ struct xmc_cache {
     uint32_t newest;
     uint32_t lock_limit;
     bool dummy;
+    bool closed;
     xmc_translate_fn translate;
     void *translate_opaque;
     xmc_stats st;
@@ -102,6 +103,7 @@ const char *xmc_strerror(int err)
     case XMC_EOVERFLOW: return "lock count at its limit";
     case XMC_EUNAVAIL: return "backend not available";
     case XMC_ESYS: return "system call failed";
+    case XMC_ECLOSED: return "the cache is closed";
     default: return "unknown error";
     }
 }
@@ -350,9 +352,11 @@ static int entry_new(xmc_cache *c, uint64_t index, uint64_t size, bool dummy,
 }
 
 /*
- * Point the unlocked entry *ep at bucket `index`.  Same size: map over it in
- * place.  Otherwise its bitmap is the wrong size: replace it with a new
- * entry.  On failure the entry is destroyed.
+ * Point the unlocked entry *ep at bucket `index`.  Same size and same kind of
+ * memory (backend or anonymous): map over it in place.  Otherwise unmap it
+ * through whoever mapped it and replace it with a new entry (its bitmap is
+ * the wrong size, or its memory of the wrong kind).  On failure the entry is
+ * destroyed.
  */
 static int entry_remap(xmc_cache *c, xmc_entry **ep, uint64_t index, uint64_t size,
                        bool dummy)
@@ -361,13 +365,12 @@ static int entry_remap(xmc_cache *c, xmc_entry **ep, uint64_t index, uint64_t si
     uint64_t old_slot = e->index % c->nr_slots;
     int rc;
 
-    if (size != e->size) {
+    if (size != e->size || dummy != !!(e->flags & ENTRY_ANON)) {
         rc = entry_destroy(c, e);
         return rc == XMC_OK ? entry_new(c, index, size, dummy, ep) : rc;
     }
     rc = map_into(c, e, index, size, true, dummy);
-    if (rc != XMC_OK) {
-        e->flags |= ENTRY_ANON; /* whatever is left there is ours to drop */
+    if (rc != XMC_OK) { /* the backend unmaps whatever is left there */
         entry_destroy(c, e);
         return rc;
     }
@@ -617,18 +620,30 @@ int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_siz
     return XMC_OK;
 }
 
+/* Drop every record and entry; the cache is then empty but usable. */
+static void drain(xmc_cache *c)
+{
+    for (uint32_t i = 0; i < c->nr_chunks; i++)
+        free(c->chunks[i]);
+    free(c->chunks);
+    c->chunks = NULL;
+    c->nr_chunks = c->next_id = c->free_ids = 0;
+    c->oldest = c->newest = 0;
+    free(c->rhash);
+    c->rhash = NULL;
+    c->rhash_bits = 0;
+    while (c->live)
+        entry_destroy(c, c->live);
+    c->st.locked = c->st.dma_locked = 0;
+}
+
 void xmc_cache_free(xmc_cache *c)
 {
     const xmc_backend *be;
 
     if (!c)
         return;
-    for (uint32_t i = 0; i < c->nr_chunks; i++)
-        free(c->chunks[i]);
-    free(c->chunks);
-    while (c->live)
-        entry_destroy(c, c->live);
-    free(c->rhash);
+    drain(c);
     free(c->slots);
     pthread_mutex_destroy(&c->mutex);
     be = c->be;
@@ -643,10 +658,22 @@ void xmc_cache_free(xmc_cache *c)
         if (!(c))                                                             \
             return XMC_EINVAL;                                                \
         pthread_mutex_lock(&(c)->mutex);                                      \
-        rc_ = (expr);                                                         \
+        rc_ = (c)->closed ? XMC_ECLOSED : (expr);                             \
         pthread_mutex_unlock(&(c)->mutex);                                    \
         return rc_;                                                           \
     } while (0)
+
+static int close_locked(xmc_cache *c)
+{
+    drain(c);
+    c->closed = true;
+    return XMC_OK;
+}
+
+int xmc_cache_close(xmc_cache *c)
+{
+    LOCKED_CALL(c, close_locked(c));
+}
 
 static int set_lock_limit_locked(xmc_cache *c, uint32_t limit)
 {
@@ -790,8 +817,9 @@ int xmc_map(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
     if (!c || !out || (flags & ~(unsigned)(XMC_LOCK | XMC_DMA)))
         return XMC_EINVAL;
     pthread_mutex_lock(&c->mutex);
+    /* A closed cache has no entries, so no last entry: it never hits. */
     if ((flags & XMC_LOCK) || size || !hit_locked(c, paddr, out))
-        rc = map_locked(c, paddr, size, flags, tag, out);
+        rc = c->closed ? XMC_ECLOSED : map_locked(c, paddr, size, flags, tag, out);
     pthread_mutex_unlock(&c->mutex);
     return rc;
 }

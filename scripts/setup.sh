@@ -2,7 +2,9 @@
 # Make .venv with a Python >= 3.12 and install xenmapcache into it.
 #   scripts/setup.sh        install the package (what the demo needs)
 #   scripts/setup.sh test   editable install with the test extras, and the
-#                           system tools the C tests use (gcc, make)
+#                           system tools the C tests use (gcc, g++, make,
+#                           pkg-config, and libxen-dev: Xen's real headers and
+#                           libxenforeignmemory, which the Xen backend tests use)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +26,11 @@ find_python() {
 need=()
 command -v cc >/dev/null || need+=(gcc)
 command -v make >/dev/null || need+=(make)
+if [ "${1:-}" = test ]; then
+    command -v c++ >/dev/null || need+=(g++)
+    command -v pkg-config >/dev/null || need+=(pkg-config)
+    [ -f /usr/include/xenforeignmemory.h ] || need+=(libxen-dev)
+fi
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi

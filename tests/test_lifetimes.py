@@ -192,3 +192,29 @@ def test_threads_with_a_concurrent_invalidator(xmc: ModuleType) -> None:
     assert st.invalidations > 0
     cache.close()
     ram.close()
+
+
+def test_close_while_other_threads_are_inside_calls(xmc: ModuleType) -> None:
+    ram = xmc.GuestRAM(4 * MIB)
+    for _ in range(20):
+        cache = xmc.MapCache(ram, bucket_shift=12)
+        outcomes: list[str] = []
+
+        def reader() -> None:
+            for i in range(2000):
+                try:
+                    cache.read((i % 512) * PAGE, 64)
+                    cache.map_ptr((i % 512) * PAGE + 8)
+                except xmc.MapCacheError:
+                    outcomes.append("closed")
+                    return
+            outcomes.append("done")
+
+        threads = [threading.Thread(target=reader) for _ in range(3)]
+        for t in threads:
+            t.start()
+        cache.close()
+        for t in threads:
+            t.join()
+        assert len(outcomes) == 3
+    ram.close()

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._validate import U64_LIMIT, as_uint, check_range
+from .backends import CallbackBackend
 from .errors import DMAMappingWarning, InvalidAddress, MapCacheError, MappingError, UnknownMapping
 from .ram import GuestRAM
+from .xen import XenForeignMemory
 
 logger = logging.getLogger("xenmapcache")
 
@@ -36,6 +38,9 @@ MIN_BUCKET_SHIFT, MAX_BUCKET_SHIFT = 12, 32
 LOCK_LIMIT_MAX = 2**32 - 1
 
 Translate = Callable[[int, int], int]
+# What a cache maps through: each has ``_c_backend()``, a context manager
+# yielding an ``xmc_backend *`` that a C cache retains.
+Backend = GuestRAM | XenForeignMemory | CallbackBackend
 # A raw record (map_ptr with lock=True) carries this tag id; Mappings get their own.
 RAW = 0
 # cache.read fills a fresh bytes object in place (one copy instead of two) on
@@ -96,25 +101,27 @@ class Mapping:
         return self._released
 
     def __buffer__(self, flags: int) -> memoryview:
-        if self._released:
-            raise BufferError("the mapping was released")
-        view = self._cache._core.view(self.address, self.size)
-        self._exports += 1
-        return view
+        with self._cache._lock:
+            if self._released:
+                raise BufferError("the mapping was released")
+            self._exports += 1
+        return self._cache._core.view(self.address, self.size)
 
     def __release_buffer__(self, view: memoryview) -> None:
-        self._exports -= 1
         view.release()
+        with self._cache._lock:
+            self._exports -= 1
 
     def release(self) -> None:
         """Unlock the mapping; a second call does nothing."""
-        if self._released:
-            return
-        if self._exports:
-            raise BufferError(f"{self._exports} memoryview(s) of the mapping are still alive")
-        self._cache._forget(self)
+        with self._cache._lock:
+            if self._released:
+                return
+            if self._exports:
+                raise BufferError(f"{self._exports} memoryview(s) of the mapping are still alive")
+            self._released = True
+            self._cache._forget(self)
         self._cache._core.unlock(self.address, self._id)
-        self._released = True
 
     def __enter__(self) -> Mapping:
         return self
@@ -132,7 +139,7 @@ class _NativeCore:
 
     def __init__(
         self,
-        ram: GuestRAM,
+        ram: Backend,
         bucket_shift: int,
         max_size: int,
         translate: Translate | None,
@@ -143,28 +150,26 @@ class _NativeCore:
 
         self._ffi, self._lib = ffi, lib = binding()
         self._check = check
-        c_ram = ram._c_ram()
         out = ffi.new("xmc_cache **")
-        check(lib.xmc_cache_new(lib.xmc_ram_backend(c_ram), bucket_shift, max_size, out), "MapCache")
+        with ram._c_backend() as backend:
+            check(lib.xmc_cache_new(backend, bucket_shift, max_size, out), "MapCache")
         self._c = ffi.gc(out[0], lib.xmc_cache_free)
         check(lib.xmc_cache_set_lock_limit(self._c, lock_limit), "lock_limit")
         check(lib.xmc_cache_set_dummy(self._c, dummy), "dummy_on_failure")
         self._translate = None
-        if translate is not None:
-            from . import _callbacks
+        from . import _callbacks
 
+        self._pending = _callbacks.pending
+        if translate is not None:
             self._translate = ffi.new_handle(translate)
             check(lib.xmc_cache_set_translate(self._c, lib._xmc_py_translate, self._translate), "translate")
-            self._pending = _callbacks.pending
 
     def _fail(self, rc: int, what: str) -> None:
-        cause = None
-        if self._translate is not None:
-            cause = getattr(self._pending, "error", None)
-            self._pending.error = None
+        cause = getattr(self._pending, "error", None)  # from a Python callback
+        self._pending.error = None
         try:
             self._check(rc, what)
-        except MappingError as exc:
+        except MapCacheError as exc:
             raise exc from cause
 
     def _fail_encoded(self, value: int, what: str) -> None:
@@ -173,42 +178,49 @@ class _NativeCore:
 
     def map(self, paddr: int, size: int, flags: int, tag: int) -> int:
         # The address comes back as the return value: nothing shared between threads.
-        address = self._lib.xmc_py_map(self._c, paddr, size, flags, tag)
-        if address >= self._lib.XMC_PY_ERR:
-            self._fail_encoded(address, f"map {paddr:#x}+{size:#x}")
-        return address
-
-    def map_ptr(self, paddr: int, size: int, lock: bool, dma: bool) -> int:
-        address = self._lib.xmc_py_map_ptr(self._c, paddr, size, lock, dma)
+        address: int = self._lib.xmc_py_map(self._c, paddr, size, flags, tag)
         if address >= self._lib.XMC_PY_ERR:
             self._fail_encoded(address, f"map {paddr:#x}+{size:#x}")
         return address
 
     def unlock(self, address: int, tag: int) -> None:
-        self._check(self._lib.xmc_py_unlock(self._c, address, tag), f"unlock {address:#x}")
+        rc = self._lib.xmc_py_unlock(self._c, address, tag)
+        if rc:
+            self._fail(rc, f"unlock {address:#x}")
 
     def ram_addr(self, address: int) -> int:
-        paddr = self._lib.xmc_py_ram_addr(self._c, address)
+        paddr: int = self._lib.xmc_py_ram_addr(self._c, address)
         if paddr != U64_LIMIT - 1:
             return paddr
         out = self._ffi.new("uint64_t *")  # an error, or really the last byte of guest space
         self._check(self._lib.xmc_ram_addr(self._c, self._ffi.cast("void *", address), out), f"ram_addr {address:#x}")
         return int(out[0])
 
-    def _records(self, fn: Any, what: str) -> list[tuple[int, int, int, int, bool]]:
+    def _records(self, fn: Any) -> tuple[list[tuple[int, int, int, int, bool]], int]:
         ffi = self._ffi
         arr, n = ffi.new("xmc_record **"), ffi.new("size_t *")
-        self._check(fn(self._c, arr, n), what)
-        try:
-            return [(r.address, r.paddr, r.size, r.tag, bool(r.dma)) for r in arr[0][0 : n[0]]]
-        finally:
-            self._lib.xmc_records_free(arr[0])
+        rc = fn(self._c, arr, n)
+        records = [(r.address, r.paddr, r.size, r.tag, bool(r.dma)) for r in arr[0][0 : n[0]]] if arr[0] else []
+        self._lib.xmc_records_free(arr[0])
+        return records, rc
 
     def invalidate(self) -> list[tuple[int, int, int, int, bool]]:
-        return self._records(self._lib.xmc_invalidate, "invalidate")
+        records, rc = self._records(self._lib.xmc_invalidate)
+        if rc == self._lib.XMC_ESYS:
+            # The invalidation happened; an entry failed to unmap and is gone
+            # all the same (never retried).  Say so once and keep the records.
+            cause = getattr(self._pending, "error", None)
+            self._pending.error = None
+            logger.error("invalidate: unmapping an entry failed: %s", cause or "system call failed")
+        elif rc:
+            self._fail(rc, "invalidate")
+        return records
 
     def locked(self) -> list[tuple[int, int, int, int, bool]]:
-        return self._records(self._lib.xmc_locked, "locked")
+        records, rc = self._records(self._lib.xmc_locked)
+        if rc:
+            self._fail(rc, "locked")
+        return records
 
     def replace(self, old: int, new: int, size: int) -> int:
         out = self._ffi.new("void **")
@@ -252,12 +264,13 @@ class _NativeCore:
         beyond an exact ``int`` check (cffi itself rejects negative and
         too-large values with OverflowError).  Anything unusual (another
         type, an out-of-range value, an error) goes to the cache's own
-        method, which validates and raises as documented.  ``close()`` sets
-        the handle to NULL, which the C core refuses with XMC_EINVAL, so a
-        closure kept past ``close()`` never touches freed memory.  The cache
-        is held weakly: the closures live in its ``__dict__``.
+        method, which validates and raises as documented.  After ``close()``
+        the core refuses every call (XMC_ECLOSED) and the handle is freed
+        only with the last reference, which the closures hold: a closure kept
+        past ``close()`` raises, it never touches freed memory.  The cache is
+        held weakly: the closures live in its ``__dict__``.
         """
-        lib, ffi = self._lib, self._ffi
+        lib = self._lib
         handle = self._c
         owner_ref = weakref.ref(cache)
         cls = type(cache)
@@ -273,7 +286,7 @@ class _NativeCore:
         def map_ptr(paddr: int, size: int = 0, lock: bool = False, dma: bool = False) -> int:
             if type(paddr) is int and type(size) is int:
                 try:
-                    address = map_ptr_c(handle, paddr, size, lock, dma)
+                    address: int = map_ptr_c(handle, paddr, size, lock, dma)
                 except (OverflowError, TypeError):
                     pass
                 else:
@@ -298,7 +311,7 @@ class _NativeCore:
         def ram_addr(address: int) -> int:
             if type(address) is int:
                 try:
-                    paddr = ram_addr_c(handle, address)
+                    paddr: int = ram_addr_c(handle, address)
                 except OverflowError:
                     pass
                 else:
@@ -317,23 +330,20 @@ class _NativeCore:
                         return
             cls.unlock(owner(), address)  # Mappings at that address, or the error
 
-        def detach() -> None:
-            nonlocal handle
-            handle = ffi.NULL
-
         for fn, method in ((map_ptr, cls.map_ptr), (read, cls.read), (ram_addr, cls.ram_addr), (unlock, cls.unlock)):
             fn.__doc__ = method.__doc__
-        self._detach = detach
-        paths = {"map_ptr": map_ptr, "ram_addr": ram_addr, "unlock": unlock}
+        paths: dict[str, Callable[..., Any]] = {"map_ptr": map_ptr, "ram_addr": ram_addr, "unlock": unlock}
         if FILL_BYTES:
             paths["read"] = read
         return paths
 
     def close(self) -> None:
-        detach = getattr(self, "_detach", None)
-        if detach is not None:
-            detach()
-        self._ffi.release(self._c)
+        # Unmap now; the handle itself is freed by the GC once no thread is
+        # inside a call (a call holds a reference to it), so a racing call
+        # fails with a clean error instead of touching freed memory.
+        rc = self._lib.xmc_cache_close(self._c)
+        if rc:
+            self._fail(rc, "close")
 
 
 class MapCache:
@@ -350,15 +360,15 @@ class MapCache:
 
     def __init__(
         self,
-        ram: GuestRAM,
+        ram: Backend,
         bucket_shift: int = DEFAULT_BUCKET_SHIFT,
         max_size: int | None = None,
         translate: Translate | None = None,
         dummy_on_failure: bool = False,
         lock_limit: int = LOCK_LIMIT_MAX,
     ) -> None:
-        if not isinstance(ram, GuestRAM):
-            raise TypeError(f"ram must be a GuestRAM, not {type(ram).__name__}")
+        if not isinstance(ram, (GuestRAM, XenForeignMemory, CallbackBackend)):
+            raise TypeError(f"ram must be a GuestRAM, XenForeignMemory or CallbackBackend, not {type(ram).__name__}")
         shift = as_uint(bucket_shift, "bucket_shift")
         if not MIN_BUCKET_SHIFT <= shift <= MAX_BUCKET_SHIFT:
             raise InvalidAddress(f"bucket_shift must be in [{MIN_BUCKET_SHIFT}, {MAX_BUCKET_SHIFT}]: {shift}")
@@ -370,7 +380,7 @@ class MapCache:
         lock_limit = as_uint(lock_limit, "lock_limit", LOCK_LIMIT_MAX + 1)
         self.bucket_shift = shift
         self.max_size = max_size
-        self._core = self._Core(ram, shift, max_size, translate, bool(dummy_on_failure), lock_limit)
+        self._core: _NativeCore = self._Core(ram, shift, max_size, translate, bool(dummy_on_failure), lock_limit)
         fast_paths = getattr(self._core, "fast_paths", None)
         if fast_paths is not None:  # instance attributes: they shadow the methods below
             vars(self).update(fast_paths(self))
@@ -379,7 +389,9 @@ class MapCache:
         self._by_address: dict[int, list[Mapping]] = {}
         self._ids = itertools.count(1)
         self._closed = False
-        self._close_lock = threading.Lock()
+        # Guards buffer exports and the registry, never held across a C call:
+        # the C core serialises the cache itself.
+        self._lock = threading.Lock()
 
     # -- mapping ---------------------------------------------------------
 
@@ -388,13 +400,14 @@ class MapCache:
         self._check_open()
         paddr, size = check_range(paddr, size, self.max_size)
         m = Mapping(self, next(self._ids), paddr, size, bool(dma), tag)
-        self._mappings[m._id] = m
+        self._mappings[m._id] = m  # before the call: invalidate() may list it at once
         try:
             m.address = self._core.map(paddr, size, LOCK | (DMA if dma else 0), m._id)
         except BaseException:
             del self._mappings[m._id]
             raise
-        self._by_address.setdefault(m.address, []).append(m)
+        with self._lock:
+            self._by_address.setdefault(m.address, []).append(m)
         return m
 
     def map_ptr(self, paddr: int, size: int = 0, lock: bool = False, dma: bool = False) -> int:
@@ -413,14 +426,15 @@ class MapCache:
             return
         except UnknownMapping:
             pass
-        holders = self._by_address.get(address, [])
-        for m in reversed(holders):
-            if not m._exports:
-                m.release()
-                return
-        if holders:
+        with self._lock:
+            holders = self._by_address.get(address, [])
+            idle = [m for m in holders if not m._exports]
+        if idle:
+            idle[-1].release()
+        elif holders:
             raise BufferError(f"every mapping at {address:#x} still has memoryviews alive")
-        raise UnknownMapping(f"no locked mapping at {address:#x}")
+        else:
+            raise UnknownMapping(f"no locked mapping at {address:#x}")
 
     def ram_addr(self, address: int) -> int:
         """The guest-physical address behind a host address inside a mapped entry."""
@@ -491,6 +505,7 @@ class MapCache:
     # -- lifetime -------------------------------------------------------------
 
     def _forget(self, m: Mapping) -> None:
+        """Drop ``m`` from the registry; the caller holds ``self._lock``."""
         self._mappings.pop(m._id, None)
         holders = self._by_address.get(m.address)
         if holders is not None:
@@ -509,7 +524,7 @@ class MapCache:
 
     def close(self) -> None:
         """Unmap everything.  Raises BufferError (and keeps everything) while a view is alive."""
-        with self._close_lock:
+        with self._lock:
             if self._closed:
                 return
             busy = [m for m in self._mappings.values() if m._exports]
@@ -520,7 +535,7 @@ class MapCache:
                 m._released = True
             self._mappings.clear()
             self._by_address.clear()
-            self._core.close()
+        self._core.close()
 
     def __enter__(self) -> MapCache:
         return self
