@@ -27,7 +27,7 @@ extern "Python" void _xmc_py_release(void *);
 
 # The hot-path wrappers of csrc/xmc_pyseam.h: plain integers in and out.
 SEAM = """
-#define XMC_PY_ERR ...
+int xmc_py_last_error(void);
 uint64_t xmc_py_map_ptr(xmc_cache *c, uint64_t paddr, uint64_t size, int lock, int dma);
 uint64_t xmc_py_noop(xmc_cache *c, uint64_t paddr, uint64_t size, int lock, int dma);
 uint64_t xmc_py_map(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags, uint64_t tag);

@@ -5,19 +5,31 @@
  * only.  Each wraps a public function so that Python passes and gets plain
  * integers: no out-parameter to allocate per call (threads share a cache, so
  * a shared one would race) and no pointer cdata to build.  A map returns the
- * host address, or an XMC_E* code as (uint64_t)(int64_t)code: every value
- * from XMC_PY_ERR up is an error, as no user-space address lies up there.
+ * host address, or 0 on error (no mapping lives at address 0), with the
+ * XMC_E* code in a thread-local that xmc_py_last_error() returns: each
+ * Python thread is an OS thread, so no other call can overwrite it between
+ * the failed call and the question.
  */
 #ifndef XMC_PYSEAM_H
 #define XMC_PYSEAM_H
 
 #include "xenmapcache.h"
 
-#define XMC_PY_ERR ((uint64_t)-4096)
+static _Thread_local int xmc_py_rc;
 
 static uint64_t xmc_py_encode(int rc, const void *p)
 {
-    return rc != XMC_OK ? (uint64_t)(int64_t)rc : (uint64_t)(uintptr_t)p;
+    if (rc != XMC_OK || !p) {
+        xmc_py_rc = rc != XMC_OK ? rc : XMC_EMAP;
+        return 0;
+    }
+    return (uint64_t)(uintptr_t)p;
+}
+
+/* The error of this thread's last xmc_py_map*() call that returned 0. */
+static int xmc_py_last_error(void)
+{
+    return xmc_py_rc;
 }
 
 /* MapCache.map_ptr(paddr, size, lock, dma): a raw mapping (tag 0). */

@@ -172,15 +172,15 @@ class _NativeCore:
         except MapCacheError as exc:
             raise exc from cause
 
-    def _fail_encoded(self, value: int, what: str) -> None:
-        """Raise for an error code encoded as a host address (see xmc_pyseam.h)."""
-        self._fail(value - (1 << 64), what)
+    def _fail_last(self, what: str) -> None:
+        """Raise for this thread's last map that returned 0 (see xmc_pyseam.h)."""
+        self._fail(self._lib.xmc_py_last_error(), what)
 
     def map(self, paddr: int, size: int, flags: int, tag: int) -> int:
         # The address comes back as the return value: nothing shared between threads.
         address: int = self._lib.xmc_py_map(self._c, paddr, size, flags, tag)
-        if address >= self._lib.XMC_PY_ERR:
-            self._fail_encoded(address, f"map {paddr:#x}+{size:#x}")
+        if not address:
+            self._fail_last(f"map {paddr:#x}+{size:#x}")
         return address
 
     def unlock(self, address: int, tag: int) -> None:
@@ -275,7 +275,7 @@ class _NativeCore:
         owner_ref = weakref.ref(cache)
         cls = type(cache)
         map_ptr_c, read_c, ram_addr_c, unlock_c = lib.xmc_py_map_ptr, lib.xmc_read, lib.xmc_py_ram_addr, lib.xmc_py_unlock
-        err, no_paddr, fail = lib.XMC_PY_ERR, U64_LIMIT - 1, self._fail_encoded
+        no_paddr, fail = U64_LIMIT - 1, self._fail_last
 
         def owner() -> MapCache:
             c = owner_ref()
@@ -290,10 +290,10 @@ class _NativeCore:
                 except (OverflowError, TypeError):
                     pass
                 else:
-                    if address < err:
+                    if address:
                         return address
                     owner()._check_open()
-                    fail(address, f"map {paddr:#x}+{size:#x}")
+                    fail(f"map {paddr:#x}+{size:#x}")
             return cls.map_ptr(owner(), paddr, size, lock, dma)
 
         def read(paddr: int, n: int) -> bytes:
