@@ -270,7 +270,7 @@ class _NativeCore:
         past ``close()`` raises, it never touches freed memory.  The cache is
         held weakly: the closures live in its ``__dict__``.
         """
-        lib = self._lib
+        lib, core = self._lib, self
         handle = self._c
         owner_ref = weakref.ref(cache)
         cls = type(cache)
@@ -306,7 +306,9 @@ class _NativeCore:
                 else:
                     if not rc:
                         return buf
-            return cls.read(owner(), paddr, n)  # checks, then reports any error
+                    owner()._check_open()
+                    core._fail(rc, f"read {paddr:#x}+{n:#x}")  # not again: translate ran once
+            return cls.read(owner(), paddr, n)
 
         def ram_addr(address: int) -> int:
             if type(address) is int:
