@@ -511,6 +511,9 @@ def print_table(results: list[Result], out: TextIO) -> None:
 # -- scaling curves (--plot) ---------------------------------------------------
 
 OUTSTANDING = (1, 10, 100, 1_000, 10_000, 100_000)
+LABELS = {"c": "C core", "reference": "reference"}
+# benchmarks/c/bench.c --scaling names its series thus.
+C_SERIES = {"C fifo cycle": "FIFO cycle", "C reverse lookup": "reverse lookup", "C invalidate": "invalidate"}
 SLOTS = (1 << 10, 1 << 13, 1 << 16, 1 << 19, 1 << 23)
 
 
@@ -524,12 +527,12 @@ def scaling(impls: list[str], rounds: int, round_s: float, progress: Progress) -
                 for name, setup in (("FIFO cycle", fifo(impl, n)), ("reverse lookup", reverse(impl, n))):
                     with setup(res) as call:
                         t, _ = measure_pair(call, call, rounds, round_s)
-                    curves.setdefault(f"{name} ({impl})", []).append((n, t))
+                    curves.setdefault(f"{name}, Python API, {LABELS[impl]}", []).append((n, t))
             for slots in SLOTS:
                 progress.step(f"scaling: {impl} invalidate {slots} slots")
                 with invalidate(impl, slots)(res) as call:
                     t, _ = measure_pair(call, call, rounds, round_s)
-                curves.setdefault(f"invalidate ({impl})", []).append((slots, t))
+                curves.setdefault(f"invalidate, Python API, {LABELS[impl]}", []).append((slots, t))
     return curves
 
 
@@ -542,7 +545,7 @@ def plot(curves: dict[str, list[tuple[int, float]]], path: str) -> None:
         raise SystemExit("--plot needs matplotlib: pip install 'xenmapcache[plot]'") from exc
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     for name, points in sorted(curves.items()):
-        axis = right if name.startswith(("invalidate", "C invalidate")) else left
+        axis = right if name.startswith("invalidate") else left
         xs, ys = zip(*sorted(points))
         axis.plot(xs, [y / 1000 for y in ys], marker="o", label=name)
     left.set(xscale="log", yscale="log", xlabel="outstanding locked mappings", ylabel="time per operation (us)")
@@ -552,7 +555,7 @@ def plot(curves: dict[str, list[tuple[int, float]]], path: str) -> None:
     for axis in (left, right):
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
-    fig.suptitle("xenmapcache: C core vs pure-Python reference")
+    fig.suptitle("xenmapcache: C core (from C and through the Python API) vs the pure-Python reference")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -590,7 +593,8 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     print(f"\n{len(results) + len(c_rows) - len(failed)} of {len(results) + len(c_rows)} rows meet their target", file=out)
     if args.plot:
         for p in points:
-            curves.setdefault(str(p["series"]), []).append((int(p["x"]), float(p["ns"])))
+            name = f"{C_SERIES.get(str(p['series']), str(p['series']))}, C level"
+            curves.setdefault(name, []).append((int(p["x"]), float(p["ns"])))
         plot(curves, args.plot)
         print(f"scaling curves drawn in {args.plot}", file=out)
     return 1 if failed else 0
