@@ -72,6 +72,7 @@ struct xmc_cache {
     uint64_t bucket_size;
     uint64_t max_size;
     uint64_t nr_slots;
+    uint64_t slot_mask; /* nr_slots - 1 when a power of two (the default), else 0 */
     xmc_entry **slots;
     xmc_entry *last; /* fast path: the entry that served last */
     xmc_entry *live; /* live list head */
@@ -106,6 +107,12 @@ const char *xmc_strerror(int err)
     case XMC_ECLOSED: return "the cache is closed";
     default: return "unknown error";
     }
+}
+
+/* The hash slot of a bucket index: a mask instead of a division when it can. */
+static inline uint64_t slot_of(const xmc_cache *c, uint64_t index)
+{
+    return c->slot_mask ? index & c->slot_mask : index % c->nr_slots;
 }
 
 /* ---- page bitmaps ---------------------------------------------------- */
@@ -223,7 +230,7 @@ static xmc_entry *tree_find(const xmc_cache *c, uintptr_t addr)
 
 static void chain_append(xmc_cache *c, xmc_entry *e)
 {
-    xmc_entry **pp = &c->slots[e->index % c->nr_slots];
+    xmc_entry **pp = &c->slots[slot_of(c, e->index)];
 
     while (*pp)
         pp = &(*pp)->next;
@@ -362,7 +369,7 @@ static int entry_remap(xmc_cache *c, xmc_entry **ep, uint64_t index, uint64_t si
                        bool dummy)
 {
     xmc_entry *e = *ep;
-    uint64_t old_slot = e->index % c->nr_slots;
+    uint64_t old_slot = slot_of(c, e->index);
     int rc;
 
     if (size != e->size || dummy != !!(e->flags & ENTRY_ANON)) {
@@ -374,7 +381,7 @@ static int entry_remap(xmc_cache *c, xmc_entry **ep, uint64_t index, uint64_t si
         entry_destroy(c, e);
         return rc;
     }
-    if (index % c->nr_slots != old_slot) {
+    if (slot_of(c, index) != old_slot) {
         chain_del(e);
         chain_append(c, e);
     }
@@ -392,7 +399,7 @@ static int find_or_map(xmc_cache *c, uint64_t index, uint64_t size,
     xmc_entry *e, *reuse = NULL;
     int rc;
 
-    for (e = c->slots[index % c->nr_slots]; e; e = e->next) {
+    for (e = c->slots[slot_of(c, index)]; e; e = e->next) {
         if (e->index == index && e->size == size && pages_valid(e, first, n)) {
             c->st.hits++;
             *out = e;
@@ -613,6 +620,7 @@ int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_siz
     c->bucket_size = bucket;
     c->max_size = max_size;
     c->nr_slots = slots;
+    c->slot_mask = (slots & (slots - 1)) == 0 ? slots - 1 : 0;
     c->lock_limit = UINT32_MAX;
     if (be->retain)
         be->retain(be->opaque);
@@ -928,7 +936,7 @@ static int replace_locked(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
         cache_size = (offset + size + c->bucket_size - 1) & ~(c->bucket_size - 1);
         n = ((new_paddr & (XMC_PAGE_SIZE - 1)) + size + XMC_PAGE_SIZE - 1) >> XMC_PAGE_SHIFT;
     }
-    for (e = c->slots[index % c->nr_slots]; e; e = e->next)
+    for (e = c->slots[slot_of(c, index)]; e; e = e->next)
         if (e->index == index && e->size == cache_size)
             break;
     if (!e)
@@ -949,7 +957,7 @@ static int replace_locked(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
             entry_destroy(c, e);
         return rc;
     }
-    if (e->index % c->nr_slots != old_index % c->nr_slots) {
+    if (slot_of(c, e->index) != slot_of(c, old_index)) {
         chain_del(e);
         chain_append(c, e);
     }
