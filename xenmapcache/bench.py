@@ -226,6 +226,17 @@ def hit_noop(res: Resources) -> Iterator[Call]:
 # mapping of that cache.
 
 
+@contextlib.contextmanager
+def hit_raw(res: Resources) -> Iterator[Call]:
+    from ._native import binding
+
+    _, lib = binding()
+    cache = res.mapped_cache("c", "hit")
+    cache.map_ptr(0x12345)
+    # The C entry point itself, no Python around it: what the C work costs.
+    yield lib.xmc_py_map_ptr, (cache._core._c, 0x12345, 0, False, False)
+
+
 def fifo(impl: str, n: int) -> Setup:
     @contextlib.contextmanager
     def setup(res: Resources) -> Iterator[Call]:
@@ -330,6 +341,7 @@ ROWS = (
         Side("map_ptr(p)", hit_map_ptr),
         Side("cffi no-op", hit_noop),
         1.5,
+        extra=(Side("C entry, no Python", hit_raw),),
     ),
     Row(
         "fifo",
