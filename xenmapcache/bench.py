@@ -205,21 +205,35 @@ class Resources:
 Setup = Callable[[Resources], contextlib.AbstractContextManager[Call]]
 
 
+HIT = 0x12345
+
+
+def hit_cache(res: Resources) -> Any:
+    cache = res.mapped_cache("c", "hit")
+    cache.map_ptr(HIT)  # the last entry: every map_ptr(HIT) is a fast-path hit
+    return cache
+
+
 @contextlib.contextmanager
 def hit_map_ptr(res: Resources) -> Iterator[Call]:
-    cache = res.mapped_cache("c", "hit")
-    cache.map_ptr(0x12345)  # the last entry: every call below is a fast-path hit
-    yield cache.map_ptr, (0x12345,)
+    cache = hit_cache(res)
+    yield cache.map_ptr, (HIT,)
 
 
 @contextlib.contextmanager
 def hit_noop(res: Resources) -> Iterator[Call]:
     from ._native import binding
 
-    _, lib = binding()
-    cache = res.mapped_cache("c", "hit")
     # The same argument list as the C call behind cache.map_ptr(p), and no work.
-    yield lib.xmc_py_noop, (cache._core._c, 0x12345, 0, False, False)
+    yield binding()[1].xmc_py_noop, (hit_cache(res)._core._c, HIT, 0, False, False)
+
+
+@contextlib.contextmanager
+def hit_raw(res: Resources) -> Iterator[Call]:
+    from ._native import binding
+
+    # The C entry point itself, no Python around it: what the C work costs.
+    yield binding()[1].xmc_py_map_ptr, (hit_cache(res)._core._c, HIT, 0, False, False)
 
 
 # Each side of a scaling row has a cache of its own: N counts every locked
@@ -227,14 +241,14 @@ def hit_noop(res: Resources) -> Iterator[Call]:
 
 
 @contextlib.contextmanager
-def hit_raw(res: Resources) -> Iterator[Call]:
-    from ._native import binding
-
-    _, lib = binding()
-    cache = res.mapped_cache("c", "hit")
-    cache.map_ptr(0x12345)
-    # The C entry point itself, no Python around it: what the C work costs.
-    yield lib.xmc_py_map_ptr, (cache._core._c, 0x12345, 0, False, False)
+def dma_ring(cache: Any, n: int) -> Iterator[list[int]]:
+    """``n`` DMA mappings in flight, one page each, oldest first; unlocked at the end."""
+    ring = [cache.map_ptr(i * PAGE, SECTOR_IO, True, True) for i in range(n)]
+    try:
+        yield ring
+    finally:
+        for a in ring:  # what is in flight then (fifo_step replaces them in place)
+            cache.unlock(a)
 
 
 def fifo(impl: str, n: int) -> Setup:
@@ -242,13 +256,8 @@ def fifo(impl: str, n: int) -> Setup:
     def setup(res: Resources) -> Iterator[Call]:
         cache = res.mapped_cache(impl, f"fifo-{n}")
         pages = RAM_SIZE // PAGE
-        ring = [cache.map_ptr(i * PAGE, SECTOR_IO, True, True) for i in range(n)]
-        state = Fifo(cache.unlock, cache.map_ptr, ring, pages, next_pg=n % pages)
-        try:
-            yield fifo_step, (state,)
-        finally:
-            for a in state.ring:
-                cache.unlock(a)
+        with dma_ring(cache, n) as ring:
+            yield fifo_step, (Fifo(cache.unlock, cache.map_ptr, ring, pages, next_pg=n % pages),)
 
     return setup
 
@@ -257,12 +266,8 @@ def reverse(impl: str, n: int) -> Setup:
     @contextlib.contextmanager
     def setup(res: Resources) -> Iterator[Call]:
         cache = res.mapped_cache(impl, f"reverse-{n}")
-        ring = [cache.map_ptr(i * PAGE, SECTOR_IO, True, True) for i in range(n)]
-        try:
+        with dma_ring(cache, n) as ring:
             yield cache.ram_addr, (ring[0],)  # the oldest
-        finally:
-            for a in ring:
-                cache.unlock(a)
 
     return setup
 
