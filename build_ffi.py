@@ -33,6 +33,7 @@ uint64_t xmc_py_noop(xmc_cache *c, uint64_t paddr, uint64_t size, int lock, int 
 uint64_t xmc_py_map(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags, uint64_t tag);
 uint64_t xmc_py_ram_addr(xmc_cache *c, uintptr_t addr);
 int xmc_py_unlock(xmc_cache *c, uintptr_t addr, uint64_t tag);
+int xmc_py_fast_install(void);
 """
 
 # The version the module is built for, compared at import (a stale .so fails).

@@ -1,8 +1,17 @@
-"""The per-cache fast closures over map_ptr, read, ram_addr and unlock keep the contract."""
+"""The per-cache fast paths over map_ptr, read, ram_addr and unlock keep the contract.
+
+On CPython the C core's cache gets builtins (csrc/xmc_pyseam.h) that fall back
+on Python closures (cache.py); elsewhere the closures alone.  Every test here
+runs in both arrangements, and on the reference implementation.
+"""
 
 from __future__ import annotations
 
+import gc
+import sys
 import threading
+import tracemalloc
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -10,6 +19,16 @@ import pytest
 
 PAGE = 4096
 MIB = 1 << 20
+
+
+@pytest.fixture(autouse=True, params=["builtins", "closures"])
+def arrangement(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Build caches with the builtins (where there are any) or with the closures alone."""
+    if request.param == "closures":
+        import xenmapcache._native
+
+        monkeypatch.setattr(xenmapcache._native, "fast_bind", lambda: None)
+    yield request.param
 
 
 def test_closures_kept_past_close_raise(xmc: ModuleType, ram: Any) -> None:
@@ -101,3 +120,41 @@ def test_threads_share_the_fast_paths(xmc: ModuleType, ram: Any) -> None:
             t.join()
         assert not errors, errors
         assert cache.stats().locked == 0
+
+
+def test_the_fast_paths_leak_nothing(xmc: ModuleType, cache: Any, arrangement: str) -> None:
+    if xmc.__name__ != "xenmapcache":
+        pytest.skip("the C core's fast paths")
+
+    def work(n: int) -> None:
+        for i in range(n):
+            a = cache.map_ptr((i % 4096) * PAGE, 64, True, True)  # below the hole
+            cache.ram_addr(a)
+            cache.unlock(a)
+            cache.read((i % 4096) * 64, 512)
+            cache.map_ptr((i % 4096) * 8)
+            if i % 8:
+                continue
+            for bad in (-1, 2**64, True):  # the fallbacks raise
+                with pytest.raises((TypeError, ValueError)):
+                    cache.map_ptr(bad)
+                with pytest.raises((TypeError, ValueError)):
+                    cache.read(bad, 8)
+            with pytest.raises(xmc.UnknownMapping):
+                cache.unlock(12345)
+            with pytest.raises(xmc.MappingError):
+                cache.read(33 * MIB, 8)  # the hole: a failed core call
+            with pytest.raises(xmc.MappingError):
+                cache.map_ptr(33 * MIB, 8, True)
+
+    work(2000)  # warm every cache and free list
+    gc.collect()
+    refs = sys.getrefcount(cache.map_ptr), sys.getrefcount(cache)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    work(20000)
+    gc.collect()
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 64 * 1024, grown
+    assert (sys.getrefcount(cache.map_ptr), sys.getrefcount(cache)) == refs

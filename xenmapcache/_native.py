@@ -8,6 +8,8 @@ reference implementation, GuestRAM) import without a compiler.
 from __future__ import annotations
 
 import functools
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from ._version import __version__
@@ -33,6 +35,18 @@ def binding() -> tuple[Any, Any]:
         ) from exc
     check_stamp(_core.ffi.string(_core.lib.xmc_py_build_version()).decode(), _core.__file__)
     return _core.ffi, _core.lib
+
+
+@functools.cache
+def fast_bind() -> Callable[..., tuple[Callable[..., Any], ...]] | None:
+    """The builtin binder of csrc/xmc_pyseam.h, or None where there is none (not CPython)."""
+    _, lib = binding()
+    if sys.implementation.name != "cpython" or lib.xmc_py_fast_install() != 0:
+        return None
+    from . import _core
+
+    bind: Callable[..., tuple[Callable[..., Any], ...]] | None = getattr(_core, "fast_bind", None)
+    return bind
 
 
 def check_stamp(built_for: str, path: str | None) -> None:

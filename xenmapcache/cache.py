@@ -268,8 +268,11 @@ class _NativeCore:
         the core refuses every call (XMC_ECLOSED) and the handle is freed
         only with the last reference, which the closures hold: a closure kept
         past ``close()`` raises, it never touches freed memory.  The cache is
-        held weakly: the closures live in its ``__dict__``.
+        held weakly: the closures live in its ``__dict__``.  On CPython the
+        closures are in turn wrapped by builtins (see csrc/xmc_pyseam.h).
         """
+        from ._native import fast_bind
+
         lib, core = self._lib, self
         handle = self._c
         owner_ref = weakref.ref(cache)
@@ -337,7 +340,24 @@ class _NativeCore:
         paths: dict[str, Callable[..., Any]] = {"map_ptr": map_ptr, "ram_addr": ram_addr, "unlock": unlock}
         if FILL_BYTES:
             paths["read"] = read
-        return paths
+        bind = fast_bind()
+        if bind is None:
+            return paths
+
+        # On CPython, builtins of xmc_pyseam.h do the common case without a
+        # Python frame; they hand anything else to the closures above, and
+        # a failed core call to these, which raise (nothing is done twice).
+        def fail_map(rc: int, paddr: int, size: int) -> None:
+            owner()._check_open()
+            core._fail(rc, f"map {paddr:#x}+{size:#x}")
+
+        def fail_read(rc: int, paddr: int, n: int) -> None:
+            owner()._check_open()
+            core._fail(rc, f"read {paddr:#x}+{n:#x}")
+
+        address = int(self._ffi.cast("uintptr_t", handle))
+        built = bind(address, handle, map_ptr, read, ram_addr, unlock, fail_map, fail_read)
+        return dict(zip(("map_ptr", "read", "ram_addr", "unlock"), built, strict=True))
 
     def close(self) -> None:
         # Unmap now; the handle itself is freed by the GC once no thread is
