@@ -607,7 +607,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
         progress.step("C benchmark (make -C csrc bench)")
         c_rows, points, why_not = run_c(args.quick, bool(args.plot))
         why = why_not or ""
-    curves = scaling(impls, max(2, rounds // 3), round_s / 2, progress) if args.plot else {}
+    curves = scaling(impls, rounds, round_s / 2, progress) if args.plot else {}
     progress.close()
 
     print_table(results + c_rows, out)
