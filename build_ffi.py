@@ -33,6 +33,9 @@ uint64_t xmc_py_noop(xmc_cache *c, uint64_t paddr, uint64_t size, int lock, int 
 uint64_t xmc_py_map(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags, uint64_t tag);
 uint64_t xmc_py_ram_addr(xmc_cache *c, uintptr_t addr);
 int xmc_py_unlock(xmc_cache *c, uintptr_t addr, uint64_t tag);
+int64_t xmc_py_invalidate(xmc_cache *c);
+size_t xmc_py_records_count(void);
+xmc_record *xmc_py_records_take(void);
 int xmc_py_fast_install(void);
 """
 

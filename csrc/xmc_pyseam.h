@@ -80,6 +80,41 @@ static int xmc_py_unlock(xmc_cache *c, uintptr_t addr, uint64_t tag)
 }
 
 /*
+ * xmc_invalidate() in one call: the number of DMA mappings still in flight,
+ * or an XMC_E* code.  Either way those mappings wait for this thread in
+ * xmc_py_records_take() (count: xmc_py_records_count()); free them with
+ * xmc_records_free().  With none in flight, that is the only call.
+ */
+static _Thread_local xmc_record *xmc_py_records;
+static _Thread_local size_t xmc_py_nrecords;
+
+static int64_t xmc_py_invalidate(xmc_cache *c)
+{
+    xmc_record *records = NULL;
+    size_t n = 0;
+    int rc = xmc_invalidate(c, &records, &n);
+
+    xmc_records_free(xmc_py_records); /* any a failed caller left behind */
+    xmc_py_records = records;
+    xmc_py_nrecords = records ? n : 0;
+    return rc != XMC_OK ? rc : (int64_t)xmc_py_nrecords;
+}
+
+static size_t xmc_py_records_count(void)
+{
+    return xmc_py_nrecords;
+}
+
+static xmc_record *xmc_py_records_take(void)
+{
+    xmc_record *records = xmc_py_records;
+
+    xmc_py_records = NULL;
+    xmc_py_nrecords = 0;
+    return records;
+}
+
+/*
  * CPython builtins for the four hot methods of one cache.
  *
  * cffi's own calls cost a Python frame around them, an argument tuple and a

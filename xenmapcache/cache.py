@@ -205,8 +205,18 @@ class _NativeCore:
         return records, rc
 
     def invalidate(self) -> list[tuple[int, int, int, int, bool]]:
-        records, rc = self._records(self._lib.xmc_invalidate)
-        if rc == self._lib.XMC_ESYS:
+        lib = self._lib
+        got = lib.xmc_py_invalidate(self._c)  # one call when no DMA is in flight
+        records: list[tuple[int, int, int, int, bool]] = []
+        count = got if got > 0 else lib.xmc_py_records_count() if got < 0 else 0
+        if count:
+            arr = lib.xmc_py_records_take()
+            try:
+                records = [(r.address, r.paddr, r.size, r.tag, bool(r.dma)) for r in arr[0:count]]
+            finally:
+                lib.xmc_records_free(arr)
+        rc = min(got, 0)
+        if rc == lib.XMC_ESYS:
             # The invalidation happened; an entry failed to unmap and is gone
             # all the same (never retried).  Say so once and keep the records.
             cause = getattr(self._pending, "error", None)
