@@ -131,15 +131,21 @@ static xmc_record *xmc_py_records_take(void)
 
 #define XMC_PY_FAST_READ_MAX ((Py_ssize_t)1 << 24)
 
+/* The Python objects a binding holds, in fast_bind's argument order. */
+enum {
+    XMC_PY_KEEP,     /* the cffi handle: keeps the cache alive */
+    XMC_PY_MAP_PTR,  /* the Python versions, for anything unusual */
+    XMC_PY_READ,
+    XMC_PY_RAM_ADDR,
+    XMC_PY_UNLOCK,
+    XMC_PY_FAIL_MAP, /* fail(rc, paddr, size): raises */
+    XMC_PY_FAIL_READ,
+    XMC_PY_NOBJ
+};
+
 typedef struct xmc_py_fast {
     xmc_cache *c;
-    PyObject *keep;     /* the cffi handle: keeps the cache alive */
-    PyObject *map_ptr;  /* the Python versions, for anything unusual */
-    PyObject *read;
-    PyObject *ram_addr;
-    PyObject *unlock;
-    PyObject *fail_map; /* fail(rc, paddr, size): raises */
-    PyObject *fail_read;
+    PyObject *obj[XMC_PY_NOBJ];
 } xmc_py_fast;
 
 static void xmc_py_fast_free(PyObject *capsule)
@@ -148,13 +154,8 @@ static void xmc_py_fast_free(PyObject *capsule)
 
     if (!f)
         return;
-    Py_XDECREF(f->keep);
-    Py_XDECREF(f->map_ptr);
-    Py_XDECREF(f->read);
-    Py_XDECREF(f->ram_addr);
-    Py_XDECREF(f->unlock);
-    Py_XDECREF(f->fail_map);
-    Py_XDECREF(f->fail_read);
+    for (int i = 0; i < XMC_PY_NOBJ; i++)
+        Py_XDECREF(f->obj[i]);
     PyMem_Free(f);
 }
 
@@ -198,14 +199,14 @@ static PyObject *xmc_py_fast_map_ptr(PyObject *self, PyObject *args, PyObject *k
         (n > 2 && (lock = PyObject_IsTrue(PyTuple_GetItem(args, 2))) < 0) ||
         (n > 3 && (dma = PyObject_IsTrue(PyTuple_GetItem(args, 3))) < 0)) {
         PyErr_Clear();
-        return PyObject_Call(f->map_ptr, args, kwargs);
+        return PyObject_Call(f->obj[XMC_PY_MAP_PTR], args, kwargs);
     }
     flags = lock ? XMC_LOCK | (dma ? XMC_DMA : 0u) : 0u;
     Py_BEGIN_ALLOW_THREADS
     rc = xmc_map(f->c, paddr, size, flags, 0, &p);
     Py_END_ALLOW_THREADS
     if (rc != XMC_OK || !p)
-        return xmc_py_fail(f->fail_map, rc != XMC_OK ? rc : XMC_EMAP, paddr, size);
+        return xmc_py_fail(f->obj[XMC_PY_FAIL_MAP], rc != XMC_OK ? rc : XMC_EMAP, paddr, size);
     return PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)p);
 }
 
@@ -223,7 +224,7 @@ static PyObject *xmc_py_fast_read(PyObject *self, PyObject *args)
     if (PyTuple_Size(args) != 2 || !xmc_py_u64(PyTuple_GetItem(args, 0), &paddr) ||
         !xmc_py_u64(PyTuple_GetItem(args, 1), &n) || n > (uint64_t)XMC_PY_FAST_READ_MAX ||
         (n && paddr > UINT64_MAX - (n - 1)))
-        return PyObject_Call(f->read, args, NULL);
+        return PyObject_Call(f->obj[XMC_PY_READ], args, NULL);
     out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
     if (!out)
         return NULL;
@@ -237,7 +238,7 @@ static PyObject *xmc_py_fast_read(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
     if (rc != XMC_OK) {
         Py_DECREF(out);
-        return xmc_py_fail(f->fail_read, rc, paddr, n);
+        return xmc_py_fail(f->obj[XMC_PY_FAIL_READ], rc, paddr, n);
     }
     return out;
 }
@@ -257,7 +258,7 @@ static PyObject *xmc_py_fast_ram_addr(PyObject *self, PyObject *arg)
         Py_END_ALLOW_THREADS
     }
     if (rc != XMC_OK) /* the Python version asks again and says why */
-        return PyObject_CallFunctionObjArgs(f->ram_addr, arg, NULL);
+        return PyObject_CallFunctionObjArgs(f->obj[XMC_PY_RAM_ADDR], arg, NULL);
     return PyLong_FromUnsignedLongLong((unsigned long long)paddr);
 }
 
@@ -276,7 +277,7 @@ static PyObject *xmc_py_fast_unlock(PyObject *self, PyObject *arg)
         Py_END_ALLOW_THREADS
     }
     if (rc != XMC_OK) /* nothing was unlocked: the Python version tries Mappings */
-        return PyObject_CallFunctionObjArgs(f->unlock, arg, NULL);
+        return PyObject_CallFunctionObjArgs(f->obj[XMC_PY_UNLOCK], arg, NULL);
     Py_RETURN_NONE;
 }
 
@@ -308,19 +309,14 @@ static PyObject *xmc_py_fast_bind(PyObject *self, PyObject *args)
     (void)self;
     if (!(f = PyMem_Calloc(1, sizeof(*f))))
         return PyErr_NoMemory();
-    if (!PyArg_ParseTuple(args, "KOOOOOOO", &address, &f->keep, &f->map_ptr, &f->read,
-                          &f->ram_addr, &f->unlock, &f->fail_map, &f->fail_read)) {
+    if (!PyArg_ParseTuple(args, "KOOOOOOO", &address, &f->obj[0], &f->obj[1], &f->obj[2],
+                          &f->obj[3], &f->obj[4], &f->obj[5], &f->obj[6])) {
         PyMem_Free(f);
         return NULL;
     }
     f->c = (xmc_cache *)(uintptr_t)address;
-    Py_INCREF(f->keep);
-    Py_INCREF(f->map_ptr);
-    Py_INCREF(f->read);
-    Py_INCREF(f->ram_addr);
-    Py_INCREF(f->unlock);
-    Py_INCREF(f->fail_map);
-    Py_INCREF(f->fail_read);
+    for (int i = 0; i < XMC_PY_NOBJ; i++)
+        Py_INCREF(f->obj[i]);
     if (!(capsule = PyCapsule_New(f, NULL, xmc_py_fast_free))) {
         PyMem_Free(f); /* the references leak only on this out-of-memory path */
         return NULL;
