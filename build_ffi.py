@@ -1,5 +1,9 @@
 """cffi builder: compiles the C core in csrc/ into ``xenmapcache._core``.
 
+Three tiers, three places: the C core (csrc/, which knows nothing of Python),
+the binding's own C (ffi/seam.h: hot-path wrappers and CPython builtins), and
+the Python package; this script only stitches them.
+
 The declarations handed to cffi are the public header's own text, between its
 ``cdef-begin`` and ``cdef-end`` markers, so the binding cannot drift from the
 header; numeric ``#define``s become ``...`` so the compiler supplies their
@@ -15,6 +19,7 @@ from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
 CSRC = "csrc"
+SEAM_DIR = "ffi"
 
 # Callbacks from C into Python (translate hooks, Python-side backends).
 CALLBACKS = """
@@ -25,7 +30,7 @@ extern "Python" void _xmc_py_retain(void *);
 extern "Python" void _xmc_py_release(void *);
 """
 
-# The hot-path wrappers of csrc/xmc_pyseam.h: plain integers in and out.
+# The hot-path wrappers of ffi/seam.h: plain integers in and out.
 SEAM = """
 int xmc_py_last_error(void);
 uint64_t xmc_py_map_ptr(xmc_cache *c, uint64_t paddr, uint64_t size, int lock, int dma);
@@ -71,11 +76,11 @@ ffibuilder = FFI()
 ffibuilder.cdef(public_cdef() + CALLBACKS + SEAM + STAMP_CDEF)
 ffibuilder.set_source(
     "xenmapcache._core",
-    '#include "xenmapcache.h"\n#include "xmc_pyseam.h"\n' + STAMP_SOURCE.format(package_version()),
+    '#include "xenmapcache.h"\n#include "seam.h"\n' + STAMP_SOURCE.format(package_version()),
     sources=c_sources(),
-    include_dirs=[CSRC],
-    depends=[f"{CSRC}/{name}" for name in ("xenmapcache.h", "xmc_internal.h", "xmc_xenfm.h", "xmc_pyseam.h")]
-    + ["xenmapcache/_version.py"],
+    include_dirs=[CSRC, SEAM_DIR],
+    depends=[f"{CSRC}/{name}" for name in ("xenmapcache.h", "xmc_internal.h", "xmc_xenfm.h")]
+    + [f"{SEAM_DIR}/seam.h", "xenmapcache/_version.py"],
     # hidden: the module exports only PyInit, so calls into the core skip the PLT
     extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden"],
     libraries=["pthread", "dl"],  # dl: the Xen backend loads libxenforeignmemory at run time

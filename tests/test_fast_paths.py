@@ -1,6 +1,6 @@
 """The per-cache fast paths over map_ptr, read, ram_addr and unlock keep the contract.
 
-On CPython the C core's cache gets builtins (csrc/xmc_pyseam.h) that fall back
+On CPython the C core's cache gets builtins (ffi/seam.h) that fall back
 on Python closures (cache.py); elsewhere the closures alone.  Every test here
 runs in both arrangements, and on the reference implementation.
 """

@@ -70,7 +70,7 @@ def test_sdist_round_trip(tmp_path: Path) -> None:
         names = {Path(*Path(n).parts[1:]).as_posix() for n in tar.getnames()}
     for needed in ("build_ffi.py", "setup.py", "csrc/Makefile", "csrc/xenmapcache.h", "csrc/xenmapcache_qemu.h",
                    "csrc/xmc_internal.h", "csrc/xmc_xenfm.h", "csrc/cache.c", "csrc/xen.c",
-                   "xenmapcache/_version.py", "xenmapcache/py.typed", "examples/emulator.c"):
+                   "ffi/seam.h", "xenmapcache/_version.py", "xenmapcache/py.typed", "examples/emulator.c"):
         assert needed in names, needed
     assert not [n for n in names if re.search(r"\.(so|o|a|pc)$", n)]
 

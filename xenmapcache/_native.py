@@ -39,7 +39,7 @@ def binding() -> tuple[Any, Any]:
 
 @functools.cache
 def fast_bind() -> Callable[..., tuple[Callable[..., Any], ...]] | None:
-    """The builtin binder of csrc/xmc_pyseam.h, or None where there is none (not CPython)."""
+    """The builtin binder of ffi/seam.h, or None where there is none (not CPython)."""
     _, lib = binding()
     if sys.implementation.name != "cpython" or lib.xmc_py_fast_install() != 0:
         return None

@@ -173,7 +173,7 @@ class _NativeCore:
             raise exc from cause
 
     def _fail_last(self, what: str) -> None:
-        """Raise for this thread's last map that returned 0 (see xmc_pyseam.h)."""
+        """Raise for this thread's last map that returned 0 (see ffi/seam.h)."""
         self._fail(self._lib.xmc_py_last_error(), what)
 
     def map(self, paddr: int, size: int, flags: int, tag: int) -> int:
@@ -279,7 +279,7 @@ class _NativeCore:
         only with the last reference, which the closures hold: a closure kept
         past ``close()`` raises, it never touches freed memory.  The cache is
         held weakly: the closures live in its ``__dict__``.  On CPython the
-        closures are in turn wrapped by builtins (see csrc/xmc_pyseam.h).
+        closures are in turn wrapped by builtins (see ffi/seam.h).
         """
         from ._native import fast_bind
 
@@ -354,7 +354,7 @@ class _NativeCore:
         if bind is None:
             return paths
 
-        # On CPython, builtins of xmc_pyseam.h do the common case without a
+        # On CPython, builtins of ffi/seam.h do the common case without a
         # Python frame; they hand anything else to the closures above, and
         # a failed core call to these, which raise (nothing is done twice).
         def fail_map(rc: int, paddr: int, size: int) -> None:

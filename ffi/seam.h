@@ -1,5 +1,5 @@
 /*
- * xmc_pyseam.h - the few entry points the cffi binding calls on hot paths.
+ * seam.h - the few entry points the cffi binding calls on hot paths.
  *
  * Not part of the C library: build_ffi.py includes this into the extension
  * only.  Each wraps a public function so that Python passes and gets plain
@@ -337,7 +337,7 @@ static PyObject *xmc_py_fast_bind(PyObject *self, PyObject *args)
 static PyMethodDef xmc_py_fast_bind_def = {
     "fast_bind", xmc_py_fast_bind, METH_VARARGS,
     "fast_bind(address, keep, map_ptr, read, ram_addr, unlock, fail_map, fail_read)\n--\n\n"
-    "Builtins for the hot methods of the cache at address (see xmc_pyseam.h).",
+    "Builtins for the hot methods of the cache at address (see ffi/seam.h).",
 };
 
 /* Put fast_bind on the module xenmapcache._core; 0 on success. */
