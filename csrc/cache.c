@@ -3,11 +3,15 @@
  *
  * Entries hang off hash slots (index % nr_slots) in doubly linked chains, and
  * every live entry is also on one "live" list, so invalidate costs the number
- * of live entries rather than the number of slots, and in a search tree keyed
- * by host address range, so any interior pointer resolves in O(log n).
+ * of live entries rather than the number of slots, and in a treap keyed by
+ * host address (links inside the entry), so any interior pointer resolves in
+ * O(log n).  An entry is one allocation: its page bitmap follows it, and the
+ * fields read on every lookup come first.
  * Locked mappings leave records in a hash table keyed by exact host address
  * (O(1) unlock and reverse lookup) that point straight at their entry, and on
- * an age list so they can be listed oldest first.
+ * an age list so they can be listed oldest first.  Records live in a pool of
+ * fixed chunks that never move, linked by 32-bit ids, so a record costs 48
+ * bytes and a freed one is reused at once (a disk's FIFO stays in cache).
  *
  * Lock convention: every public xmc_x() takes c->mutex and calls x_locked();
  * helpers without the suffix also expect the caller to hold it.
@@ -20,32 +24,45 @@ enum {
     ENTRY_ALLVALID = 4u, /* every page mapped: skip the bitmap */
 };
 
+#if defined(__GNUC__)
+#define XMC_NOINLINE __attribute__((noinline))
+#else
+#define XMC_NOINLINE
+#endif
+
 #define BITS_PER_WORD (sizeof(unsigned long) * CHAR_BIT)
 #define ERRS_ON_STACK 1024
 #define RHASH_MIN_BITS 6
+#define REC_CHUNK_SHIFT 10 /* records per pool chunk: 1024 */
+#define REC_CHUNK ((uint32_t)1 << REC_CHUNK_SHIFT)
+#define REC_MAX_ID (UINT32_MAX - 1)
 
 typedef struct xmc_entry {
+    /* Read by every lookup: the first 32 bytes. */
     uint8_t *vaddr;
     uint64_t index; /* guest address >> bucket shift */
-    uint64_t size; /* bytes mapped, whole buckets */
-    uint32_t lock; /* outstanding locked mappings */
+    uint64_t size;  /* bytes mapped, whole buckets */
+    uint32_t lock;  /* outstanding locked mappings */
     uint32_t flags;
     struct xmc_entry *next; /* slot chain */
     struct xmc_entry **pprev;
     struct xmc_entry *lnext; /* live list */
     struct xmc_entry *lprev;
-    unsigned long *valid; /* one bit per page */
+    struct xmc_entry *left; /* treap by host address */
+    struct xmc_entry *right;
+    unsigned long valid[]; /* one bit per page */
 } xmc_entry;
 
+/* Links are record ids: 0 is "none", id i lives in chunk i >> REC_CHUNK_SHIFT. */
 typedef struct record {
     uintptr_t addr;
     xmc_entry *e;
     uint64_t size;
     uint64_t tag;
-    struct record *hnext; /* hash chain, newest first */
-    struct record *older; /* age list */
-    struct record *newer;
-    bool dma;
+    uint32_t hnext; /* hash chain, newest first; free list when unused */
+    uint32_t older; /* age list */
+    uint32_t newer;
+    uint32_t dma;
 } record;
 
 struct xmc_cache {
@@ -55,16 +72,22 @@ struct xmc_cache {
     uint64_t bucket_size;
     uint64_t max_size;
     uint64_t nr_slots;
+    uint64_t slot_mask; /* nr_slots - 1 when a power of two (the default), else 0 */
     xmc_entry **slots;
     xmc_entry *last; /* fast path: the entry that served last */
     xmc_entry *live; /* live list head */
-    void *tree; /* tsearch() root, entries by host range */
-    record **rhash;
+    xmc_entry *tree; /* treap root, entries by host address */
+    record **chunks; /* record pool */
+    uint32_t nr_chunks;
+    uint32_t next_id; /* first id never handed out */
+    uint32_t free_ids; /* freed records, reused first */
+    uint32_t *rhash;
     unsigned rhash_bits;
-    record *oldest;
-    record *newest;
+    uint32_t oldest;
+    uint32_t newest;
     uint32_t lock_limit;
     bool dummy;
+    bool closed;
     xmc_translate_fn translate;
     void *translate_opaque;
     xmc_stats st;
@@ -81,8 +104,15 @@ const char *xmc_strerror(int err)
     case XMC_EOVERFLOW: return "lock count at its limit";
     case XMC_EUNAVAIL: return "backend not available";
     case XMC_ESYS: return "system call failed";
+    case XMC_ECLOSED: return "the cache is closed";
     default: return "unknown error";
     }
+}
+
+/* The hash slot of a bucket index: a mask instead of a division when it can. */
+static inline uint64_t slot_of(const xmc_cache *c, uint64_t index)
+{
+    return c->slot_mask ? index & c->slot_mask : index % c->nr_slots;
 }
 
 /* ---- page bitmaps ---------------------------------------------------- */
@@ -92,7 +122,14 @@ static size_t bitmap_words(uint64_t pages)
     return (size_t)((pages + BITS_PER_WORD - 1) / BITS_PER_WORD);
 }
 
-static bool pages_valid(const xmc_entry *e, uint64_t first, uint64_t n)
+/* Bytes of one entry mapping `size` bytes: the struct and its bitmap. */
+static size_t entry_bytes(uint64_t size)
+{
+    return sizeof(xmc_entry) +
+           bitmap_words(size >> XMC_PAGE_SHIFT) * sizeof(unsigned long);
+}
+
+static inline bool pages_valid(const xmc_entry *e, uint64_t first, uint64_t n)
 {
     if (e->flags & ENTRY_ALLVALID)
         return first + n <= (e->size >> XMC_PAGE_SHIFT);
@@ -104,38 +141,96 @@ static bool pages_valid(const xmc_entry *e, uint64_t first, uint64_t n)
     return true;
 }
 
-/* ---- the host-address tree (interior pointers) ------------------------ */
+/* ---- the host-address treap (interior pointers) ---------------------- */
 
-static int entry_cmp(const void *a, const void *b)
+/*
+ * A treap keyed by vaddr (entries never overlap) whose heap priority is a
+ * hash of the entry's own address: expected O(log n) depth, no extra memory.
+ */
+static uint64_t treap_prio(const xmc_entry *e)
 {
-    const xmc_entry *x = a, *y = b;
-    uintptr_t xs = (uintptr_t)x->vaddr, ys = (uintptr_t)y->vaddr;
-
-    if (xs + x->size <= ys)
-        return -1;
-    if (ys + y->size <= xs)
-        return 1;
-    return 0; /* overlap: entries never overlap, so this is "inside" */
+    return (uint64_t)(uintptr_t)e * UINT64_C(0x9E3779B97F4A7C15);
 }
 
-static xmc_entry *tree_find(const xmc_cache *c, const void *addr)
+/* Split t into the entries below addr (*l) and those at or above it (*r). */
+static void treap_split(xmc_entry *t, uintptr_t addr, xmc_entry **l, xmc_entry **r)
 {
-    xmc_entry probe = { .vaddr = (uint8_t *)(uintptr_t)addr, .size = 1 };
-    void *const *node = tfind(&probe, &c->tree, entry_cmp);
-
-    return node ? *(xmc_entry *const *)node : NULL;
+    while (t) {
+        if ((uintptr_t)t->vaddr < addr) {
+            *l = t;
+            l = &t->right;
+            t = t->right;
+        } else {
+            *r = t;
+            r = &t->left;
+            t = t->left;
+        }
+    }
+    *l = *r = NULL;
 }
 
-static void tree_noop(void *p)
+/* Join two treaps, every entry of a below every entry of b. */
+static xmc_entry *treap_merge(xmc_entry *a, xmc_entry *b)
 {
-    (void)p;
+    xmc_entry *root, **pp = &root;
+
+    while (a && b) {
+        if (treap_prio(a) > treap_prio(b)) {
+            *pp = a;
+            pp = &a->right;
+            a = a->right;
+        } else {
+            *pp = b;
+            pp = &b->left;
+            b = b->left;
+        }
+    }
+    *pp = a ? a : b;
+    return root;
+}
+
+static void tree_insert(xmc_cache *c, xmc_entry *e)
+{
+    xmc_entry **pp = &c->tree;
+    uint64_t prio = treap_prio(e);
+
+    while (*pp && treap_prio(*pp) > prio)
+        pp = (uintptr_t)e->vaddr < (uintptr_t)(*pp)->vaddr ? &(*pp)->left : &(*pp)->right;
+    treap_split(*pp, (uintptr_t)e->vaddr, &e->left, &e->right);
+    *pp = e;
+}
+
+static void tree_delete(xmc_cache *c, xmc_entry *e)
+{
+    xmc_entry **pp = &c->tree;
+
+    while (*pp && *pp != e)
+        pp = (uintptr_t)e->vaddr < (uintptr_t)(*pp)->vaddr ? &(*pp)->left : &(*pp)->right;
+    if (*pp)
+        *pp = treap_merge(e->left, e->right);
+}
+
+/* The entry whose mapping contains addr, or NULL. */
+static xmc_entry *tree_find(const xmc_cache *c, uintptr_t addr)
+{
+    xmc_entry *t = c->tree;
+
+    while (t) {
+        if (addr < (uintptr_t)t->vaddr)
+            t = t->left;
+        else if (addr - (uintptr_t)t->vaddr < t->size)
+            return t;
+        else
+            t = t->right;
+    }
+    return NULL;
 }
 
 /* ---- entries ---------------------------------------------------------- */
 
 static void chain_append(xmc_cache *c, xmc_entry *e)
 {
-    xmc_entry **pp = &c->slots[e->index % c->nr_slots];
+    xmc_entry **pp = &c->slots[slot_of(c, e->index)];
 
     while (*pp)
         pp = &(*pp)->next;
@@ -174,24 +269,22 @@ static int entry_destroy(xmc_cache *c, xmc_entry *e)
         c->last = NULL;
     c->st.entries--;
     c->st.mapped_bytes -= e->size;
-    rc = XMC_OK;
-    if (e->size) { /* size 0: a failed remap left nothing mapped or indexed */
-        tdelete(e, &c->tree, entry_cmp);
-        rc = entry_unmap(c, e);
-    }
-    free(e->valid);
+    tree_delete(c, e);
+    rc = entry_unmap(c, e);
     free(e);
     return rc;
 }
 
 /*
  * Map `size` bytes of guest memory from bucket `index` into e, at e->vaddr
- * when `fixed`, filling `bitmap`.  On success e describes the new mapping;
- * on failure e is unchanged (but with `fixed` the old pages may be gone).
+ * when `fixed`, filling e's bitmap (which must have room for `size`).  On
+ * success e describes the new mapping; on failure e is unchanged (but with
+ * `fixed` the old pages may be gone).
  */
 static int map_into(xmc_cache *c, xmc_entry *e, uint64_t index, uint64_t size,
-                    bool fixed, bool dummy, unsigned long *bitmap)
+                    bool fixed, bool dummy)
 {
+    unsigned long *bitmap = e->valid;
     uint64_t pages = size >> XMC_PAGE_SHIFT;
     int errs_stack[ERRS_ON_STACK];
     int *errs = errs_stack;
@@ -220,13 +313,12 @@ static int map_into(xmc_cache *c, xmc_entry *e, uint64_t index, uint64_t size,
         if (rc == XMC_OK && !addr)
             rc = XMC_EMAP;
         if (rc == XMC_OK) {
-            memset(bitmap, 0, bitmap_words(pages) * sizeof(*bitmap));
-            for (uint64_t p = 0; p < pages; p++) {
-                if (errs[p])
-                    all = false;
-                else
+            for (uint64_t p = 0; p < pages && all; p++)
+                all = !errs[p];
+            memset(bitmap, all ? 0xff : 0, bitmap_words(pages) * sizeof(*bitmap));
+            for (uint64_t p = 0; p < pages && !all; p++)
+                if (!errs[p])
                     bitmap[p / BITS_PER_WORD] |= 1ul << (p % BITS_PER_WORD);
-            }
             e->flags = all ? ENTRY_ALLVALID : 0;
         }
         if (errs != errs_stack)
@@ -244,26 +336,17 @@ static int map_into(xmc_cache *c, xmc_entry *e, uint64_t index, uint64_t size,
 static int entry_new(xmc_cache *c, uint64_t index, uint64_t size, bool dummy,
                      xmc_entry **out)
 {
-    xmc_entry *e = calloc(1, sizeof(*e));
+    xmc_entry *e = calloc(1, entry_bytes(size));
     int rc;
 
     if (!e)
         return XMC_ENOMEM;
-    e->valid = calloc(bitmap_words(size >> XMC_PAGE_SHIFT), sizeof(*e->valid));
-    if (!e->valid) {
-        free(e);
-        return XMC_ENOMEM;
-    }
-    rc = map_into(c, e, index, size, false, dummy, e->valid);
-    if (rc == XMC_OK && !tsearch(e, &c->tree, entry_cmp)) {
-        entry_unmap(c, e);
-        rc = XMC_ENOMEM;
-    }
+    rc = map_into(c, e, index, size, false, dummy);
     if (rc != XMC_OK) {
-        free(e->valid);
         free(e);
         return rc;
     }
+    tree_insert(c, e);
     chain_append(c, e);
     e->lnext = c->live;
     if (c->live)
@@ -276,48 +359,29 @@ static int entry_new(xmc_cache *c, uint64_t index, uint64_t size, bool dummy,
 }
 
 /*
- * Point the unlocked entry e at bucket `index`.  Same size: map over it in
- * place.  Otherwise unmap and map afresh.  On failure e is destroyed.
+ * Point the unlocked entry *ep at bucket `index`.  Same size and same kind of
+ * memory (backend or anonymous): map over it in place.  Otherwise unmap it
+ * through whoever mapped it and replace it with a new entry (its bitmap is
+ * the wrong size, or its memory of the wrong kind).  On failure the entry is
+ * destroyed.
  */
-static int entry_remap(xmc_cache *c, xmc_entry *e, uint64_t index, uint64_t size,
+static int entry_remap(xmc_cache *c, xmc_entry **ep, uint64_t index, uint64_t size,
                        bool dummy)
 {
-    uint64_t old_slot = e->index % c->nr_slots;
-    unsigned long *bitmap = e->valid;
+    xmc_entry *e = *ep;
+    uint64_t old_slot = slot_of(c, e->index);
     int rc;
 
-    if (size == e->size) {
-        rc = map_into(c, e, index, size, true, dummy, e->valid);
-        if (rc != XMC_OK) {
-            e->flags |= ENTRY_ANON; /* whatever is left there is ours to drop */
-            entry_destroy(c, e);
-            return rc;
-        }
-    } else {
-        bitmap = calloc(bitmap_words(size >> XMC_PAGE_SHIFT), sizeof(*bitmap));
-        if (!bitmap)
-            return XMC_ENOMEM;
-        tdelete(e, &c->tree, entry_cmp);
-        rc = entry_unmap(c, e);
-        c->st.mapped_bytes -= e->size;
-        e->size = 0;
-        if (rc == XMC_OK)
-            rc = map_into(c, e, index, size, false, dummy, bitmap);
-        if (rc == XMC_OK && !tsearch(e, &c->tree, entry_cmp)) {
-            entry_unmap(c, e);
-            rc = XMC_ENOMEM;
-        }
-        if (rc != XMC_OK) {
-            free(bitmap);
-            e->size = 0; /* nothing left mapped or indexed */
-            entry_destroy(c, e);
-            return rc;
-        }
-        free(e->valid);
-        e->valid = bitmap;
-        c->st.mapped_bytes += size;
+    if (size != e->size || dummy != !!(e->flags & ENTRY_ANON)) {
+        rc = entry_destroy(c, e);
+        return rc == XMC_OK ? entry_new(c, index, size, dummy, ep) : rc;
     }
-    if (index % c->nr_slots != old_slot) {
+    rc = map_into(c, e, index, size, true, dummy);
+    if (rc != XMC_OK) { /* the backend unmaps whatever is left there */
+        entry_destroy(c, e);
+        return rc;
+    }
+    if (slot_of(c, index) != old_slot) {
         chain_del(e);
         chain_append(c, e);
     }
@@ -335,7 +399,7 @@ static int find_or_map(xmc_cache *c, uint64_t index, uint64_t size,
     xmc_entry *e, *reuse = NULL;
     int rc;
 
-    for (e = c->slots[index % c->nr_slots]; e; e = e->next) {
+    for (e = c->slots[slot_of(c, index)]; e; e = e->next) {
         if (e->index == index && e->size == size && pages_valid(e, first, n)) {
             c->st.hits++;
             *out = e;
@@ -347,8 +411,8 @@ static int find_or_map(xmc_cache *c, uint64_t index, uint64_t size,
     c->st.misses++;
     if (reuse) {
         c->st.remaps++;
-        rc = entry_remap(c, reuse, index, size, dummy);
         e = reuse;
+        rc = entry_remap(c, &e, index, size, dummy);
     } else {
         rc = entry_new(c, index, size, dummy, &e);
     }
@@ -362,6 +426,11 @@ static int find_or_map(xmc_cache *c, uint64_t index, uint64_t size,
 
 /* ---- reverse records -------------------------------------------------- */
 
+static record *rec(const xmc_cache *c, uint32_t id)
+{
+    return &c->chunks[id >> REC_CHUNK_SHIFT][id & (REC_CHUNK - 1)];
+}
+
 static size_t rhash_slot(const xmc_cache *c, uintptr_t addr)
 {
     return (size_t)(((uint64_t)addr * UINT64_C(0x9E3779B97F4A7C15)) >>
@@ -372,7 +441,7 @@ static size_t rhash_slot(const xmc_cache *c, uintptr_t addr)
 static int rhash_reserve(xmc_cache *c)
 {
     unsigned bits = c->rhash_bits;
-    record **table;
+    uint32_t *table;
 
     if (c->rhash && c->st.locked < ((uint64_t)1 << bits))
         return XMC_OK;
@@ -383,66 +452,102 @@ static int rhash_reserve(xmc_cache *c)
     free(c->rhash);
     c->rhash = table;
     c->rhash_bits = bits;
-    for (record *r = c->oldest; r; r = r->newer) {
-        size_t s = rhash_slot(c, r->addr);
-        r->hnext = table[s];
-        table[s] = r;
+    for (uint32_t id = c->oldest; id; id = rec(c, id)->newer) {
+        size_t s = rhash_slot(c, rec(c, id)->addr);
+        rec(c, id)->hnext = table[s];
+        table[s] = id;
     }
     return XMC_OK;
+}
+
+/* A free record id: a freed one, else the next one (adding a chunk). */
+static uint32_t record_alloc(xmc_cache *c)
+{
+    uint32_t id = c->free_ids;
+
+    if (id) {
+        c->free_ids = rec(c, id)->hnext;
+        return id;
+    }
+    if (c->next_id == 0)
+        c->next_id = 1; /* id 0 means "none" */
+    if (c->next_id > REC_MAX_ID)
+        return 0;
+    if ((c->next_id >> REC_CHUNK_SHIFT) == c->nr_chunks) {
+        uint32_t n = c->nr_chunks;
+        record **grown;
+
+        if ((n & (n - 1)) == 0) { /* the chunk table doubles at powers of two */
+            grown = realloc(c->chunks, (n ? 2 * (size_t)n : 1) * sizeof(*grown));
+            if (!grown)
+                return 0;
+            c->chunks = grown;
+        }
+        if (!(c->chunks[n] = malloc(REC_CHUNK * sizeof(record))))
+            return 0;
+        c->nr_chunks++;
+    }
+    return c->next_id++;
 }
 
 static int record_add(xmc_cache *c, xmc_entry *e, uintptr_t addr, uint64_t size,
                       uint64_t tag, bool dma)
 {
+    uint32_t id;
     record *r;
     size_t s;
 
-    if (rhash_reserve(c) != XMC_OK || !(r = malloc(sizeof(*r))))
+    if (rhash_reserve(c) != XMC_OK || !(id = record_alloc(c)))
         return XMC_ENOMEM;
-    *r = (record){ .addr = addr, .e = e, .size = size, .tag = tag, .dma = dma };
+    r = rec(c, id);
     s = rhash_slot(c, addr);
-    r->hnext = c->rhash[s];
-    c->rhash[s] = r;
-    r->older = c->newest;
+    *r = (record){ .addr = addr, .e = e, .size = size, .tag = tag, .dma = dma,
+                   .hnext = c->rhash[s], .older = c->newest };
+    c->rhash[s] = id;
     if (c->newest)
-        c->newest->newer = r;
+        rec(c, c->newest)->newer = id;
     else
-        c->oldest = r;
-    c->newest = r;
+        c->oldest = id;
+    c->newest = id;
     c->st.locked++;
     c->st.dma_locked += dma;
     return XMC_OK;
 }
 
-static record **record_find(xmc_cache *c, uintptr_t addr, bool by_tag, uint64_t tag)
+/* The hash link that holds the newest record at addr (with tag), or NULL. */
+static uint32_t *record_find(xmc_cache *c, uintptr_t addr, bool by_tag, uint64_t tag)
 {
-    record **rp;
+    uint32_t *link;
 
     if (!c->rhash)
         return NULL;
-    for (rp = &c->rhash[rhash_slot(c, addr)]; *rp; rp = &(*rp)->hnext)
-        if ((*rp)->addr == addr && (!by_tag || (*rp)->tag == tag))
-            return rp;
+    for (link = &c->rhash[rhash_slot(c, addr)]; *link; link = &rec(c, *link)->hnext) {
+        const record *r = rec(c, *link);
+        if (r->addr == addr && (!by_tag || r->tag == tag))
+            return link;
+    }
     return NULL;
 }
 
-static void record_del(xmc_cache *c, record **rp)
+static void record_del(xmc_cache *c, uint32_t *link)
 {
-    record *r = *rp;
+    uint32_t id = *link;
+    record *r = rec(c, id);
 
-    *rp = r->hnext;
+    *link = r->hnext;
     if (r->older)
-        r->older->newer = r->newer;
+        rec(c, r->older)->newer = r->newer;
     else
         c->oldest = r->newer;
     if (r->newer)
-        r->newer->older = r->older;
+        rec(c, r->newer)->older = r->older;
     else
         c->newest = r->older;
     r->e->lock--;
     c->st.locked--;
     c->st.dma_locked -= r->dma;
-    free(r);
+    r->hnext = c->free_ids;
+    c->free_ids = id;
 }
 
 static uint64_t entry_paddr(const xmc_cache *c, const xmc_entry *e, uintptr_t addr)
@@ -453,7 +558,7 @@ static uint64_t entry_paddr(const xmc_cache *c, const xmc_entry *e, uintptr_t ad
 static void record_info(const xmc_cache *c, const record *r, xmc_record *out)
 {
     *out = (xmc_record){ .address = r->addr, .paddr = entry_paddr(c, r->e, r->addr),
-                         .size = r->size, .tag = r->tag, .dma = r->dma };
+                         .size = r->size, .tag = r->tag, .dma = r->dma != 0 };
 }
 
 /* Copy the records (all, or only DMA ones) into a new array. */
@@ -465,9 +570,9 @@ static int records_copy(const xmc_cache *c, bool dma_only, xmc_record **out,
 
     if (count && !(arr = calloc(count, sizeof(*arr))))
         return XMC_ENOMEM;
-    for (const record *r = c->oldest; r; r = r->newer)
-        if (!dma_only || r->dma)
-            record_info(c, r, &arr[i++]);
+    for (uint32_t id = c->oldest; id; id = rec(c, id)->newer)
+        if (!dma_only || rec(c, id)->dma)
+            record_info(c, rec(c, id), &arr[i++]);
     *out = arr;
     *n = count;
     return XMC_OK;
@@ -515,11 +620,29 @@ int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_siz
     c->bucket_size = bucket;
     c->max_size = max_size;
     c->nr_slots = slots;
+    c->slot_mask = (slots & (slots - 1)) == 0 ? slots - 1 : 0;
     c->lock_limit = UINT32_MAX;
     if (be->retain)
         be->retain(be->opaque);
     *out = c;
     return XMC_OK;
+}
+
+/* Drop every record and entry; the cache is then empty but usable. */
+static void drain(xmc_cache *c)
+{
+    for (uint32_t i = 0; i < c->nr_chunks; i++)
+        free(c->chunks[i]);
+    free(c->chunks);
+    c->chunks = NULL;
+    c->nr_chunks = c->next_id = c->free_ids = 0;
+    c->oldest = c->newest = 0;
+    free(c->rhash);
+    c->rhash = NULL;
+    c->rhash_bits = 0;
+    while (c->live)
+        entry_destroy(c, c->live);
+    c->st.locked = c->st.dma_locked = 0;
 }
 
 void xmc_cache_free(xmc_cache *c)
@@ -528,15 +651,7 @@ void xmc_cache_free(xmc_cache *c)
 
     if (!c)
         return;
-    while (c->oldest) {
-        record *r = c->oldest;
-        c->oldest = r->newer;
-        free(r);
-    }
-    while (c->live)
-        entry_destroy(c, c->live);
-    tdestroy(c->tree, tree_noop);
-    free(c->rhash);
+    drain(c);
     free(c->slots);
     pthread_mutex_destroy(&c->mutex);
     be = c->be;
@@ -551,10 +666,22 @@ void xmc_cache_free(xmc_cache *c)
         if (!(c))                                                             \
             return XMC_EINVAL;                                                \
         pthread_mutex_lock(&(c)->mutex);                                      \
-        rc_ = (expr);                                                         \
+        rc_ = (c)->closed ? XMC_ECLOSED : (expr);                             \
         pthread_mutex_unlock(&(c)->mutex);                                    \
         return rc_;                                                           \
     } while (0)
+
+static int close_locked(xmc_cache *c)
+{
+    drain(c);
+    c->closed = true;
+    return XMC_OK;
+}
+
+int xmc_cache_close(xmc_cache *c)
+{
+    LOCKED_CALL(c, close_locked(c));
+}
 
 static int set_lock_limit_locked(xmc_cache *c, uint32_t limit)
 {
@@ -616,21 +743,36 @@ static int translate_unlocked(xmc_cache *c, uint64_t paddr, uint64_t size,
     return XMC_OK;
 }
 
-static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
-                      uint64_t tag, void **out)
+/*
+ * The fast path, for an unlocked request of size 0: the last entry covers
+ * paddr's bucket and its page is valid.  Small enough to inline into
+ * xmc_map(), so that a hit costs the mutex and a few loads.
+ */
+static inline bool hit_locked(xmc_cache *c, uint64_t paddr, void **out)
+{
+    const xmc_entry *e = c->last;
+    uint64_t offset = paddr & (c->bucket_size - 1);
+
+    if (!e || e->index != paddr >> c->shift ||
+        !pages_valid(e, offset >> XMC_PAGE_SHIFT, 1))
+        return false;
+    c->st.hits++;
+    *out = e->vaddr + offset;
+    return true;
+}
+
+/* Everything but the fast path; kept out of line so xmc_map() stays small. */
+XMC_NOINLINE static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size,
+                                   unsigned flags, uint64_t tag, void **out)
 {
     bool lock = flags & XMC_LOCK, translated = false, dummy = false;
     uint64_t index = paddr >> c->shift;
     uint64_t offset = paddr & (c->bucket_size - 1);
-    xmc_entry *e = c->last;
+    xmc_entry *e;
     int rc;
 
-    if (!lock && size == 0 && e && e->index == index &&
-        pages_valid(e, offset >> XMC_PAGE_SHIFT, 1)) {
-        c->st.hits++;
-        *out = e->vaddr + offset;
+    if (!lock && size == 0 && hit_locked(c, paddr, out))
         return XMC_OK;
-    }
     if (!xmc_range_ok(paddr, size) || size > c->max_size)
         return XMC_EINVAL;
     for (;;) {
@@ -678,9 +820,16 @@ static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flag
 int xmc_map(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
             uint64_t tag, void **out)
 {
-    if (!out || (flags & ~(unsigned)(XMC_LOCK | XMC_DMA)))
+    int rc = XMC_OK;
+
+    if (!c || !out || (flags & ~(unsigned)(XMC_LOCK | XMC_DMA)))
         return XMC_EINVAL;
-    LOCKED_CALL(c, map_locked(c, paddr, size, flags, tag, out));
+    pthread_mutex_lock(&c->mutex);
+    /* A closed cache has no entries, so no last entry: it never hits. */
+    if ((flags & XMC_LOCK) || size || !hit_locked(c, paddr, out))
+        rc = c->closed ? XMC_ECLOSED : map_locked(c, paddr, size, flags, tag, out);
+    pthread_mutex_unlock(&c->mutex);
+    return rc;
 }
 
 /* ---- unlock and reverse lookup ------------------------------------------ */
@@ -688,13 +837,13 @@ int xmc_map(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
 static int unlock_locked(xmc_cache *c, uintptr_t addr, bool by_tag, uint64_t tag,
                          uint64_t *tag_out)
 {
-    record **rp = record_find(c, addr, by_tag, tag);
+    uint32_t *link = record_find(c, addr, by_tag, tag);
 
-    if (!rp)
+    if (!link)
         return XMC_ENOENT;
     if (tag_out)
-        *tag_out = (*rp)->tag;
-    record_del(c, rp);
+        *tag_out = rec(c, *link)->tag;
+    record_del(c, link);
     return XMC_OK;
 }
 
@@ -710,8 +859,8 @@ int xmc_unlock_tag(xmc_cache *c, const void *addr, uint64_t tag)
 
 static int ram_addr_locked(xmc_cache *c, const void *addr, uint64_t *out)
 {
-    record **rp = record_find(c, (uintptr_t)addr, false, 0);
-    const xmc_entry *e = rp ? (*rp)->e : tree_find(c, addr);
+    uint32_t *link = record_find(c, (uintptr_t)addr, false, 0);
+    const xmc_entry *e = link ? rec(c, *link)->e : tree_find(c, (uintptr_t)addr);
 
     if (!e)
         return XMC_ENOENT;
@@ -792,7 +941,7 @@ static int replace_locked(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
      * address: a backend asked for more fails, and that would blank it. */
     if (!xmc_range_ok(new_paddr & ~(c->bucket_size - 1), cache_size))
         return XMC_EINVAL;
-    for (e = c->slots[index % c->nr_slots]; e; e = e->next)
+    for (e = c->slots[slot_of(c, index)]; e; e = e->next)
         if (e->index == index && e->size == cache_size)
             break;
     if (!e)
@@ -801,10 +950,10 @@ static int replace_locked(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
         return XMC_EINVAL;
     old_index = e->index;
     was_dummy = e->flags & ENTRY_DUMMY;
-    rc = map_into(c, e, new_paddr >> c->shift, cache_size, true, false, e->valid);
+    rc = map_into(c, e, new_paddr >> c->shift, cache_size, true, false);
     if (rc == XMC_OK && !pages_valid(e, new_offset >> XMC_PAGE_SHIFT, n)) {
         /* A dummy comes back as a dummy: its guest pages are not there. */
-        if (map_into(c, e, old_index, cache_size, true, was_dummy, e->valid) == XMC_OK)
+        if (map_into(c, e, old_index, cache_size, true, was_dummy) == XMC_OK)
             return XMC_EMAP;
         /* The old pages cannot come back: fail as a failed map does, with
          * the records still naming the old guest address. */
@@ -817,7 +966,7 @@ static int replace_locked(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
             entry_destroy(c, e);
         return rc;
     }
-    if (e->index % c->nr_slots != old_index % c->nr_slots) {
+    if (slot_of(c, e->index) != slot_of(c, old_index)) {
         chain_del(e);
         chain_append(c, e);
     }
@@ -891,4 +1040,30 @@ int xmc_stats_get(xmc_cache *c, xmc_stats *out)
     if (!out)
         return XMC_EINVAL;
     LOCKED_CALL(c, stats_locked(c, out));
+}
+
+static int memory_locked(xmc_cache *c, xmc_memory *out)
+{
+    uint64_t entries = 0, chunk_slots = 0;
+
+    for (const xmc_entry *e = c->live; e; e = e->lnext)
+        entries += entry_bytes(e->size);
+    if (c->nr_chunks) /* the chunk table doubles: its capacity is a power of two */
+        for (chunk_slots = 1; chunk_slots < c->nr_chunks; chunk_slots *= 2)
+            ;
+    *out = (xmc_memory){
+        .record_bytes = (uint64_t)c->nr_chunks * REC_CHUNK * sizeof(record) +
+                        chunk_slots * sizeof(record *) +
+                        (c->rhash ? ((uint64_t)1 << c->rhash_bits) * sizeof(uint32_t) : 0),
+        .entry_bytes = entries,
+        .slot_bytes = sizeof(*c) + c->nr_slots * sizeof(*c->slots),
+    };
+    return XMC_OK;
+}
+
+int xmc_memory_get(xmc_cache *c, xmc_memory *out)
+{
+    if (!out)
+        return XMC_EINVAL;
+    LOCKED_CALL(c, memory_locked(c, out));
 }

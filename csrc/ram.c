@@ -59,7 +59,7 @@ static int ram_map(void *opaque, void *fixed, uint64_t first_pfn, size_t nr_page
     uint8_t *base;
 
     if (nr_pages == 0 || nr_pages > (SIZE_MAX >> XMC_PAGE_SHIFT) ||
-        first_pfn > (UINT64_MAX >> XMC_PAGE_SHIFT) - nr_pages + 1)
+        first_pfn > (UINT64_MAX >> XMC_PAGE_SHIFT) + 1 - nr_pages)
         return XMC_EINVAL;
     len = nr_pages << XMC_PAGE_SHIFT;
     bad = page_errors(ram, first_pfn, nr_pages, errs);

@@ -36,6 +36,7 @@ extern "C" {
 #define XMC_EOVERFLOW -5 /* lock count at its limit */
 #define XMC_EUNAVAIL -6  /* backend not available on this machine */
 #define XMC_ESYS -7      /* a system call failed; see errno */
+#define XMC_ECLOSED -8   /* the cache was closed */
 
 #define XMC_PAGE_SHIFT 12
 #define XMC_MIN_BUCKET_SHIFT 12
@@ -48,6 +49,7 @@ extern "C" {
 
 typedef struct xmc_cache xmc_cache;
 typedef struct xmc_ram xmc_ram;
+typedef struct xmc_xen xmc_xen;
 
 /*
  * The foreign-memory side.  map() maps nr_pages guest pages starting at
@@ -91,6 +93,13 @@ typedef struct xmc_stats {
     uint64_t invalidations; /* xmc_invalidate() calls */
 } xmc_stats;
 
+/* Heap the cache holds for its bookkeeping (guest mappings not included). */
+typedef struct xmc_memory {
+    uint64_t record_bytes; /* record pool (grown in chunks, kept) + reverse hash */
+    uint64_t entry_bytes;  /* live entries, page bitmaps included */
+    uint64_t slot_bytes;   /* the cache itself and its hash slots */
+} xmc_memory;
+
 const char *xmc_strerror(int err);
 
 /* Guest RAM in a Linux memfd: the embedded backend. */
@@ -106,6 +115,19 @@ const xmc_backend *xmc_ram_backend(xmc_ram *ram);
 void xmc_ram_free(xmc_ram *ram); /* caches using it keep it alive */
 
 /*
+ * Memory of the running Xen domain `domid` through libxenforeignmemory, which
+ * is loaded at run time (no build-time dependency).  XMC_EUNAVAIL when the
+ * library cannot be loaded or /dev/xen/privcmd is missing (not in a Xen
+ * domain); xmc_xen_open() then writes into why[why_size] which it was, and
+ * takes the library to load (NULL: "libxenforeignmemory.so.1").
+ */
+int xmc_xen_new(uint32_t domid, xmc_xen **out);
+int xmc_xen_open(uint32_t domid, const char *library, char *why, size_t why_size,
+                 xmc_xen **out);
+const xmc_backend *xmc_xen_backend(xmc_xen *xen);
+void xmc_xen_free(xmc_xen *xen); /* caches using it keep it alive */
+
+/*
  * A cache over `be` (which must outlive the cache unless it has retain and
  * release).  bucket_shift 0 = default (20 on 64-bit hosts, 16 on 32-bit);
  * max_size 0 = default (32 GiB on 64-bit hosts, 2 GiB on 32-bit).
@@ -113,6 +135,12 @@ void xmc_ram_free(xmc_ram *ram); /* caches using it keep it alive */
 int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_size,
                   xmc_cache **out);
 void xmc_cache_free(xmc_cache *c); /* unmaps everything */
+/*
+ * Unmap everything and drop every record now, while other threads may still
+ * hold the handle: their calls then fail with XMC_ECLOSED until the last user
+ * calls xmc_cache_free().
+ */
+int xmc_cache_close(xmc_cache *c);
 int xmc_cache_set_lock_limit(xmc_cache *c, uint32_t limit);
 int xmc_cache_set_dummy(xmc_cache *c, bool on); /* incoming-migration mode */
 int xmc_cache_set_translate(xmc_cache *c, xmc_translate_fn fn, void *opaque);
@@ -141,6 +169,7 @@ void xmc_records_free(xmc_record *records);
 int xmc_read(xmc_cache *c, uint64_t paddr, void *buf, size_t n);
 int xmc_write(xmc_cache *c, uint64_t paddr, const void *buf, size_t n);
 int xmc_stats_get(xmc_cache *c, xmc_stats *out);
+int xmc_memory_get(xmc_cache *c, xmc_memory *out);
 
 /* cdef-end */
 

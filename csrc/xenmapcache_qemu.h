@@ -25,6 +25,24 @@ typedef uint64_t ram_addr_t;
 #define RAM_ADDR_INVALID (~(ram_addr_t)0)
 #endif
 
+/*
+ * The library is built with both types as uint64_t, which is what QEMU's Xen
+ * builds use (hwaddr always, ram_addr_t with CONFIG_XEN_BACKEND): types of
+ * another width from the includer would silently break the calls below.
+ */
+#ifdef __cplusplus
+#define XMC_QEMU_ASSERT(cond, msg) static_assert(cond, msg)
+#else
+#define XMC_QEMU_ASSERT(cond, msg) _Static_assert(cond, msg)
+#endif
+XMC_QEMU_ASSERT(sizeof(hwaddr) == 8 && (hwaddr)-1 > 0,
+                "xenmapcache_qemu.h: hwaddr must be a 64-bit unsigned type");
+XMC_QEMU_ASSERT(sizeof(ram_addr_t) == 8 && (ram_addr_t)-1 > 0,
+                "xenmapcache_qemu.h: ram_addr_t must be a 64-bit unsigned type");
+XMC_QEMU_ASSERT(RAM_ADDR_INVALID == (ram_addr_t)-1,
+                "xenmapcache_qemu.h: RAM_ADDR_INVALID must be all ones");
+#undef XMC_QEMU_ASSERT
+
 void xen_map_cache_use(xmc_cache *c);
 uint8_t *xen_map_cache(hwaddr phys_addr, hwaddr size, uint8_t lock, bool dma);
 ram_addr_t xen_ram_addr_from_mapcache(void *ptr);

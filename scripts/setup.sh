@@ -2,8 +2,11 @@
 # Make .venv with a Python >= 3.12 and install xenmapcache into it.
 #   scripts/setup.sh        install the package (what the demo needs)
 #   scripts/setup.sh test   editable install with the test extras, and the
-#                           system tools the C tests use (gcc, make, clang with
-#                           libFuzzer, valgrind), apt-installed when missing
+#                           system tools the C tests use (gcc, g++, make,
+#                           pkg-config, and libxen-dev: Xen's real headers and
+#                           libxenforeignmemory, which the Xen backend tests use;
+#                           clang with libFuzzer and valgrind for the fuzz and
+#                           memcheck runs), apt-installed when missing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +47,11 @@ libfuzzer_ok() {
 need=()
 command -v cc >/dev/null || need+=(gcc)
 command -v make >/dev/null || need+=(make)
+if [ "${1:-}" = test ]; then
+    command -v c++ >/dev/null || need+=(g++)
+    command -v pkg-config >/dev/null || need+=(pkg-config)
+    [ -f /usr/include/xenforeignmemory.h ] || need+=(libxen-dev)
+fi
 if [ ${#need[@]} -gt 0 ]; then
     apt_install "${need[@]}"
 fi

@@ -8,6 +8,7 @@
 See README.md for the tour and DESIGN.md for the contract.
 """
 
+from .backends import CallbackBackend
 from .cache import LockedMapping, MapCache, Mapping, Stats
 from .errors import (
     BackendUnavailable,
@@ -18,12 +19,13 @@ from .errors import (
     MappingError,
     UnknownMapping,
 )
+from ._version import __version__
 from .ram import GuestRAM
-
-__version__ = "0.1.0"
+from .xen import XenForeignMemory
 
 __all__ = [
     "BackendUnavailable",
+    "CallbackBackend",
     "DMAMappingWarning",
     "GuestRAM",
     "InvalidAddress",
@@ -35,4 +37,6 @@ __all__ = [
     "MappingError",
     "Stats",
     "UnknownMapping",
+    "XenForeignMemory",
+    "__version__",
 ]

@@ -1,4 +1,4 @@
-"""Command line: ``python -m xenmapcache demo``."""
+"""Command line: ``python -m xenmapcache demo`` and ``python -m xenmapcache bench``."""
 
 from __future__ import annotations
 
@@ -10,11 +10,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m xenmapcache", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="play an emulator's life through the mapcache")
-    args = parser.parse_args(argv)
+    sub.add_parser(
+        "bench",
+        add_help=False,  # its own options: python -m xenmapcache bench --help
+        help="measure the performance table (ratio vs target per row; --plot FILE.png for curves)",
+    )
+    args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
         from . import demo
 
         return demo.main()
+    if args.command == "bench":
+        from . import bench
+
+        return bench.main(rest)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

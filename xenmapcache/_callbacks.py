@@ -3,12 +3,19 @@
 An exception raised by a user callback cannot cross C; it is kept in
 ``pending.error`` for the calling thread, and the caller chains it onto the
 error the core returns.
+
+Python backends are found through ``backends``, keyed by the integer the C
+core holds as its opaque pointer; the core's retain/release hooks count its
+users, so a backend lives exactly as long as some C cache needs it, whatever
+order the garbage collector frees things in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 from ._native import binding
 from ._validate import U64_LIMIT
@@ -17,7 +24,95 @@ ffi, lib = binding()
 pending = threading.local()
 
 
-@ffi.def_extern()  # type: ignore[misc]
+class PyBackend(Protocol):
+    """What ``_xmc_py_map`` and ``_xmc_py_unmap`` call (see backends.CallbackBackend)."""
+
+    def _map_pages(self, first_pfn: int, nr_pages: int, fixed: int | None) -> tuple[int, Sequence[int]]: ...
+
+    def _unmap(self, address: int, length: int) -> None: ...
+
+
+# opaque id -> [backend, its xmc_backend struct, number of C caches using it]
+backends: dict[int, list[Any]] = {}
+_registry_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def registered(backend: PyBackend) -> Iterator[Any]:
+    """A new ``xmc_backend *`` calling into ``backend``, for a C cache to retain.
+
+    The block holds one reference of its own, so a cache that fails to be
+    created leaves nothing behind in the registry.
+    """
+    be = ffi.new("xmc_backend *")
+    key = id(be)
+    be.opaque = ffi.cast("void *", key)
+    be.map = lib._xmc_py_map
+    be.unmap = lib._xmc_py_unmap
+    be.retain = lib._xmc_py_retain
+    be.release = lib._xmc_py_release
+    with _registry_lock:
+        backends[key] = [backend, be, 1]
+    try:
+        yield be
+    finally:
+        _drop(key)
+
+
+def _drop(key: int) -> None:
+    with _registry_lock:
+        slot = backends[key]
+        slot[2] -= 1
+        if slot[2] == 0:
+            del backends[key]
+
+
+def _stash(exc: Exception) -> int:
+    pending.error = exc
+    return int(lib.XMC_EMAP)
+
+
+@ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
+def _xmc_py_map(opaque: Any, fixed: Any, first_pfn: int, nr_pages: int, errs: Any, out: Any) -> int:
+    try:
+        backend = backends[int(ffi.cast("uintptr_t", opaque))][0]
+        want = int(ffi.cast("uintptr_t", fixed)) or None
+        address, errors = backend._map_pages(first_pfn, nr_pages, want)
+        errors = list(errors)
+        if len(errors) != nr_pages or any(type(e) is not int or e < 0 for e in errors):
+            raise ValueError(f"map must return {nr_pages} per-page errors (0 or a positive errno)")
+        if type(address) is not int or address <= 0 or (want is not None and address != want):
+            raise ValueError(f"map returned a bad address {address!r} (fixed={want!r})")
+    except Exception as exc:  # handed to the caller, see the module docstring
+        return _stash(exc)
+    for i, e in enumerate(errors):
+        errs[i] = e
+    out[0] = ffi.cast("void *", address)
+    return 0
+
+
+@ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
+def _xmc_py_unmap(opaque: Any, address: Any, length: int) -> int:
+    try:
+        backends[int(ffi.cast("uintptr_t", opaque))][0]._unmap(int(ffi.cast("uintptr_t", address)), length)
+    except Exception as exc:
+        pending.error = exc
+        return int(lib.XMC_ESYS)
+    return 0
+
+
+@ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
+def _xmc_py_retain(opaque: Any) -> None:
+    with _registry_lock:
+        backends[int(ffi.cast("uintptr_t", opaque))][2] += 1
+
+
+@ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
+def _xmc_py_release(opaque: Any) -> None:
+    _drop(int(ffi.cast("uintptr_t", opaque)))
+
+
+@ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
 def _xmc_py_translate(opaque: Any, paddr: int, size: int, out: Any) -> int:
     try:
         new = ffi.from_handle(opaque)(paddr, size)

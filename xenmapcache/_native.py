@@ -8,8 +8,11 @@ reference implementation, GuestRAM) import without a compiler.
 from __future__ import annotations
 
 import functools
+import sys
+from collections.abc import Callable
 from typing import Any
 
+from ._version import __version__
 from .errors import (
     BackendUnavailable,
     InvalidAddress,
@@ -30,7 +33,29 @@ def binding() -> tuple[Any, Any]:
             "xenmapcache's C core is not built; install the package with "
             "'pip install .' (it needs a C compiler)"
         ) from exc
+    check_stamp(_core.ffi.string(_core.lib.xmc_py_build_version()).decode(), _core.__file__)
     return _core.ffi, _core.lib
+
+
+@functools.cache
+def fast_bind() -> Callable[..., tuple[Callable[..., Any], ...]] | None:
+    """The builtin binder of ffi/seam.h, or None where there is none (not CPython)."""
+    _, lib = binding()
+    if sys.implementation.name != "cpython" or lib.xmc_py_fast_install() != 0:
+        return None
+    from . import _core
+
+    bind: Callable[..., tuple[Callable[..., Any], ...]] | None = getattr(_core, "fast_bind", None)
+    return bind
+
+
+def check_stamp(built_for: str, path: str | None) -> None:
+    """Refuse a compiled core built for another version of the package (a stale .so)."""
+    if built_for != __version__:
+        raise ImportError(
+            f"xenmapcache {__version__} found a C core built for version {built_for} at {path}: "
+            "it is stale; rebuild it with 'pip install .' (or 'pip install -e .')"
+        )
 
 
 @functools.cache

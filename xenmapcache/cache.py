@@ -4,7 +4,10 @@
 ``xenmapcache.reference``) what belongs to Python: input checks, ``Mapping``
 objects with buffer export counting, tags, the DMA warnings, and lifetimes.
 A core exposes: map, unlock, ram_addr, invalidate, replace, locked, read,
-write, stats, view and close (see ``_NativeCore``).
+write, stats, view and close (see ``_NativeCore``).  A core may also offer
+``fast_paths(cache)``: closures that the cache installs over its own
+``map_ptr``, ``read``, ``ram_addr`` and ``unlock`` so that the common case
+costs one C call and no Python object besides the result.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ import logging
 import sys
 import threading
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ._validate import U64_LIMIT, as_uint, check_range
+from .backends import CallbackBackend
 from .errors import DMAMappingWarning, InvalidAddress, MapCacheError, MappingError, UnknownMapping
 from .ram import GuestRAM
+from .xen import XenForeignMemory
 
 logger = logging.getLogger("xenmapcache")
 
@@ -32,8 +38,15 @@ MIN_BUCKET_SHIFT, MAX_BUCKET_SHIFT = 12, 32
 LOCK_LIMIT_MAX = 2**32 - 1
 
 Translate = Callable[[int, int], int]
+# What a cache maps through: each has ``_c_backend()``, a context manager
+# yielding an ``xmc_backend *`` that a C cache retains.
+Backend = GuestRAM | XenForeignMemory | CallbackBackend
 # A raw record (map_ptr with lock=True) carries this tag id; Mappings get their own.
 RAW = 0
+# cache.read fills a fresh bytes object in place (one copy instead of two) on
+# CPython, where cffi passes a bytes object to C as a pointer to its own data.
+FILL_BYTES = sys.implementation.name == "cpython"
+FAST_READ_MAX = 1 << 24  # larger reads take the checked path: the copy dominates
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,25 +101,27 @@ class Mapping:
         return self._released
 
     def __buffer__(self, flags: int) -> memoryview:
-        if self._released:
-            raise BufferError("the mapping was released")
-        view = self._cache._core.view(self.address, self.size)
-        self._exports += 1
-        return view
+        with self._cache._lock:
+            if self._released:
+                raise BufferError("the mapping was released")
+            self._exports += 1
+        return self._cache._core.view(self.address, self.size)
 
     def __release_buffer__(self, view: memoryview) -> None:
-        self._exports -= 1
         view.release()
+        with self._cache._lock:
+            self._exports -= 1
 
     def release(self) -> None:
         """Unlock the mapping; a second call does nothing."""
-        if self._released:
-            return
-        if self._exports:
-            raise BufferError(f"{self._exports} memoryview(s) of the mapping are still alive")
-        self._cache._forget(self)
+        with self._cache._lock:
+            if self._released:
+                return
+            if self._exports:
+                raise BufferError(f"{self._exports} memoryview(s) of the mapping are still alive")
+            self._released = True
+            self._cache._forget(self)
         self._cache._core.unlock(self.address, self._id)
-        self._released = True
 
     def __enter__(self) -> Mapping:
         return self
@@ -124,7 +139,7 @@ class _NativeCore:
 
     def __init__(
         self,
-        ram: GuestRAM,
+        ram: Backend,
         bucket_shift: int,
         max_size: int,
         translate: Translate | None,
@@ -135,75 +150,107 @@ class _NativeCore:
 
         self._ffi, self._lib = ffi, lib = binding()
         self._check = check
-        c_ram = ram._c_ram()
         out = ffi.new("xmc_cache **")
-        check(lib.xmc_cache_new(lib.xmc_ram_backend(c_ram), bucket_shift, max_size, out), "MapCache")
+        with ram._c_backend() as backend:
+            check(lib.xmc_cache_new(backend, bucket_shift, max_size, out), "MapCache")
         self._c = ffi.gc(out[0], lib.xmc_cache_free)
         check(lib.xmc_cache_set_lock_limit(self._c, lock_limit), "lock_limit")
         check(lib.xmc_cache_set_dummy(self._c, dummy), "dummy_on_failure")
         self._translate = None
-        if translate is not None:
-            from . import _callbacks
+        from . import _callbacks
 
+        self._pending = _callbacks.pending
+        if translate is not None:
             self._translate = ffi.new_handle(translate)
             check(lib.xmc_cache_set_translate(self._c, lib._xmc_py_translate, self._translate), "translate")
-            self._pending = _callbacks.pending
-        self._ptr = ffi.new("void **")
-        self._u64 = ffi.new("uint64_t *")
 
     def _fail(self, rc: int, what: str) -> None:
-        cause = None
-        if self._translate is not None:
-            cause = getattr(self._pending, "error", None)
-            self._pending.error = None
+        cause = getattr(self._pending, "error", None)  # from a Python callback
+        self._pending.error = None
         try:
             self._check(rc, what)
-        except MappingError as exc:
+        except MapCacheError as exc:
             raise exc from cause
 
+    def _fail_last(self, what: str) -> None:
+        """Raise for this thread's last map that returned 0 (see ffi/seam.h)."""
+        self._fail(self._lib.xmc_py_last_error(), what)
+
     def map(self, paddr: int, size: int, flags: int, tag: int) -> int:
-        out = self._ptr
-        rc = self._lib.xmc_map(self._c, paddr, size, flags, tag, out)
-        if rc:
-            self._fail(rc, f"map {paddr:#x}+{size:#x}")
-        return int(self._ffi.cast("uintptr_t", out[0]))
+        # The address comes back as the return value: nothing shared between threads.
+        address: int = self._lib.xmc_py_map(self._c, paddr, size, flags, tag)
+        if not address:
+            self._fail_last(f"map {paddr:#x}+{size:#x}")
+        return address
 
     def unlock(self, address: int, tag: int) -> None:
-        self._check(self._lib.xmc_unlock_tag(self._c, self._ffi.cast("void *", address), tag), f"unlock {address:#x}")
+        rc = self._lib.xmc_py_unlock(self._c, address, tag)
+        if rc:
+            self._fail(rc, f"unlock {address:#x}")
 
     def ram_addr(self, address: int) -> int:
-        out = self._u64
+        paddr: int = self._lib.xmc_py_ram_addr(self._c, address)
+        if paddr != U64_LIMIT - 1:
+            return paddr
+        out = self._ffi.new("uint64_t *")  # an error, or really the last byte of guest space
         self._check(self._lib.xmc_ram_addr(self._c, self._ffi.cast("void *", address), out), f"ram_addr {address:#x}")
         return int(out[0])
 
-    def _records(self, fn: Any, what: str) -> list[tuple[int, int, int, int, bool]]:
+    def _records(self, fn: Any) -> tuple[list[tuple[int, int, int, int, bool]], int]:
         ffi = self._ffi
         arr, n = ffi.new("xmc_record **"), ffi.new("size_t *")
-        self._check(fn(self._c, arr, n), what)
-        try:
-            return [(r.address, r.paddr, r.size, r.tag, bool(r.dma)) for r in arr[0][0 : n[0]]]
-        finally:
-            self._lib.xmc_records_free(arr[0])
+        rc = fn(self._c, arr, n)
+        records = [(r.address, r.paddr, r.size, r.tag, bool(r.dma)) for r in arr[0][0 : n[0]]] if arr[0] else []
+        self._lib.xmc_records_free(arr[0])
+        return records, rc
 
     def invalidate(self) -> list[tuple[int, int, int, int, bool]]:
-        return self._records(self._lib.xmc_invalidate, "invalidate")
+        lib = self._lib
+        got = lib.xmc_py_invalidate(self._c)  # one call when no DMA is in flight
+        records: list[tuple[int, int, int, int, bool]] = []
+        count = got if got > 0 else lib.xmc_py_records_count() if got < 0 else 0
+        if count:
+            arr = lib.xmc_py_records_take()
+            try:
+                records = [(r.address, r.paddr, r.size, r.tag, bool(r.dma)) for r in arr[0:count]]
+            finally:
+                lib.xmc_records_free(arr)
+        rc = min(got, 0)
+        if rc == lib.XMC_ESYS:
+            # The invalidation happened; an entry failed to unmap and is gone
+            # all the same (never retried).  Say so once and keep the records.
+            cause = getattr(self._pending, "error", None)
+            self._pending.error = None
+            logger.error("invalidate: unmapping an entry failed: %s", cause or "system call failed")
+        elif rc:
+            self._fail(rc, "invalidate")
+        return records
 
     def locked(self) -> list[tuple[int, int, int, int, bool]]:
-        return self._records(self._lib.xmc_locked, "locked")
+        records, rc = self._records(self._lib.xmc_locked)
+        if rc:
+            self._fail(rc, "locked")
+        return records
 
     def replace(self, old: int, new: int, size: int) -> int:
-        out = self._ptr
+        out = self._ffi.new("void **")
         rc = self._lib.xmc_replace(self._c, old, new, size, out)
         if rc:
             self._fail(rc, f"replace {old:#x} -> {new:#x}")
         return int(self._ffi.cast("uintptr_t", out[0]))
 
     def read(self, paddr: int, n: int) -> bytes:
-        buf = bytearray(n)
-        rc = self._lib.xmc_read(self._c, paddr, self._ffi.from_buffer(buf), n)
+        if FILL_BYTES and n > 1:
+            buf = bytes(n)  # fresh, private, never the shared b"" or 1-byte objects
+            rc = self._lib.xmc_read(self._c, paddr, buf, n)
+            if rc:
+                self._fail(rc, f"read {paddr:#x}+{n:#x}")
+            return buf
+        ba = bytearray(n)
+        rc = self._lib.xmc_read(self._c, paddr, self._ffi.from_buffer(ba), n)
         if rc:
             self._fail(rc, f"read {paddr:#x}+{n:#x}")
-        return bytes(buf)
+        return bytes(ba)
 
     def write(self, paddr: int, data: Any) -> None:
         src = self._ffi.from_buffer(data)
@@ -219,8 +266,116 @@ class _NativeCore:
     def view(self, address: int, size: int) -> memoryview:
         return memoryview(self._ffi.buffer(self._ffi.cast("char *", address), size))
 
+    def fast_paths(self, cache: MapCache) -> dict[str, Callable[..., Any]]:
+        """Closures for ``cache.map_ptr``, ``read``, ``ram_addr`` and ``unlock``.
+
+        Each does the common case in one C call with the cache handle in a
+        closure cell: no bound method, no attribute lookups, no validation
+        beyond an exact ``int`` check (cffi itself rejects negative and
+        too-large values with OverflowError).  Anything unusual (another
+        type, an out-of-range value, an error) goes to the cache's own
+        method, which validates and raises as documented.  After ``close()``
+        the core refuses every call (XMC_ECLOSED) and the handle is freed
+        only with the last reference, which the closures hold: a closure kept
+        past ``close()`` raises, it never touches freed memory.  The cache is
+        held weakly: the closures live in its ``__dict__``.  On CPython the
+        closures are in turn wrapped by builtins (see ffi/seam.h).
+        """
+        from ._native import fast_bind
+
+        lib, core = self._lib, self
+        handle = self._c
+        owner_ref = weakref.ref(cache)
+        cls = type(cache)
+        map_ptr_c, read_c, ram_addr_c, unlock_c = lib.xmc_py_map_ptr, lib.xmc_read, lib.xmc_py_ram_addr, lib.xmc_py_unlock
+        no_paddr, fail = U64_LIMIT - 1, self._fail_last
+
+        def owner() -> MapCache:
+            c = owner_ref()
+            if c is None:
+                raise MapCacheError("the cache is gone")
+            return c
+
+        def map_ptr(paddr: int, size: int = 0, lock: bool = False, dma: bool = False) -> int:
+            if type(paddr) is int and type(size) is int:
+                try:
+                    address: int = map_ptr_c(handle, paddr, size, lock, dma)
+                except (OverflowError, TypeError):
+                    pass
+                else:
+                    if address:
+                        return address
+                    owner()._check_open()
+                    fail(f"map {paddr:#x}+{size:#x}")
+            return cls.map_ptr(owner(), paddr, size, lock, dma)
+
+        def read(paddr: int, n: int) -> bytes:
+            if type(paddr) is int and type(n) is int and 1 < n <= FAST_READ_MAX:
+                buf = bytes(n)  # fresh and private: the core fills it in place
+                try:
+                    rc = read_c(handle, paddr, buf, n)
+                except OverflowError:
+                    pass
+                else:
+                    if not rc:
+                        return buf
+                    owner()._check_open()
+                    core._fail(rc, f"read {paddr:#x}+{n:#x}")  # not again: translate ran once
+            return cls.read(owner(), paddr, n)
+
+        def ram_addr(address: int) -> int:
+            if type(address) is int:
+                try:
+                    paddr: int = ram_addr_c(handle, address)
+                except OverflowError:
+                    pass
+                else:
+                    if paddr != no_paddr:
+                        return paddr
+            return cls.ram_addr(owner(), address)
+
+        def unlock(address: int) -> None:
+            if type(address) is int:
+                try:
+                    rc = unlock_c(handle, address, RAW)
+                except OverflowError:
+                    pass
+                else:
+                    if not rc:
+                        return
+            cls.unlock(owner(), address)  # Mappings at that address, or the error
+
+        for fn, method in ((map_ptr, cls.map_ptr), (read, cls.read), (ram_addr, cls.ram_addr), (unlock, cls.unlock)):
+            fn.__doc__ = method.__doc__
+        paths: dict[str, Callable[..., Any]] = {"map_ptr": map_ptr, "ram_addr": ram_addr, "unlock": unlock}
+        if FILL_BYTES:
+            paths["read"] = read
+        bind = fast_bind()
+        if bind is None:
+            return paths
+
+        # On CPython, builtins of ffi/seam.h do the common case without a
+        # Python frame; they hand anything else to the closures above, and
+        # a failed core call to these, which raise (nothing is done twice).
+        def fail_map(rc: int, paddr: int, size: int) -> None:
+            owner()._check_open()
+            core._fail(rc, f"map {paddr:#x}+{size:#x}")
+
+        def fail_read(rc: int, paddr: int, n: int) -> None:
+            owner()._check_open()
+            core._fail(rc, f"read {paddr:#x}+{n:#x}")
+
+        address = int(self._ffi.cast("uintptr_t", handle))
+        built = bind(address, handle, map_ptr, read, ram_addr, unlock, fail_map, fail_read)
+        return dict(zip(("map_ptr", "read", "ram_addr", "unlock"), built, strict=True))
+
     def close(self) -> None:
-        self._ffi.release(self._c)
+        # Unmap now; the handle itself is freed by the GC once no thread is
+        # inside a call (a call holds a reference to it), so a racing call
+        # fails with a clean error instead of touching freed memory.
+        rc = self._lib.xmc_cache_close(self._c)
+        if rc:
+            self._fail(rc, "close")
 
 
 class MapCache:
@@ -237,15 +392,15 @@ class MapCache:
 
     def __init__(
         self,
-        ram: GuestRAM,
+        ram: Backend,
         bucket_shift: int = DEFAULT_BUCKET_SHIFT,
         max_size: int | None = None,
         translate: Translate | None = None,
         dummy_on_failure: bool = False,
         lock_limit: int = LOCK_LIMIT_MAX,
     ) -> None:
-        if not isinstance(ram, GuestRAM):
-            raise TypeError(f"ram must be a GuestRAM, not {type(ram).__name__}")
+        if not isinstance(ram, (GuestRAM, XenForeignMemory, CallbackBackend)):
+            raise TypeError(f"ram must be a GuestRAM, XenForeignMemory or CallbackBackend, not {type(ram).__name__}")
         shift = as_uint(bucket_shift, "bucket_shift")
         if not MIN_BUCKET_SHIFT <= shift <= MAX_BUCKET_SHIFT:
             raise InvalidAddress(f"bucket_shift must be in [{MIN_BUCKET_SHIFT}, {MAX_BUCKET_SHIFT}]: {shift}")
@@ -257,13 +412,18 @@ class MapCache:
         lock_limit = as_uint(lock_limit, "lock_limit", LOCK_LIMIT_MAX + 1)
         self.bucket_shift = shift
         self.max_size = max_size
-        self._core = self._Core(ram, shift, max_size, translate, bool(dummy_on_failure), lock_limit)
+        self._core: _NativeCore = self._Core(ram, shift, max_size, translate, bool(dummy_on_failure), lock_limit)
+        fast_paths = getattr(self._core, "fast_paths", None)
+        if fast_paths is not None:  # instance attributes: they shadow the methods below
+            vars(self).update(fast_paths(self))
         self._ram = ram
         self._mappings: dict[int, Mapping] = {}
         self._by_address: dict[int, list[Mapping]] = {}
         self._ids = itertools.count(1)
         self._closed = False
-        self._close_lock = threading.Lock()
+        # Guards buffer exports and the registry, never held across a C call:
+        # the C core serialises the cache itself.
+        self._lock = threading.Lock()
 
     # -- mapping ---------------------------------------------------------
 
@@ -272,13 +432,14 @@ class MapCache:
         self._check_open()
         paddr, size = check_range(paddr, size, self.max_size)
         m = Mapping(self, next(self._ids), paddr, size, bool(dma), tag)
-        self._mappings[m._id] = m
+        self._mappings[m._id] = m  # before the call: invalidate() may list it at once
         try:
             m.address = self._core.map(paddr, size, LOCK | (DMA if dma else 0), m._id)
         except BaseException:
             del self._mappings[m._id]
             raise
-        self._by_address.setdefault(m.address, []).append(m)
+        with self._lock:
+            self._by_address.setdefault(m.address, []).append(m)
         return m
 
     def map_ptr(self, paddr: int, size: int = 0, lock: bool = False, dma: bool = False) -> int:
@@ -297,14 +458,15 @@ class MapCache:
             return
         except UnknownMapping:
             pass
-        holders = self._by_address.get(address, [])
-        for m in reversed(holders):
-            if not m._exports:
-                m.release()
-                return
-        if holders:
+        with self._lock:
+            holders = self._by_address.get(address, [])
+            idle = [m for m in holders if not m._exports]
+        if idle:
+            idle[-1].release()
+        elif holders:
             raise BufferError(f"every mapping at {address:#x} still has memoryviews alive")
-        raise UnknownMapping(f"no locked mapping at {address:#x}")
+        else:
+            raise UnknownMapping(f"no locked mapping at {address:#x}")
 
     def ram_addr(self, address: int) -> int:
         """The guest-physical address behind a host address inside a mapped entry."""
@@ -375,6 +537,7 @@ class MapCache:
     # -- lifetime -------------------------------------------------------------
 
     def _forget(self, m: Mapping) -> None:
+        """Drop ``m`` from the registry; the caller holds ``self._lock``."""
         self._mappings.pop(m._id, None)
         holders = self._by_address.get(m.address)
         if holders is not None:
@@ -393,7 +556,7 @@ class MapCache:
 
     def close(self) -> None:
         """Unmap everything.  Raises BufferError (and keeps everything) while a view is alive."""
-        with self._close_lock:
+        with self._lock:
             if self._closed:
                 return
             busy = [m for m in self._mappings.values() if m._exports]
@@ -404,7 +567,7 @@ class MapCache:
                 m._released = True
             self._mappings.clear()
             self._by_address.clear()
-            self._core.close()
+        self._core.close()
 
     def __enter__(self) -> MapCache:
         return self

@@ -7,9 +7,10 @@ core gets its own view of the same memfd on first use (``_c_ram``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ._validate import as_uint
@@ -129,6 +130,13 @@ class GuestRAM:
     def _check_open(self) -> None:
         if self._fd < 0:
             raise MapCacheError("guest RAM is closed")
+
+    @contextlib.contextmanager
+    def _c_backend(self) -> Iterator[Any]:
+        """The ``xmc_backend *`` for a C cache to retain (it keeps the memfd alive)."""
+        from ._native import binding
+
+        yield binding()[1].xmc_ram_backend(self._c_ram())
 
     def _c_ram(self) -> Any:
         """The C core's ``xmc_ram *`` over the same memfd (created once)."""

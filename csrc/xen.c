@@ -1,0 +1,270 @@
+/*
+ * xen.c - the real Xen backend: guest memory of a running domain, mapped
+ * through libxenforeignmemory.
+ *
+ * The library is loaded with dlopen() when a backend is created, so building
+ * and importing need no Xen at all; where the library or /dev/xen/privcmd is
+ * missing, xmc_xen_open() fails with XMC_EUNAVAIL and says which.  We hand
+ * the library a logger of our own: its default one would print to stderr.
+ * While opening, that logger keeps the library's last message for the error
+ * text; afterwards it drops everything (library code does not print).
+ * The object is reference counted like xmc_ram: caches built on it retain it.
+ */
+#include "xmc_internal.h"
+
+#include "xmc_xenfm.h"
+
+#define PFNS_ON_STACK 256 /* one default 1 MiB bucket */
+#define LOG_SIZE 160
+
+struct xmc_xen {
+    xmc_xtl_logger logger; /* first: the library is given &logger */
+    xmc_backend be;
+    atomic_uint refs;
+    uint32_t domid;
+    void *dl;
+    xmc_fm_close_fn *fm_close;
+    xmc_fm_map2_fn *fm_map2;
+    xmc_fm_unmap_fn *fm_unmap;
+    struct xenforeignmemory_handle *fmem;
+    char *log; /* while opening: the library's last message goes here */
+};
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static void say(char *why, size_t why_size, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!why || !why_size)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(why, why_size, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- the quiet logger --------------------------------------------------- */
+
+static void log_vmessage(struct xentoollog_logger *logger, unsigned level,
+                         int errnoval, const char *context, const char *format,
+                         va_list al)
+{
+    xmc_xen *xen = (xmc_xen *)(void *)logger;
+    size_t used;
+
+    (void)context;
+    if (!xen->log || !format || level < XMC_XTL_WARN)
+        return;
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+#endif
+    vsnprintf(xen->log, LOG_SIZE, format, al);
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+    used = strlen(xen->log);
+    if (errnoval > 0 && used < LOG_SIZE) {
+        char buf[64];
+        snprintf(xen->log + used, LOG_SIZE - used, ": %s",
+                 strerror_r(errnoval, buf, sizeof(buf)));
+    }
+}
+
+static void log_progress(struct xentoollog_logger *logger, const char *context,
+                         const char *doing_what, int percent, unsigned long done,
+                         unsigned long total)
+{
+    (void)logger;
+    (void)context;
+    (void)doing_what;
+    (void)percent;
+    (void)done;
+    (void)total;
+}
+
+static void log_destroy(struct xentoollog_logger *logger)
+{
+    (void)logger; /* the logger is part of xmc_xen, freed with it */
+}
+
+/* ---- the backend -------------------------------------------------------- */
+
+static int xen_map(void *opaque, void *fixed, uint64_t first_pfn, size_t nr_pages,
+                   int *errs, void **out)
+{
+    xmc_xen *xen = opaque;
+    xmc_xen_pfn_t pfns_stack[PFNS_ON_STACK];
+    xmc_xen_pfn_t *pfns = pfns_stack;
+    void *addr;
+
+    if (nr_pages == 0 || nr_pages > (SIZE_MAX >> XMC_PAGE_SHIFT) ||
+        first_pfn > (uint64_t)(xmc_xen_pfn_t)-1 - (nr_pages - 1))
+        return XMC_EINVAL;
+    if (nr_pages > PFNS_ON_STACK) {
+        pfns = calloc(nr_pages, sizeof(*pfns));
+        if (!pfns)
+            return XMC_ENOMEM;
+    }
+    for (size_t i = 0; i < nr_pages; i++)
+        pfns[i] = (xmc_xen_pfn_t)(first_pfn + i);
+    addr = xen->fm_map2(xen->fmem, xen->domid, fixed, PROT_READ | PROT_WRITE,
+                        fixed ? MAP_FIXED : 0, nr_pages, pfns, errs);
+    if (pfns != pfns_stack)
+        free(pfns);
+    if (!addr)
+        return XMC_EMAP;
+    /* The library reports -errno per page; the backend contract wants errno. */
+    for (size_t i = 0; i < nr_pages; i++)
+        if (errs[i] < 0)
+            errs[i] = errs[i] == INT_MIN ? EIO : -errs[i];
+    *out = addr;
+    return XMC_OK;
+}
+
+static int xen_unmap(void *opaque, void *addr, size_t len)
+{
+    xmc_xen *xen = opaque;
+
+    return xen->fm_unmap(xen->fmem, addr, len >> XMC_PAGE_SHIFT) ? XMC_ESYS : XMC_OK;
+}
+
+static void xen_retain(void *opaque)
+{
+    xmc_xen *xen = opaque;
+
+    atomic_fetch_add(&xen->refs, 1);
+}
+
+static void xen_release(void *opaque)
+{
+    xmc_xen *xen = opaque;
+
+    if (atomic_fetch_sub(&xen->refs, 1) != 1)
+        return;
+    if (xen->fmem)
+        xen->fm_close(xen->fmem);
+    if (xen->dl)
+        dlclose(xen->dl);
+    free(xen);
+}
+
+/* ---- construction ------------------------------------------------------- */
+
+/* dlsym() into *fn; says which symbol is missing. */
+static int resolve(xmc_xen *xen, const char *library, const char *name, void *fn,
+                   char *why, size_t why_size)
+{
+    void *sym = dlsym(xen->dl, name);
+
+    if (!sym) {
+        say(why, why_size, "%s has no %s: not libxenforeignmemory, or older than Xen 4.10",
+            library, name);
+        return XMC_EUNAVAIL;
+    }
+    memcpy(fn, &sym, sizeof(sym)); /* object pointer to function pointer */
+    return XMC_OK;
+}
+
+static int load_library(xmc_xen *xen, const char *library, char *why, size_t why_size,
+                        xmc_fm_open_fn **fm_open)
+{
+    int rc;
+
+    xen->dl = dlopen(library, RTLD_NOW | RTLD_LOCAL);
+    if (!xen->dl) {
+        const char *detail = dlerror();
+
+        say(why, why_size,
+            "%s cannot be loaded (Xen's libxenforeignmemory is not installed?): %s",
+            library, detail ? detail : "unknown error");
+        return XMC_EUNAVAIL;
+    }
+    if ((rc = resolve(xen, library, "xenforeignmemory_open", fm_open, why, why_size)) ||
+        (rc = resolve(xen, library, "xenforeignmemory_close", &xen->fm_close, why,
+                      why_size)) ||
+        (rc = resolve(xen, library, "xenforeignmemory_map2", &xen->fm_map2, why,
+                      why_size)) ||
+        (rc = resolve(xen, library, "xenforeignmemory_unmap", &xen->fm_unmap, why,
+                      why_size)))
+        return rc;
+    return XMC_OK;
+}
+
+static int open_privcmd(xmc_xen *xen, xmc_fm_open_fn *fm_open, char *why,
+                        size_t why_size)
+{
+    char log[LOG_SIZE] = "";
+    char buf[64];
+    int err;
+
+    xen->log = log;
+    xen->fmem = fm_open((struct xentoollog_logger *)(void *)&xen->logger, 0);
+    err = errno;
+    xen->log = NULL;
+    if (xen->fmem)
+        return XMC_OK;
+    if (err == ENOENT)
+        say(why, why_size,
+            "/dev/xen/privcmd is missing: this is not a Xen domain with the privcmd "
+            "driver (libxenforeignmemory: %s)",
+            log[0] ? log : "xenforeignmemory_open failed");
+    else
+        say(why, why_size, "xenforeignmemory_open failed: %s (libxenforeignmemory: %s)",
+            strerror_r(err, buf, sizeof(buf)), log[0] ? log : "no message");
+    return XMC_EUNAVAIL;
+}
+
+int xmc_xen_open(uint32_t domid, const char *library, char *why, size_t why_size,
+                 xmc_xen **out)
+{
+    xmc_fm_open_fn *fm_open = NULL;
+    xmc_xen *xen;
+    int rc;
+
+    say(why, why_size, "%s", "");
+    if (!out)
+        return XMC_EINVAL;
+    *out = NULL;
+    if (domid > UINT16_MAX) {
+        say(why, why_size, "domid %" PRIu32 " is not a Xen domain id (0..65535)", domid);
+        return XMC_EINVAL;
+    }
+    if (!library)
+        library = XMC_XENFM_LIBRARY;
+    xen = calloc(1, sizeof(*xen));
+    if (!xen)
+        return XMC_ENOMEM;
+    xen->logger = (xmc_xtl_logger){ .vmessage = log_vmessage, .progress = log_progress,
+                                    .destroy = log_destroy };
+    xen->domid = domid;
+    atomic_init(&xen->refs, 1);
+    xen->be = (xmc_backend){ .opaque = xen, .map = xen_map, .unmap = xen_unmap,
+                             .retain = xen_retain, .release = xen_release };
+    rc = load_library(xen, library, why, why_size, &fm_open);
+    if (rc == XMC_OK)
+        rc = open_privcmd(xen, fm_open, why, why_size);
+    if (rc != XMC_OK) {
+        xen_release(xen);
+        return rc;
+    }
+    *out = xen;
+    return XMC_OK;
+}
+
+int xmc_xen_new(uint32_t domid, xmc_xen **out)
+{
+    return xmc_xen_open(domid, NULL, NULL, 0, out);
+}
+
+const xmc_backend *xmc_xen_backend(xmc_xen *xen)
+{
+    return xen ? &xen->be : NULL;
+}
+
+void xmc_xen_free(xmc_xen *xen)
+{
+    if (xen)
+        xen_release(xen);
+}

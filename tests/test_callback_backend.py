@@ -1,0 +1,160 @@
+"""CallbackBackend: an emulator's own memory, mapped through Python callables."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import mmap
+import os
+from typing import Any
+
+import pytest
+
+import xenmapcache as xmc
+
+PAGE = 4096
+MIB = 1 << 20
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+MAP_FAILED = ctypes.c_void_p(-1).value
+MAP_FIXED = 0x10
+PROT_NONE = 0
+
+
+class OwnMemory:
+    """An emulator's guest memory: a memfd it maps itself, with a hole."""
+
+    def __init__(self, size: int, hole: tuple[int, int]) -> None:
+        self.fd = os.memfd_create("emulator-ram", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, size)
+        self.size, self.hole = size, hole
+        self.live: dict[int, int] = {}  # address -> length
+        self.maps = self.unmaps = 0
+        self.fail_unmap = False
+
+    def map(self, first_pfn: int, nr_pages: int, fixed: int | None) -> tuple[int, list[int]]:
+        length = nr_pages * PAGE
+        errors = []
+        for pfn in range(first_pfn, first_pfn + nr_pages):
+            start = pfn * PAGE
+            errors.append(14 if start + PAGE > self.size or self.hole[0] <= start < self.hole[1] else 0)
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (MAP_FIXED if fixed else 0)
+        base = libc.mmap(fixed, length, PROT_NONE, flags, -1, 0)
+        if base == MAP_FAILED:
+            raise OSError(ctypes.get_errno(), "mmap")
+        for i, err in enumerate(errors):
+            if not err:
+                page = libc.mmap(
+                    base + i * PAGE,
+                    PAGE,
+                    mmap.PROT_READ | mmap.PROT_WRITE,
+                    mmap.MAP_SHARED | MAP_FIXED,
+                    self.fd,
+                    (first_pfn + i) * PAGE,
+                )
+                assert page == base + i * PAGE
+        if base not in self.live:  # a new mapping, not one remapped in place
+            self.maps += 1
+        self.live[base] = length
+        return base, errors
+
+    def unmap(self, address: int, length: int) -> None:
+        if self.fail_unmap:
+            self.fail_unmap = False
+            raise RuntimeError("unmap refused")
+        assert self.live.pop(address) == length
+        self.unmaps += 1
+        assert libc.munmap(address, length) == 0
+
+    def backend(self) -> xmc.CallbackBackend:
+        return xmc.CallbackBackend(self.map, self.unmap)
+
+
+@pytest.fixture
+def mem() -> Any:
+    m = OwnMemory(4 * MIB, hole=(MIB, 2 * MIB))
+    yield m
+    os.close(m.fd)
+
+
+def test_callback_backend_maps_reads_writes_and_holes(mem: OwnMemory) -> None:
+    with xmc.MapCache(mem.backend(), bucket_shift=16) as cache:
+        cache.write(0x1234, b"own memory")
+        assert os.pread(mem.fd, 10, 0x1234) == b"own memory"
+        with cache.map(0x2000, 16, dma=True, tag="dma") as m:
+            assert bytes(memoryview(m)[:0]) == b""
+            assert cache.ram_addr(m.address) == 0x2000
+        with pytest.raises(xmc.MappingError):
+            cache.read(MIB + 8, 1)
+        cache.map_ptr(16 * PAGE)
+        cache.map_ptr(16 * PAGE + (1 << 16) * 4)
+        cache.invalidate()
+    assert mem.live == {} and mem.maps == mem.unmaps  # every mapping unmapped exactly once
+
+
+def test_errors_in_callbacks_become_mapping_errors(mem: OwnMemory) -> None:
+    def broken(first_pfn: int, nr_pages: int, fixed: int | None) -> tuple[int, list[int]]:
+        raise OSError("device gone")
+
+    def short(first_pfn: int, nr_pages: int, fixed: int | None) -> tuple[int, list[int]]:
+        base, errors = mem.map(first_pfn, nr_pages, fixed)
+        mem.unmap(base, nr_pages * PAGE)
+        return base, errors[:-1]
+
+    with xmc.MapCache(xmc.CallbackBackend(broken, mem.unmap)) as cache:
+        with pytest.raises(xmc.MappingError) as info:
+            cache.map_ptr(0)
+        assert isinstance(info.value.__cause__, OSError)
+        assert cache.stats().entries == 0
+    with xmc.MapCache(xmc.CallbackBackend(short, mem.unmap)) as cache:
+        with pytest.raises(xmc.MappingError) as info:
+            cache.map_ptr(0)
+        assert "per-page errors" in str(info.value.__cause__)
+    assert mem.live == {}
+
+
+def test_an_unmap_failure_is_reported_once_and_not_retried(mem: OwnMemory, caplog: pytest.LogCaptureFixture) -> None:
+    cache = xmc.MapCache(mem.backend(), bucket_shift=16)
+    cache.map_ptr(0)
+    mem.fail_unmap = True
+    with caplog.at_level(logging.ERROR, logger="xenmapcache"):
+        cache.invalidate()
+    assert [r.levelno for r in caplog.records] == [logging.ERROR]
+    assert "unmap refused" in caplog.records[0].getMessage()
+    assert cache.stats().entries == 0
+    cache.close()  # nothing left to unmap: no second attempt
+    assert len(mem.live) == 1  # the one the backend refused to unmap
+    for address, length in list(mem.live.items()):
+        mem.unmap(address, length)
+
+
+def test_a_forgotten_cache_unmaps_through_its_backend(mem: OwnMemory) -> None:
+    cache = xmc.MapCache(mem.backend(), bucket_shift=12)
+    for i in range(10):
+        cache.map(i * PAGE, 8, dma=True)  # locked: kept until the cache dies
+    backend_ids = set(__import__("xenmapcache._callbacks", fromlist=["backends"]).backends)
+    assert backend_ids
+    del cache
+    gc.collect()
+    assert mem.live == {}
+    assert not __import__("xenmapcache._callbacks", fromlist=["backends"]).backends
+
+
+def test_callbacks_must_be_callable() -> None:
+    with pytest.raises(TypeError):
+        xmc.CallbackBackend(None, print)  # type: ignore[arg-type]
+
+
+def test_dummy_entries_never_leak_backend_mappings(mem: OwnMemory) -> None:
+    with xmc.MapCache(mem.backend(), bucket_shift=12, max_size=4 * PAGE, dummy_on_failure=True) as cache:
+        for i in range(8):
+            cache.map_ptr(MIB + 4 * i * PAGE)  # the hole: dummy memory, one slot
+            cache.map_ptr(4 * i * PAGE)  # the same slot again, real memory
+        m = cache.map(MIB, 8)  # dummy, then swapped for real memory in place
+        cache.replace(MIB, 0, 8)
+        m.release()
+    assert mem.live == {} and mem.maps == mem.unmaps

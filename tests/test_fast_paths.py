@@ -1,0 +1,160 @@
+"""The per-cache fast paths over map_ptr, read, ram_addr and unlock keep the contract.
+
+On CPython the C core's cache gets builtins (ffi/seam.h) that fall back
+on Python closures (cache.py); elsewhere the closures alone.  Every test here
+runs in both arrangements, and on the reference implementation.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+import tracemalloc
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+PAGE = 4096
+MIB = 1 << 20
+
+
+@pytest.fixture(autouse=True, params=["builtins", "closures"])
+def arrangement(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Build caches with the builtins (where there are any) or with the closures alone."""
+    if request.param == "closures":
+        import xenmapcache._native
+
+        monkeypatch.setattr(xenmapcache._native, "fast_bind", lambda: None)
+    yield request.param
+
+
+def test_closures_kept_past_close_raise(xmc: ModuleType, ram: Any) -> None:
+    cache = xmc.MapCache(ram)
+    address = cache.map_ptr(0x1000, 16, lock=True)
+    kept = (cache.map_ptr, cache.read, cache.ram_addr, cache.unlock)
+    cache.close()
+    map_ptr, read, ram_addr, unlock = kept
+    for call in (lambda: map_ptr(0x1000), lambda: read(0x1000, 64), lambda: ram_addr(address), lambda: unlock(address)):
+        with pytest.raises(xmc.MapCacheError, match="closed"):
+            call()
+
+
+def test_a_failed_read_calls_translate_once(xmc: ModuleType, ram: Any) -> None:
+    calls = []
+
+    def translate(paddr: int, size: int) -> int:
+        calls.append(paddr)
+        return 40 * MIB + 123  # just past the hole
+
+    def refuse(paddr: int, size: int) -> int:
+        calls.append(paddr)
+        raise LookupError("no such guest page")
+
+    with xmc.MapCache(ram, translate=refuse) as cache:
+        with pytest.raises(xmc.MappingError) as info:
+            cache.read(33 * MIB, 4096)  # the hole
+        assert calls == [33 * MIB]
+        assert isinstance(info.value.__cause__, LookupError)
+        with pytest.raises(xmc.MappingError):
+            cache.map_ptr(34 * MIB)
+        assert calls == [33 * MIB, 34 * MIB]
+    calls.clear()
+    ram.write(40 * MIB + 123, b"moved")
+    with xmc.MapCache(ram, translate=translate) as cache:
+        assert cache.read(33 * MIB, 5) == b"moved"
+        assert calls == [33 * MIB]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 4095, 4096, MIB + 3])
+def test_reads_of_every_size_match_ram(cache: Any, ram: Any, n: int) -> None:
+    data = bytes(range(256)) * (n // 256 + 1)
+    ram.write(MIB - 7, data[:n])
+    got = cache.read(MIB - 7, n)  # crosses a bucket boundary
+    assert type(got) is bytes and got == data[:n]
+    if n:
+        assert cache.read(MIB - 7, n) is not got  # a fresh object each time
+
+
+def test_the_fast_paths_take_the_same_inputs(xmc: ModuleType, cache: Any) -> None:
+    class Index(int):
+        pass
+
+    assert cache.map_ptr(Index(0x2000)) == cache.map_ptr(0x2000)
+    assert cache.read(Index(0x2000), Index(2)) == cache.read(0x2000, 2)
+    for bad in (True, 1.0, "1"):
+        with pytest.raises(TypeError):
+            cache.map_ptr(0x2000, bad)
+        with pytest.raises(TypeError):
+            cache.read(0x2000, bad)
+    for bad_n in (-1, 2**64):
+        with pytest.raises(xmc.InvalidAddress):
+            cache.read(0x2000, bad_n)
+    with pytest.raises(xmc.InvalidAddress):
+        cache.map_ptr(0x2000, -1)
+    assert cache.map_ptr(0x2000, lock=None) == cache.map_ptr(0x2000)  # truthiness, as documented
+
+
+def test_threads_share_the_fast_paths(xmc: ModuleType, ram: Any) -> None:
+    errors: list[BaseException] = []
+    with xmc.MapCache(ram, bucket_shift=16, max_size=4 * MIB) as cache:  # few slots: remaps too
+
+        def worker(seed: int) -> None:
+            try:
+                for i in range(2000):
+                    p = ((seed * 7919 + i * 104729) % (30 * MIB)) & ~7
+                    a = cache.map_ptr(p, 8, lock=True, dma=bool(i & 1))
+                    assert cache.ram_addr(a) == p
+                    assert len(cache.read(p, 64)) == 64
+                    cache.map_ptr(p ^ 0x10_0000)
+                    cache.unlock(a)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert cache.stats().locked == 0
+
+
+def test_the_fast_paths_leak_nothing(xmc: ModuleType, cache: Any, arrangement: str) -> None:
+    if xmc.__name__ != "xenmapcache":
+        pytest.skip("the C core's fast paths")
+
+    def work(n: int) -> None:
+        for i in range(n):
+            a = cache.map_ptr((i % 4096) * PAGE, 64, True, True)  # below the hole
+            cache.ram_addr(a)
+            cache.unlock(a)
+            cache.read((i % 4096) * 64, 512)
+            cache.map_ptr((i % 4096) * 8)
+            if i % 8:
+                continue
+            for bad in (-1, 2**64, True):  # the fallbacks raise
+                with pytest.raises((TypeError, ValueError)):
+                    cache.map_ptr(bad)
+                with pytest.raises((TypeError, ValueError)):
+                    cache.read(bad, 8)
+            with pytest.raises(xmc.UnknownMapping):
+                cache.unlock(12345)
+            with pytest.raises(xmc.MappingError):
+                cache.read(33 * MIB, 8)  # the hole: a failed core call
+            with pytest.raises(xmc.MappingError):
+                cache.map_ptr(33 * MIB, 8, True)
+
+    work(2000)  # warm every cache and free list
+    gc.collect()
+    refs = sys.getrefcount(cache.map_ptr), sys.getrefcount(cache)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    work(20000)
+    gc.collect()
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 64 * 1024, grown
+    assert (sys.getrefcount(cache.map_ptr), sys.getrefcount(cache)) == refs

@@ -1,0 +1,220 @@
+"""Buffers never outlive mappings; nothing leaks; threads do not corrupt the cache."""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import threading
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+PAGE = 4096
+MIB = 1 << 20
+
+
+# -- buffer safety ------------------------------------------------------------------
+
+
+def test_memoryview_shape(cache: Any) -> None:
+    with cache.map(0x100, 300) as m:
+        with memoryview(m) as view:
+            assert (view.format, view.ndim, len(view), view.readonly, view.itemsize) == ("B", 1, 300, False, 1)
+
+
+def test_release_refuses_while_a_view_is_alive(cache: Any) -> None:
+    m = cache.map(0, 64)
+    view = memoryview(m)
+    with pytest.raises(BufferError):
+        m.release()
+    assert cache.stats().locked == 1  # still locked, still mapped
+    view[0] = 7
+    view.release()
+    m.release()
+    assert cache.stats().locked == 0
+
+
+def test_slices_of_a_view_count_as_exports(cache: Any) -> None:
+    m = cache.map(0, 64)
+    view = memoryview(m)
+    part = view[8:16]
+    view.release()
+    with pytest.raises(BufferError):
+        m.release()  # the slice still holds the buffer
+    part.release()
+    m.release()
+
+
+def test_several_views_are_counted_exactly(cache: Any) -> None:
+    m = cache.map(0, 64)
+    views = [memoryview(m) for _ in range(3)]
+    for v in views[:2]:
+        v.release()
+    with pytest.raises(BufferError):
+        m.release()
+    views[2].release()
+    m.release()
+    m.release()  # a second release of the same object does nothing
+
+
+def test_close_refuses_while_a_view_is_alive(xmc: ModuleType, ram: Any) -> None:
+    cache = xmc.MapCache(ram)
+    m = cache.map(0x10, 4)
+    view = memoryview(m)
+    with pytest.raises(BufferError):
+        cache.close()
+    view[:] = b"live"  # still mapped
+    assert cache.read(0x10, 4) == b"live"
+    view.release()
+    cache.close()
+
+
+def test_unlock_by_address_never_pulls_a_mapping_from_under_a_view(cache: Any) -> None:
+    m = cache.map(0x10, 4)
+    view = memoryview(m)
+    with pytest.raises(BufferError):
+        cache.unlock(m.address)
+    view.release()
+    cache.unlock(m.address)
+    assert m.released
+
+
+def test_no_view_of_a_released_mapping(cache: Any) -> None:
+    m = cache.map(0, 8)
+    m.release()
+    with pytest.raises(BufferError):
+        memoryview(m)
+
+
+def test_context_managers(xmc: ModuleType, ram: Any) -> None:
+    with xmc.MapCache(ram) as cache:
+        with cache.map(0, 8, tag="t") as m:
+            assert cache.locked()[0].tag == "t"
+        assert m.released and cache.locked() == []
+    assert cache.closed
+
+
+# -- leaks ---------------------------------------------------------------------------
+
+
+def mapping_count() -> int:
+    with open("/proc/self/maps") as maps:
+        return sum(1 for _ in maps)
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def churn(xmc: ModuleType, close: bool) -> None:
+    ram = xmc.GuestRAM(4 * MIB, holes=[(MIB, MIB + PAGE)])
+    for i in range(50):
+        cache = xmc.MapCache(ram, bucket_shift=12 + i % 4)
+        cache.map(i * PAGE, 100, dma=True)
+        cache.map_ptr(MIB - PAGE)  # its bucket may reach into the hole: PROT_NONE pages
+        cache.read(0, 3 * PAGE)
+        if close:
+            cache.close()
+    ram.close()
+
+
+@pytest.mark.parametrize("close", [True, False], ids=["closed", "forgotten"])
+def test_caches_leave_no_mapping_or_fd_behind(xmc: ModuleType, close: bool) -> None:
+    churn(xmc, close)  # warm up imports and allocator pools
+    gc.collect()
+    maps, fds = mapping_count(), fd_count()
+    for _ in range(4):
+        churn(xmc, close)
+    gc.collect()
+    assert fd_count() == fds
+    assert mapping_count() <= maps + 2  # the allocator may keep an arena
+
+
+def test_guest_ram_outlives_its_handle_while_a_cache_uses_it(xmc: ModuleType) -> None:
+    ram = xmc.GuestRAM(MIB)
+    cache = xmc.MapCache(ram)
+    ram.write(0, b"still here")
+    ram.close()
+    assert cache.read(0, 10) == b"still here"
+    cache.close()
+
+
+# -- threads ---------------------------------------------------------------------------
+
+
+def test_threads_with_a_concurrent_invalidator(xmc: ModuleType) -> None:
+    ram = xmc.GuestRAM(8 * MIB)
+    cache = xmc.MapCache(ram, bucket_shift=12, max_size=8 * PAGE)  # heavy collisions
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def worker(n: int) -> None:
+        rng = random.Random(n)
+        try:
+            for i in range(300):
+                base = (n * 64 + rng.randrange(64)) * PAGE + 16
+                pattern = bytes([n, i % 251]) * 16
+                cache.write(base, pattern)
+                with cache.map(base, len(pattern), dma=bool(i % 2), tag=(n, i)) as m:
+                    with memoryview(m) as view:
+                        assert bytes(view) == pattern
+                        view[:2] = b"ok"
+                    assert cache.ram_addr(m.address) == base
+                assert cache.read(base, 2) == b"ok"
+                p = cache.map_ptr(base, 16, lock=True)
+                assert cache.ram_addr(p + 3) == base + 3
+                cache.unlock(p)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    def invalidator() -> None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            while not stop.is_set():
+                cache.invalidate()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    inv = threading.Thread(target=invalidator)
+    inv.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    inv.join()
+    assert not errors, errors[0]
+    st = cache.stats()
+    assert (st.locked, st.dma_locked) == (0, 0) and cache.locked() == []
+    assert st.invalidations > 0
+    cache.close()
+    ram.close()
+
+
+def test_close_while_other_threads_are_inside_calls(xmc: ModuleType) -> None:
+    ram = xmc.GuestRAM(4 * MIB)
+    for _ in range(20):
+        cache = xmc.MapCache(ram, bucket_shift=12)
+        outcomes: list[str] = []
+
+        def reader() -> None:
+            for i in range(2000):
+                try:
+                    cache.read((i % 512) * PAGE, 64)
+                    cache.map_ptr((i % 512) * PAGE + 8)
+                except xmc.MapCacheError:
+                    outcomes.append("closed")
+                    return
+            outcomes.append("done")
+
+        threads = [threading.Thread(target=reader) for _ in range(3)]
+        for t in threads:
+            t.start()
+        cache.close()
+        for t in threads:
+            t.join()
+        assert len(outcomes) == 3
+    ram.close()

@@ -1,0 +1,624 @@
+"""The performance table: ``python -m xenmapcache bench``, and the workloads of ``benchmarks/``.
+
+Every target is a ratio of two measurements taken in the same run (the
+machines are shared and noisy, so absolute times mean little).  A row names
+its two sides; each side is a function and its arguments, timed as
+``fn(*args)`` in a loop, exactly as pytest-benchmark's ``benchmark(fn, *args)``
+does.  The command alternates rounds of the two sides of a row and keeps each
+side's fastest round; ``benchmarks/`` runs the same sides through
+pytest-benchmark, one group per row.
+
+The C rows (``benchmarks/c/bench.c``) are built and run with
+``make -C csrc bench`` when the source tree and a C compiler are at hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import json
+import mmap
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TextIO
+
+MIB = 1 << 20
+GIB = 1 << 30
+PAGE = 4096
+RAM_SIZE = GIB  # the guest of every row
+SECTOR_IO = 4096  # one DMA transfer of the FIFO rows
+
+Call = tuple[Callable[..., Any], tuple[Any, ...]]
+
+
+def implementation(name: str) -> ModuleType | None:
+    """``xenmapcache`` for ``"c"``, ``xenmapcache.reference`` for ``"reference"`` (None if absent)."""
+    module = {"c": "xenmapcache", "reference": "xenmapcache.reference"}[name]
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+class Unavailable(Exception):
+    """A side that cannot run here (the reference implementation is missing)."""
+
+
+# -- what is timed: module-level functions, passed directly to the timer ------
+
+
+@dataclass
+class Fifo:
+    """A disk with ``n`` DMA mappings in flight, completing oldest first."""
+
+    unlock: Callable[[int], None]
+    map_ptr: Callable[..., int]
+    ring: list[int]
+    pages: int
+    head: int = 0
+    next_pg: int = 0
+
+
+def fifo_step(f: Fifo) -> None:
+    """Unlock the oldest DMA mapping, lock a new one at the next page."""
+    i = f.head
+    f.unlock(f.ring[i])
+    f.ring[i] = f.map_ptr(f.next_pg * PAGE, SECTOR_IO, True, True)
+    f.next_pg = f.next_pg + 1 if f.next_pg + 1 < f.pages else 0
+    f.head = i + 1 if i + 1 < len(f.ring) else 0
+
+
+def read_step(read: Callable[[int, int], bytes], addresses: Iterator[int]) -> bytes:
+    """``cache.read(p, 4096)`` at the next random ``p``."""
+    return read(next(addresses), 4096)
+
+
+def slice_step(mm: mmap.mmap, addresses: Iterator[int]) -> bytes:
+    """The baseline of ``read_step``: slice a Python mmap of the same RAM."""
+    p = next(addresses)
+    return mm[p : p + 4096]
+
+
+MIXED_REQUESTS = 4096  # per timed call of mixed_run
+
+
+def mixed_run(
+    ops: list[tuple[int, int]],
+    map_ptr: Callable[..., int],
+    ram_addr: Callable[[int], int],
+    unlock: Callable[[int], None],
+    read: Callable[[int, int], bytes],
+) -> None:
+    """An emulator's traffic: 40% lock+ram_addr+unlock, 40% 512-byte reads, 20% unlocked maps.
+
+    The whole sequence runs in one call, in a plain loop over locals, so that
+    what is timed is the mapcache and not the harness around each request.
+    """
+    for kind, p in ops:
+        if kind == 0:
+            a = map_ptr(p, 512, True, True)
+            ram_addr(a)
+            unlock(a)
+        elif kind == 1:
+            read(p, 512)
+        else:
+            map_ptr(p)
+
+
+def mixed_ops(count: int = MIXED_REQUESTS, seed: int = 4) -> list[tuple[int, int]]:
+    """The request sequence of the mixed workload."""
+    rng = random.Random(seed)
+    ops = []
+    for _ in range(count):
+        r = rng.random()
+        kind = 0 if r < 0.4 else 1 if r < 0.8 else 2
+        ops.append((kind, rng.randrange(RAM_SIZE - 512)))
+    return ops
+
+
+def random_addresses(count: int = 1 << 16, seed: int = 7) -> Iterator[int]:
+    """An endless cycle of random addresses for 4 KiB reads in RAM."""
+    rng = random.Random(seed)
+    addresses = [rng.randrange(RAM_SIZE - 4096) for _ in range(count)]
+    while True:
+        yield from addresses
+
+
+# -- the sides: context managers that set up a (fn, args) and clean up --------
+
+
+class Resources:
+    """Guest RAM and caches shared by the sides of one run, made on first use."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self._made: dict[str, Any] = {}
+
+    def close(self) -> None:
+        self._stack.close()
+        self._made.clear()
+
+    def __enter__(self) -> Resources:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def module(self, impl: str) -> ModuleType:
+        mod = implementation(impl)
+        if mod is None:
+            raise Unavailable(f"xenmapcache.{impl} cannot be imported here")
+        return mod
+
+    def ram(self, impl: str) -> Any:
+        key = f"ram-{impl}"
+        if key not in self._made:
+            ram = self.module(impl).GuestRAM(RAM_SIZE)
+            self._stack.callback(ram.close)
+            self._made[key] = ram
+        return self._made[key]
+
+    def cache(self, impl: str, **kw: Any) -> Any:
+        """A cache of ``impl`` over its 1 GiB RAM; closed with the resources."""
+        cache = self.module(impl).MapCache(self.ram(impl), **kw)
+        self._stack.callback(cache.close)
+        return cache
+
+    def mapped_cache(self, impl: str, key: str) -> Any:
+        """A default cache of its own (per ``key``) with every bucket mapped."""
+        key = f"mapped-{impl}-{key}"
+        if key not in self._made:
+            cache = self.cache(impl)
+            for b in range(RAM_SIZE // MIB):
+                cache.map_ptr(b * MIB)
+            self._made[key] = cache
+        return self._made[key]
+
+    def warm_cache(self, impl: str) -> Any:
+        """A default cache with every bucket mapped and every page faulted in."""
+        key = f"warm-{impl}"
+        if key not in self._made:
+            cache = self.cache(impl)
+            for b in range(RAM_SIZE // MIB):
+                cache.read(b * MIB, MIB)
+            self._made[key] = cache
+        return self._made[key]
+
+    def mmap(self) -> mmap.mmap:
+        if "mmap" not in self._made:
+            mm = mmap.mmap(self.ram("c").fileno(), RAM_SIZE, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+            self._stack.callback(mm.close)
+            self._made["mmap"] = mm
+        found: mmap.mmap = self._made["mmap"]
+        return found
+
+
+Setup = Callable[[Resources], contextlib.AbstractContextManager[Call]]
+
+
+HIT = 0x12345
+
+
+def hit_cache(res: Resources) -> Any:
+    cache = res.mapped_cache("c", "hit")
+    cache.map_ptr(HIT)  # the last entry: every map_ptr(HIT) is a fast-path hit
+    return cache
+
+
+@contextlib.contextmanager
+def hit_map_ptr(res: Resources) -> Iterator[Call]:
+    cache = hit_cache(res)
+    yield cache.map_ptr, (HIT,)
+
+
+@contextlib.contextmanager
+def hit_noop(res: Resources) -> Iterator[Call]:
+    from ._native import binding
+
+    # The same argument list as the C call behind cache.map_ptr(p), and no work.
+    yield binding()[1].xmc_py_noop, (hit_cache(res)._core._c, HIT, 0, False, False)
+
+
+@contextlib.contextmanager
+def hit_raw(res: Resources) -> Iterator[Call]:
+    from ._native import binding
+
+    # The C entry point itself, no Python around it: what the C work costs.
+    yield binding()[1].xmc_py_map_ptr, (hit_cache(res)._core._c, HIT, 0, False, False)
+
+
+# Each side of a scaling row has a cache of its own: N counts every locked
+# mapping of that cache.
+
+
+@contextlib.contextmanager
+def dma_ring(cache: Any, n: int) -> Iterator[list[int]]:
+    """``n`` DMA mappings in flight, one page each, oldest first; unlocked at the end."""
+    ring = [cache.map_ptr(i * PAGE, SECTOR_IO, True, True) for i in range(n)]
+    try:
+        yield ring
+    finally:
+        for a in ring:  # what is in flight then (fifo_step replaces them in place)
+            cache.unlock(a)
+
+
+def fifo(impl: str, n: int) -> Setup:
+    @contextlib.contextmanager
+    def setup(res: Resources) -> Iterator[Call]:
+        cache = res.mapped_cache(impl, f"fifo-{n}")
+        pages = RAM_SIZE // PAGE
+        with dma_ring(cache, n) as ring:
+            yield fifo_step, (Fifo(cache.unlock, cache.map_ptr, ring, pages, next_pg=n % pages),)
+
+    return setup
+
+
+def reverse(impl: str, n: int) -> Setup:
+    @contextlib.contextmanager
+    def setup(res: Resources) -> Iterator[Call]:
+        cache = res.mapped_cache(impl, f"reverse-{n}")
+        with dma_ring(cache, n) as ring:
+            yield cache.ram_addr, (ring[0],)  # the oldest
+
+    return setup
+
+
+def invalidate(impl: str, slots: int) -> Setup:
+    @contextlib.contextmanager
+    def setup(res: Resources) -> Iterator[Call]:
+        # Page-granular: 8 Mi slots are a 32 GiB cache.  Ten live entries,
+        # locked (not DMA) so that every call finds them again: the cost of
+        # walking the cache is measured, not munmap.
+        cache = res.cache(impl, bucket_shift=12, max_size=slots * PAGE)
+        for i in range(10):
+            cache.map_ptr(i * PAGE, 0, True)
+        yield cache.invalidate, ()
+        cache.close()
+
+    return setup
+
+
+# The two sides read different random sequences: in alternating rounds, one
+# side would otherwise find in the CPU caches what the other just read.
+
+
+@contextlib.contextmanager
+def read_cache(res: Resources) -> Iterator[Call]:
+    yield read_step, (res.warm_cache("c").read, random_addresses(seed=7))
+
+
+@contextlib.contextmanager
+def read_mmap(res: Resources) -> Iterator[Call]:
+    res.warm_cache("c")  # the same RAM, faulted in
+    yield slice_step, (res.mmap(), random_addresses(seed=8))
+
+
+def mixed(impl: str) -> Setup:
+    @contextlib.contextmanager
+    def setup(res: Resources) -> Iterator[Call]:
+        cache = res.mapped_cache(impl, "mixed")
+        yield mixed_run, (mixed_ops(), cache.map_ptr, cache.ram_addr, cache.unlock, cache.read)
+
+    return setup
+
+
+@dataclass(frozen=True)
+class Side:
+    label: str
+    setup: Setup
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: ``ratio = time(measured) / time(baseline)``."""
+
+    group: str  # pytest-benchmark group
+    path: str
+    measured_as: str
+    measured: Side
+    baseline: Side
+    target: float
+    at_least: bool = False  # the ratio must be >= target (a speed-up) instead of <=
+    extra: tuple[Side, ...] = field(default=())  # in the group, not in the ratio
+    per_call: int = 1  # operations in one timed call (times are shown per operation)
+
+    def passes(self, ratio: float) -> bool:
+        return ratio >= self.target if self.at_least else ratio <= self.target
+
+    @property
+    def target_text(self) -> str:
+        return f"{'>=' if self.at_least else '<='} {self.target:g}x"
+
+
+ROWS = (
+    Row(
+        "hit",
+        "fast-path hit from Python, map_ptr(p)",
+        "vs a cffi no-op call with the same argument list",
+        Side("map_ptr(p)", hit_map_ptr),
+        Side("cffi no-op", hit_noop),
+        1.5,
+        extra=(Side("C entry, no Python", hit_raw),),
+    ),
+    Row(
+        "fifo",
+        "DMA FIFO: unlock the oldest, lock a new one",
+        "N = 10,000 vs N = 10",
+        Side("N=10000", fifo("c", 10_000)),
+        Side("N=10", fifo("c", 10)),
+        1.5,
+    ),
+    Row(
+        "ram_addr",
+        "ram_addr of the oldest locked mapping",
+        "10,000 outstanding vs 10",
+        Side("N=10000", reverse("c", 10_000)),
+        Side("N=10", reverse("c", 10)),
+        1.5,
+    ),
+    Row(
+        "invalidate",
+        "invalidate() with 10 live entries",
+        "page-granular 32 GiB (8 Mi slots) vs 1,024 slots",
+        Side("8Mi slots", invalidate("c", 8 << 20)),
+        Side("1024 slots", invalidate("c", 1024)),
+        2.0,
+    ),
+    Row(
+        "read",
+        "cache.read(p, 4096), random p in 1 GiB",
+        "vs slicing a Python mmap of the same size",
+        Side("cache.read", read_cache),
+        Side("mmap slice", read_mmap),
+        1.5,
+    ),
+    Row(
+        "mixed",
+        "mixed emulator workload",
+        "xenmapcache.reference vs the C core (speed-up)",
+        Side("reference", mixed("reference")),
+        Side("C core", mixed("c")),
+        20.0,
+        at_least=True,
+        per_call=MIXED_REQUESTS,
+    ),
+)
+
+
+# -- the command ---------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    row: str
+    measured_as: str
+    measured: float  # ns per call
+    baseline: float
+    ratio: float
+    target: str
+    passed: bool
+    unit: str = "ns"
+
+
+def _loop(fn: Callable[..., Any], args: tuple[Any, ...], loops: int) -> float:
+    t0 = time.perf_counter_ns()
+    for _ in range(loops):
+        fn(*args)
+    return (time.perf_counter_ns() - t0) / loops
+
+
+def _calibrate(fn: Callable[..., Any], args: tuple[Any, ...], round_s: float) -> int:
+    loops = 1
+    while True:
+        per = _loop(fn, args, loops)
+        if per * loops >= round_s * 1e9 / 4 or loops >= 1 << 24:
+            return max(1, int(round_s * 1e9 / max(per, 1.0)))
+        loops *= 4
+
+
+def measure_pair(a: Call, b: Call, rounds: int, round_s: float) -> tuple[float, float]:
+    """Fastest round of each side, in ns per call, the sides alternating."""
+    loops = [_calibrate(*a, round_s), _calibrate(*b, round_s)]
+    best = [float("inf"), float("inf")]
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            for i, (fn, args) in enumerate((a, b)):
+                best[i] = min(best[i], _loop(fn, args, loops[i]))
+    finally:
+        if enabled:
+            gc.enable()
+    return best[0], best[1]
+
+
+class Progress:
+    """A plain-text progress bar on stderr (redrawn in place on a terminal)."""
+
+    def __init__(self, total: int, out: TextIO = sys.stderr) -> None:
+        self.total, self.done, self.out = total, 0, out
+        self.tty = out.isatty()
+
+    def step(self, what: str) -> None:
+        width = 30
+        filled = width * self.done // max(self.total, 1)
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {what}"
+        if self.tty:
+            self.out.write("\r" + line[:100].ljust(100))
+        else:
+            self.out.write(line + "\n")
+        self.out.flush()
+        self.done += 1
+
+    def close(self) -> None:
+        if self.tty:
+            self.out.write("\r" + " " * 100 + "\r")
+            self.out.flush()
+
+
+def run_rows(rows: tuple[Row, ...], rounds: int, round_s: float, progress: Progress) -> list[Result]:
+    results = []
+    with Resources() as res:
+        for row in rows:
+            progress.step(row.path)
+            try:
+                with row.measured.setup(res) as a, row.baseline.setup(res) as b:
+                    ta, tb = measure_pair(a, b, rounds, round_s)
+            except Unavailable as exc:
+                results.append(Result(row.path, f"skipped: {exc}", 0, 0, 0, row.target_text, True))
+                continue
+            ratio = ta / tb
+            ta, tb = ta / row.per_call, tb / row.per_call
+            results.append(Result(row.path, row.measured_as, ta, tb, ratio, row.target_text, row.passes(ratio)))
+    return results
+
+
+def source_tree() -> Path | None:
+    """The checkout this package runs from, when it has the C sources."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "csrc" / "Makefile").is_file() and (root / "benchmarks" / "c").is_dir() else None
+
+
+def run_c(quick: bool, scaling: bool) -> tuple[list[Result], list[dict[str, Any]], str | None]:
+    """Build and run benchmarks/c; returns rows, scaling points and why it did not run."""
+    root = source_tree()
+    if root is None:
+        return [], [], "no source tree (csrc/) next to the package"
+    if shutil.which("make") is None or not (shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")):
+        return [], [], "no C compiler or make"
+    args = ["--json"] + (["--quick"] if quick else []) + (["--scaling"] if scaling else [])
+    build = subprocess.run(["make", "-C", str(root / "csrc"), "-s", "build/bench"], capture_output=True, text=True)
+    if build.returncode != 0:
+        return [], [], f"the C benchmark did not build:\n{build.stderr}"
+    proc = subprocess.run([str(root / "csrc" / "build" / "bench"), *args], capture_output=True, text=True)
+    if proc.returncode not in (0, 1):
+        return [], [], f"the C benchmark failed:\n{proc.stderr}"
+    rows, points = [], []
+    for line in proc.stdout.splitlines():
+        item = json.loads(line)
+        if "row" in item:
+            rows.append(
+                Result(
+                    item["row"], item["measured_as"], item["a"], item["b"], item["ratio"],
+                    f"<= {item['target']:g}x", item["pass"], item["unit"],
+                )
+            )
+        else:
+            points.append(item)
+    return rows, points, None
+
+
+def print_table(results: list[Result], out: TextIO) -> None:
+    header = f"{'path':<46} {'measured as':<50} {'measured':>12} {'baseline':>12} {'ratio':>8}  {'target':<9} result"
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    for r in results:
+        if r.measured_as.startswith("skipped"):
+            print(f"{r.row:<46} {r.measured_as}", file=out)
+            continue
+        print(
+            f"{r.row:<46} {r.measured_as:<50} {r.measured:>9.1f} {r.unit:<2} {r.baseline:>9.1f} {r.unit:<2} "
+            f"{r.ratio:>7.2f}x  {r.target:<9} {'PASS' if r.passed else 'FAIL'}",
+            file=out,
+        )
+
+
+# -- scaling curves (--plot) ---------------------------------------------------
+
+OUTSTANDING = (1, 10, 100, 1_000, 10_000, 100_000)
+LABELS = {"c": "C core", "reference": "reference"}
+# benchmarks/c/bench.c --scaling names its series thus.
+C_SERIES = {"C fifo cycle": "FIFO cycle", "C reverse lookup": "reverse lookup", "C invalidate": "invalidate"}
+SLOTS = (1 << 10, 1 << 13, 1 << 16, 1 << 19, 1 << 23)
+
+
+def scaling(impls: list[str], rounds: int, round_s: float, progress: Progress) -> dict[str, list[tuple[int, float]]]:
+    """Cycle and reverse-lookup time against outstanding mappings; invalidate against slots."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    with Resources() as res:
+        for impl in impls:
+            for n in OUTSTANDING:
+                progress.step(f"scaling: {impl} N={n}")
+                for name, setup in (("FIFO cycle", fifo(impl, n)), ("reverse lookup", reverse(impl, n))):
+                    with setup(res) as call:
+                        t, _ = measure_pair(call, call, rounds, round_s)
+                    curves.setdefault(f"{name}, Python API, {LABELS[impl]}", []).append((n, t))
+            for slots in SLOTS:
+                progress.step(f"scaling: {impl} invalidate {slots} slots")
+                with invalidate(impl, slots)(res) as call:
+                    t, _ = measure_pair(call, call, rounds, round_s)
+                curves.setdefault(f"invalidate, Python API, {LABELS[impl]}", []).append((slots, t))
+    return curves
+
+
+def plot(curves: dict[str, list[tuple[int, float]]], path: str) -> None:
+    try:  # an optional extra: pip install 'xenmapcache[plot]'
+        matplotlib: Any = importlib.import_module("matplotlib")
+        matplotlib.use("Agg")
+        plt: Any = importlib.import_module("matplotlib.pyplot")
+    except ImportError as exc:
+        raise SystemExit("--plot needs matplotlib: pip install 'xenmapcache[plot]'") from exc
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    for name, points in sorted(curves.items()):
+        axis = right if name.startswith("invalidate") else left
+        xs, ys = zip(*sorted(points))
+        axis.plot(xs, [y / 1000 for y in ys], marker="o", label=name)
+    left.set(xscale="log", yscale="log", xlabel="outstanding locked mappings", ylabel="time per operation (us)")
+    left.set_title("FIFO cycle and reverse lookup")
+    right.set(xscale="log", yscale="log", xlabel="hash slots", ylabel="time per invalidate() (us)")
+    right.set_title("invalidate() with 10 live entries")
+    for axis in (left, right):
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    fig.suptitle("xenmapcache: C core (from C and through the Python API) vs the pure-Python reference")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
+    """``python -m xenmapcache bench``: the table, measured ratio vs target per row."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m xenmapcache bench", description=main.__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds (proves it runs; noisy)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per side (default 15, quick 3)")
+    parser.add_argument("--no-c", action="store_true", help="skip the C benchmark (benchmarks/c)")
+    parser.add_argument("--plot", metavar="FILE.png", help="also draw the scaling curves (needs matplotlib)")
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (3 if args.quick else 15)
+    round_s = 0.005 if args.quick else 0.05
+    impls = [name for name in ("c", "reference") if implementation(name) is not None]
+
+    progress = Progress(len(ROWS) + 1 + (len(impls) * (len(OUTSTANDING) + len(SLOTS)) if args.plot else 0))
+    results = run_rows(ROWS, rounds, round_s, progress)
+    c_rows: list[Result] = []
+    points: list[dict[str, Any]] = []
+    why = "skipped (--no-c)"
+    if not args.no_c:
+        progress.step("C benchmark (make -C csrc bench)")
+        c_rows, points, why_not = run_c(args.quick, bool(args.plot))
+        why = why_not or ""
+    curves = scaling(impls, rounds, round_s / 2, progress) if args.plot else {}
+    progress.close()
+
+    print_table(results + c_rows, out)
+    if why:
+        print(f"\nC rows: {why}", file=out)
+    failed = [r for r in results + c_rows if not r.passed]
+    print(f"\n{len(results) + len(c_rows) - len(failed)} of {len(results) + len(c_rows)} rows meet their target", file=out)
+    if args.plot:
+        for p in points:
+            name = f"{C_SERIES.get(str(p['series']), str(p['series']))}, C level"
+            curves.setdefault(name, []).append((int(p["x"]), float(p["ns"])))
+        plot(curves, args.plot)
+        print(f"scaling curves drawn in {args.plot}", file=out)
+    return 1 if failed else 0
