@@ -768,7 +768,7 @@ XMC_NOINLINE static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size,
     bool lock = flags & XMC_LOCK, translated = false, dummy = false;
     uint64_t index = paddr >> c->shift;
     uint64_t offset = paddr & (c->bucket_size - 1);
-    xmc_entry *e;
+    xmc_entry *e = NULL; /* set by find_or_map; gcc -O1 cannot tell */
     int rc;
 
     if (!lock && size == 0 && hit_locked(c, paddr, out))
