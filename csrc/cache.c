@@ -736,6 +736,8 @@ static int translate_unlocked(xmc_cache *c, uint64_t paddr, uint64_t size,
     pthread_mutex_unlock(&c->mutex);
     rc = fn(opaque, paddr, size, out);
     pthread_mutex_lock(&c->mutex);
+    if (c->closed) /* closed while the callback ran: map nothing more */
+        return XMC_ECLOSED;
     if (rc != XMC_OK)
         return XMC_EMAP;
     if (!xmc_range_ok(*out, size))
