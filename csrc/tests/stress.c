@@ -20,6 +20,9 @@
  * records listed == mappings the workers hold, dma_locked likewise, every
  * record matches a held mapping exactly, and guest RAM equals the shadow.
  *
+ * Last, the workers hammer the cache while the main thread closes it: every
+ * call must end in a documented code, XMC_ECLOSED from then on.
+ *
  * Usage: stress [total-worker-ops] (default 160000).  `make tsan` runs it
  * under ThreadSanitizer, `make stress` under AddressSanitizer.
  */
@@ -399,6 +402,69 @@ static int alias(void *opaque, uint64_t paddr, uint64_t size, uint64_t *out)
     return XMC_OK;
 }
 
+/*
+ * The close race: the workers keep calling (never touching mapped memory,
+ * which close unmaps under them) while the main thread closes the cache.
+ * Every call must end in a documented code, and once a worker has seen
+ * XMC_ECLOSED every later call must say so too.
+ */
+static void *hammer(void *arg)
+{
+    worker *w = arg;
+    uint8_t buf[64];
+    bool closed = false;
+
+    for (unsigned long i = 0;; i++) {
+        uint64_t paddr, len, tag = 0;
+        void *p = NULL;
+        int rc;
+
+        own_range(w, &paddr, &len);
+        switch (i % 4) {
+        case 0:
+            rc = xmc_map(cache, paddr, len, XMC_LOCK | XMC_DMA, 0, &p);
+            if (rc == XMC_OK) {
+                int urc = xmc_unlock(cache, p, &tag);
+                if (urc != XMC_OK && urc != XMC_ECLOSED)
+                    FAIL("close race: unlock: %s", xmc_strerror(urc));
+            }
+            break;
+        case 1:
+            rc = xmc_read(cache, HOLE + paddr % (ALIAS_LEN - sizeof(buf)), buf, sizeof(buf));
+            break;
+        case 2:
+            rc = xmc_write(cache, paddr, buf, len < sizeof(buf) ? len : sizeof(buf));
+            break;
+        default:
+            rc = xmc_invalidate(cache, NULL, NULL);
+            break;
+        }
+        if (rc != XMC_OK && rc != XMC_EOVERFLOW && rc != XMC_ECLOSED)
+            FAIL("close race: %s", xmc_strerror(rc));
+        if (closed && rc != XMC_ECLOSED)
+            FAIL("close race: a call succeeded after XMC_ECLOSED");
+        if (rc == XMC_ECLOSED) {
+            if (closed)
+                return NULL;
+            closed = true;
+        }
+    }
+}
+
+static void close_race(void)
+{
+    struct timespec pause = { 0, 20 * 1000 * 1000 };
+    xmc_stats st;
+
+    for (unsigned t = 0; t < NTHREADS; t++)
+        EXPECT(pthread_create(&workers[t].th, NULL, hammer, &workers[t]) == 0);
+    nanosleep(&pause, NULL);
+    EXPECT(xmc_cache_close(cache) == XMC_OK);
+    for (unsigned t = 0; t < NTHREADS; t++)
+        EXPECT(pthread_join(workers[t].th, NULL) == 0);
+    EXPECT(xmc_stats_get(cache, &st) == XMC_ECLOSED);
+}
+
 static double now(void)
 {
     struct timespec ts;
@@ -464,12 +530,14 @@ int main(int argc, char **argv)
     EXPECT(xmc_invalidate(cache, NULL, NULL) == XMC_OK);
     EXPECT(xmc_stats_get(cache, &st) == XMC_OK);
     EXPECT(st.entries == 0 && st.mapped_bytes == 0);
+    close_race();
     printf("stress: %d threads, %lu operations on colliding addresses (%lu lock "
            "overflows, %lu translated reads), invalidator: %lu operations, %lu "
            "invalidations, %lu in-place replaces, %lu records checked; "
-           "hits %" PRIu64 ", misses %" PRIu64 ", remaps %" PRIu64 "; %.1f s\n",
+           "hits %" PRIu64 ", misses %" PRIu64 ", remaps %" PRIu64 "; closed under "
+           "%d threads; %.1f s\n",
            NTHREADS, ops, overflows, translated, inv_ops, invalidations, replaces,
-           records_seen, st.hits, st.misses, st.remaps, now() - t0);
+           records_seen, st.hits, st.misses, st.remaps, NTHREADS, now() - t0);
     xmc_cache_free(cache);
     xmc_ram_free(ram);
     free(shadow);
