@@ -218,7 +218,7 @@ TEST(strerror_names_every_code)
 {
     static const int codes[] = { XMC_OK,        XMC_ENOMEM,    XMC_EINVAL, XMC_EMAP,
                                  XMC_ENOENT,    XMC_EOVERFLOW, XMC_EUNAVAIL,
-                                 XMC_ESYS };
+                                 XMC_ESYS,      XMC_ECLOSED };
 
     for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
         const char *m = xmc_strerror(codes[i]);
@@ -275,6 +275,28 @@ TEST(qemu_shim_survives_hostile_input)
     xmc_ram_free(ram);
 }
 
+TEST(xen_backend_entry_points_reject_bad_input)
+{
+    char why[128], tiny[4];
+    xmc_xen *x = (xmc_xen *)1;
+
+    CHECK_EQ(xmc_xen_open(0, NULL, why, sizeof(why), NULL), XMC_EINVAL);
+    CHECK_EQ(xmc_xen_open(70000, NULL, why, sizeof(why), &x), XMC_EINVAL);
+    CHECK(x == NULL && why[0] != 0);
+    CHECK_EQ(xmc_xen_open(UINT32_MAX, NULL, NULL, 0, &x), XMC_EINVAL);
+    CHECK_EQ(xmc_xen_open(1, "/nonexistent/libxenforeignmemory.so.1", why, sizeof(why), &x),
+             XMC_EUNAVAIL);
+    CHECK(x == NULL && strlen(why) > 0 && strlen(why) < sizeof(why));
+    /* A short buffer is truncated and terminated, never overrun (ASan). */
+    CHECK_EQ(xmc_xen_open(1, "/nonexistent/x.so", tiny, sizeof(tiny), &x), XMC_EUNAVAIL);
+    CHECK(strlen(tiny) < sizeof(tiny));
+    CHECK_EQ(xmc_xen_open(1, "/nonexistent/x.so", NULL, 0, &x), XMC_EUNAVAIL);
+    CHECK_EQ(xmc_xen_open(1, "", tiny, 1, &x), XMC_EUNAVAIL);
+    CHECK(tiny[0] == 0);
+    CHECK(xmc_xen_backend(NULL) == NULL);
+    xmc_xen_free(NULL);
+}
+
 const xt_test xt_input_tests[] = {
     XT(null_cache_handle_is_einval_everywhere),
     XT(null_out_pointers_and_buffers_are_einval),
@@ -286,5 +308,6 @@ const xt_test xt_input_tests[] = {
     XT(strerror_names_every_code),
     XT(foreign_and_interior_pointers_to_unlock_and_ram_addr),
     XT(qemu_shim_survives_hostile_input),
+    XT(xen_backend_entry_points_reject_bad_input),
     XT_END,
 };
