@@ -23,27 +23,10 @@ static int dummy_unmap(void *o, void *a, size_t l)
 
 TEST(null_cache_handle_is_einval_everywhere)
 {
-    xmc_record *r;
-    xmc_stats s;
-    uint64_t u;
-    size_t n;
-    void *p;
-    char buf[4];
+    const char *call = xt_every_call(NULL, XMC_EINVAL);
 
-    CHECK_EQ(xmc_map(NULL, 0, 0, 0, 0, &p), XMC_EINVAL);
-    CHECK_EQ(xmc_unlock(NULL, buf, NULL), XMC_EINVAL);
-    CHECK_EQ(xmc_unlock_tag(NULL, buf, 0), XMC_EINVAL);
-    CHECK_EQ(xmc_ram_addr(NULL, buf, &u), XMC_EINVAL);
-    CHECK_EQ(xmc_invalidate(NULL, NULL, NULL), XMC_EINVAL);
-    CHECK_EQ(xmc_invalidate(NULL, &r, &n), XMC_EINVAL);
-    CHECK_EQ(xmc_replace(NULL, 0, 0, 0, &p), XMC_EINVAL);
-    CHECK_EQ(xmc_locked(NULL, &r, &n), XMC_EINVAL);
-    CHECK_EQ(xmc_read(NULL, 0, buf, 4), XMC_EINVAL);
-    CHECK_EQ(xmc_write(NULL, 0, buf, 4), XMC_EINVAL);
-    CHECK_EQ(xmc_stats_get(NULL, &s), XMC_EINVAL);
-    CHECK_EQ(xmc_cache_set_lock_limit(NULL, 1), XMC_EINVAL);
-    CHECK_EQ(xmc_cache_set_dummy(NULL, true), XMC_EINVAL);
-    CHECK_EQ(xmc_cache_set_translate(NULL, NULL, NULL), XMC_EINVAL);
+    if (call)
+        xt_fail(__FILE__, __LINE__, "%s: not XMC_EINVAL", call);
     xmc_cache_free(NULL);
     xmc_records_free(NULL);
 }

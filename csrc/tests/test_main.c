@@ -108,6 +108,42 @@ size_t xt_nlocked(xmc_cache *c)
     return n;
 }
 
+const char *xt_every_call(xmc_cache *c, int want)
+{
+    xmc_record *r;
+    xmc_memory m;
+    xmc_stats s;
+    uint64_t u;
+    size_t n;
+    void *p;
+    char buf[8] = { 0 };
+
+#define XT_CALL(call)                                                         \
+    do {                                                                      \
+        if ((call) != want)                                                   \
+            return #call;                                                     \
+    } while (0)
+    XT_CALL(xmc_map(c, 0x10000, 0, 0, 0, &p));
+    XT_CALL(xmc_map(c, 0x30000, 0x10, XMC_LOCK | XMC_DMA, 0, &p));
+    XT_CALL(xmc_unlock(c, buf, NULL));
+    XT_CALL(xmc_unlock_tag(c, buf, 0));
+    XT_CALL(xmc_ram_addr(c, buf, &u));
+    XT_CALL(xmc_invalidate(c, NULL, NULL));
+    XT_CALL(xmc_invalidate(c, &r, &n));
+    XT_CALL(xmc_replace(c, 0x10000, 0x20000, 0, &p));
+    XT_CALL(xmc_locked(c, &r, &n));
+    XT_CALL(xmc_read(c, 0, buf, sizeof(buf)));
+    XT_CALL(xmc_write(c, 0, buf, sizeof(buf)));
+    XT_CALL(xmc_stats_get(c, &s));
+    XT_CALL(xmc_memory_get(c, &m));
+    XT_CALL(xmc_cache_set_lock_limit(c, 1));
+    XT_CALL(xmc_cache_set_dummy(c, true));
+    XT_CALL(xmc_cache_set_translate(c, NULL, NULL));
+    XT_CALL(xmc_cache_close(c));
+#undef XT_CALL
+    return NULL;
+}
+
 /* ---- mapping probes ---------------------------------------------------- */
 
 bool xt_mapped(const void *p, size_t len, bool all)

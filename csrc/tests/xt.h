@@ -82,6 +82,13 @@ xmc_stats xt_stats(xmc_cache *c);
 /* Number of outstanding locked mappings listed by xmc_locked(). */
 size_t xt_nlocked(xmc_cache *c);
 
+/*
+ * Call every entry point that takes a cache handle on c; NULL when each
+ * returned `want`, else the first call that did not (for a NULL or a closed
+ * handle, which must refuse everything alike).
+ */
+const char *xt_every_call(xmc_cache *c, int want);
+
 /* ---- mapping probes -------------------------------------------------------- */
 
 /* Is any page of [p, p + len) mapped in this process? all = every page. */
