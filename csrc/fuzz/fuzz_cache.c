@@ -231,30 +231,48 @@ static size_t held_with_key(uint64_t paddr, uint64_t size)
  */
 enum kind { GUEST, DUMMY, NO_ACCESS };
 
-static enum kind kind_of(const void *p)
+/* /proc/self/maps, read at most once per op (run() marks it stale). */
+static struct region {
+    uintptr_t lo, hi;
+    enum kind kind;
+} regions[4096];
+static size_t nregions;
+static bool maps_fresh;
+
+static void read_maps(void)
 {
-    enum kind kind = NO_ACCESS;
     char line[512];
-    FILE *f;
+    FILE *f = fopen("/proc/self/maps", "re");
 
-    if (!dummy_ever)
-        return GUEST; /* the caller knows from valid() whether it is RAM */
-    f = fopen("/proc/self/maps", "re");
     EXPECT(f);
-    while (fgets(line, sizeof(line), f)) {
+    nregions = 0;
+    while (fgets(line, sizeof(line), f) && nregions < sizeof(regions) / sizeof(regions[0])) {
         unsigned long lo, hi;
+        struct region *r = &regions[nregions];
 
-        if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && lo <= (uintptr_t)p &&
-            (uintptr_t)p < hi) {
-            if (strstr(line, "xenmapcache-guest-ram"))
-                kind = GUEST;
-            else if (strstr(line, " rw"))
-                kind = DUMMY;
-            break;
-        }
+        if (sscanf(line, "%lx-%lx", &lo, &hi) != 2)
+            continue;
+        r->lo = lo;
+        r->hi = hi;
+        r->kind = strstr(line, "xenmapcache-guest-ram") ? GUEST
+                  : strstr(line, " rw")                 ? DUMMY
+                                                        : NO_ACCESS;
+        nregions++;
     }
     fclose(f);
-    return kind;
+    maps_fresh = true;
+}
+
+static enum kind kind_of(const void *p)
+{
+    if (!dummy_ever)
+        return GUEST; /* the caller knows from valid() whether it is RAM */
+    if (!maps_fresh)
+        read_maps();
+    for (size_t i = 0; i < nregions; i++)
+        if (regions[i].lo <= (uintptr_t)p && (uintptr_t)p < regions[i].hi)
+            return regions[i].kind;
+    return NO_ACCESS;
 }
 
 static bool is_guest(const void *p)
@@ -288,6 +306,8 @@ static void check_data(const uint8_t *p, uint64_t paddr, uint64_t n)
 {
     if (n > 2 * PAGE)
         n = 2 * PAGE;
+    if (memcmp(p, shadow + paddr, n) == 0) /* fast; the loop finds where */
+        return;
     for (uint64_t i = 0; i < n; i++)
         if (p[i] != shadow[paddr + i])
             FAIL("guest %#" PRIx64 " reads %#x through the cache, shadow %#x",
@@ -679,6 +699,7 @@ static void run(void)
         uint8_t op = get8();
 
         TRACE("op %u\n", op % 20u);
+        maps_fresh = false; /* this op may map or unmap */
         switch (op % 20) {
         case 0: op_map(0); break;
         case 1: op_map(0); break;
