@@ -778,6 +778,7 @@ static int replace_locked(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
     uint64_t new_offset = new_paddr & (c->bucket_size - 1);
     uint64_t cache_size = c->bucket_size, n = 1;
     xmc_entry *e;
+    bool was_dummy;
     int rc;
 
     if (!xmc_range_ok(old_paddr, size) || !xmc_range_ok(new_paddr, size) ||
@@ -794,11 +795,17 @@ static int replace_locked(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
         return XMC_ENOENT;
     if ((new_offset >> XMC_PAGE_SHIFT) + n > (cache_size >> XMC_PAGE_SHIFT))
         return XMC_EINVAL;
+    /* e keeps its size: it must fit below 2**64 at the new index too. */
+    if (!xmc_range_ok(new_paddr - new_offset, cache_size))
+        return XMC_EINVAL;
     old_index = e->index;
+    was_dummy = e->flags & ENTRY_DUMMY;
     rc = map_into(c, e, new_paddr >> c->shift, cache_size, true, false, e->valid);
     if (rc == XMC_OK && !pages_valid(e, new_offset >> XMC_PAGE_SHIFT, n)) {
+        /* Put back what was there: guest pages, or anonymous memory for a
+         * dummy entry (whose old guest pages may not be mappable at all). */
         rc = XMC_EMAP;
-        if (map_into(c, e, old_index, cache_size, true, false, e->valid) != XMC_OK)
+        if (map_into(c, e, old_index, cache_size, true, was_dummy, e->valid) != XMC_OK)
             entry_blank(c, e);
         return rc;
     }

@@ -1,0 +1,92 @@
+"""Bugs found by comparing the C core with the reference, kept fixed.
+
+Each scenario runs in a child interpreter, because the failure it guards
+against was a segmentation fault, which would otherwise kill the whole run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from types import ModuleType
+
+
+def run_scenario(xmc: ModuleType, body: str) -> str:
+    """Run ``body`` with ``xmc`` imported in a fresh interpreter; its stdout."""
+    script = f"import {xmc.__name__} as xmc\n" + textwrap.dedent(body)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}"
+    return result.stdout
+
+
+def test_the_last_page_of_the_address_space_is_a_mapping_error(xmc: ModuleType) -> None:
+    # ram.c rejected the last page of 2**64 as an invalid range (off by one):
+    # an address inside 2**64 that is not RAM is a MappingError, and in dummy
+    # mode it gets dummy memory like any other.
+    out = run_scenario(
+        xmc,
+        """
+        ram = xmc.GuestRAM(1 << 20)
+        top = 2**64 - 4096
+        with xmc.MapCache(ram, bucket_shift=12, max_size=1 << 16) as cache:
+            for call in (lambda: cache.read(top, 4096), lambda: cache.map_ptr(2**64 - 1), lambda: cache.map(top, 16)):
+                try:
+                    call()
+                except xmc.MappingError:
+                    print("MappingError")
+        with xmc.MapCache(ram, bucket_shift=12, max_size=1 << 16, dummy_on_failure=True) as cache:
+            cache.write(top, b"dummy")
+            print(cache.read(top, 5).decode())
+        """,
+    )
+    assert out.split() == ["MappingError"] * 3 + ["dummy"]
+
+
+def test_replace_past_the_top_of_the_address_space_leaves_the_entry_alone(xmc: ModuleType) -> None:
+    # The entry keeps its size (two pages here) when replaced; at the top of
+    # 2**64 it did not fit, the backend refused, and the locked entry was
+    # blanked to no-access memory under a live Mapping: a crash on next use.
+    out = run_scenario(
+        xmc,
+        """
+        ram = xmc.GuestRAM(1 << 20)
+        ram.write(0x800, b"kept")
+        with xmc.MapCache(ram, bucket_shift=12, max_size=1 << 16) as cache:
+            m = cache.map(0x800, 0x1000)
+            try:
+                cache.replace(0x800, 2**64 - 0x1000, 0x1000)
+            except xmc.InvalidAddress:
+                print("InvalidAddress")
+            view = memoryview(m)
+            print(bytes(view[:4]).decode(), hex(cache.ram_addr(m.address)))
+            view.release()
+            m.release()
+        """,
+    )
+    assert out.split() == ["InvalidAddress", "kept", "0x800"]
+
+
+def test_a_failed_replace_of_a_dummy_entry_keeps_it_accessible(xmc: ModuleType) -> None:
+    # A failed replace put the entry back on its old guest pages, but a dummy
+    # entry stands for pages that cannot be mapped: its Mapping then pointed
+    # at no-access memory.  It gets anonymous memory again instead.
+    out = run_scenario(
+        xmc,
+        """
+        ram = xmc.GuestRAM(1 << 20, holes=[(0x10000, 0x20000)])
+        with xmc.MapCache(ram, bucket_shift=12, max_size=1 << 16, dummy_on_failure=True) as cache:
+            m = cache.map(0x10000, 0x100)  # a hole: dummy memory
+            try:
+                cache.replace(0x10000, 0x18000, 0x100)  # still a hole
+            except xmc.MappingError:
+                print("MappingError")
+            view = memoryview(m)
+            view[0] = 7
+            print(view[0], hex(cache.ram_addr(m.address)))
+            view.release()
+            m.release()
+            print(hex(cache.replace(0x10000, 0x1000, 0x100) - m.address), cache.read(0x1000, 1) == ram.read(0x1000, 1))
+        """,
+    )
+    assert out.split() == ["MappingError", "7", "0x10000", "0x0", "True"]
