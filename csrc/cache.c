@@ -848,6 +848,9 @@ static int copy_locked(xmc_cache *c, uint64_t paddr, uint8_t *buf, size_t n,
     while (n) {
         uint64_t room = c->bucket_size - (paddr & (c->bucket_size - 1));
         size_t chunk = n < room ? n : (size_t)room;
+
+        if (chunk > c->max_size) /* map_locked refuses more, even in one bucket */
+            chunk = (size_t)c->max_size;
         void *p;
         int rc = map_locked(c, paddr, chunk, 0, 0, &p);
 

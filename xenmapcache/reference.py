@@ -35,7 +35,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from . import cache as _cache
 from .cache import LockedMapping, Mapping, Stats
@@ -116,7 +116,7 @@ def _sys_munmap(addr: int, length: int) -> int:
     return OK if _c_munmap(addr, length) == 0 else ESYS
 
 
-def _raise(rc: int, what: str, cause: BaseException | None = None) -> None:
+def _raise(rc: int, what: str, cause: BaseException | None = None) -> NoReturn:
     kind, message = _ERRORS.get(rc, (MapCacheError, "unknown error"))
     raise kind(f"{what}: {message}") from cause
 
@@ -586,7 +586,7 @@ class _PyCore:
         bucket, done = self._bucket, 0
         while n:
             room = bucket - (paddr & (bucket - 1))
-            chunk = min(n, room)
+            chunk = min(n, room, self._max_size)  # map refuses more, even in one bucket
             rc, p, cause = self._map_locked(paddr, chunk, 0, 0)
             if rc != OK:
                 return rc, cause
