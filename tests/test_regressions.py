@@ -1,7 +1,7 @@
 """Bugs found by comparing the C core with the reference, kept fixed.
 
-Each scenario runs in a child interpreter, because the failure it guards
-against was a segmentation fault, which would otherwise kill the whole run.
+Scenarios whose failure was a segmentation fault run in a child interpreter,
+so that a regression fails its test instead of killing the whole run.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 from types import ModuleType
+
+import pytest
 
 
 def run_scenario(xmc: ModuleType, body: str) -> str:
@@ -90,3 +92,49 @@ def test_a_failed_replace_of_a_dummy_entry_keeps_it_accessible(xmc: ModuleType) 
         """,
     )
     assert out.split() == ["MappingError", "7", "0x10000", "0x0", "True"]
+
+
+def test_reads_and_writes_are_not_limited_by_a_max_size_below_the_bucket(xmc: ModuleType) -> None:
+    # Copies went through map() in chunks of up to a bucket, which map()
+    # refuses above max_size: a 4097-byte read of an 8 KiB-bucket cache with
+    # max_size 4096 failed with InvalidAddress.  max_size bounds one mapping
+    # request, not cache.read/cache.write, which may span anything.
+    ram = xmc.GuestRAM(1 << 20)
+    with xmc.MapCache(ram, bucket_shift=13, max_size=4096) as cache:
+        data = bytes(range(256)) * 40  # 10 KiB: more than max_size and a bucket
+        cache.write(0x1F00, data)
+        assert cache.read(0x1F00, len(data)) == data
+        assert ram.read(0x1F00, len(data)) == data
+        with pytest.raises(xmc.InvalidAddress):
+            cache.map(0, 4097)  # a mapping request is still bounded
+    ram.close()
+
+
+def test_a_failed_write_kept_in_a_reference_cycle_does_not_crash_the_gc(xmc: ModuleType) -> None:
+    # The C-backed write kept a cffi export of the caller's buffer alive in
+    # its frame when it raised; an exception held in a reference cycle then
+    # reached the GC with the export, CPython's tp_clear of the memoryview
+    # ignored it and the later release dereferenced NULL (SIGSEGV).
+    out = run_scenario(
+        xmc,
+        """
+        import gc
+
+        ram = xmc.GuestRAM(1 << 20, holes=[(0x2000, 0x3000)])
+        cache = xmc.MapCache(ram, bucket_shift=12, max_size=1 << 16)
+
+        def fail_and_keep():
+            try:
+                cache.write(0x2000, bytes(4096))
+            except xmc.MappingError as exc:
+                kept = exc  # this frame is in exc's traceback: a cycle
+                return kept
+
+        for _ in range(3):
+            error = fail_and_keep()
+            del error
+            gc.collect()
+        print("survived")
+        """,
+    )
+    assert out.split() == ["survived"]
