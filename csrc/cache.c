@@ -759,6 +759,25 @@ int xmc_invalidate(xmc_cache *c, xmc_record **dma_out, size_t *n_dma)
 
 /* ---- replace ------------------------------------------------------------ */
 
+/*
+ * Do the locked mappings of e all lie on pages e has mapped?  A replace must
+ * not move one onto pages that cannot be mapped: its holder would fault.
+ * O(outstanding records), but replace is rare.
+ */
+static bool records_valid(const xmc_cache *c, const xmc_entry *e)
+{
+    for (const record *r = c->oldest; r; r = r->newer) {
+        uint64_t off = r->addr - (uintptr_t)e->vaddr;
+
+        if (r->e == e &&
+            !pages_valid(e, off >> XMC_PAGE_SHIFT,
+                         ((off & (XMC_PAGE_SIZE - 1)) + (r->size ? r->size : 1) +
+                          XMC_PAGE_SIZE - 1) >> XMC_PAGE_SHIFT))
+            return false;
+    }
+    return true;
+}
+
 /* Give up on e's contents: keep its range reserved with no access. */
 static void entry_blank(xmc_cache *c, xmc_entry *e)
 {
@@ -801,7 +820,8 @@ static int replace_locked(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
     old_index = e->index;
     was_dummy = e->flags & ENTRY_DUMMY;
     rc = map_into(c, e, new_paddr >> c->shift, cache_size, true, false, e->valid);
-    if (rc == XMC_OK && !pages_valid(e, new_offset >> XMC_PAGE_SHIFT, n)) {
+    if (rc == XMC_OK && (!pages_valid(e, new_offset >> XMC_PAGE_SHIFT, n) ||
+                         (e->lock && !records_valid(c, e)))) {
         /* Put back what was there: guest pages, or anonymous memory for a
          * dummy entry (whose old guest pages may not be mappable at all). */
         rc = XMC_EMAP;

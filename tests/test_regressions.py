@@ -138,3 +138,32 @@ def test_a_failed_write_kept_in_a_reference_cycle_does_not_crash_the_gc(xmc: Mod
         """,
     )
     assert out.split() == ["survived"]
+
+
+def test_replace_never_moves_a_locked_mapping_onto_pages_that_cannot_be_mapped(xmc: ModuleType) -> None:
+    # replace checked only the pages of the range it was asked for; another
+    # locked mapping of the same entry could land on a hole (no access), and
+    # the next touch of its memoryview was a segmentation fault.  Now such a
+    # replace fails with MappingError and leaves the entry where it was; one
+    # that keeps every locked mapping on RAM still succeeds.
+    out = run_scenario(
+        xmc,
+        """
+        ram = xmc.GuestRAM(1 << 20, holes=[(0x10000, 0x11000)])
+        ram.write(0x4000, b"old")
+        ram.write(0x12000, b"new")
+        with xmc.MapCache(ram, bucket_shift=14, max_size=1 << 16) as cache:
+            m = cache.map(0x4000, 16)                  # page 0 of bucket 1
+            try:
+                cache.replace(0x7000, 0x13000, 16)      # bucket 4: its page 0 is a hole
+            except xmc.MappingError:
+                print("MappingError")
+            with memoryview(m) as view:
+                print(bytes(view[:3]).decode(), hex(m.paddr))
+            cache.replace(0x7000, 0x3000, 16)          # bucket 0: all RAM
+            with memoryview(m) as view:
+                print(hex(m.paddr), bytes(view[:1]) == ram.read(0, 1))
+            m.release()
+        """,
+    )
+    assert out.split() == ["MappingError", "old", "0x4000", "0x0", "True"]

@@ -515,6 +515,15 @@ class _PyCore:
 
     # -- replace internals ------------------------------------------------------
 
+    def _records_valid(self, e: _Entry) -> bool:
+        """Do the locked mappings of e all lie on pages e has mapped?"""
+        for r in self._st.age:
+            off = r.addr - e.vaddr
+            n = ((off & (PAGE_SIZE - 1)) + (r.size or 1) + PAGE_SIZE - 1) >> PAGE_SHIFT
+            if r.entry is e and not e.pages_valid(off >> PAGE_SHIFT, n):
+                return False
+        return True
+
     def _entry_blank(self, e: _Entry) -> None:
         """Give up on e's contents: keep its range reserved with no access."""
         if _sys_mmap(e.vaddr, e.size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE) is None:
@@ -547,7 +556,10 @@ class _PyCore:
         old_index = e.index
         was_dummy = bool(e.flags & ENTRY_DUMMY)
         rc = self._map_into(e, new_paddr >> shift, cache_size, True, False)
-        if rc == OK and not e.pages_valid(new_offset >> PAGE_SHIFT, n):
+        if rc == OK and (
+            not e.pages_valid(new_offset >> PAGE_SHIFT, n) or (e.lock and not self._records_valid(e))
+        ):
+            # No locked mapping may end up on pages that cannot be mapped.
             # Put back guest pages, or anonymous memory for a dummy entry.
             if self._map_into(e, old_index, cache_size, True, was_dummy) != OK:
                 self._entry_blank(e)
