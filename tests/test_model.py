@@ -479,7 +479,7 @@ class CacheModel(RuleBasedStateMachine):
         if held.size == 0:
             return None
         where = self.actual(held)
-        # A replace may have moved the entry onto pages that are not RAM (no access).
+        # Pages that are not RAM hold dummy memory (see same_state); leave them be.
         return (held, where) if self.valid(where, held.size) else None
 
     @precondition(lambda self: self.mappings)
@@ -589,19 +589,31 @@ class CacheModel(RuleBasedStateMachine):
         assert all(dma for _, _, dma, _ in key)
         assert len(caught["c"]) == len(caught["py"]) == len(key)
 
-    @rule(data=st.data(), source=st.sampled_from(["held", "random"]))
+    @rule(data=st.data(), source=st.sampled_from(["held", "entry", "entry", "random"]))
     def replace(self, data: st.DataObject, source: str) -> None:
         pool = self.mappings + self.raw
-        if source == "held" and pool:
+        bucket = self.cfg.bucket
+        if source == "random" or not pool:
+            old, size = self.paddrs(data), self.sizes(data)
+        elif source == "held":  # exactly a locked mapping's range
             held = data.draw(st.sampled_from(pool), label="held")
             old, size = self.actual(held), held.size
-        else:
-            old, size = self.paddrs(data), self.sizes(data)
-        bucket = self.cfg.bucket
+        else:  # another range of a locked mapping's entry (the same entry size)
+            held = data.draw(st.sampled_from(pool), label="held")
+            base = self.actual(held) - held.offset
+            off = data.draw(st.integers(0, held.entry_size - 1), label="offset")
+            if held.entry_size > bucket:
+                size = held.entry_size - off
+            else:
+                size = data.draw(st.integers(0, bucket - off), label="size")
+            old = base + off
+        # Buckets with pages that are not RAM: moving there leaves some pages unmapped.
+        spotty = [lo & ~(bucket - 1) for lo, _ in self.systems()[0].ram.holes] + [RAM_SIZE - bucket]
         new = data.draw(
             st.one_of(
                 # The same offset in another bucket of RAM: the usual case.
                 st.integers(0, RAM_SIZE // bucket - 1).map(lambda b: b * bucket + (old & (bucket - 1))),
+                st.sampled_from(spotty).map(lambda b: b + (old & (bucket - 1))),
                 st.integers(0, RAM_SIZE - 1),
                 st.integers(TOP - 2 * bucket, TOP - 1),
                 st.just(TOP - max(size, 1)),  # ends at 2**64; the entry may not fit
@@ -662,6 +674,13 @@ class CacheModel(RuleBasedStateMachine):
         for s, recs in ((c, rc), (py, rpy)):
             for r in recs:
                 assert s.cache.ram_addr(r.address) == r.paddr
+        for r in rc:
+            # A locked mapping stays on memory it can use: guest RAM, or dummy
+            # memory (tainted pages).  Were it moved onto pages that cannot be
+            # mapped, touching it would be a segmentation fault.
+            if not self.valid(r.paddr, r.size):
+                pages = range(r.paddr >> 12, ((r.paddr + max(r.size, 1) - 1) >> 12) + 1)
+                assert all(p in self.tainted for p in pages), f"locked mapping of {r.paddr:#x} on pages not RAM"
         self.check_reference_books(stats)
 
     def check_reference_books(self, stats: Any) -> None:
