@@ -167,3 +167,46 @@ def test_replace_never_moves_a_locked_mapping_onto_pages_that_cannot_be_mapped(x
         """,
     )
     assert out.split() == ["MappingError", "old", "0x4000", "0x0", "True"]
+
+
+def test_threads_each_get_their_own_addresses(xmc: ModuleType) -> None:
+    # The C-backed core kept one out-parameter buffer per cache; cffi drops
+    # the GIL during the call, so a thread could return another thread's
+    # host address: a Mapping pointing at someone else's memory, an unlock
+    # that failed, a lock that leaked.  Found by a threaded run of the
+    # reference and the C core side by side.
+    import threading
+
+    ram = xmc.GuestRAM(1 << 23)
+    cache = xmc.MapCache(ram, bucket_shift=12, max_size=1 << 16)
+    wrong: list[str] = []
+
+    def worker(n: int) -> None:
+        try:
+            work(n)
+        except Exception as exc:  # reported by the main thread
+            wrong.append(f"thread {n}: {exc!r}")
+
+    def work(n: int) -> None:
+        base = n << 20
+        for i in range(2000):
+            paddr = base + (i * 4099) % (1 << 20)
+            with cache.map(paddr, 16, tag=n) as m:
+                got = cache.ram_addr(m.address)
+                if got != paddr:
+                    wrong.append(f"thread {n}: {paddr:#x} came back as {got:#x}")
+            address = cache.map_ptr(paddr, 8, lock=True)
+            try:
+                cache.unlock(address)
+            except xmc.UnknownMapping:
+                wrong.append(f"thread {n}: lost the lock of {paddr:#x}")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+    assert cache.stats().locked == 0
+    cache.close()
+    ram.close()

@@ -119,6 +119,16 @@ class Mapping:
         return f"<Mapping paddr={self.paddr:#x} size={self.size:#x} dma={self.dma} tag={self.tag!r} {state}>"
 
 
+class _OutParams(threading.local):
+    """Out-parameters for calls into C, one set per thread: cffi releases the
+    GIL during a call, so a shared buffer would hand one thread's result to
+    another (a Mapping with someone else's address)."""
+
+    def __init__(self, ffi: Any) -> None:
+        self.ptr = ffi.new("void **")
+        self.u64 = ffi.new("uint64_t *")
+
+
 class _NativeCore:
     """The C core behind a ``MapCache``: one ``xmc_cache *``."""
 
@@ -148,8 +158,7 @@ class _NativeCore:
             self._translate = ffi.new_handle(translate)
             check(lib.xmc_cache_set_translate(self._c, lib._xmc_py_translate, self._translate), "translate")
             self._pending = _callbacks.pending
-        self._ptr = ffi.new("void **")
-        self._u64 = ffi.new("uint64_t *")
+        self._out = _OutParams(ffi)
 
     def _fail(self, rc: int, what: str) -> None:
         cause = None
@@ -162,7 +171,7 @@ class _NativeCore:
             raise exc from cause
 
     def map(self, paddr: int, size: int, flags: int, tag: int) -> int:
-        out = self._ptr
+        out = self._out.ptr
         rc = self._lib.xmc_map(self._c, paddr, size, flags, tag, out)
         if rc:
             self._fail(rc, f"map {paddr:#x}+{size:#x}")
@@ -172,7 +181,7 @@ class _NativeCore:
         self._check(self._lib.xmc_unlock_tag(self._c, self._ffi.cast("void *", address), tag), f"unlock {address:#x}")
 
     def ram_addr(self, address: int) -> int:
-        out = self._u64
+        out = self._out.u64
         self._check(self._lib.xmc_ram_addr(self._c, self._ffi.cast("void *", address), out), f"ram_addr {address:#x}")
         return int(out[0])
 
@@ -192,7 +201,7 @@ class _NativeCore:
         return self._records(self._lib.xmc_locked, "locked")
 
     def replace(self, old: int, new: int, size: int) -> int:
-        out = self._ptr
+        out = self._out.ptr
         rc = self._lib.xmc_replace(self._c, old, new, size, out)
         if rc:
             self._fail(rc, f"replace {old:#x} -> {new:#x}")
