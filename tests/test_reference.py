@@ -158,3 +158,21 @@ def test_a_closed_reference_core_refuses_work() -> None:
     with pytest.raises(reference.MapCacheError):
         core.map(0x1000, 0, 0, 0)
     ram.close()
+
+
+def test_reference_ram_pages_agree_with_page_error() -> None:
+    # The reference maps runs of RAM computed from the holes; they must be
+    # exactly the pages GuestRAM.page_error calls RAM (odd, overlapping holes).
+    holes = [(0x3000, 0x3001), (0x5800, 0x7000), (0x6000, 0x9000), (0x20000, 0x21000)]
+    ram = reference.GuestRAM(0x40000, holes=holes)
+    backend = reference._RamBackend(ram)
+    try:
+        for first in range(0, 0x48, 3):
+            for n in (1, 2, 5, 16, 40):
+                runs = backend.ram_runs(first, n)
+                from_runs = {first + p for i, j in runs for p in range(i, j)}
+                from_errors = {p for p in range(first, first + n) if ram.page_error(p) == 0}
+                assert from_runs == from_errors, (first, n, runs)
+    finally:
+        backend.close()
+        ram.close()

@@ -117,34 +117,41 @@ class _RamBackend:
         self._pages = ram.size >> PAGE_SHIFT
         self._hole_pages = [(lo >> PAGE_SHIFT, -(-hi // PAGE_SIZE)) for lo, hi in ram.holes]
 
-    def _errors(self, first: int, n: int) -> list[int]:
-        """Per-page errnos of ``[first, first + n)``, 0 for RAM (``GuestRAM.page_error``)."""
-        end = first + n
-        if end <= self._pages and not any(lo < end and first < hi for lo, hi in self._hole_pages):
-            return [0] * n  # the common case, without a call per page
-        return [self.ram.page_error(first + i) for i in range(n)]
+    def ram_runs(self, first: int, n: int) -> list[tuple[int, int]]:
+        """The runs of RAM pages in ``[first, first + n)``, as ``(start, end)`` offsets from first.
 
-    def map(self, fixed: int | None, first_pfn: int, nr_pages: int) -> tuple[int, int, list[int]]:
-        """``ram_map``: (status, address, per-page errors)."""
+        A page is RAM when ``GuestRAM.page_error`` gives 0 for it: below the
+        end of RAM and touching no hole.  Computed from the holes, not page by
+        page, so that a huge hostile request costs no more than a small one.
+        """
+        end = min(first + n, self._pages)
+        runs = []
+        pos = first
+        for lo, hi in self._hole_pages:  # sorted by start
+            if lo >= end:
+                break
+            if lo > pos:
+                runs.append((pos - first, lo - first))
+            pos = max(pos, hi)
+        if pos < end:
+            runs.append((pos - first, end - first))
+        return runs
+
+    def map(self, fixed: int | None, first_pfn: int, nr_pages: int) -> tuple[int, int, int]:
+        """``ram_map``: (status, address, bitmap of the pages mapped)."""
         if nr_pages == 0 or first_pfn + nr_pages > PFN_LIMIT:
-            return EINVAL, 0, []
+            return EINVAL, 0, 0
         length = nr_pages << PAGE_SHIFT
         fixflag = MAP_FIXED if fixed is not None else 0
-        errs = self._errors(first_pfn, nr_pages)
-        if not any(errs):
+        runs = self.ram_runs(first_pfn, nr_pages)
+        valid = sum(((1 << (j - i)) - 1) << i for i, j in runs)
+        if runs == [(0, nr_pages)]:
             base = _sys_mmap(fixed, length, PROT_RW, MAP_SHARED | fixflag, self.fd, first_pfn << PAGE_SHIFT)
-            return (ESYS, 0, errs) if base is None else (OK, base, errs)
+            return (ESYS, 0, 0) if base is None else (OK, base, valid)
         base = _sys_mmap(fixed, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | fixflag)
         if base is None:
-            return ESYS, 0, errs
-        i = 0
-        while i < nr_pages:
-            if errs[i]:
-                i += 1
-                continue
-            j = i
-            while j < nr_pages and not errs[j]:
-                j += 1
+            return ESYS, 0, 0
+        for i, j in runs:
             got = _sys_mmap(
                 base + (i << PAGE_SHIFT),
                 (j - i) << PAGE_SHIFT,
@@ -156,9 +163,8 @@ class _RamBackend:
             if got is None:
                 if fixed is None:
                     _sys_munmap(base, length)
-                return ESYS, 0, errs
-            i = j
-        return OK, base, errs
+                return ESYS, 0, 0
+        return OK, base, valid
 
     def unmap(self, addr: int, length: int) -> int:
         return _sys_munmap(addr, length)
@@ -334,15 +340,11 @@ class _PyCore:
             e.valid = (1 << pages) - 1
             e.flags = ENTRY_DUMMY | ENTRY_ANON | ENTRY_ALLVALID
         else:
-            rc, addr, errs = self._st.be.map(e.vaddr if fixed else None, index << (self._shift - PAGE_SHIFT), pages)
+            rc, addr, valid = self._st.be.map(e.vaddr if fixed else None, index << (self._shift - PAGE_SHIFT), pages)
             if rc == OK and not addr:
                 rc = EMAP
             if rc != OK:
                 return rc if rc < 0 else EMAP
-            valid = 0
-            for p, err in enumerate(errs):
-                if not err:
-                    valid |= 1 << p
             e.valid = valid
             e.flags = ENTRY_ALLVALID if valid == (1 << pages) - 1 else 0
         e.vaddr = addr
