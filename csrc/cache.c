@@ -908,6 +908,26 @@ int xmc_invalidate(xmc_cache *c, xmc_record **dma_out, size_t *n_dma)
 
 /* ---- replace ------------------------------------------------------------ */
 
+/*
+ * Do the locked mappings of e all lie on pages e has mapped?  A replace must
+ * not move one onto pages that cannot be mapped: its holder would fault.
+ * O(outstanding records), but replace is rare.
+ */
+static bool records_valid(const xmc_cache *c, const xmc_entry *e)
+{
+    for (uint32_t id = c->oldest; id; id = rec(c, id)->newer) {
+        const record *r = rec(c, id);
+        uint64_t off = r->addr - (uintptr_t)e->vaddr;
+
+        if (r->e == e &&
+            !pages_valid(e, off >> XMC_PAGE_SHIFT,
+                         ((off & (XMC_PAGE_SIZE - 1)) + (r->size ? r->size : 1) +
+                          XMC_PAGE_SIZE - 1) >> XMC_PAGE_SHIFT))
+            return false;
+    }
+    return true;
+}
+
 /* Give up on e's contents: keep its range reserved with no access. */
 static void entry_blank(xmc_cache *c, xmc_entry *e)
 {
@@ -927,6 +947,7 @@ static int replace_locked(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
     uint64_t new_offset = new_paddr & (c->bucket_size - 1);
     uint64_t cache_size = c->bucket_size, n = 1;
     xmc_entry *e;
+    bool was_dummy;
     int rc;
 
     if (!xmc_range_ok(old_paddr, size) || !xmc_range_ok(new_paddr, size) ||
@@ -943,11 +964,18 @@ static int replace_locked(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
         return XMC_ENOENT;
     if ((new_offset >> XMC_PAGE_SHIFT) + n > (cache_size >> XMC_PAGE_SHIFT))
         return XMC_EINVAL;
+    /* e keeps its size: it must fit below 2**64 at the new index too. */
+    if (!xmc_range_ok(new_paddr - new_offset, cache_size))
+        return XMC_EINVAL;
     old_index = e->index;
+    was_dummy = e->flags & ENTRY_DUMMY;
     rc = map_into(c, e, new_paddr >> c->shift, cache_size, true, false);
-    if (rc == XMC_OK && !pages_valid(e, new_offset >> XMC_PAGE_SHIFT, n)) {
+    if (rc == XMC_OK && (!pages_valid(e, new_offset >> XMC_PAGE_SHIFT, n) ||
+                         (e->lock && !records_valid(c, e)))) {
+        /* Put back what was there: guest pages, or anonymous memory for a
+         * dummy entry (whose old guest pages may not be mappable at all). */
         rc = XMC_EMAP;
-        if (map_into(c, e, old_index, cache_size, true, false) != XMC_OK)
+        if (map_into(c, e, old_index, cache_size, true, was_dummy) != XMC_OK)
             entry_blank(c, e);
         return rc;
     }
@@ -990,6 +1018,9 @@ static int copy_locked(xmc_cache *c, uint64_t paddr, uint8_t *buf, size_t n,
     while (n) {
         uint64_t room = c->bucket_size - (paddr & (c->bucket_size - 1));
         size_t chunk = n < room ? n : (size_t)room;
+
+        if (chunk > c->max_size) /* map_locked refuses more, even in one bucket */
+            chunk = (size_t)c->max_size;
         void *p;
         int rc = map_locked(c, paddr, chunk, 0, 0, &p);
 
