@@ -910,6 +910,26 @@ int xmc_invalidate(xmc_cache *c, xmc_record **dma_out, size_t *n_dma)
 
 /* ---- replace ------------------------------------------------------------ */
 
+/*
+ * Do the locked mappings of e all lie on pages e has mapped?  A replace must
+ * not move one onto pages that cannot be mapped: its holder would fault.
+ * O(outstanding records), but replace is rare.
+ */
+static bool records_valid(const xmc_cache *c, const xmc_entry *e)
+{
+    for (uint32_t id = c->oldest; id; id = rec(c, id)->newer) {
+        const record *r = rec(c, id);
+        uint64_t off = r->addr - (uintptr_t)e->vaddr;
+
+        if (r->e == e &&
+            !pages_valid(e, off >> XMC_PAGE_SHIFT,
+                         ((off & (XMC_PAGE_SIZE - 1)) + (r->size ? r->size : 1) +
+                          XMC_PAGE_SIZE - 1) >> XMC_PAGE_SHIFT))
+            return false;
+    }
+    return true;
+}
+
 /* Give up on e's contents: keep its range reserved with no access. */
 static void entry_blank(xmc_cache *c, xmc_entry *e)
 {
@@ -939,10 +959,6 @@ static int replace_locked(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
         cache_size = (offset + size + c->bucket_size - 1) & ~(c->bucket_size - 1);
         n = ((new_paddr & (XMC_PAGE_SIZE - 1)) + size + XMC_PAGE_SIZE - 1) >> XMC_PAGE_SHIFT;
     }
-    /* Sized from the old offset, the entry must still end by 2**64 at the new
-     * address: a backend asked for more fails, and that would blank it. */
-    if (!xmc_range_ok(new_paddr & ~(c->bucket_size - 1), cache_size))
-        return XMC_EINVAL;
     for (e = c->slots[slot_of(c, index)]; e; e = e->next)
         if (e->index == index && e->size == cache_size)
             break;
@@ -950,11 +966,16 @@ static int replace_locked(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
         return XMC_ENOENT;
     if ((new_offset >> XMC_PAGE_SHIFT) + n > (cache_size >> XMC_PAGE_SHIFT))
         return XMC_EINVAL;
+    /* e keeps its size: it must fit below 2**64 at the new index too. */
+    if (!xmc_range_ok(new_paddr - new_offset, cache_size))
+        return XMC_EINVAL;
     old_index = e->index;
     was_dummy = e->flags & ENTRY_DUMMY;
     rc = map_into(c, e, new_paddr >> c->shift, cache_size, true, false);
-    if (rc == XMC_OK && !pages_valid(e, new_offset >> XMC_PAGE_SHIFT, n)) {
-        /* A dummy comes back as a dummy: its guest pages are not there. */
+    if (rc == XMC_OK && (!pages_valid(e, new_offset >> XMC_PAGE_SHIFT, n) ||
+                         (e->lock && !records_valid(c, e)))) {
+        /* Put back what was there: guest pages, or anonymous memory for a
+         * dummy entry (whose old guest pages may not be mappable at all). */
         if (map_into(c, e, old_index, cache_size, true, was_dummy) == XMC_OK)
             return XMC_EMAP;
         /* The old pages cannot come back: fail as a failed map does, with
@@ -1001,6 +1022,9 @@ static int copy_locked(xmc_cache *c, uint64_t paddr, uint8_t *buf, size_t n,
     while (n) {
         uint64_t room = c->bucket_size - (paddr & (c->bucket_size - 1));
         size_t chunk = n < room ? n : (size_t)room;
+
+        if (chunk > c->max_size) /* map_locked refuses more, even in one bucket */
+            chunk = (size_t)c->max_size;
         void *p;
         int rc = map_locked(c, paddr, chunk, 0, 0, &p);
 

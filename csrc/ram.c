@@ -58,8 +58,10 @@ static int ram_map(void *opaque, void *fixed, uint64_t first_pfn, size_t nr_page
     size_t len, bad;
     uint8_t *base;
 
+    /* The last page, first_pfn + nr_pages - 1, may be the last of 2**64. */
     if (nr_pages == 0 || nr_pages > (SIZE_MAX >> XMC_PAGE_SHIFT) ||
-        first_pfn > (UINT64_MAX >> XMC_PAGE_SHIFT) + 1 - nr_pages)
+        first_pfn > (UINT64_MAX >> XMC_PAGE_SHIFT) ||
+        nr_pages - 1 > (UINT64_MAX >> XMC_PAGE_SHIFT) - first_pfn)
         return XMC_EINVAL;
     len = nr_pages << XMC_PAGE_SHIFT;
     bad = page_errors(ram, first_pfn, nr_pages, errs);

@@ -7,11 +7,13 @@ import gc
 import logging
 import mmap
 import os
+from types import ModuleType
 from typing import Any
 
 import pytest
 
-import xenmapcache as xmc
+import xenmapcache
+from xenmapcache import _callbacks
 
 PAGE = 4096
 MIB = 1 << 20
@@ -70,8 +72,8 @@ class OwnMemory:
         self.unmaps += 1
         assert libc.munmap(address, length) == 0
 
-    def backend(self) -> xmc.CallbackBackend:
-        return xmc.CallbackBackend(self.map, self.unmap)
+    def backend(self) -> xenmapcache.CallbackBackend:
+        return xenmapcache.CallbackBackend(self.map, self.unmap)
 
 
 @pytest.fixture
@@ -81,7 +83,7 @@ def mem() -> Any:
     os.close(m.fd)
 
 
-def test_callback_backend_maps_reads_writes_and_holes(mem: OwnMemory) -> None:
+def test_callback_backend_maps_reads_writes_and_holes(xmc: ModuleType, mem: OwnMemory) -> None:
     with xmc.MapCache(mem.backend(), bucket_shift=16) as cache:
         cache.write(0x1234, b"own memory")
         assert os.pread(mem.fd, 10, 0x1234) == b"own memory"
@@ -96,7 +98,7 @@ def test_callback_backend_maps_reads_writes_and_holes(mem: OwnMemory) -> None:
     assert mem.live == {} and mem.maps == mem.unmaps  # every mapping unmapped exactly once
 
 
-def test_errors_in_callbacks_become_mapping_errors(mem: OwnMemory) -> None:
+def test_errors_in_callbacks_become_mapping_errors(xmc: ModuleType, mem: OwnMemory) -> None:
     def broken(first_pfn: int, nr_pages: int, fixed: int | None) -> tuple[int, list[int]]:
         raise OSError("device gone")
 
@@ -117,7 +119,9 @@ def test_errors_in_callbacks_become_mapping_errors(mem: OwnMemory) -> None:
     assert mem.live == {}
 
 
-def test_an_unmap_failure_is_reported_once_and_not_retried(mem: OwnMemory, caplog: pytest.LogCaptureFixture) -> None:
+def test_an_unmap_failure_is_reported_once_and_not_retried(
+    xmc: ModuleType, mem: OwnMemory, caplog: pytest.LogCaptureFixture
+) -> None:
     cache = xmc.MapCache(mem.backend(), bucket_shift=16)
     cache.map_ptr(0)
     mem.fail_unmap = True
@@ -132,24 +136,22 @@ def test_an_unmap_failure_is_reported_once_and_not_retried(mem: OwnMemory, caplo
         mem.unmap(address, length)
 
 
-def test_a_forgotten_cache_unmaps_through_its_backend(mem: OwnMemory) -> None:
+def test_a_forgotten_cache_unmaps_through_its_backend(xmc: ModuleType, mem: OwnMemory) -> None:
     cache = xmc.MapCache(mem.backend(), bucket_shift=12)
     for i in range(10):
         cache.map(i * PAGE, 8, dma=True)  # locked: kept until the cache dies
-    backend_ids = set(__import__("xenmapcache._callbacks", fromlist=["backends"]).backends)
-    assert backend_ids
     del cache
     gc.collect()
     assert mem.live == {}
-    assert not __import__("xenmapcache._callbacks", fromlist=["backends"]).backends
+    assert not _callbacks.backends  # the C core's registry let go of the backend
 
 
 def test_callbacks_must_be_callable() -> None:
     with pytest.raises(TypeError):
-        xmc.CallbackBackend(None, print)  # type: ignore[arg-type]
+        xenmapcache.CallbackBackend(None, print)  # type: ignore[arg-type]
 
 
-def test_dummy_entries_never_leak_backend_mappings(mem: OwnMemory) -> None:
+def test_dummy_entries_never_leak_backend_mappings(xmc: ModuleType, mem: OwnMemory) -> None:
     with xmc.MapCache(mem.backend(), bucket_shift=12, max_size=4 * PAGE, dummy_on_failure=True) as cache:
         for i in range(8):
             cache.map_ptr(MIB + 4 * i * PAGE)  # the hole: dummy memory, one slot

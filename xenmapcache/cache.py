@@ -253,10 +253,14 @@ class _NativeCore:
         return bytes(ba)
 
     def write(self, paddr: int, data: Any) -> None:
-        src = self._ffi.from_buffer(data)
-        rc = self._lib.xmc_write(self._c, paddr, src, len(src))
+        # Release the export before raising: a traceback kept in a reference
+        # cycle would hold it until the GC, whose tp_clear of the exporting
+        # memoryview ignores exports and then crashes when they are released.
+        with self._ffi.from_buffer(data) as src:
+            n = len(src)
+            rc = self._lib.xmc_write(self._c, paddr, src, n)
         if rc:
-            self._fail(rc, f"write {paddr:#x}+{len(src):#x}")
+            self._fail(rc, f"write {paddr:#x}+{n:#x}")
 
     def stats(self) -> tuple[int, ...]:
         st = self._ffi.new("xmc_stats *")
