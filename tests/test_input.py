@@ -1,4 +1,9 @@
-"""Hostile and malformed input: every public entry point gives its documented error."""
+"""Hostile and malformed input: every public entry point gives its documented error.
+
+These run in a child interpreter (tests/test_hostile.py starts it with
+XMC_HOSTILE_CHILD=1), so an input that crashed the process would fail that
+test instead of ending the whole run.
+"""
 
 from __future__ import annotations
 
