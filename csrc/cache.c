@@ -777,6 +777,8 @@ XMC_NOINLINE static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size,
         return XMC_OK;
     if (!xmc_range_ok(paddr, size) || size > c->max_size)
         return XMC_EINVAL;
+    if (lock && c->lock_limit == 0)
+        return XMC_EOVERFLOW; /* before any lookup: nothing changes */
     for (;;) {
         uint64_t cache_size = c->bucket_size, n = 1;
 
@@ -806,8 +808,12 @@ XMC_NOINLINE static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size,
     if (rc != XMC_OK)
         return rc;
     if (lock) {
-        if (e->lock >= c->lock_limit)
+        if (e->lock >= c->lock_limit) {
+            /* e was locked already, so it was found, not mapped: take back
+             * the hit and leave everything as it was. */
+            c->st.hits--;
             return XMC_EOVERFLOW;
+        }
         rc = record_add(c, e, (uintptr_t)(e->vaddr + offset), size, tag,
                         flags & XMC_DMA);
         if (rc != XMC_OK)

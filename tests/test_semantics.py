@@ -170,14 +170,24 @@ def test_dummy_mode_maps_anonymous_memory(xmc: ModuleType, ram: Any) -> None:
 def test_lock_limit_overflow_fails_and_changes_nothing(xmc: ModuleType, ram: Any) -> None:
     with xmc.MapCache(ram, lock_limit=2) as cache:
         a, b = cache.map(0, 16), cache.map(0x100, 16)  # one entry, two locks
+        before = (cache.stats(), cache.locked())
         with pytest.raises(xmc.LockOverflow):
             cache.map(0x200, 16)
-        assert cache.stats().locked == 2 and len(cache.locked()) == 2
+        assert (cache.stats(), cache.locked()) == before  # nothing changed, counters included
         a.release()
         c = cache.map(0x200, 16)  # room again
         b.release()
         c.release()
         assert cache.stats().locked == 0
+
+
+def test_a_zero_lock_limit_refuses_every_lock_and_maps_nothing(xmc: ModuleType, ram: Any) -> None:
+    with xmc.MapCache(ram, lock_limit=0) as cache:
+        with pytest.raises(xmc.LockOverflow):
+            cache.map(0, 16)
+        st = cache.stats()
+        assert (st.hits, st.misses, st.entries, st.locked) == (0, 0, 0, 0)
+        assert cache.map_ptr(0) and cache.read(0, 1) == b"\0"  # unlocked use still works
 
 
 def test_two_locks_on_one_address_are_two_records(cache: Any, xmc: ModuleType) -> None:

@@ -488,6 +488,8 @@ class _PyCore:
             return OK, e.vaddr + offset, None
         if not _range_ok(paddr, size) or size > self._max_size:
             return EINVAL, 0, None
+        if lock and self._lock_limit == 0:
+            return EOVERFLOW, 0, None  # before any lookup: nothing changes
         translated = dummy = False
         while True:
             cache_size, n = bucket, 1
@@ -514,6 +516,7 @@ class _PyCore:
         address = found.vaddr + offset
         if lock:
             if found.lock >= self._lock_limit:
+                st.hits -= 1  # found locked already, not mapped: take back the hit
                 return EOVERFLOW, 0, None
             self._record_add(found, address, size, tag, bool(flags & _cache.DMA))
             found.lock += 1
