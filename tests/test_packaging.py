@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -89,4 +90,12 @@ def test_sdist_round_trip(tmp_path: Path) -> None:
     out = run([python, "-c", "import xenmapcache, xenmapcache._core; print(xenmapcache.__version__)"], cwd=tmp_path)
     assert out.stdout.strip() == __version__
     demo = run([python, "-m", "xenmapcache", "demo"], cwd=tmp_path)
+    assert demo.stdout.strip().endswith("demo finished: OK")
+
+    # And from a checkout: `pip install .` then `python -m xenmapcache demo` in
+    # the repository imports the source tree, which has no compiled core; the
+    # installed copy's core is found and used.
+    checkout = tmp_path / "checkout"
+    shutil.copytree(REPO / "xenmapcache", checkout / "xenmapcache", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    demo = run([python, "-m", "xenmapcache", "demo"], cwd=checkout)
     assert demo.stdout.strip().endswith("demo finished: OK")

@@ -8,8 +8,10 @@ reference implementation, GuestRAM) import without a compiler.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ._version import __version__
@@ -28,13 +30,40 @@ def binding() -> tuple[Any, Any]:
     """Return ``(ffi, lib)`` of the compiled core, importing it once."""
     try:
         from . import _core
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError(
-            "xenmapcache's C core is not built; install the package with "
-            "'pip install .' (it needs a C compiler)"
-        ) from exc
+    except ImportError as exc:
+        _core = installed_core()
+        if _core is None:
+            raise ImportError(
+                "xenmapcache's C core is not built; install the package with "
+                "'pip install .' (it needs a C compiler)"
+            ) from exc
     check_stamp(_core.ffi.string(_core.lib.xmc_py_build_version()).decode(), _core.__file__)
     return _core.ffi, _core.lib
+
+
+def installed_core() -> Any:
+    """The compiled core of an installed copy of the package, or None.
+
+    ``python -m xenmapcache`` run in a checkout imports the source tree, which
+    has no compiled core after a plain ``pip install .``; the installed copy on
+    ``sys.path`` has one, and its version stamp is checked like any other.
+    """
+    here = Path(__file__).resolve().parent
+    name = f"{__package__}._core"
+    for entry in sys.path:
+        package = Path(entry or ".").resolve() / __package__
+        if package == here:
+            continue
+        for path in sorted(package.glob("_core.*.so")):
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is None or spec.loader is None:
+                continue
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            sys.modules[name] = module
+            setattr(sys.modules[__package__], "_core", module)
+            return module
+    return None
 
 
 @functools.cache
