@@ -108,9 +108,9 @@ def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def churn(xmc: ModuleType, close: bool) -> None:
+def churn(xmc: ModuleType, close: bool, caches: int = 250) -> None:
     ram = xmc.GuestRAM(4 * MIB, holes=[(MIB, MIB + PAGE)])
-    for i in range(50):
+    for i in range(caches):
         cache = xmc.MapCache(ram, bucket_shift=12 + i % 4)
         cache.map(i * PAGE, 100, dma=True)
         cache.map_ptr(MIB - PAGE)  # its bucket may reach into the hole: PROT_NONE pages
@@ -122,10 +122,10 @@ def churn(xmc: ModuleType, close: bool) -> None:
 
 @pytest.mark.parametrize("close", [True, False], ids=["closed", "forgotten"])
 def test_caches_leave_no_mapping_or_fd_behind(xmc: ModuleType, close: bool) -> None:
-    churn(xmc, close)  # warm up imports and allocator pools
+    churn(xmc, close, 50)  # warm up imports and allocator pools
     gc.collect()
     maps, fds = mapping_count(), fd_count()
-    for _ in range(4):
+    for _ in range(4):  # 1,000 caches created, used and closed (or forgotten)
         churn(xmc, close)
     gc.collect()
     assert fd_count() == fds
