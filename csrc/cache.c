@@ -979,20 +979,25 @@ static int replace_locked(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
     was_dummy = e->flags & ENTRY_DUMMY;
     rc = map_into(c, e, new_paddr >> c->shift, cache_size, true, false);
     if (rc == XMC_OK && (!pages_valid(e, new_offset >> XMC_PAGE_SHIFT, n) ||
-                         (e->lock && !records_valid(c, e)))) {
+                         (e->lock && !records_valid(c, e))))
+        rc = XMC_EMAP;
+    if (rc != XMC_OK) {
         /* Put back what was there: guest pages, or anonymous memory for a
          * dummy entry (whose old guest pages may not be mappable at all). */
         if (map_into(c, e, old_index, cache_size, true, was_dummy) == XMC_OK)
-            return XMC_EMAP;
-        /* The old pages cannot come back: fail as a failed map does, with
-         * the records still naming the old guest address. */
-        e->index = old_index;
-        rc = XMC_EMAP;
-    }
-    if (rc != XMC_OK) {
-        entry_blank(c, e);
-        if (e->lock == 0)
+            return rc;
+        e->index = old_index; /* the records still name the old address */
+        if (e->lock == 0) {
+            entry_blank(c, e);
             entry_destroy(c, e);
+        } else if (map_into(c, e, old_index, cache_size, true, true) == XMC_OK) {
+            /* Its holders still use it: dummy memory, never no-access; but
+             * no lookup may match it again, so its pages count as invalid. */
+            e->flags &= ~ENTRY_ALLVALID;
+            memset(e->valid, 0, bitmap_words(e->size >> XMC_PAGE_SHIFT) * sizeof(*e->valid));
+        } else {
+            entry_blank(c, e); /* not even anonymous memory could be had */
+        }
         return rc;
     }
     if (slot_of(c, e->index) != slot_of(c, old_index)) {

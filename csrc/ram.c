@@ -37,7 +37,8 @@ static size_t page_errors(const xmc_ram *ram, uint64_t first, size_t n, int *err
         }
     for (size_t h = 0; h < ram->nr_holes; h++) {
         uint64_t hs = ram->holes[h].start >> XMC_PAGE_SHIFT;
-        uint64_t he = (ram->holes[h].end + XMC_PAGE_SIZE - 1) >> XMC_PAGE_SHIFT;
+        uint64_t he = (ram->holes[h].end >> XMC_PAGE_SHIFT) + /* no overflow near 2**64 */
+                      ((ram->holes[h].end & (XMC_PAGE_SIZE - 1)) != 0);
         uint64_t lo = hs > first ? hs : first;
         uint64_t hi = he < first + n ? he : first + n;
 

@@ -210,3 +210,62 @@ def test_threads_each_get_their_own_addresses(xmc: ModuleType) -> None:
     assert cache.stats().locked == 0
     cache.close()
     ram.close()
+
+
+def test_a_failed_backend_map_in_replace_keeps_a_locked_mapping_usable(xmc: ModuleType) -> None:
+    # When the backend's map at the fixed address failed outright, replace
+    # never put the old pages back and left the locked entry no-access under
+    # a live memoryview: the next access was a segmentation fault.
+    out = run_scenario(
+        xmc,
+        """
+        import ctypes, os
+        fd = os.memfd_create("guest")
+        os.ftruncate(fd, 1 << 20)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        refuse = set()
+
+        def map_pages(pfn, n, fixed):
+            if pfn in refuse:
+                raise OSError("refused")
+            return libc.mmap(fixed or None, n * 4096, 3, 0x01 | (0x10 if fixed else 0), fd, pfn * 4096), [0] * n
+
+        cache = xmc.MapCache(xmc.CallbackBackend(map_pages, lambda a, n: libc.munmap(a, n)), bucket_shift=12)
+        m = cache.map(0x1000, 16)
+        view = memoryview(m)
+        view[0] = 7
+        refuse.add(5)
+        try:
+            cache.replace(0x1000, 0x5000, 16)
+        except xmc.MappingError:
+            print("MappingError")
+        print(view[0], cache.ram_addr(m.address))
+        view[1] = 8  # still writable
+        view.release()
+        m.release()
+        cache.close()
+        """,
+    )
+    assert out.split() == ["MappingError", "7", str(0x1000)]
+
+
+def test_a_hole_reaching_the_top_of_the_address_space_is_a_hole(xmc: ModuleType) -> None:
+    # ram.c rounded the hole's end up to a page and overflowed past 2**64, so
+    # the hole vanished and the pages inside it were mapped read/write.
+    out = run_scenario(
+        xmc,
+        """
+        ram = xmc.GuestRAM(1 << 22, holes=[(0x100000, 2**64 - 1)])
+        with xmc.MapCache(ram, bucket_shift=12) as cache:
+            for call in (lambda: cache.map_ptr(0x200000), lambda: cache.read(0x200000, 1)):
+                try:
+                    call()
+                except xmc.MappingError:
+                    print("MappingError")
+            print(cache.read(0xFF000, 1) == bytes(1))
+        """,
+    )
+    assert out.split() == ["MappingError", "MappingError", "True"]

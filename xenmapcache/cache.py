@@ -82,10 +82,11 @@ class Mapping:
     ``BufferError``: a view never outlives the host mapping behind it.
     """
 
-    __slots__ = ("address", "paddr", "size", "dma", "tag", "_cache", "_id", "_exports", "_released")
+    __slots__ = ("address", "paddr", "size", "dma", "tag", "_cache", "_lock", "_id", "_exports", "_released")
 
     def __init__(self, cache: MapCache, ident: int, paddr: int, size: int, dma: bool, tag: Any) -> None:
         self._cache = cache
+        self._lock = cache._lock  # its own reference: the GC may clear the cache first
         self._id = ident
         self.address = 0
         self.paddr = paddr
@@ -101,7 +102,7 @@ class Mapping:
         return self._released
 
     def __buffer__(self, flags: int) -> memoryview:
-        with self._cache._lock:
+        with self._lock:
             if self._released:
                 raise BufferError("the mapping was released")
             self._exports += 1
@@ -109,12 +110,12 @@ class Mapping:
 
     def __release_buffer__(self, view: memoryview) -> None:
         view.release()
-        with self._cache._lock:
+        with self._lock:
             self._exports -= 1
 
     def release(self) -> None:
         """Unlock the mapping; a second call does nothing."""
-        with self._cache._lock:
+        with self._lock:
             if self._released:
                 return
             if self._exports:
@@ -440,9 +441,12 @@ class MapCache:
         try:
             m.address = self._core.map(paddr, size, LOCK | (DMA if dma else 0), m._id)
         except BaseException:
-            del self._mappings[m._id]
+            self._mappings.pop(m._id, None)
             raise
         with self._lock:
+            if self._closed:  # closed while we mapped: the core has unmapped it
+                m._released = True
+                raise MapCacheError("the cache was closed")
             self._by_address.setdefault(m.address, []).append(m)
         return m
 

@@ -606,15 +606,22 @@ class _PyCore:
         if rc == OK and (
             not e.pages_valid(new_offset >> PAGE_SHIFT, n) or (e.lock and not self._records_valid(e))
         ):
-            # No locked mapping may end up on pages that cannot be mapped.
-            # Put back guest pages, or anonymous memory for a dummy entry.
-            if self._map_into(e, old_index, cache_size, True, was_dummy) != OK:
-                self._entry_blank(e)
-            return EMAP, 0
+            rc = EMAP  # no locked mapping may end up on pages that cannot be mapped
         if rc != OK:
-            self._entry_blank(e)
+            # Put back guest pages, or anonymous memory for a dummy entry.
+            if self._map_into(e, old_index, cache_size, True, was_dummy) == OK:
+                return rc, 0
+            e.index = old_index  # the records still name the old address
             if e.lock == 0:
+                self._entry_blank(e)
                 self._st.destroy(e)
+            elif self._map_into(e, old_index, cache_size, True, True) == OK:
+                # Its holders still use it: dummy memory, never no-access; but
+                # no lookup may match it again, so its pages count as invalid.
+                e.flags &= ~ENTRY_ALLVALID
+                e.valid = 0
+            else:
+                self._entry_blank(e)  # not even anonymous memory could be had
             return rc, 0
         if e.index % self._nr_slots != old_index % self._nr_slots:
             self._st.chain_del(e)
