@@ -32,15 +32,21 @@ static int xmc_py_last_error(void)
     return xmc_py_rc;
 }
 
+/* A Mapping: locked, with the tag that names it. */
+static uint64_t xmc_py_map(xmc_cache *c, uint64_t paddr, uint64_t size,
+                           unsigned flags, uint64_t tag)
+{
+    void *p = NULL;
+    int rc = xmc_map(c, paddr, size, flags, tag, &p);
+
+    return xmc_py_encode(rc, p);
+}
+
 /* MapCache.map_ptr(paddr, size, lock, dma): a raw mapping (tag 0). */
 static uint64_t xmc_py_map_ptr(xmc_cache *c, uint64_t paddr, uint64_t size, int lock,
                                int dma)
 {
-    unsigned flags = lock ? XMC_LOCK | (dma ? XMC_DMA : 0u) : 0u;
-    void *p = NULL;
-    int rc = xmc_map(c, paddr, size, flags, 0, &p);
-
-    return xmc_py_encode(rc, p);
+    return xmc_py_map(c, paddr, size, lock ? XMC_LOCK | (dma ? XMC_DMA : 0u) : 0u, 0);
 }
 
 /* The baseline of the hit benchmark: the same argument list, no work. */
@@ -53,16 +59,6 @@ static uint64_t xmc_py_noop(xmc_cache *c, uint64_t paddr, uint64_t size, int loc
     (void)lock;
     (void)dma;
     return 0;
-}
-
-/* A Mapping: locked, with the tag that names it. */
-static uint64_t xmc_py_map(xmc_cache *c, uint64_t paddr, uint64_t size,
-                           unsigned flags, uint64_t tag)
-{
-    void *p = NULL;
-    int rc = xmc_map(c, paddr, size, flags, tag, &p);
-
-    return xmc_py_encode(rc, p);
 }
 
 /* The guest address behind addr, or UINT64_MAX: then ask xmc_ram_addr() why

@@ -197,25 +197,18 @@ class _NativeCore:
         self._check(self._lib.xmc_ram_addr(self._c, self._ffi.cast("void *", address), out), f"ram_addr {address:#x}")
         return int(out[0])
 
-    def _records(self, fn: Any) -> tuple[list[tuple[int, int, int, int, bool]], int]:
-        ffi = self._ffi
-        arr, n = ffi.new("xmc_record **"), ffi.new("size_t *")
-        rc = fn(self._c, arr, n)
-        records = [(r.address, r.paddr, r.size, r.tag, bool(r.dma)) for r in arr[0][0 : n[0]]] if arr[0] else []
-        self._lib.xmc_records_free(arr[0])
-        return records, rc
+    def _take_records(self, arr: Any, n: int) -> list[tuple[int, int, int, int, bool]]:
+        """The records of a C array, which is then freed."""
+        try:
+            return [(r.address, r.paddr, r.size, r.tag, bool(r.dma)) for r in arr[0:n]] if n else []
+        finally:
+            self._lib.xmc_records_free(arr)
 
     def invalidate(self) -> list[tuple[int, int, int, int, bool]]:
         lib = self._lib
         got = lib.xmc_py_invalidate(self._c)  # one call when no DMA is in flight
-        records: list[tuple[int, int, int, int, bool]] = []
         count = got if got > 0 else lib.xmc_py_records_count() if got < 0 else 0
-        if count:
-            arr = lib.xmc_py_records_take()
-            try:
-                records = [(r.address, r.paddr, r.size, r.tag, bool(r.dma)) for r in arr[0:count]]
-            finally:
-                lib.xmc_records_free(arr)
+        records = self._take_records(lib.xmc_py_records_take(), count) if count else []
         rc = min(got, 0)
         if rc == lib.XMC_ESYS:
             # The invalidation happened; an entry failed to unmap and is gone
@@ -228,10 +221,11 @@ class _NativeCore:
         return records
 
     def locked(self) -> list[tuple[int, int, int, int, bool]]:
-        records, rc = self._records(self._lib.xmc_locked)
+        arr, n = self._ffi.new("xmc_record **"), self._ffi.new("size_t *")
+        rc = self._lib.xmc_locked(self._c, arr, n)
         if rc:
             self._fail(rc, "locked")
-        return records
+        return self._take_records(arr[0], n[0])
 
     def replace(self, old: int, new: int, size: int) -> int:
         out = self._ffi.new("void **")
@@ -362,16 +356,15 @@ class _NativeCore:
         # On CPython, builtins of ffi/seam.h do the common case without a
         # Python frame; they hand anything else to the closures above, and
         # a failed core call to these, which raise (nothing is done twice).
-        def fail_map(rc: int, paddr: int, size: int) -> None:
-            owner()._check_open()
-            core._fail(rc, f"map {paddr:#x}+{size:#x}")
+        def failure(what: str) -> Callable[[int, int, int], None]:
+            def fail(rc: int, paddr: int, size: int) -> None:
+                owner()._check_open()
+                core._fail(rc, f"{what} {paddr:#x}+{size:#x}")
 
-        def fail_read(rc: int, paddr: int, n: int) -> None:
-            owner()._check_open()
-            core._fail(rc, f"read {paddr:#x}+{n:#x}")
+            return fail
 
         address = int(self._ffi.cast("uintptr_t", handle))
-        built = bind(address, handle, map_ptr, read, ram_addr, unlock, fail_map, fail_read)
+        built = bind(address, handle, map_ptr, read, ram_addr, unlock, failure("map"), failure("read"))
         return dict(zip(("map_ptr", "read", "ram_addr", "unlock"), built, strict=True))
 
     def close(self) -> None:
@@ -501,8 +494,10 @@ class MapCache:
         new_paddr, _ = check_range(new_paddr, size, self.max_size)
         address = self._core.replace(old_paddr, new_paddr, size)
         for m in list(self._mappings.values()):  # Mappings follow their entry
-            if m.address:
+            try:
                 m.paddr = self._core.ram_addr(m.address)
+            except UnknownMapping:  # released meanwhile, or not mapped yet
+                pass
         return address
 
     # -- bulk operations ---------------------------------------------------
