@@ -14,6 +14,7 @@ and ``xenmapcache._native`` refuses a module built for another version.
 
 import pathlib
 import re
+import sysconfig
 
 from cffi import FFI
 
@@ -83,7 +84,12 @@ ffibuilder.set_source(
     + [f"{SEAM_DIR}/seam.h", "xenmapcache/_version.py"],
     # hidden: the module exports only PyInit, so calls into the core skip the PLT
     extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden"],
-    libraries=["pthread", "dl"],  # dl: the Xen backend loads libxenforeignmemory at run time
+    libraries=["pthread", "dl"],
+    # the stable ABI of 3.12 (cffi alone asks for 3.2's): seam.h's builtins
+    # take vectorcall arguments; free-threaded builds have no stable ABI
+    define_macros=[]
+    if sysconfig.get_config_var("Py_GIL_DISABLED")
+    else [("Py_LIMITED_API", "0x030C0000")],  # dl: the Xen backend loads libxenforeignmemory at run time
 )
 
 if __name__ == "__main__":

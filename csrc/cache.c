@@ -36,6 +36,7 @@ enum {
 #define REC_CHUNK_SHIFT 10 /* records per pool chunk: 1024 */
 #define REC_CHUNK ((uint32_t)1 << REC_CHUNK_SHIFT)
 #define REC_MAX_ID (UINT32_MAX - 1)
+#define MAP_NOWAIT 0x80000000u /* internal map flag: XMC_EAGAIN rather than a miss */
 
 typedef struct xmc_entry {
     /* Read by every lookup: the first 32 bytes. */
@@ -105,6 +106,7 @@ const char *xmc_strerror(int err)
     case XMC_EUNAVAIL: return "backend not available";
     case XMC_ESYS: return "system call failed";
     case XMC_ECLOSED: return "the cache is closed";
+    case XMC_EAGAIN: return "the call would have to wait";
     default: return "unknown error";
     }
 }
@@ -391,10 +393,12 @@ static int entry_remap(xmc_cache *c, xmc_entry **ep, uint64_t index, uint64_t si
 /*
  * Find in the slot of `index` an entry of `size` bytes whose pages
  * [first, first + n) are valid, else reuse the first unlocked entry of the
- * chain, else add one.  XMC_EMAP when the pages are still not valid.
+ * chain, else add one.  XMC_EMAP when the pages are still not valid;
+ * XMC_EAGAIN, with nothing changed, instead of a miss when `nowait`.
  */
 static int find_or_map(xmc_cache *c, uint64_t index, uint64_t size,
-                       uint64_t first, uint64_t n, bool dummy, xmc_entry **out)
+                       uint64_t first, uint64_t n, bool dummy, bool nowait,
+                       xmc_entry **out)
 {
     xmc_entry *e, *reuse = NULL;
     int rc;
@@ -408,6 +412,8 @@ static int find_or_map(xmc_cache *c, uint64_t index, uint64_t size,
         if (!reuse && e->lock == 0)
             reuse = e;
     }
+    if (nowait) /* a miss reaches the backend */
+        return XMC_EAGAIN;
     c->st.misses++;
     if (reuse) {
         c->st.remaps++;
@@ -660,16 +666,28 @@ void xmc_cache_free(xmc_cache *c)
         be->release(be->opaque);
 }
 
-#define LOCKED_CALL(c, expr)                                                  \
+/* Take c's mutex; unless `wait`, XMC_EAGAIN instead of waiting for it. */
+static inline int cache_lock(xmc_cache *c, bool wait)
+{
+    if (!wait)
+        return pthread_mutex_trylock(&c->mutex) ? XMC_EAGAIN : XMC_OK;
+    pthread_mutex_lock(&c->mutex);
+    return XMC_OK;
+}
+
+#define LOCKED_CALL_IF(c, wait, expr)                                         \
     do {                                                                      \
         int rc_;                                                              \
         if (!(c))                                                             \
             return XMC_EINVAL;                                                \
-        pthread_mutex_lock(&(c)->mutex);                                      \
+        if ((rc_ = cache_lock((c), (wait))) != XMC_OK)                        \
+            return rc_;                                                       \
         rc_ = (c)->closed ? XMC_ECLOSED : (expr);                             \
         pthread_mutex_unlock(&(c)->mutex);                                    \
         return rc_;                                                           \
     } while (0)
+
+#define LOCKED_CALL(c, expr) LOCKED_CALL_IF(c, true, expr)
 
 static int close_locked(xmc_cache *c)
 {
@@ -786,7 +804,8 @@ XMC_NOINLINE static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size,
             cache_size = (offset + size + c->bucket_size - 1) & ~(c->bucket_size - 1);
             n = ((paddr & (XMC_PAGE_SIZE - 1)) + size + XMC_PAGE_SIZE - 1) >> XMC_PAGE_SHIFT;
         }
-        rc = find_or_map(c, index, cache_size, offset >> XMC_PAGE_SHIFT, n, dummy, &e);
+        rc = find_or_map(c, index, cache_size, offset >> XMC_PAGE_SHIFT, n, dummy,
+                         flags & MAP_NOWAIT, &e);
         if (rc != XMC_EMAP)
             break;
         c->last = NULL;
@@ -825,19 +844,33 @@ XMC_NOINLINE static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size,
     return XMC_OK;
 }
 
-int xmc_map(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
-            uint64_t tag, void **out)
+static inline int map_call(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
+                           uint64_t tag, void **out)
 {
-    int rc = XMC_OK;
+    int rc;
 
-    if (!c || !out || (flags & ~(unsigned)(XMC_LOCK | XMC_DMA)))
+    if (!c || !out || (flags & ~(unsigned)(XMC_LOCK | XMC_DMA | MAP_NOWAIT)))
         return XMC_EINVAL;
-    pthread_mutex_lock(&c->mutex);
+    if ((rc = cache_lock(c, !(flags & MAP_NOWAIT))) != XMC_OK)
+        return rc;
     /* A closed cache has no entries, so no last entry: it never hits. */
     if ((flags & XMC_LOCK) || size || !hit_locked(c, paddr, out))
         rc = c->closed ? XMC_ECLOSED : map_locked(c, paddr, size, flags, tag, out);
     pthread_mutex_unlock(&c->mutex);
     return rc;
+}
+
+int xmc_map(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
+            uint64_t tag, void **out)
+{
+    return (flags & MAP_NOWAIT) ? XMC_EINVAL : map_call(c, paddr, size, flags, tag, out);
+}
+
+int xmc_map_nowait(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
+                   uint64_t tag, void **out)
+{
+    return (flags & MAP_NOWAIT) ? XMC_EINVAL
+                                : map_call(c, paddr, size, flags | MAP_NOWAIT, tag, out);
 }
 
 /* ---- unlock and reverse lookup ------------------------------------------ */
@@ -865,6 +898,11 @@ int xmc_unlock_tag(xmc_cache *c, const void *addr, uint64_t tag)
     LOCKED_CALL(c, unlock_locked(c, (uintptr_t)addr, true, tag, NULL));
 }
 
+int xmc_unlock_tag_nowait(xmc_cache *c, const void *addr, uint64_t tag)
+{
+    LOCKED_CALL_IF(c, false, unlock_locked(c, (uintptr_t)addr, true, tag, NULL));
+}
+
 static int ram_addr_locked(xmc_cache *c, const void *addr, uint64_t *out)
 {
     uint32_t *link = record_find(c, (uintptr_t)addr, false, 0);
@@ -881,6 +919,13 @@ int xmc_ram_addr(xmc_cache *c, const void *addr, uint64_t *out)
     if (!out)
         return XMC_EINVAL;
     LOCKED_CALL(c, ram_addr_locked(c, addr, out));
+}
+
+int xmc_ram_addr_nowait(xmc_cache *c, const void *addr, uint64_t *out)
+{
+    if (!out)
+        return XMC_EINVAL;
+    LOCKED_CALL_IF(c, false, ram_addr_locked(c, addr, out));
 }
 
 /* ---- invalidate --------------------------------------------------------- */
@@ -1026,10 +1071,16 @@ int xmc_locked(xmc_cache *c, xmc_record **out, size_t *n)
 }
 
 static int copy_locked(xmc_cache *c, uint64_t paddr, uint8_t *buf, size_t n,
-                       bool to_guest)
+                       bool to_guest, unsigned flags)
 {
+    uint64_t first_room = c->bucket_size - (paddr & (c->bucket_size - 1));
+
     if (!xmc_range_ok(paddr, n))
         return XMC_EINVAL;
+    /* Without waiting, one bucket only: a later one could miss after the
+     * first was counted as a hit, and the waiting retry would count it twice. */
+    if ((flags & MAP_NOWAIT) && (n > first_room || n > c->max_size))
+        return XMC_EAGAIN;
     while (n) {
         uint64_t room = c->bucket_size - (paddr & (c->bucket_size - 1));
         size_t chunk = n < room ? n : (size_t)room;
@@ -1037,7 +1088,7 @@ static int copy_locked(xmc_cache *c, uint64_t paddr, uint8_t *buf, size_t n,
         if (chunk > c->max_size) /* map_locked refuses more, even in one bucket */
             chunk = (size_t)c->max_size;
         void *p;
-        int rc = map_locked(c, paddr, chunk, 0, 0, &p);
+        int rc = map_locked(c, paddr, chunk, flags, 0, &p);
 
         if (rc != XMC_OK)
             return rc;
@@ -1056,14 +1107,21 @@ int xmc_read(xmc_cache *c, uint64_t paddr, void *buf, size_t n)
 {
     if (!buf && n)
         return XMC_EINVAL;
-    LOCKED_CALL(c, copy_locked(c, paddr, buf, n, false));
+    LOCKED_CALL(c, copy_locked(c, paddr, buf, n, false, 0));
+}
+
+int xmc_read_nowait(xmc_cache *c, uint64_t paddr, void *buf, size_t n)
+{
+    if (!buf && n)
+        return XMC_EINVAL;
+    LOCKED_CALL_IF(c, false, copy_locked(c, paddr, buf, n, false, MAP_NOWAIT));
 }
 
 int xmc_write(xmc_cache *c, uint64_t paddr, const void *buf, size_t n)
 {
     if (!buf && n)
         return XMC_EINVAL;
-    LOCKED_CALL(c, copy_locked(c, paddr, (uint8_t *)(uintptr_t)buf, n, true));
+    LOCKED_CALL(c, copy_locked(c, paddr, (uint8_t *)(uintptr_t)buf, n, true, 0));
 }
 
 static int stats_locked(xmc_cache *c, xmc_stats *out)

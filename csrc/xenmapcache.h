@@ -37,6 +37,7 @@ extern "C" {
 #define XMC_EUNAVAIL -6  /* backend not available on this machine */
 #define XMC_ESYS -7      /* a system call failed; see errno */
 #define XMC_ECLOSED -8   /* the cache was closed */
+#define XMC_EAGAIN -9    /* a _nowait call would have had to wait; nothing was done */
 
 #define XMC_PAGE_SHIFT 12
 #define XMC_MIN_BUCKET_SHIFT 12
@@ -168,6 +169,19 @@ void xmc_records_free(xmc_record *records);
 /* Copy guest memory through the cache (unlocked, may span buckets). */
 int xmc_read(xmc_cache *c, uint64_t paddr, void *buf, size_t n);
 int xmc_write(xmc_cache *c, uint64_t paddr, const void *buf, size_t n);
+/*
+ * For callers that hold a lock of their own across the call, such as a
+ * language runtime's global interpreter lock: the same calls, except that
+ * where they would wait (for the cache's mutex, held by another thread) or
+ * reach the backend (a miss, which maps), they return XMC_EAGAIN having
+ * changed nothing.  Then drop your own lock and make the waiting call.  A read
+ * is served only within one bucket.  Any other answer is the final one.
+ */
+int xmc_map_nowait(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
+                   uint64_t tag, void **out);
+int xmc_unlock_tag_nowait(xmc_cache *c, const void *addr, uint64_t tag);
+int xmc_ram_addr_nowait(xmc_cache *c, const void *addr, uint64_t *out);
+int xmc_read_nowait(xmc_cache *c, uint64_t paddr, void *buf, size_t n);
 int xmc_stats_get(xmc_cache *c, xmc_stats *out);
 int xmc_memory_get(xmc_cache *c, xmc_memory *out);
 

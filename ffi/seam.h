@@ -114,10 +114,11 @@ static xmc_record *xmc_py_records_take(void)
  * CPython builtins for the four hot methods of one cache.
  *
  * cffi's own calls cost a Python frame around them, an argument tuple and a
- * cdata check per call.  These are plain builtins, bound to one cache (a
- * capsule is their `self`), written against the limited C API that cffi
- * builds the module with: the common case converts exact ints, releases the
- * GIL around the core call like cffi does, and builds the result.  Anything
+ * cdata check per call, and release the GIL every time.  These are plain
+ * vectorcall builtins, bound to one cache (a capsule is their `self`),
+ * written against the stable ABI of 3.12: the common case converts exact
+ * ints, makes the core call (releasing the GIL only when it would wait, see
+ * XMC_PY_CALL), and builds the result.  Anything
  * else (another type, keywords, a value out of range) goes to the Python
  * closure of the same name, which validates and raises as documented; a
  * failed core call goes to a Python `fail(rc, paddr, size)` that raises, so
@@ -126,6 +127,7 @@ static xmc_record *xmc_py_records_take(void)
 #ifdef Py_PYTHON_H
 
 #define XMC_PY_FAST_READ_MAX ((Py_ssize_t)1 << 24)
+#define XMC_PY_HOLD_GIL_MAX 4096 /* a read up to a page may keep the GIL */
 
 /* The Python objects a binding holds, in fast_bind's argument order. */
 enum {
@@ -177,11 +179,34 @@ static PyObject *xmc_py_fail(PyObject *fail, int rc, uint64_t paddr, uint64_t si
                                  (unsigned long long)size);
 }
 
+/* A truth value: the bools without a call; -1 with an error set. */
+static int xmc_py_flag(PyObject *o)
+{
+    return o == Py_True ? 1 : o == Py_False ? 0 : PyObject_IsTrue(o);
+}
+
+/*
+ * rc = the core call, keeping the GIL when it cannot wait: first its _nowait
+ * twin with the GIL held (a hit: tens of ns, never blocks), and only when
+ * that answers XMC_EAGAIN (the mutex is busy, or a miss must reach the
+ * backend, which may be Python) the waiting call with the GIL released.  No
+ * thread ever waits for the cache's mutex while holding the GIL, so a
+ * backend callback that needs the GIL under that mutex cannot deadlock.
+ */
+#define XMC_PY_CALL(rc, nowait_call, call)                                    \
+    do {                                                                      \
+        if (((rc) = (nowait_call)) == XMC_EAGAIN) {                           \
+            Py_BEGIN_ALLOW_THREADS                                            \
+            (rc) = (call);                                                    \
+            Py_END_ALLOW_THREADS                                              \
+        }                                                                     \
+    } while (0)
+
 /* map_ptr(paddr, size=0, lock=False, dma=False) -> int */
-static PyObject *xmc_py_fast_map_ptr(PyObject *self, PyObject *args, PyObject *kwargs)
+static PyObject *xmc_py_fast_map_ptr(PyObject *self, PyObject *const *args, Py_ssize_t n,
+                                     PyObject *kwnames)
 {
     xmc_py_fast *f = PyCapsule_GetPointer(self, NULL);
-    Py_ssize_t n = PyTuple_Size(args);
     uint64_t paddr, size = 0;
     int lock = 0, dma = 0, rc;
     unsigned flags;
@@ -189,25 +214,23 @@ static PyObject *xmc_py_fast_map_ptr(PyObject *self, PyObject *args, PyObject *k
 
     if (!f)
         return NULL;
-    if ((kwargs && PyDict_Size(kwargs)) || n < 1 || n > 4 ||
-        !xmc_py_u64(PyTuple_GetItem(args, 0), &paddr) ||
-        (n > 1 && !xmc_py_u64(PyTuple_GetItem(args, 1), &size)) ||
-        (n > 2 && (lock = PyObject_IsTrue(PyTuple_GetItem(args, 2))) < 0) ||
-        (n > 3 && (dma = PyObject_IsTrue(PyTuple_GetItem(args, 3))) < 0)) {
+    if (kwnames || n < 1 || n > 4 || !xmc_py_u64(args[0], &paddr) ||
+        (n > 1 && !xmc_py_u64(args[1], &size)) ||
+        (n > 2 && (lock = xmc_py_flag(args[2])) < 0) ||
+        (n > 3 && (dma = xmc_py_flag(args[3])) < 0)) {
         PyErr_Clear();
-        return PyObject_Call(f->obj[XMC_PY_MAP_PTR], args, kwargs);
+        return PyObject_Vectorcall(f->obj[XMC_PY_MAP_PTR], args, (size_t)n, kwnames);
     }
     flags = lock ? XMC_LOCK | (dma ? XMC_DMA : 0u) : 0u;
-    Py_BEGIN_ALLOW_THREADS
-    rc = xmc_map(f->c, paddr, size, flags, 0, &p);
-    Py_END_ALLOW_THREADS
+    XMC_PY_CALL(rc, xmc_map_nowait(f->c, paddr, size, flags, 0, &p),
+                xmc_map(f->c, paddr, size, flags, 0, &p));
     if (rc != XMC_OK || !p)
         return xmc_py_fail(f->obj[XMC_PY_FAIL_MAP], rc != XMC_OK ? rc : XMC_EMAP, paddr, size);
     return PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)p);
 }
 
 /* read(paddr, n) -> bytes, filled in place before anyone sees it */
-static PyObject *xmc_py_fast_read(PyObject *self, PyObject *args)
+static PyObject *xmc_py_fast_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     xmc_py_fast *f = PyCapsule_GetPointer(self, NULL);
     uint64_t paddr, n;
@@ -217,10 +240,9 @@ static PyObject *xmc_py_fast_read(PyObject *self, PyObject *args)
 
     if (!f)
         return NULL;
-    if (PyTuple_Size(args) != 2 || !xmc_py_u64(PyTuple_GetItem(args, 0), &paddr) ||
-        !xmc_py_u64(PyTuple_GetItem(args, 1), &n) || n > (uint64_t)XMC_PY_FAST_READ_MAX ||
-        (n && paddr > UINT64_MAX - (n - 1)))
-        return PyObject_Call(f->obj[XMC_PY_READ], args, NULL);
+    if (nargs != 2 || !xmc_py_u64(args[0], &paddr) || !xmc_py_u64(args[1], &n) ||
+        n > (uint64_t)XMC_PY_FAST_READ_MAX || (n && paddr > UINT64_MAX - (n - 1)))
+        return PyObject_Vectorcall(f->obj[XMC_PY_READ], args, (size_t)nargs, NULL);
     out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
     if (!out)
         return NULL;
@@ -229,9 +251,10 @@ static PyObject *xmc_py_fast_read(PyObject *self, PyObject *args)
         Py_DECREF(out);
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS
-    rc = xmc_read(f->c, paddr, buf, (size_t)n);
-    Py_END_ALLOW_THREADS
+    /* Longer copies are worth letting other threads run. */
+    XMC_PY_CALL(rc, n <= XMC_PY_HOLD_GIL_MAX ? xmc_read_nowait(f->c, paddr, buf, (size_t)n)
+                                             : XMC_EAGAIN,
+                xmc_read(f->c, paddr, buf, (size_t)n));
     if (rc != XMC_OK) {
         Py_DECREF(out);
         return xmc_py_fail(f->obj[XMC_PY_FAIL_READ], rc, paddr, n);
@@ -249,9 +272,8 @@ static PyObject *xmc_py_fast_ram_addr(PyObject *self, PyObject *arg)
     if (!f)
         return NULL;
     if (xmc_py_u64(arg, &addr) && addr <= UINTPTR_MAX) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = xmc_ram_addr(f->c, (const void *)(uintptr_t)addr, &paddr);
-        Py_END_ALLOW_THREADS
+        const void *a = (const void *)(uintptr_t)addr;
+        XMC_PY_CALL(rc, xmc_ram_addr_nowait(f->c, a, &paddr), xmc_ram_addr(f->c, a, &paddr));
     }
     if (rc != XMC_OK) /* the Python version asks again and says why */
         return PyObject_CallFunctionObjArgs(f->obj[XMC_PY_RAM_ADDR], arg, NULL);
@@ -268,9 +290,8 @@ static PyObject *xmc_py_fast_unlock(PyObject *self, PyObject *arg)
     if (!f)
         return NULL;
     if (xmc_py_u64(arg, &addr) && addr <= UINTPTR_MAX) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = xmc_unlock_tag(f->c, (const void *)(uintptr_t)addr, 0);
-        Py_END_ALLOW_THREADS
+        const void *a = (const void *)(uintptr_t)addr;
+        XMC_PY_CALL(rc, xmc_unlock_tag_nowait(f->c, a, 0), xmc_unlock_tag(f->c, a, 0));
     }
     if (rc != XMC_OK) /* nothing was unlocked: the Python version tries Mappings */
         return PyObject_CallFunctionObjArgs(f->obj[XMC_PY_UNLOCK], arg, NULL);
@@ -278,10 +299,10 @@ static PyObject *xmc_py_fast_unlock(PyObject *self, PyObject *arg)
 }
 
 static PyMethodDef xmc_py_fast_defs[] = {
-    { "map_ptr", (PyCFunction)(void (*)(void))xmc_py_fast_map_ptr, METH_VARARGS | METH_KEYWORDS,
+    { "map_ptr", (PyCFunction)(void (*)(void))xmc_py_fast_map_ptr, METH_FASTCALL | METH_KEYWORDS,
       "map_ptr(paddr, size=0, lock=False, dma=False)\n--\n\n"
       "Map like QEMU's ``xen_map_cache``: returns the host address as an int." },
-    { "read", xmc_py_fast_read, METH_VARARGS,
+    { "read", (PyCFunction)(void (*)(void))xmc_py_fast_read, METH_FASTCALL,
       "read(paddr, n)\n--\n\nRead ``n`` bytes of guest memory through the cache (unlocked)." },
     { "ram_addr", xmc_py_fast_ram_addr, METH_O,
       "ram_addr(address)\n--\n\n"

@@ -7,6 +7,9 @@ import gc
 import logging
 import mmap
 import os
+import subprocess
+import sys
+import textwrap
 from types import ModuleType
 from typing import Any
 
@@ -160,3 +163,51 @@ def test_dummy_entries_never_leak_backend_mappings(xmc: ModuleType, mem: OwnMemo
         cache.replace(MIB, 0, 8)
         m.release()
     assert mem.live == {} and mem.maps == mem.unmaps
+
+
+def test_a_thread_waiting_for_the_cache_lets_python_run(xmc: ModuleType) -> None:
+    # A backend callback runs under the cache's mutex and needs the GIL. A hit
+    # from another thread meanwhile must wait for that mutex without holding
+    # the GIL (the C core tries first without waiting, and only then releases
+    # the GIL to wait): otherwise the callback could never finish and nothing
+    # else in the interpreter would run. Hung means failed, so a child runs it.
+    script = textwrap.dedent(
+        f"""
+        import ctypes, mmap, threading, time
+        import {xmc.__name__} as xmc
+
+        libc = ctypes.CDLL(None)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        entered, go = threading.Event(), threading.Event()
+
+        def map_(first_pfn, nr_pages, fixed):
+            if first_pfn == 16 and not entered.is_set():
+                entered.set()
+                go.wait(60)  # inside the cache's mutex, GIL released while waiting
+            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (0x10 if fixed else 0)
+            return libc.mmap(fixed, nr_pages * 4096, 3, flags, -1, 0), [0] * nr_pages
+
+        cache = xmc.MapCache(xmc.CallbackBackend(map_, lambda a, n: libc.munmap(a, n)), bucket_shift=16)
+        cache.map_ptr(0)
+        miss = threading.Thread(target=cache.map_ptr, args=(0x10000,))
+        miss.start()
+        entered.wait(60)
+        hit = threading.Thread(target=cache.map_ptr, args=(0x100,))
+        hit.start()
+        spins, end = 0, time.monotonic() + 0.3
+        while time.monotonic() < end:  # this thread keeps running Python
+            spins += 1
+        assert hit.is_alive(), "the hit did not wait for the mutex"
+        go.set()
+        miss.join(60)
+        hit.join(60)
+        assert not miss.is_alive() and not hit.is_alive()
+        assert cache.stats().hits >= 1 and spins > 1000
+        cache.close()
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.split() == ["ok"], done.stderr

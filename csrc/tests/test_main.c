@@ -24,10 +24,12 @@ extern const xt_test xt_input_tests[];
 extern const xt_test xt_faults_tests[];
 extern const xt_test xt_close_tests[];
 extern const xt_test xt_regress_tests[];
+extern const xt_test xt_nowait_tests[];
 
 static const xt_test *const groups[] = {
     xt_rules_tests, xt_pitfalls_tests, xt_memory_tests,
     xt_input_tests, xt_faults_tests,   xt_close_tests, xt_regress_tests,
+    xt_nowait_tests,
 };
 
 static const char *current;
@@ -128,6 +130,10 @@ const char *xt_every_call(xmc_cache *c, int want)
     XT_CALL(xmc_unlock(c, buf, NULL));
     XT_CALL(xmc_unlock_tag(c, buf, 0));
     XT_CALL(xmc_ram_addr(c, buf, &u));
+    XT_CALL(xmc_map_nowait(c, 0x10000, 0, 0, 0, &p));
+    XT_CALL(xmc_unlock_tag_nowait(c, buf, 0));
+    XT_CALL(xmc_ram_addr_nowait(c, buf, &u));
+    XT_CALL(xmc_read_nowait(c, 0, buf, sizeof(buf)));
     XT_CALL(xmc_invalidate(c, NULL, NULL));
     XT_CALL(xmc_invalidate(c, &r, &n));
     XT_CALL(xmc_replace(c, 0x10000, 0x20000, 0, &p));
@@ -266,7 +272,9 @@ static void run_in_child(const xt_test *t)
 {
     int fds = xt_fd_count();
 
+    alarm(xt_slow() ? 600 : 60); /* a deadlock fails its test (SIGALRM), not the run */
     t->fn();
+    alarm(0);
     if (xt_fd_count() != fds)
         xt_fail(__FILE__, __LINE__, "file descriptors: %d before, %d after",
                 fds, xt_fd_count());

@@ -1,0 +1,188 @@
+/*
+ * test_nowait.c - the _nowait calls: the same answers as the waiting calls
+ * where they need neither the backend nor a mutex another thread holds;
+ * otherwise XMC_EAGAIN with nothing changed (statistics, entries, records,
+ * backend calls), so that the waiting retry does everything exactly once.
+ *
+ * Geometry: 64 KiB buckets, four slots, 1 MiB of pattern-filled guest RAM.
+ */
+#include "fault_backend.h"
+
+#include <pthread.h>
+
+#define B (UINT64_C(1) << 16)
+
+static void setup(void)
+{
+    fx_setup(MIB, 16, 4 * B);
+}
+
+static bool same_stats(xmc_stats a, xmc_stats b)
+{
+    return memcmp(&a, &b, sizeof(a)) == 0;
+}
+
+TEST(nowait_hits_answer_like_the_waiting_calls)
+{
+    uint8_t *u, *l, buf[64];
+    xmc_stats s0, s1;
+    uint64_t paddr;
+    void *p;
+
+    setup();
+    u = MAP(0x12345, 0, 0);
+    s0 = xt_stats(C);
+    OK(xmc_map_nowait(C, 0x12345, 0, 0, 0, &p)); /* the fast path */
+    CHECK(p == u);
+    OK(xmc_map_nowait(C, 0x12345, 0x100, XMC_LOCK | XMC_DMA, 7, &p)); /* in the chain */
+    l = p;
+    CHECK(l == u);
+    s1 = xt_stats(C);
+    CHECK_EQ(s1.hits, s0.hits + 2);
+    CHECK_EQ(s1.misses, s0.misses);
+    CHECK_EQ(s1.locked, 1);
+    CHECK_EQ(s1.dma_locked, 1);
+    OK(xmc_ram_addr_nowait(C, l + 3, &paddr));
+    CHECK_EQ(paddr, 0x12348);
+    OK(xmc_read_nowait(C, 0x12000, buf, sizeof(buf)));
+    CHECK(xt_has_pattern(buf, 0x12000, sizeof(buf)));
+    CHECK_EQ(xmc_unlock_tag_nowait(C, l, 8), XMC_ENOENT); /* wrong tag: final */
+    OK(xmc_unlock_tag_nowait(C, l, 7));
+    CHECK_EQ(xt_stats(C).locked, 0);
+    CHECK_EQ(F->map_calls, 1);
+    fx_teardown();
+}
+
+TEST(nowait_miss_changes_nothing_and_the_retry_maps_once)
+{
+    xmc_stats s0;
+    uint8_t buf[16];
+    void *p = NULL;
+
+    setup();
+    MAP(0x10000, 0, 0);
+    s0 = xt_stats(C);
+    CHECK_EQ(xmc_map_nowait(C, 0x20000, 0, 0, 0, &p), XMC_EAGAIN);
+    CHECK_EQ(xmc_map_nowait(C, 0x20000, 0x10, XMC_LOCK, 0, &p), XMC_EAGAIN);
+    CHECK_EQ(xmc_read_nowait(C, 0x30000, buf, sizeof(buf)), XMC_EAGAIN);
+    CHECK(p == NULL);
+    CHECK(same_stats(xt_stats(C), s0));
+    CHECK_EQ(F->map_calls, 1);
+    MAP(0x20000, 0x10, XMC_LOCK); /* the waiting call: one miss, one map */
+    CHECK_EQ(xt_stats(C).misses, s0.misses + 1);
+    CHECK_EQ(F->map_calls, 2);
+    OK(xmc_map_nowait(C, 0x20000, 0x10, XMC_LOCK, 0, &p)); /* and now it hits */
+    CHECK_EQ(xt_stats(C).locked, 2);
+    fx_teardown();
+}
+
+TEST(nowait_read_serves_one_bucket_only)
+{
+    uint8_t buf[32];
+    xmc_stats s0;
+
+    setup();
+    MAP(0x10000, 0, 0);
+    MAP(0x20000, 0, 0);
+    s0 = xt_stats(C);
+    /* Both buckets are mapped, but a read across them is left to the
+     * waiting call: nothing is counted twice. */
+    CHECK_EQ(xmc_read_nowait(C, 0x20000 - 16, buf, sizeof(buf)), XMC_EAGAIN);
+    CHECK(same_stats(xt_stats(C), s0));
+    OK(xmc_read(C, 0x20000 - 16, buf, sizeof(buf)));
+    CHECK(xt_has_pattern(buf, 0x20000 - 16, sizeof(buf)));
+    CHECK_EQ(xt_stats(C).hits, s0.hits + 2);
+    OK(xmc_read_nowait(C, 0x20000 - 16, buf, 16)); /* up to the bucket's end */
+    OK(xmc_read_nowait(C, 0x20000, buf, 0));
+    fx_teardown();
+}
+
+TEST(nowait_errors_are_final)
+{
+    uint64_t out;
+    void *p;
+    char c;
+
+    setup();
+    MAP(0x10000, 0, 0);
+    CHECK_EQ(xmc_map_nowait(C, UINT64_MAX, 2, 0, 0, &p), XMC_EINVAL);
+    CHECK_EQ(xmc_map_nowait(C, 0x10000, 0, 0x80000000u, 0, &p), XMC_EINVAL);
+    CHECK_EQ(xmc_map(C, 0x10000, 0, 0x80000000u, 0, &p), XMC_EINVAL);
+    CHECK_EQ(xmc_map_nowait(C, 0x10000, 0, 0, 0, NULL), XMC_EINVAL);
+    CHECK_EQ(xmc_ram_addr_nowait(C, &c, &out), XMC_ENOENT);
+    CHECK_EQ(xmc_ram_addr_nowait(C, &c, NULL), XMC_EINVAL);
+    CHECK_EQ(xmc_unlock_tag_nowait(C, &c, 0), XMC_ENOENT);
+    CHECK_EQ(xmc_read_nowait(C, 0x10000, NULL, 1), XMC_EINVAL);
+    OK(xmc_cache_set_lock_limit(C, 0));
+    CHECK_EQ(xmc_map_nowait(C, 0x10000, 0, XMC_LOCK, 0, &p), XMC_EOVERFLOW);
+    CHECK_EQ(xt_stats(C).locked, 0);
+    fx_teardown();
+}
+
+/* A backend map that holds the cache's mutex until the main thread has seen
+ * what a _nowait call does meanwhile. */
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
+static int gate; /* 1: inside map, 2: let it go on */
+static int (*real_map)(void *, void *, uint64_t, size_t, int *, void **);
+
+static int gated_map(void *opaque, void *fixed, uint64_t pfn, size_t n, int *errs, void **out)
+{
+    pthread_mutex_lock(&gate_mu);
+    gate = 1;
+    pthread_cond_broadcast(&gate_cv);
+    while (gate != 2)
+        pthread_cond_wait(&gate_cv, &gate_mu);
+    pthread_mutex_unlock(&gate_mu);
+    return real_map(opaque, fixed, pfn, n, errs, out);
+}
+
+static void *miss(void *arg)
+{
+    void *p;
+
+    (void)arg;
+    return xmc_map(C, 0x30000, 0, 0, 0, &p) == XMC_OK ? p : NULL;
+}
+
+TEST(nowait_does_not_wait_for_a_mutex_another_thread_holds)
+{
+    uint8_t *l, buf[8];
+    uint64_t paddr;
+    pthread_t th;
+    void *p, *ret;
+
+    setup();
+    l = MAP(0x10000, 0x10, XMC_LOCK);
+    real_map = F->be.map;
+    F->be.map = gated_map; /* the cache calls through &F->be */
+    CHECK(pthread_create(&th, NULL, miss, NULL) == 0);
+    pthread_mutex_lock(&gate_mu);
+    while (gate != 1)
+        pthread_cond_wait(&gate_cv, &gate_mu);
+    pthread_mutex_unlock(&gate_mu);
+    /* The other thread is inside the backend, under the cache's mutex. */
+    CHECK_EQ(xmc_map_nowait(C, 0x10000, 0, 0, 0, &p), XMC_EAGAIN);
+    CHECK_EQ(xmc_ram_addr_nowait(C, l, &paddr), XMC_EAGAIN);
+    CHECK_EQ(xmc_unlock_tag_nowait(C, l, 0), XMC_EAGAIN);
+    CHECK_EQ(xmc_read_nowait(C, 0x10000, buf, sizeof(buf)), XMC_EAGAIN);
+    pthread_mutex_lock(&gate_mu);
+    gate = 2;
+    pthread_cond_broadcast(&gate_cv);
+    pthread_mutex_unlock(&gate_mu);
+    CHECK(pthread_join(th, &ret) == 0);
+    CHECK(ret != NULL);
+    F->be.map = real_map;
+    OK(xmc_unlock_tag_nowait(C, l, 0)); /* nothing was changed by the refusals */
+    CHECK_EQ(xt_stats(C).locked, 0);
+    fx_teardown();
+}
+
+const xt_test xt_nowait_tests[] = {
+    XT(nowait_hits_answer_like_the_waiting_calls),
+    XT(nowait_miss_changes_nothing_and_the_retry_maps_once),
+    XT(nowait_read_serves_one_bucket_only),
+    XT(nowait_errors_are_final),
+    XT(nowait_does_not_wait_for_a_mutex_another_thread_holds),
+    XT_END,
+};
