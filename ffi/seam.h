@@ -179,6 +179,54 @@ static PyObject *xmc_py_fail(PyObject *fail, int rc, uint64_t paddr, uint64_t si
                                  (unsigned long long)size);
 }
 
+/*
+ * The arguments of a vectorcall by parameter: slot[i] for names[i], NULL
+ * where not given.  0 (no error set) for a keyword that is unknown or
+ * repeats a parameter already given, or too many arguments: the Python
+ * version then raises the TypeError.
+ */
+/* The parameter names, interned by xmc_py_fast_install(): keyword names
+ * written in Python code are the same objects, found without comparing. */
+static const char *const xmc_py_names[] = { "paddr", "size", "lock", "dma", "n", "address" };
+#define XMC_PY_NNAMES (sizeof(xmc_py_names) / sizeof(xmc_py_names[0]))
+static PyObject *xmc_py_interned[XMC_PY_NNAMES];
+
+static int xmc_py_name_is(PyObject *name, const char *want)
+{
+    for (size_t i = 0; i < XMC_PY_NNAMES; i++)
+        if (name == xmc_py_interned[i])
+            return xmc_py_names[i] == want;
+    return PyUnicode_CompareWithASCIIString(name, want) == 0;
+}
+
+static int xmc_py_kwargs(PyObject *const *values, PyObject *kwnames,
+                         const char *const *names, Py_ssize_t nnames, PyObject **slot)
+{
+    Py_ssize_t nkw = PyTuple_Size(kwnames);
+
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *name = PyTuple_GetItem(kwnames, k);
+        Py_ssize_t i = 0;
+
+        while (i < nnames && !xmc_py_name_is(name, names[i]))
+            i++;
+        if (i == nnames || slot[i])
+            return 0;
+        slot[i] = values[k];
+    }
+    return nkw >= 0;
+}
+
+static inline int xmc_py_args(PyObject *const *args, Py_ssize_t n, PyObject *kwnames,
+                              const char *const *names, Py_ssize_t nnames, PyObject **slot)
+{
+    if (n > nnames)
+        return 0;
+    for (Py_ssize_t i = 0; i < nnames; i++)
+        slot[i] = i < n ? args[i] : NULL;
+    return !kwnames || xmc_py_kwargs(args + n, kwnames, names, nnames, slot);
+}
+
 /* A truth value: the bools without a call; -1 with an error set. */
 static int xmc_py_flag(PyObject *o)
 {
@@ -206,18 +254,19 @@ static int xmc_py_flag(PyObject *o)
 static PyObject *xmc_py_fast_map_ptr(PyObject *self, PyObject *const *args, Py_ssize_t n,
                                      PyObject *kwnames)
 {
+    static const char *const *names = xmc_py_names; /* paddr, size, lock, dma */
     xmc_py_fast *f = PyCapsule_GetPointer(self, NULL);
     uint64_t paddr, size = 0;
     int lock = 0, dma = 0, rc;
+    PyObject *a[4];
     unsigned flags;
     void *p = NULL;
 
     if (!f)
         return NULL;
-    if (kwnames || n < 1 || n > 4 || !xmc_py_u64(args[0], &paddr) ||
-        (n > 1 && !xmc_py_u64(args[1], &size)) ||
-        (n > 2 && (lock = xmc_py_flag(args[2])) < 0) ||
-        (n > 3 && (dma = xmc_py_flag(args[3])) < 0)) {
+    if (!xmc_py_args(args, n, kwnames, names, 4, a) || !a[0] || !xmc_py_u64(a[0], &paddr) ||
+        (a[1] && !xmc_py_u64(a[1], &size)) || (a[2] && (lock = xmc_py_flag(a[2])) < 0) ||
+        (a[3] && (dma = xmc_py_flag(a[3])) < 0)) {
         PyErr_Clear();
         return PyObject_Vectorcall(f->obj[XMC_PY_MAP_PTR], args, (size_t)n, kwnames);
     }
@@ -230,19 +279,22 @@ static PyObject *xmc_py_fast_map_ptr(PyObject *self, PyObject *const *args, Py_s
 }
 
 /* read(paddr, n) -> bytes, filled in place before anyone sees it */
-static PyObject *xmc_py_fast_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *xmc_py_fast_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames)
 {
+    const char *const names[] = { xmc_py_names[0], xmc_py_names[4] }; /* paddr, n */
     xmc_py_fast *f = PyCapsule_GetPointer(self, NULL);
     uint64_t paddr, n;
-    PyObject *out;
+    PyObject *out, *a[2];
     char *buf;
     int rc;
 
     if (!f)
         return NULL;
-    if (nargs != 2 || !xmc_py_u64(args[0], &paddr) || !xmc_py_u64(args[1], &n) ||
+    if (!xmc_py_args(args, nargs, kwnames, names, 2, a) || !a[0] || !a[1] ||
+        !xmc_py_u64(a[0], &paddr) || !xmc_py_u64(a[1], &n) ||
         n > (uint64_t)XMC_PY_FAST_READ_MAX || (n && paddr > UINT64_MAX - (n - 1)))
-        return PyObject_Vectorcall(f->obj[XMC_PY_READ], args, (size_t)nargs, NULL);
+        return PyObject_Vectorcall(f->obj[XMC_PY_READ], args, (size_t)nargs, kwnames);
     out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
     if (!out)
         return NULL;
@@ -263,38 +315,54 @@ static PyObject *xmc_py_fast_read(PyObject *self, PyObject *const *args, Py_ssiz
 }
 
 /* ram_addr(address) -> int */
-static PyObject *xmc_py_fast_ram_addr(PyObject *self, PyObject *arg)
+/* The host address that is the one argument of ram_addr and unlock, or NULL
+ * when it is not an exact int given once (the Python version then raises). */
+static const void *xmc_py_address(PyObject *const *args, Py_ssize_t n, PyObject *kwnames)
+{
+    PyObject *arg;
+    uint64_t addr;
+
+    if (n == 1 && !kwnames)
+        arg = args[0];
+    else if (!xmc_py_args(args, n, kwnames, &xmc_py_names[5], 1, &arg) || !arg)
+        return NULL;
+    if (!xmc_py_u64(arg, &addr) || addr > UINTPTR_MAX)
+        return NULL;
+    return (const void *)(uintptr_t)addr;
+}
+
+/* ram_addr(address) -> int */
+static PyObject *xmc_py_fast_ram_addr(PyObject *self, PyObject *const *args, Py_ssize_t n,
+                                      PyObject *kwnames)
 {
     xmc_py_fast *f = PyCapsule_GetPointer(self, NULL);
-    uint64_t addr, paddr = 0;
+    const void *a = f ? xmc_py_address(args, n, kwnames) : NULL;
+    uint64_t paddr = 0;
     int rc = XMC_EINVAL;
 
     if (!f)
         return NULL;
-    if (xmc_py_u64(arg, &addr) && addr <= UINTPTR_MAX) {
-        const void *a = (const void *)(uintptr_t)addr;
+    if (a)
         XMC_PY_CALL(rc, xmc_ram_addr_nowait(f->c, a, &paddr), xmc_ram_addr(f->c, a, &paddr));
-    }
     if (rc != XMC_OK) /* the Python version asks again and says why */
-        return PyObject_CallFunctionObjArgs(f->obj[XMC_PY_RAM_ADDR], arg, NULL);
+        return PyObject_Vectorcall(f->obj[XMC_PY_RAM_ADDR], args, (size_t)n, kwnames);
     return PyLong_FromUnsignedLongLong((unsigned long long)paddr);
 }
 
 /* unlock(address) -> None */
-static PyObject *xmc_py_fast_unlock(PyObject *self, PyObject *arg)
+static PyObject *xmc_py_fast_unlock(PyObject *self, PyObject *const *args, Py_ssize_t n,
+                                    PyObject *kwnames)
 {
     xmc_py_fast *f = PyCapsule_GetPointer(self, NULL);
-    uint64_t addr;
+    const void *a = f ? xmc_py_address(args, n, kwnames) : NULL;
     int rc = XMC_EINVAL;
 
     if (!f)
         return NULL;
-    if (xmc_py_u64(arg, &addr) && addr <= UINTPTR_MAX) {
-        const void *a = (const void *)(uintptr_t)addr;
+    if (a)
         XMC_PY_CALL(rc, xmc_unlock_tag_nowait(f->c, a, 0), xmc_unlock_tag(f->c, a, 0));
-    }
     if (rc != XMC_OK) /* nothing was unlocked: the Python version tries Mappings */
-        return PyObject_CallFunctionObjArgs(f->obj[XMC_PY_UNLOCK], arg, NULL);
+        return PyObject_Vectorcall(f->obj[XMC_PY_UNLOCK], args, (size_t)n, kwnames);
     Py_RETURN_NONE;
 }
 
@@ -302,12 +370,12 @@ static PyMethodDef xmc_py_fast_defs[] = {
     { "map_ptr", (PyCFunction)(void (*)(void))xmc_py_fast_map_ptr, METH_FASTCALL | METH_KEYWORDS,
       "map_ptr(paddr, size=0, lock=False, dma=False)\n--\n\n"
       "Map like QEMU's ``xen_map_cache``: returns the host address as an int." },
-    { "read", (PyCFunction)(void (*)(void))xmc_py_fast_read, METH_FASTCALL,
+    { "read", (PyCFunction)(void (*)(void))xmc_py_fast_read, METH_FASTCALL | METH_KEYWORDS,
       "read(paddr, n)\n--\n\nRead ``n`` bytes of guest memory through the cache (unlocked)." },
-    { "ram_addr", xmc_py_fast_ram_addr, METH_O,
+    { "ram_addr", (PyCFunction)(void (*)(void))xmc_py_fast_ram_addr, METH_FASTCALL | METH_KEYWORDS,
       "ram_addr(address)\n--\n\n"
       "The guest-physical address behind a host address inside a mapped entry." },
-    { "unlock", xmc_py_fast_unlock, METH_O,
+    { "unlock", (PyCFunction)(void (*)(void))xmc_py_fast_unlock, METH_FASTCALL | METH_KEYWORDS,
       "unlock(address)\n--\n\n"
       "Drop one locked mapping at exactly ``address`` (QEMU's invalidate_map_cache_entry)." },
     { NULL, NULL, 0, NULL },
@@ -364,6 +432,10 @@ static int xmc_py_fast_install(void)
     PyObject *module = PyImport_ImportModule("xenmapcache._core");
     PyObject *fn = module ? PyCFunction_NewEx(&xmc_py_fast_bind_def, NULL, NULL) : NULL;
     int rc = fn ? PyObject_SetAttrString(module, "fast_bind", fn) : -1;
+
+    for (size_t i = 0; rc == 0 && i < XMC_PY_NNAMES; i++)
+        if (!xmc_py_interned[i])
+            xmc_py_interned[i] = PyUnicode_InternFromString(xmc_py_names[i]);
 
     if (rc)
         PyErr_Clear(); /* the caller falls back to the cffi closures */

@@ -97,6 +97,33 @@ def test_the_fast_paths_take_the_same_inputs(xmc: ModuleType, cache: Any) -> Non
     assert cache.map_ptr(0x2000, lock=None) == cache.map_ptr(0x2000)  # truthiness, as documented
 
 
+def test_the_fast_paths_take_keywords_like_the_methods(xmc: ModuleType, cache: Any) -> None:
+    before = cache.stats().locked
+    a = cache.map_ptr(0x3000, size=64, lock=True, dma=True)
+    assert a == cache.map_ptr(paddr=0x3000, dma=False, lock=True, size=64)
+    assert cache.stats().locked == before + 2 and cache.stats().dma_locked >= 1
+    cache.unlock(a)
+    cache.unlock(address=a)
+    assert cache.stats().locked == before
+    assert cache.map_ptr(0x3000, size=0) == cache.map_ptr(0x3000)
+    key = "lo" + "ck"  # a keyword name that is not the interned string
+    assert cache.map_ptr(0x3000, **{key: False}) == cache.map_ptr(0x3000)
+    assert cache.read(paddr=0x3000, n=4) == cache.read(0x3000, n=4) == cache.read(0x3000, 4)
+    assert cache.ram_addr(address=a) == 0x3000
+    for call in (
+        lambda: cache.map_ptr(0x3000, paddr=0x3000),  # given twice
+        lambda: cache.map_ptr(0x3000, bogus=1),
+        lambda: cache.map_ptr(size=4),  # paddr missing
+        lambda: cache.map_ptr(0x3000, 0, False, False, 1),  # one too many
+        lambda: cache.read(0x3000, 4, n=4),
+        lambda: cache.read(n=4),
+        lambda: cache.read(0x3000, count=4),
+    ):
+        with pytest.raises(TypeError):
+            call()
+    assert cache.stats().locked == before
+
+
 def test_threads_share_the_fast_paths(xmc: ModuleType, ram: Any) -> None:
     errors: list[BaseException] = []
     with xmc.MapCache(ram, bucket_shift=16, max_size=4 * MIB) as cache:  # few slots: remaps too
