@@ -107,6 +107,7 @@ const char *xmc_strerror(int err)
     case XMC_ESYS: return "system call failed";
     case XMC_ECLOSED: return "the cache is closed";
     case XMC_EAGAIN: return "the call would have to wait";
+    case XMC_EREENTER: return "called from inside one of the cache's own backend callbacks";
     default: return "unknown error";
     }
 }
@@ -248,11 +249,54 @@ static void chain_del(xmc_entry *e)
         e->next->pprev = e->pprev;
 }
 
+/*
+ * The caches whose backend callbacks this thread is inside, innermost first.
+ * Such a thread holds their mutexes: a call from the callback into the same
+ * cache would wait for itself forever, so it fails with XMC_EREENTER instead.
+ */
+typedef struct callback_frame {
+    const xmc_cache *c;
+    struct callback_frame *outer;
+} callback_frame;
+
+static _Thread_local callback_frame *callbacks_inside;
+
+static bool inside_own_callback(const xmc_cache *c)
+{
+    for (const callback_frame *f = callbacks_inside; f; f = f->outer)
+        if (f->c == c)
+            return true;
+    return false;
+}
+
+static int backend_map(xmc_cache *c, void *fixed, uint64_t pfn, size_t n, int *errs,
+                       void **out)
+{
+    callback_frame f = { c, callbacks_inside };
+    int rc;
+
+    callbacks_inside = &f;
+    rc = c->be->map(c->be->opaque, fixed, pfn, n, errs, out);
+    callbacks_inside = f.outer;
+    return rc;
+}
+
+static int backend_unmap(xmc_cache *c, void *addr, size_t len)
+{
+    callback_frame f = { c, callbacks_inside };
+    int rc;
+
+    callbacks_inside = &f;
+    rc = c->be->unmap(c->be->opaque, addr, len);
+    callbacks_inside = f.outer;
+    return rc;
+}
+
 static int entry_unmap(xmc_cache *c, xmc_entry *e)
 {
     if (e->flags & ENTRY_ANON)
         return munmap(e->vaddr, e->size) ? XMC_ESYS : XMC_OK;
-    return c->be->unmap(c->be->opaque, e->vaddr, e->size);
+    return backend_unmap(c, e->vaddr, e->size);
 }
 
 /* Unlink e from everything, unmap it and free it; reports the unmap result. */
@@ -309,9 +353,8 @@ static int map_into(xmc_cache *c, xmc_entry *e, uint64_t index, uint64_t size,
         } else {
             memset(errs, 0, (size_t)pages * sizeof(*errs));
         }
-        rc = c->be->map(c->be->opaque, fixed ? e->vaddr : NULL,
-                        index << (c->shift - XMC_PAGE_SHIFT), (size_t)pages,
-                        errs, &addr);
+        rc = backend_map(c, fixed ? e->vaddr : NULL, index << (c->shift - XMC_PAGE_SHIFT),
+                         (size_t)pages, errs, &addr);
         if (rc == XMC_OK && !addr)
             rc = XMC_EMAP;
         if (rc == XMC_OK) {
@@ -666,11 +709,18 @@ void xmc_cache_free(xmc_cache *c)
         be->release(be->opaque);
 }
 
-/* Take c's mutex; unless `wait`, XMC_EAGAIN instead of waiting for it. */
+/*
+ * Take c's mutex; unless `wait`, XMC_EAGAIN instead of waiting for it.  Only
+ * a busy mutex costs the look at the callbacks this thread is inside.
+ */
 static inline int cache_lock(xmc_cache *c, bool wait)
 {
+    if (pthread_mutex_trylock(&c->mutex) == 0)
+        return XMC_OK;
     if (!wait)
-        return pthread_mutex_trylock(&c->mutex) ? XMC_EAGAIN : XMC_OK;
+        return XMC_EAGAIN;
+    if (inside_own_callback(c))
+        return XMC_EREENTER;
     pthread_mutex_lock(&c->mutex);
     return XMC_OK;
 }
@@ -987,7 +1037,7 @@ static void entry_blank(xmc_cache *c, xmc_entry *e)
     if (mmap(e->vaddr, e->size, PROT_NONE,
              MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0) ==
         MAP_FAILED)
-        c->be->unmap(c->be->opaque, e->vaddr, e->size);
+        backend_unmap(c, e->vaddr, e->size);
     e->flags = ENTRY_ANON;
     memset(e->valid, 0, bitmap_words(e->size >> XMC_PAGE_SHIFT) * sizeof(*e->valid));
 }

@@ -38,6 +38,7 @@ extern "C" {
 #define XMC_ESYS -7      /* a system call failed; see errno */
 #define XMC_ECLOSED -8   /* the cache was closed */
 #define XMC_EAGAIN -9    /* a _nowait call would have had to wait; nothing was done */
+#define XMC_EREENTER -10 /* called from inside the cache's own backend callback */
 
 #define XMC_PAGE_SHIFT 12
 #define XMC_MIN_BUCKET_SHIFT 12
@@ -59,7 +60,9 @@ typedef struct xmc_xen xmc_xen;
  * error is mapped with no access) and the address in *out.  It returns
  * XMC_OK, or an error when nothing was mapped.  unmap() undoes one map().
  * translate, retain and release may be NULL.  retain/release let a cache keep
- * the backend alive for as long as it holds mappings from it.
+ * the backend alive for as long as it holds mappings from it.  map and unmap
+ * run under the cache's mutex: a call from them into the same cache fails
+ * with XMC_EREENTER (translate runs without it, and may call in).
  */
 typedef struct xmc_backend {
     void *opaque;

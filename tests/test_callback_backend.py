@@ -211,3 +211,67 @@ def test_a_thread_waiting_for_the_cache_lets_python_run(xmc: ModuleType) -> None
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.split() == ["ok"], done.stderr
+
+
+def test_a_callback_calling_its_own_cache_gets_an_error_not_a_hang(xmc: ModuleType) -> None:
+    # map and unmap run under the cache's lock, so a call from them into the
+    # same cache would wait for itself. It raises MapCacheError instead, which
+    # the callback may catch or let through (then the outer call fails with it
+    # as the cause). Hung means failed, so a child runs it.
+    script = textwrap.dedent(
+        f"""
+        import ctypes, mmap
+        import {xmc.__name__} as xmc
+
+        libc = ctypes.CDLL(None)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        seen, mode = [], ["catch"]
+
+        def call_in(what, fn):
+            try:
+                fn()
+                seen.append(what + ": no error")
+            except xmc.MapCacheError as exc:
+                seen.append(what + (": refused" if "own backend callbacks" in str(exc) else ": " + str(exc)))
+                if mode[0] == "raise":
+                    raise
+
+        def map_(first_pfn, nr_pages, fixed):
+            call_in("map_ptr", lambda: cache.map_ptr(0))
+            call_in("read", lambda: cache.read(0, 8))
+            call_in("stats", cache.stats)
+            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (0x10 if fixed else 0)
+            return libc.mmap(fixed, nr_pages * 4096, 3, flags, -1, 0), [0] * nr_pages
+
+        def unmap(address, length):
+            call_in("invalidate", cache.invalidate)
+            libc.munmap(address, length)
+
+        cache = xmc.MapCache(xmc.CallbackBackend(map_, unmap), bucket_shift=16)
+        cache.map_ptr(0x10000)  # the outer call goes on
+        mode[0] = "raise"
+        try:
+            cache.map_ptr(0x20000)
+        except xmc.MappingError as exc:
+            seen.append("outer: MappingError from " + type(exc.__cause__).__name__)
+        mode[0] = "catch"
+        cache.invalidate()  # unmaps the entry of 0x10000 through the callback
+        print(cache.stats().entries)
+        cache.close()
+        print("\\n".join(seen))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "0"
+    assert lines[1:] == [
+        "map_ptr: refused",
+        "read: refused",
+        "stats: refused",
+        "map_ptr: refused",
+        "outer: MappingError from MapCacheError",
+        "invalidate: refused",
+    ], lines

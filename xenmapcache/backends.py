@@ -25,8 +25,9 @@ class CallbackBackend:
     the mapping must be made at exactly that address, replacing what is there
     (the cache remaps entries in place).  ``unmap(address, length)`` undoes a
     map.  An exception from either becomes a ``MappingError`` (or, for unmap, a
-    logged error) with the exception as its ``__cause__``.  The callables must
-    not call back into the cache that uses them.
+    logged error) with the exception as its ``__cause__``.  They run under the
+    cache's lock: a call from them into the cache that uses them raises
+    ``MapCacheError`` instead of waiting for itself.
     """
 
     def __init__(self, map: MapFn, unmap: UnmapFn) -> None:

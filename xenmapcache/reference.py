@@ -62,6 +62,7 @@ __all__ = [
 
 # Status codes, as in csrc/xenmapcache.h (internal: they become exceptions at the edge).
 OK, ENOMEM, EINVAL, EMAP, ENOENT, EOVERFLOW, EUNAVAIL, ESYS = 0, -1, -2, -3, -4, -5, -6, -7
+EREENTER = -10
 _ERRORS: dict[int, tuple[type[Exception], str]] = {
     ENOMEM: (MemoryError, "out of memory"),
     EINVAL: (InvalidAddress, "invalid argument or address"),
@@ -70,6 +71,7 @@ _ERRORS: dict[int, tuple[type[Exception], str]] = {
     EOVERFLOW: (LockOverflow, "lock count at its limit"),
     EUNAVAIL: (BackendUnavailable, "backend not available"),
     ESYS: (MapCacheError, "system call failed"),
+    EREENTER: (MapCacheError, "called from inside one of the cache's own backend callbacks"),
 }
 
 MAX_SLOTS = 1 << 24  # XMC_MAX_SLOTS
@@ -125,6 +127,7 @@ class _RamBackend:
     """The memfd backend of csrc/ram.c over a :class:`GuestRAM` (its own dup of the fd)."""
 
     error: BaseException | None = None  # never set: no Python callback to fail
+    inside: frozenset[int] = frozenset()  # no callback to be inside
 
     def __init__(self, ram: GuestRAM) -> None:
         self.ram = ram
@@ -197,8 +200,10 @@ class _CallbackAdapter:
     def __init__(self, backend: CallbackBackend) -> None:
         self.backend = backend
         self.error: BaseException | None = None  # the last callback's exception
+        self.inside: set[int] = set()  # threads inside a callback, holding the cache's lock
 
     def map(self, fixed: int | None, first_pfn: int, nr_pages: int) -> tuple[int, int, int]:
+        self.inside.add(threading.get_ident())
         try:
             address, errors = self.backend._map_pages(first_pfn, nr_pages, fixed)
             errors = list(errors)
@@ -209,14 +214,19 @@ class _CallbackAdapter:
         except Exception as exc:
             self.error = exc
             return EMAP, 0, 0
+        finally:
+            self.inside.discard(threading.get_ident())
         return OK, address, sum(1 << i for i, e in enumerate(errors) if not e)
 
     def unmap(self, addr: int, length: int) -> int:
+        self.inside.add(threading.get_ident())
         try:
             self.backend._unmap(addr, length)
         except Exception as exc:
             self.error = exc
             return ESYS
+        finally:
+            self.inside.discard(threading.get_ident())
         return OK
 
     def close(self) -> None:
@@ -340,8 +350,17 @@ class _State:
 
 
 def _free(state: _State, lock: threading.Lock) -> None:
-    with lock:
+    with _entered(state, lock, "close"):
         state.free()
+
+
+def _entered(state: _State, lock: threading.Lock, what: str) -> threading.Lock:
+    """``lock``, unless this thread is inside one of the cache's backend
+    callbacks: it holds the lock already, and would wait for itself."""
+    inside = state.be.inside
+    if inside and threading.get_ident() in inside:
+        _raise(EREENTER, what)
+    return lock
 
 
 class _PyCore:
@@ -657,7 +676,7 @@ class _PyCore:
 
     def map(self, paddr: int, size: int, flags: int, tag: int) -> int:
         """Host address of ``paddr``; flags LOCK and DMA; a locked map keeps ``tag``."""
-        with self._lock:
+        with _entered(self._st, self._lock, "map"):
             self._check_open()
             rc, address, cause = self._map_locked(paddr, size, flags, tag)
         if rc != OK:
@@ -666,7 +685,7 @@ class _PyCore:
 
     def unlock(self, address: int, tag: int) -> None:
         """Drop the newest locked mapping at exactly ``address`` that carries ``tag``."""
-        with self._lock:
+        with _entered(self._st, self._lock, "unlock"):
             self._check_open()
             r = self._record_find(address, tag)
             if r is not None:
@@ -676,7 +695,7 @@ class _PyCore:
 
     def ram_addr(self, address: int) -> int:
         """Guest address behind a host address inside a live entry."""
-        with self._lock:
+        with _entered(self._st, self._lock, "ram_addr"):
             self._check_open()
             r = self._record_find(address, None)
             e = r.entry if r is not None else self._st.tree_find(address)
@@ -687,7 +706,7 @@ class _PyCore:
 
     def invalidate(self) -> list[Record]:
         """Unmap every unlocked entry; the DMA records still outstanding, oldest first."""
-        with self._lock:
+        with _entered(self._st, self._lock, "invalidate"):
             self._check_open()
             st = self._st
             in_flight = self._records(True)
@@ -714,13 +733,13 @@ class _PyCore:
 
     def locked(self) -> list[Record]:
         """Every outstanding locked mapping, oldest first."""
-        with self._lock:
+        with _entered(self._st, self._lock, "locked"):
             self._check_open()
             return self._records(False)
 
     def replace(self, old: int, new: int, size: int) -> int:
         """Remap the entry holding ``old`` onto ``new`` in place; the host address of ``new``."""
-        with self._lock:
+        with _entered(self._st, self._lock, "replace"):
             self._check_open()
             rc, address = self._replace_locked(old, new, size)
         if rc != OK:
@@ -730,7 +749,7 @@ class _PyCore:
     def read(self, paddr: int, n: int) -> bytes:
         """Copy ``n`` bytes of guest memory out through the cache."""
         out: list[bytes] = []
-        with self._lock:
+        with _entered(self._st, self._lock, "read"):
             self._check_open()
             rc, cause = self._copy_locked(paddr, n, None, out)
         if rc != OK:
@@ -740,7 +759,7 @@ class _PyCore:
     def write(self, paddr: int, data: Any) -> None:
         """Copy ``data`` into guest memory through the cache."""
         src = memoryview(data).cast("B")
-        with self._lock:
+        with _entered(self._st, self._lock, "write"):
             self._check_open()
             rc, cause = self._copy_locked(paddr, len(src), src, [])
         if rc != OK:
@@ -748,7 +767,7 @@ class _PyCore:
 
     def stats(self) -> tuple[int, ...]:
         """(hits, misses, remaps, entries, locked, dma_locked, mapped_bytes, invalidations)."""
-        with self._lock:
+        with _entered(self._st, self._lock, "stats"):
             st = self._st
             return (
                 st.hits,

@@ -1,8 +1,11 @@
 /*
- * test_nowait.c - the _nowait calls: the same answers as the waiting calls
- * where they need neither the backend nor a mutex another thread holds;
- * otherwise XMC_EAGAIN with nothing changed (statistics, entries, records,
- * backend calls), so that the waiting retry does everything exactly once.
+ * test_nowait.c - the cache's mutex seen from its callers.  The _nowait
+ * calls give the same answers as the waiting calls where they need neither
+ * the backend nor a mutex another thread holds; otherwise XMC_EAGAIN with
+ * nothing changed (statistics, entries, records, backend calls), so that the
+ * waiting retry does everything exactly once.  A call from inside a backend
+ * callback into the same cache fails with XMC_EREENTER instead of waiting
+ * for itself.
  *
  * Geometry: 64 KiB buckets, four slots, 1 MiB of pattern-filled guest RAM.
  */
@@ -178,11 +181,63 @@ TEST(nowait_does_not_wait_for_a_mutex_another_thread_holds)
     fx_teardown();
 }
 
+/* Backend callbacks that call back into the cache they serve. */
+static int (*real_unmap)(void *, void *, size_t);
+static int reentry_rc[6];
+static xmc_cache *other; /* a second cache: calls into it are fine */
+
+static int reentrant_map(void *opaque, void *fixed, uint64_t pfn, size_t n, int *errs, void **out)
+{
+    xmc_stats st;
+    void *p;
+
+    reentry_rc[0] = xmc_map(C, 0x10000, 0, 0, 0, &p);
+    reentry_rc[1] = xmc_map_nowait(C, 0x10000, 0, 0, 0, &p);
+    reentry_rc[2] = xmc_stats_get(C, &st);
+    reentry_rc[3] = xmc_stats_get(other, &st);
+    return real_map(opaque, fixed, pfn, n, errs, out);
+}
+
+static int reentrant_unmap(void *opaque, void *addr, size_t len)
+{
+    reentry_rc[4] = xmc_invalidate(C, NULL, NULL);
+    reentry_rc[5] = xmc_cache_close(C);
+    return real_unmap(opaque, addr, len);
+}
+
+TEST(a_backend_callback_calling_its_own_cache_fails_instead_of_hanging)
+{
+    void *p;
+
+    setup();
+    OK(xmc_cache_new(&F->be, 16, 4 * B, &other));
+    real_map = F->be.map;
+    real_unmap = F->be.unmap;
+    F->be.map = reentrant_map;
+    F->be.unmap = reentrant_unmap;
+    p = MAP(0x20000, 0x10, XMC_LOCK); /* the outer call goes on as usual */
+    CHECK_EQ(reentry_rc[0], XMC_EREENTER);
+    CHECK_EQ(reentry_rc[1], XMC_EAGAIN); /* and the waiting call then says why */
+    CHECK_EQ(reentry_rc[2], XMC_EREENTER);
+    CHECK_EQ(reentry_rc[3], XMC_OK);
+    OK(xmc_unlock(C, p, NULL));
+    OK(xmc_invalidate(C, NULL, NULL)); /* unmaps through reentrant_unmap */
+    CHECK_EQ(reentry_rc[4], XMC_EREENTER);
+    CHECK_EQ(reentry_rc[5], XMC_EREENTER);
+    CHECK_EQ(xt_stats(C).entries, 0);
+    MAP(0x20000, 0, 0); /* the cache works on: the frame of the callback is gone */
+    F->be.map = real_map;
+    F->be.unmap = real_unmap;
+    xmc_cache_free(other);
+    fx_teardown();
+}
+
 const xt_test xt_nowait_tests[] = {
     XT(nowait_hits_answer_like_the_waiting_calls),
     XT(nowait_miss_changes_nothing_and_the_retry_maps_once),
     XT(nowait_read_serves_one_bucket_only),
     XT(nowait_errors_are_final),
     XT(nowait_does_not_wait_for_a_mutex_another_thread_holds),
+    XT(a_backend_callback_calling_its_own_cache_fails_instead_of_hanging),
     XT_END,
 };
