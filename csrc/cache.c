@@ -9,14 +9,18 @@
  * fields read on every lookup come first.
  * Locked mappings leave records in a hash table keyed by exact host address
  * (O(1) unlock and reverse lookup) that point straight at their entry, and on
- * an age list so they can be listed oldest first.  Records live in a pool of
- * fixed chunks that never move, linked by 32-bit ids, so a record costs 48
+ * an age list so they can be listed oldest first.  Records live in one array
+ * indexed by 32-bit ids (an id is one multiply away from its record), grown
+ * by mremap in steps of 1,024 so growing never copies; a record costs 48
  * bytes and a freed one is reused at once (a disk's FIFO stays in cache).
  *
  * Lock convention: every public xmc_x() takes c->mutex and calls x_locked();
  * helpers without the suffix also expect the caller to hold it.
  */
 #include "xmc_internal.h"
+
+#include <linux/futex.h>
+#include <sys/syscall.h>
 
 enum {
     ENTRY_DUMMY = 1u,    /* anonymous memory standing in for guest memory */
@@ -26,15 +30,16 @@ enum {
 
 #if defined(__GNUC__)
 #define XMC_NOINLINE __attribute__((noinline))
+#define XMC_COLD __attribute__((noinline, cold))
 #else
+#define XMC_COLD
 #define XMC_NOINLINE
 #endif
 
 #define BITS_PER_WORD (sizeof(unsigned long) * CHAR_BIT)
 #define ERRS_ON_STACK 1024
 #define RHASH_MIN_BITS 6
-#define REC_CHUNK_SHIFT 10 /* records per pool chunk: 1024 */
-#define REC_CHUNK ((uint32_t)1 << REC_CHUNK_SHIFT)
+#define REC_STEP 1024u /* the record array grows by this many (48 KiB, 12 pages) */
 #define REC_MAX_ID (UINT32_MAX - 1)
 #define MAP_NOWAIT 0x80000000u /* internal map flag: XMC_EAGAIN rather than a miss */
 
@@ -54,7 +59,7 @@ typedef struct xmc_entry {
     unsigned long valid[]; /* one bit per page */
 } xmc_entry;
 
-/* Links are record ids: 0 is "none", id i lives in chunk i >> REC_CHUNK_SHIFT. */
+/* Links are record ids: 0 is "none", id i is c->recs[i]. */
 typedef struct record {
     uintptr_t addr;
     xmc_entry *e;
@@ -66,8 +71,62 @@ typedef struct record {
     uint32_t dma;
 } record;
 
+/*
+ * The cache's mutex: a word on a futex, in the classic three states (0 free,
+ * 1 held, 2 held and maybe waited for).  Taking and giving it back are one
+ * atomic instruction each, inline, with no call and no mutex-type dispatch:
+ * the fast path is cheaper than an uncontended pthread_mutex_lock/unlock.
+ * A waiter spins briefly (the critical sections are tens of ns, unless the
+ * backend maps), then sleeps in the kernel.
+ */
+typedef struct xmc_mutex {
+    atomic_uint state;
+} xmc_mutex;
+
+static inline bool mutex_try(xmc_mutex *m)
+{
+    unsigned free_ = 0;
+
+    return atomic_compare_exchange_strong_explicit(&m->state, &free_, 1, memory_order_acquire,
+                                                   memory_order_relaxed);
+}
+
+XMC_COLD static void mutex_wait(xmc_mutex *m)
+{
+    for (int spin = 0; spin < 100; spin++) {
+        if (atomic_load_explicit(&m->state, memory_order_relaxed) == 0 && mutex_try(m))
+            return;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause(); /* let the other hyperthread run */
+#endif
+    }
+    /* From now on the word says 2, so whoever gives it back wakes a waiter. */
+    while (atomic_exchange_explicit(&m->state, 2, memory_order_acquire) != 0)
+        syscall(SYS_futex, &m->state, FUTEX_WAIT_PRIVATE, 2, NULL, NULL, 0);
+}
+
+XMC_COLD static void mutex_wake(xmc_mutex *m)
+{
+    syscall(SYS_futex, &m->state, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+static inline void mutex_lock(xmc_mutex *m)
+{
+    if (!mutex_try(m))
+        mutex_wait(m);
+}
+
+static inline void mutex_unlock(xmc_mutex *m)
+{
+    if (atomic_exchange_explicit(&m->state, 0, memory_order_release) == 2)
+        mutex_wake(m);
+}
+
 struct xmc_cache {
-    pthread_mutex_t mutex;
+    xmc_mutex mutex;
+    /* pthread_self() of the thread inside a backend map or unmap, else 0: it
+     * holds the mutex, so a call of its into this cache would wait for itself. */
+    atomic_uintptr_t callback_thread;
     const xmc_backend *be;
     unsigned shift;
     uint64_t bucket_size;
@@ -78,8 +137,8 @@ struct xmc_cache {
     xmc_entry *last; /* fast path: the entry that served last */
     xmc_entry *live; /* live list head */
     xmc_entry *tree; /* treap root, entries by host address */
-    record **chunks; /* record pool */
-    uint32_t nr_chunks;
+    record *recs;      /* record array: mmap'd, rec_cap records */
+    uint32_t rec_cap;
     uint32_t next_id; /* first id never handed out */
     uint32_t free_ids; /* freed records, reused first */
     uint32_t *rhash;
@@ -249,46 +308,29 @@ static void chain_del(xmc_entry *e)
         e->next->pprev = e->pprev;
 }
 
-/*
- * The caches whose backend callbacks this thread is inside, innermost first.
- * Such a thread holds their mutexes: a call from the callback into the same
- * cache would wait for itself forever, so it fails with XMC_EREENTER instead.
- */
-typedef struct callback_frame {
-    const xmc_cache *c;
-    struct callback_frame *outer;
-} callback_frame;
-
-static _Thread_local callback_frame *callbacks_inside;
-
-static bool inside_own_callback(const xmc_cache *c)
+static uintptr_t this_thread(void)
 {
-    for (const callback_frame *f = callbacks_inside; f; f = f->outer)
-        if (f->c == c)
-            return true;
-    return false;
+    return (uintptr_t)pthread_self(); /* an integer on Linux */
 }
 
 static int backend_map(xmc_cache *c, void *fixed, uint64_t pfn, size_t n, int *errs,
                        void **out)
 {
-    callback_frame f = { c, callbacks_inside };
     int rc;
 
-    callbacks_inside = &f;
+    atomic_store_explicit(&c->callback_thread, this_thread(), memory_order_relaxed);
     rc = c->be->map(c->be->opaque, fixed, pfn, n, errs, out);
-    callbacks_inside = f.outer;
+    atomic_store_explicit(&c->callback_thread, 0, memory_order_relaxed);
     return rc;
 }
 
 static int backend_unmap(xmc_cache *c, void *addr, size_t len)
 {
-    callback_frame f = { c, callbacks_inside };
     int rc;
 
-    callbacks_inside = &f;
+    atomic_store_explicit(&c->callback_thread, this_thread(), memory_order_relaxed);
     rc = c->be->unmap(c->be->opaque, addr, len);
-    callbacks_inside = f.outer;
+    atomic_store_explicit(&c->callback_thread, 0, memory_order_relaxed);
     return rc;
 }
 
@@ -477,7 +519,7 @@ static int find_or_map(xmc_cache *c, uint64_t index, uint64_t size,
 
 static record *rec(const xmc_cache *c, uint32_t id)
 {
-    return &c->chunks[id >> REC_CHUNK_SHIFT][id & (REC_CHUNK - 1)];
+    return &c->recs[id];
 }
 
 static size_t rhash_slot(const xmc_cache *c, uintptr_t addr)
@@ -509,7 +551,7 @@ static int rhash_reserve(xmc_cache *c)
     return XMC_OK;
 }
 
-/* A free record id: a freed one, else the next one (adding a chunk). */
+/* A free record id: a freed one, else the next one (growing the array). */
 static uint32_t record_alloc(xmc_cache *c)
 {
     uint32_t id = c->free_ids;
@@ -522,19 +564,22 @@ static uint32_t record_alloc(xmc_cache *c)
         c->next_id = 1; /* id 0 means "none" */
     if (c->next_id > REC_MAX_ID)
         return 0;
-    if ((c->next_id >> REC_CHUNK_SHIFT) == c->nr_chunks) {
-        uint32_t n = c->nr_chunks;
-        record **grown;
+    if (c->next_id >= c->rec_cap) {
+        /* The kernel moves the pages (or extends them in place): records
+         * are found by id, never by a pointer kept across calls. */
+        size_t old = (size_t)c->rec_cap * sizeof(record);
+        size_t len = old + REC_STEP * sizeof(record);
+        void *grown;
 
-        if ((n & (n - 1)) == 0) { /* the chunk table doubles at powers of two */
-            grown = realloc(c->chunks, (n ? 2 * (size_t)n : 1) * sizeof(*grown));
-            if (!grown)
-                return 0;
-            c->chunks = grown;
-        }
-        if (!(c->chunks[n] = malloc(REC_CHUNK * sizeof(record))))
+        if (c->rec_cap > REC_MAX_ID - REC_STEP || len / sizeof(record) != c->rec_cap + REC_STEP)
+            return 0; /* no more ids, or no address space to count them in */
+        grown = c->recs ? mremap(c->recs, old, len, MREMAP_MAYMOVE)
+                        : mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                               -1, 0);
+        if (grown == MAP_FAILED)
             return 0;
-        c->nr_chunks++;
+        c->recs = grown;
+        c->rec_cap += REC_STEP;
     }
     return c->next_id++;
 }
@@ -559,7 +604,8 @@ static int record_add(xmc_cache *c, xmc_entry *e, uintptr_t addr, uint64_t size,
         c->oldest = id;
     c->newest = id;
     c->st.locked++;
-    c->st.dma_locked += dma;
+    if (dma)
+        c->st.dma_locked++;
     return XMC_OK;
 }
 
@@ -594,7 +640,9 @@ static void record_del(xmc_cache *c, uint32_t *link)
         c->newest = r->older;
     r->e->lock--;
     c->st.locked--;
-    c->st.dma_locked -= r->dma;
+    if (r->dma) /* a branch, not arithmetic: gcc would pair the two counters in
+                 * one 16-byte load that the 8-byte stores of record_add stall */
+        c->st.dma_locked--;
     r->hnext = c->free_ids;
     c->free_ids = id;
 }
@@ -659,11 +707,12 @@ int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_siz
     if (!c)
         return XMC_ENOMEM;
     c->slots = calloc((size_t)slots, sizeof(*c->slots));
-    if (!c->slots || pthread_mutex_init(&c->mutex, NULL) != 0) {
+    if (!c->slots) {
         free(c->slots);
         free(c);
         return XMC_ENOMEM;
     }
+    atomic_init(&c->callback_thread, 0);
     c->be = be;
     c->shift = bucket_shift;
     c->bucket_size = bucket;
@@ -680,11 +729,10 @@ int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_siz
 /* Drop every record and entry; the cache is then empty but usable. */
 static void drain(xmc_cache *c)
 {
-    for (uint32_t i = 0; i < c->nr_chunks; i++)
-        free(c->chunks[i]);
-    free(c->chunks);
-    c->chunks = NULL;
-    c->nr_chunks = c->next_id = c->free_ids = 0;
+    if (c->recs)
+        munmap(c->recs, (size_t)c->rec_cap * sizeof(record));
+    c->recs = NULL;
+    c->rec_cap = c->next_id = c->free_ids = 0;
     c->oldest = c->newest = 0;
     free(c->rhash);
     c->rhash = NULL;
@@ -702,7 +750,6 @@ void xmc_cache_free(xmc_cache *c)
         return;
     drain(c);
     free(c->slots);
-    pthread_mutex_destroy(&c->mutex);
     be = c->be;
     free(c);
     if (be->release)
@@ -710,18 +757,21 @@ void xmc_cache_free(xmc_cache *c)
 }
 
 /*
- * Take c's mutex; unless `wait`, XMC_EAGAIN instead of waiting for it.  Only
- * a busy mutex costs the look at the callbacks this thread is inside.
+ * Take c's mutex; unless `wait`, XMC_EAGAIN instead of waiting for it.  A
+ * busy mutex may be held by this very thread, inside one of c's backend
+ * callbacks: XMC_EREENTER rather than wait for itself.  (Another thread may
+ * read a stale callback_thread, but never its own id: only a thread stores
+ * its own id, and it clears it before it returns.)
  */
 static inline int cache_lock(xmc_cache *c, bool wait)
 {
-    if (pthread_mutex_trylock(&c->mutex) == 0)
+    if (mutex_try(&c->mutex))
         return XMC_OK;
+    if (atomic_load_explicit(&c->callback_thread, memory_order_relaxed) == this_thread())
+        return XMC_EREENTER;
     if (!wait)
         return XMC_EAGAIN;
-    if (inside_own_callback(c))
-        return XMC_EREENTER;
-    pthread_mutex_lock(&c->mutex);
+    mutex_wait(&c->mutex);
     return XMC_OK;
 }
 
@@ -733,7 +783,7 @@ static inline int cache_lock(xmc_cache *c, bool wait)
         if ((rc_ = cache_lock((c), (wait))) != XMC_OK)                        \
             return rc_;                                                       \
         rc_ = (c)->closed ? XMC_ECLOSED : (expr);                             \
-        pthread_mutex_unlock(&(c)->mutex);                                    \
+        mutex_unlock(&(c)->mutex);                                    \
         return rc_;                                                           \
     } while (0)
 
@@ -801,9 +851,9 @@ static int translate_unlocked(xmc_cache *c, uint64_t paddr, uint64_t size,
     if (!fn)
         return XMC_ENOENT;
     /* The callback may take its time or call back in: do not hold the lock. */
-    pthread_mutex_unlock(&c->mutex);
+    mutex_unlock(&c->mutex);
     rc = fn(opaque, paddr, size, out);
-    pthread_mutex_lock(&c->mutex);
+    mutex_lock(&c->mutex);
     if (c->closed) /* closed while the callback ran: map nothing more */
         return XMC_ECLOSED;
     if (rc != XMC_OK)
@@ -906,7 +956,7 @@ static inline int map_call(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned
     /* A closed cache has no entries, so no last entry: it never hits. */
     if ((flags & XMC_LOCK) || size || !hit_locked(c, paddr, out))
         rc = c->closed ? XMC_ECLOSED : map_locked(c, paddr, size, flags, tag, out);
-    pthread_mutex_unlock(&c->mutex);
+    mutex_unlock(&c->mutex);
     return rc;
 }
 
@@ -1189,16 +1239,12 @@ int xmc_stats_get(xmc_cache *c, xmc_stats *out)
 
 static int memory_locked(xmc_cache *c, xmc_memory *out)
 {
-    uint64_t entries = 0, chunk_slots = 0;
+    uint64_t entries = 0;
 
     for (const xmc_entry *e = c->live; e; e = e->lnext)
         entries += entry_bytes(e->size);
-    if (c->nr_chunks) /* the chunk table doubles: its capacity is a power of two */
-        for (chunk_slots = 1; chunk_slots < c->nr_chunks; chunk_slots *= 2)
-            ;
     *out = (xmc_memory){
-        .record_bytes = (uint64_t)c->nr_chunks * REC_CHUNK * sizeof(record) +
-                        chunk_slots * sizeof(record *) +
+        .record_bytes = (uint64_t)c->rec_cap * sizeof(record) +
                         (c->rhash ? ((uint64_t)1 << c->rhash_bits) * sizeof(uint32_t) : 0),
         .entry_bytes = entries,
         .slot_bytes = sizeof(*c) + c->nr_slots * sizeof(*c->slots),
