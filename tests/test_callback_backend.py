@@ -165,29 +165,46 @@ def test_dummy_entries_never_leak_backend_mappings(xmc: ModuleType, mem: OwnMemo
     assert mem.live == {} and mem.maps == mem.unmaps
 
 
+# The child scripts below map anonymous memory through ctypes as their backend.
+CHILD_PRELUDE = """
+import ctypes, mmap, threading, time
+import {module} as xmc
+
+libc = ctypes.CDLL(None)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+
+def anon_map(nr_pages, fixed):
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (0x10 if fixed else 0)  # 0x10: MAP_FIXED
+    return libc.mmap(fixed, nr_pages * 4096, 3, flags, -1, 0), [0] * nr_pages
+"""
+
+
+def run_child(xmc: ModuleType, body: str) -> list[str]:
+    """Run ``body`` after CHILD_PRELUDE in a fresh interpreter (a hang fails, by timeout); its stdout lines."""
+    script = CHILD_PRELUDE.format(module=xmc.__name__) + textwrap.dedent(body)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
 def test_a_thread_waiting_for_the_cache_lets_python_run(xmc: ModuleType) -> None:
     # A backend callback runs under the cache's mutex and needs the GIL. A hit
     # from another thread meanwhile must wait for that mutex without holding
     # the GIL (the C core tries first without waiting, and only then releases
     # the GIL to wait): otherwise the callback could never finish and nothing
-    # else in the interpreter would run. Hung means failed, so a child runs it.
-    script = textwrap.dedent(
-        f"""
-        import ctypes, mmap, threading, time
-        import {xmc.__name__} as xmc
-
-        libc = ctypes.CDLL(None)
-        libc.mmap.restype = ctypes.c_void_p
-        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    # else in the interpreter would run.
+    out = run_child(
+        xmc,
+        """
         entered, go = threading.Event(), threading.Event()
 
         def map_(first_pfn, nr_pages, fixed):
             if first_pfn == 16 and not entered.is_set():
                 entered.set()
                 go.wait(60)  # inside the cache's mutex, GIL released while waiting
-            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (0x10 if fixed else 0)
-            return libc.mmap(fixed, nr_pages * 4096, 3, flags, -1, 0), [0] * nr_pages
+            return anon_map(nr_pages, fixed)
 
         cache = xmc.MapCache(xmc.CallbackBackend(map_, lambda a, n: libc.munmap(a, n)), bucket_shift=16)
         cache.map_ptr(0)
@@ -207,26 +224,19 @@ def test_a_thread_waiting_for_the_cache_lets_python_run(xmc: ModuleType) -> None
         assert cache.stats().hits >= 1 and spins > 1000
         cache.close()
         print("ok")
-        """
+        """,
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and done.stdout.split() == ["ok"], done.stderr
+    assert out == ["ok"]
 
 
 def test_a_callback_calling_its_own_cache_gets_an_error_not_a_hang(xmc: ModuleType) -> None:
     # map and unmap run under the cache's lock, so a call from them into the
     # same cache would wait for itself. It raises MapCacheError instead, which
     # the callback may catch or let through (then the outer call fails with it
-    # as the cause). Hung means failed, so a child runs it.
-    script = textwrap.dedent(
-        f"""
-        import ctypes, mmap
-        import {xmc.__name__} as xmc
-
-        libc = ctypes.CDLL(None)
-        libc.mmap.restype = ctypes.c_void_p
-        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    # as the cause).
+    lines = run_child(
+        xmc,
+        """
         seen, mode = [], ["catch"]
 
         def call_in(what, fn):
@@ -242,8 +252,7 @@ def test_a_callback_calling_its_own_cache_gets_an_error_not_a_hang(xmc: ModuleTy
             call_in("map_ptr", lambda: cache.map_ptr(0))
             call_in("read", lambda: cache.read(0, 8))
             call_in("stats", cache.stats)
-            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (0x10 if fixed else 0)
-            return libc.mmap(fixed, nr_pages * 4096, 3, flags, -1, 0), [0] * nr_pages
+            return anon_map(nr_pages, fixed)
 
         def unmap(address, length):
             call_in("invalidate", cache.invalidate)
@@ -261,11 +270,8 @@ def test_a_callback_calling_its_own_cache_gets_an_error_not_a_hang(xmc: ModuleTy
         print(cache.stats().entries)
         cache.close()
         print("\\n".join(seen))
-        """
+        """,
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
     assert lines[0] == "0"
     assert lines[1:] == [
         "map_ptr: refused",

@@ -61,19 +61,10 @@ TEST(memory_get_follows_entries_and_records)
 }
 
 /* A translate callback that waits until the main thread closed the cache. */
-static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
-static int gate; /* 1: callback entered, 2: cache closed */
-
 static int waiting_translate(void *opaque, uint64_t paddr, uint64_t size, uint64_t *out)
 {
     (void)opaque, (void)size;
-    pthread_mutex_lock(&gate_mu);
-    gate = 1;
-    pthread_cond_broadcast(&gate_cv);
-    while (gate != 2)
-        pthread_cond_wait(&gate_cv, &gate_mu);
-    pthread_mutex_unlock(&gate_mu);
+    xt_gate_pass();
     *out = paddr - 0x80000; /* to RAM that maps fine */
     return XMC_OK;
 }
@@ -97,15 +88,9 @@ TEST(close_while_a_map_waits_in_translate_fails_that_map)
     fb_bad_pages(F, 0x80, 0x90);
     OK(xmc_cache_set_translate(C, waiting_translate, NULL));
     CHECK(pthread_create(&th, NULL, map_through_translate, NULL) == 0);
-    pthread_mutex_lock(&gate_mu);
-    while (gate != 1)
-        pthread_cond_wait(&gate_cv, &gate_mu);
-    pthread_mutex_unlock(&gate_mu);
+    xt_gate_wait_inside();
     OK(xmc_cache_close(C)); /* the mutex is free while the callback runs */
-    pthread_mutex_lock(&gate_mu);
-    gate = 2;
-    pthread_cond_broadcast(&gate_cv);
-    pthread_mutex_unlock(&gate_mu);
+    xt_gate_open();
     CHECK(pthread_join(th, &ret) == 0);
     CHECK_EQ(*(int *)ret, XMC_ECLOSED);
     CHECK_EQ(fb_live(F), 0); /* the closed cache mapped nothing more */

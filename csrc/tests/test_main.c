@@ -10,6 +10,7 @@
 #include "xt.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <sys/mman.h>
@@ -148,6 +149,44 @@ const char *xt_every_call(xmc_cache *c, int want)
     XT_CALL(xmc_cache_close(c));
 #undef XT_CALL
     return NULL;
+}
+
+/* ---- the gate ------------------------------------------------------------ */
+
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
+static int gate; /* 0: closed, 1: a callback is inside, 2: open */
+
+static void gate_set(int state)
+{
+    pthread_mutex_lock(&gate_mu);
+    gate = state;
+    pthread_cond_broadcast(&gate_cv);
+    pthread_mutex_unlock(&gate_mu);
+}
+
+static void gate_await(int state)
+{
+    pthread_mutex_lock(&gate_mu);
+    while (gate != state)
+        pthread_cond_wait(&gate_cv, &gate_mu);
+    pthread_mutex_unlock(&gate_mu);
+}
+
+void xt_gate_pass(void)
+{
+    gate_set(1);
+    gate_await(2);
+}
+
+void xt_gate_wait_inside(void)
+{
+    gate_await(1);
+}
+
+void xt_gate_open(void)
+{
+    gate_set(2);
 }
 
 /* ---- mapping probes ---------------------------------------------------- */

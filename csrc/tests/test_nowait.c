@@ -124,19 +124,11 @@ TEST(nowait_errors_are_final)
 
 /* A backend map that holds the cache's mutex until the main thread has seen
  * what a _nowait call does meanwhile. */
-static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
-static int gate; /* 1: inside map, 2: let it go on */
 static int (*real_map)(void *, void *, uint64_t, size_t, int *, void **);
 
 static int gated_map(void *opaque, void *fixed, uint64_t pfn, size_t n, int *errs, void **out)
 {
-    pthread_mutex_lock(&gate_mu);
-    gate = 1;
-    pthread_cond_broadcast(&gate_cv);
-    while (gate != 2)
-        pthread_cond_wait(&gate_cv, &gate_mu);
-    pthread_mutex_unlock(&gate_mu);
+    xt_gate_pass();
     return real_map(opaque, fixed, pfn, n, errs, out);
 }
 
@@ -160,19 +152,13 @@ TEST(nowait_does_not_wait_for_a_mutex_another_thread_holds)
     real_map = F->be.map;
     F->be.map = gated_map; /* the cache calls through &F->be */
     CHECK(pthread_create(&th, NULL, miss, NULL) == 0);
-    pthread_mutex_lock(&gate_mu);
-    while (gate != 1)
-        pthread_cond_wait(&gate_cv, &gate_mu);
-    pthread_mutex_unlock(&gate_mu);
+    xt_gate_wait_inside();
     /* The other thread is inside the backend, under the cache's mutex. */
     CHECK_EQ(xmc_map_nowait(C, 0x10000, 0, 0, 0, &p), XMC_EAGAIN);
     CHECK_EQ(xmc_ram_addr_nowait(C, l, &paddr), XMC_EAGAIN);
     CHECK_EQ(xmc_unlock_tag_nowait(C, l, 0), XMC_EAGAIN);
     CHECK_EQ(xmc_read_nowait(C, 0x10000, buf, sizeof(buf)), XMC_EAGAIN);
-    pthread_mutex_lock(&gate_mu);
-    gate = 2;
-    pthread_cond_broadcast(&gate_cv);
-    pthread_mutex_unlock(&gate_mu);
+    xt_gate_open();
     CHECK(pthread_join(th, &ret) == 0);
     CHECK(ret != NULL);
     F->be.map = real_map;

@@ -103,4 +103,13 @@ void xt_touch_write(void *p);
 /* Open file descriptors of this process. */
 int xt_fd_count(void);
 
+/* ---- a handshake with a callback running in another thread -------------- */
+
+/* A callback calls xt_gate_pass(): it says it is inside, then waits until the
+ * test, having seen it inside (xt_gate_wait_inside), lets it go on
+ * (xt_gate_open).  Once per test: each test runs in a process of its own. */
+void xt_gate_pass(void);
+void xt_gate_wait_inside(void);
+void xt_gate_open(void);
+
 #endif /* XT_H */
