@@ -708,7 +708,6 @@ int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_siz
         return XMC_ENOMEM;
     c->slots = calloc((size_t)slots, sizeof(*c->slots));
     if (!c->slots) {
-        free(c->slots);
         free(c);
         return XMC_ENOMEM;
     }
@@ -783,7 +782,7 @@ static inline int cache_lock(xmc_cache *c, bool wait)
         if ((rc_ = cache_lock((c), (wait))) != XMC_OK)                        \
             return rc_;                                                       \
         rc_ = (c)->closed ? XMC_ECLOSED : (expr);                             \
-        mutex_unlock(&(c)->mutex);                                    \
+        mutex_unlock(&(c)->mutex);                                            \
         return rc_;                                                           \
     } while (0)
 
