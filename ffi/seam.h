@@ -117,10 +117,11 @@ static xmc_record *xmc_py_records_take(void)
  * cdata check per call, and release the GIL every time.  These are plain
  * vectorcall builtins, bound to one cache (a capsule is their `self`),
  * written against the stable ABI of 3.12: the common case converts exact
- * ints, makes the core call (releasing the GIL only when it would wait, see
- * XMC_PY_CALL), and builds the result.  Anything
- * else (another type, keywords, a value out of range) goes to the Python
- * closure of the same name, which validates and raises as documented; a
+ * ints, given by position or by keyword, makes the core call (releasing the
+ * GIL only when it would wait, see XMC_PY_CALL), and builds the result.
+ * Anything else (another type, an unknown or repeated keyword, a value out
+ * of range) goes to the Python closure of the same name, which validates
+ * and raises as documented; a
  * failed core call goes to a Python `fail(rc, paddr, size)` that raises, so
  * that nothing is done twice.  Python gets them through xmc_py_fast_install().
  */
@@ -179,12 +180,6 @@ static PyObject *xmc_py_fail(PyObject *fail, int rc, uint64_t paddr, uint64_t si
                                  (unsigned long long)size);
 }
 
-/*
- * The arguments of a vectorcall by parameter: slot[i] for names[i], NULL
- * where not given.  0 (no error set) for a keyword that is unknown or
- * repeats a parameter already given, or too many arguments: the Python
- * version then raises the TypeError.
- */
 /* The parameter names, interned by xmc_py_fast_install(): keyword names
  * written in Python code are the same objects, found without comparing. */
 static const char *const xmc_py_names[] = { "paddr", "size", "lock", "dma", "n", "address" };
@@ -217,6 +212,12 @@ static int xmc_py_kwargs(PyObject *const *values, PyObject *kwnames,
     return nkw >= 0;
 }
 
+/*
+ * The arguments of a vectorcall by parameter: slot[i] for names[i], NULL
+ * where not given.  0 (no error set) for a keyword that is unknown or
+ * repeats a parameter already given, or too many arguments: the Python
+ * version then raises the TypeError.
+ */
 static inline int xmc_py_args(PyObject *const *args, Py_ssize_t n, PyObject *kwnames,
                               const char *const *names, Py_ssize_t nnames, PyObject **slot)
 {
@@ -254,7 +255,6 @@ static int xmc_py_flag(PyObject *o)
 static PyObject *xmc_py_fast_map_ptr(PyObject *self, PyObject *const *args, Py_ssize_t n,
                                      PyObject *kwnames)
 {
-    static const char *const *names = xmc_py_names; /* paddr, size, lock, dma */
     xmc_py_fast *f = PyCapsule_GetPointer(self, NULL);
     uint64_t paddr, size = 0;
     int lock = 0, dma = 0, rc;
@@ -264,7 +264,7 @@ static PyObject *xmc_py_fast_map_ptr(PyObject *self, PyObject *const *args, Py_s
 
     if (!f)
         return NULL;
-    if (!xmc_py_args(args, n, kwnames, names, 4, a) || !a[0] || !xmc_py_u64(a[0], &paddr) ||
+    if (!xmc_py_args(args, n, kwnames, xmc_py_names, 4, a) || !a[0] /* paddr size lock dma */ || !xmc_py_u64(a[0], &paddr) ||
         (a[1] && !xmc_py_u64(a[1], &size)) || (a[2] && (lock = xmc_py_flag(a[2])) < 0) ||
         (a[3] && (dma = xmc_py_flag(a[3])) < 0)) {
         PyErr_Clear();
@@ -314,7 +314,6 @@ static PyObject *xmc_py_fast_read(PyObject *self, PyObject *const *args, Py_ssiz
     return out;
 }
 
-/* ram_addr(address) -> int */
 /* The host address that is the one argument of ram_addr and unlock, or NULL
  * when it is not an exact int given once (the Python version then raises). */
 static const void *xmc_py_address(PyObject *const *args, Py_ssize_t n, PyObject *kwnames)
