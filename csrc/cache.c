@@ -880,7 +880,8 @@ static inline bool hit_locked(xmc_cache *c, uint64_t paddr, void **out)
     return true;
 }
 
-/* Everything but the fast path; kept out of line so xmc_map() stays small. */
+/* Everything but the fast path, which the caller has tried (or which cannot
+ * serve: locked or sized); kept out of line so xmc_map() stays small. */
 XMC_NOINLINE static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size,
                                    unsigned flags, uint64_t tag, void **out)
 {
@@ -890,8 +891,6 @@ XMC_NOINLINE static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size,
     xmc_entry *e = NULL; /* set by find_or_map; gcc -O1 cannot tell */
     int rc;
 
-    if (!lock && size == 0 && hit_locked(c, paddr, out))
-        return XMC_OK;
     if (!xmc_range_ok(paddr, size) || size > c->max_size)
         return XMC_EINVAL;
     if (lock && c->lock_limit == 0)

@@ -321,11 +321,8 @@ static const void *xmc_py_address(PyObject *const *args, Py_ssize_t n, PyObject 
     PyObject *arg;
     uint64_t addr;
 
-    if (n == 1 && !kwnames)
-        arg = args[0];
-    else if (!xmc_py_args(args, n, kwnames, &xmc_py_names[5], 1, &arg) || !arg)
-        return NULL;
-    if (!xmc_py_u64(arg, &addr) || addr > UINTPTR_MAX)
+    if (!xmc_py_args(args, n, kwnames, &xmc_py_names[5], 1, &arg) || !arg ||
+        !xmc_py_u64(arg, &addr) || addr > UINTPTR_MAX)
         return NULL;
     return (const void *)(uintptr_t)addr;
 }
