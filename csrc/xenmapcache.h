@@ -39,6 +39,7 @@ extern "C" {
 #define XMC_ECLOSED -8   /* the cache was closed */
 #define XMC_EAGAIN -9    /* a _nowait call would have had to wait; nothing was done */
 #define XMC_EREENTER -10 /* called from inside the cache's own backend callback */
+#define XMC_EFORKED -11  /* inherited through fork() while a thread was inside the cache */
 
 #define XMC_PAGE_SHIFT 12
 #define XMC_MIN_BUCKET_SHIFT 12
