@@ -11,11 +11,13 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from ._nocopy import NoCopy
+
 MapFn = Callable[[int, int, "int | None"], tuple[int, Sequence[int]]]
 UnmapFn = Callable[[int, int], None]
 
 
-class CallbackBackend:
+class CallbackBackend(NoCopy):
     """Guest memory mapped by Python callables.
 
     ``map(first_pfn, nr_pages, fixed)`` maps ``nr_pages`` guest pages from
@@ -29,6 +31,8 @@ class CallbackBackend:
     cache's lock: a call from them into the cache that uses them raises
     ``MapCacheError`` instead of waiting for itself.
     """
+
+    _no_copy_why = "its callbacks are the emulator's own mappings, which a copy cannot own"
 
     def __init__(self, map: MapFn, unmap: UnmapFn) -> None:
         if not callable(map) or not callable(unmap):

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._nocopy import NoCopy
 from ._validate import U64_LIMIT, as_uint, check_range
 from .backends import CallbackBackend
 from .errors import DMAMappingWarning, InvalidAddress, MapCacheError, MappingError, UnknownMapping
@@ -74,7 +75,7 @@ class Stats:
     invalidations: int
 
 
-class Mapping:
+class Mapping(NoCopy):
     """A locked mapping of guest memory: ``memoryview(m)`` reads and writes it.
 
     The mapping stays locked until :meth:`release` (or the ``with`` block
@@ -83,6 +84,7 @@ class Mapping:
     """
 
     __slots__ = ("address", "paddr", "size", "dma", "tag", "_cache", "_lock", "_id", "_exports", "_released")
+    _no_copy_why = "a copy would unlock the same locked mapping a second time"
 
     def __init__(self, cache: MapCache, ident: int, paddr: int, size: int, dma: bool, tag: Any) -> None:
         self._cache = cache
@@ -378,7 +380,7 @@ class _NativeCore:
             self._fail(rc, "close")
 
 
-class MapCache:
+class MapCache(NoCopy):
     """A Xen mapcache over guest RAM (see DESIGN.md section 6).
 
     ``bucket_shift`` (12..32) sets the bucket size; ``max_size`` bounds one
@@ -395,6 +397,7 @@ class MapCache:
     """
 
     _Core: Any = _NativeCore
+    _no_copy_why = "a copy would share the cache's handle and mappings, which either copy may close"
 
     def __init__(
         self,
