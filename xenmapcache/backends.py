@@ -28,6 +28,12 @@ class CallbackBackend:
     logged error) with the exception as its ``__cause__``.  They run under the
     cache's lock: a call from them into the cache that uses them raises
     ``MapCacheError`` instead of waiting for itself.
+
+    :raises TypeError: ``map`` or ``unmap`` is not callable.
+
+    Cost: each miss of a cache on this backend costs a call of ``map`` from C
+    into Python (a few microseconds besides the mapping itself), each dropped
+    entry a call of ``unmap``.  See docs/backends.md for a complete example.
     """
 
     def __init__(self, map: MapFn, unmap: UnmapFn) -> None:
