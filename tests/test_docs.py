@@ -159,6 +159,8 @@ def test_the_readme_figures_come_from_the_table() -> None:
     assert f"this {round(number(c_fifo[2]))} ns" in readme
     mixed = rows[("mixed emulator workload (per request)", "`xenmapcache.reference` vs the C core (speed-up)")]
     assert f"{round(number(mixed[4]))}x faster than the pure-Python reference" in readme
+    qemu = re.search(r"FIFO unlock with 10,000 in flight ([\d.]+ us)", (DOCS / "performance.md").read_text())
+    assert qemu and f"QEMU's list walk takes {qemu.group(1)} there" in readme
     no_op = rows[("fast-path hit from Python, `map_ptr(p)`", "vs a cffi no-op call with the same argument list")]
     assert number(no_op[4]) < 0.5 and "less than half a cffi no-op call" in readme
 

@@ -1,10 +1,16 @@
-"""The Python examples under examples/ run as a user runs them (emulator.c: tests/test_c_library.py)."""
+"""The Python examples under examples/ run as a user runs them (emulator.c: tests/test_c_library.py).
+
+Every ``examples/*.py`` must run and exit 0; the tour and the device model
+are also checked for what they show.
+"""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -16,6 +22,12 @@ def run(name: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.py")))
+def test_every_python_example_runs(name: str) -> None:
+    proc = run(name)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_the_tour() -> None:

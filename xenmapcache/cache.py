@@ -513,9 +513,11 @@ class MapCache:
         :raises LockOverflow: the entry's lock count is at ``lock_limit``.
         :raises MapCacheError: the cache is closed (or was closed meanwhile).
 
-        Cost: on a hit, one C call and a Python object (about 1 us); on a miss,
-        the backend's map of the entry's buckets (a system call, tens of us
-        for a memfd).  O(1) in the number of locked mappings.
+        Cost: on a hit, one C call plus the :class:`Mapping` and its
+        bookkeeping in Python (a few microseconds; ``map_ptr(..., lock=True)``
+        is the cheap raw form); on a miss, the backend's map of the entry's
+        buckets (a system call for a memfd, a hypercall on Xen).  O(1) in the
+        number of locked mappings.
         """
         self._check_open()
         paddr, size = check_range(paddr, size, self.max_size)
