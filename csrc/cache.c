@@ -68,7 +68,8 @@ typedef struct record {
     uint32_t hnext; /* hash chain, newest first; free list when unused */
     uint32_t older; /* age list */
     uint32_t newer;
-    uint32_t dma;
+    uint16_t dma;
+    uint16_t claimed; /* picked by the xmc_unlock_sg() under way */
 } record;
 
 /*
@@ -147,9 +148,11 @@ struct xmc_cache {
     uint32_t newest;
     uint32_t lock_limit;
     bool dummy;
+    bool grants; /* grant rules: locked requests only, unmapped at the last unlock */
     bool closed;
     xmc_translate_fn translate;
     void *translate_opaque;
+    struct sg_tally *tally; /* the batch holding the mutex, if one does */
     xmc_stats st;
     /* Set in a forked child when the mutex was held at fork(): its holder is
      * gone, the cache may be half updated.  Read only when the mutex is busy. */
@@ -174,6 +177,7 @@ const char *xmc_strerror(int err)
     case XMC_EREENTER: return "called from inside one of the cache's own backend callbacks";
     case XMC_EFORKED:
         return "the process forked while another thread was inside the cache; unusable in the child";
+    case XMC_EGRANT: return "not allowed on a grant cache (locked requests only, no replace)";
     default: return "unknown error";
     }
 }
@@ -501,7 +505,7 @@ static int find_or_map(xmc_cache *c, uint64_t index, uint64_t size,
             *out = e;
             return XMC_OK;
         }
-        if (!reuse && e->lock == 0)
+        if (!reuse && e->lock == 0 && !c->grants)
             reuse = e;
     }
     if (nowait) /* a miss reaches the backend */
@@ -516,8 +520,11 @@ static int find_or_map(xmc_cache *c, uint64_t index, uint64_t size,
     }
     if (rc != XMC_OK)
         return rc;
-    if (!pages_valid(e, first, n))
+    if (!pages_valid(e, first, n)) {
+        if (c->grants) /* a grant entry lives only while locked */
+            entry_destroy(c, e);
         return XMC_EMAP;
+    }
     *out = e;
     return XMC_OK;
 }
@@ -652,6 +659,18 @@ static void record_del(xmc_cache *c, uint32_t *link)
         c->st.dma_locked--;
     r->hnext = c->free_ids;
     c->free_ids = id;
+}
+
+/* record_del(), then the grant rule: an entry whose last lock went is unmapped
+ * at once (XMC_ESYS when the backend fails to; the lock is gone all the same). */
+static int record_drop(xmc_cache *c, uint32_t *link)
+{
+    xmc_entry *e = rec(c, *link)->e;
+
+    record_del(c, link);
+    if (c->grants && e->lock == 0)
+        return entry_destroy(c, e) == XMC_OK ? XMC_OK : XMC_ESYS;
+    return XMC_OK;
 }
 
 static uint64_t entry_paddr(const xmc_cache *c, const xmc_entry *e, uintptr_t addr)
@@ -906,6 +925,22 @@ int xmc_cache_set_dummy(xmc_cache *c, bool on)
     LOCKED_CALL(c, set_dummy_locked(c, on));
 }
 
+static int set_grants_locked(xmc_cache *c, bool on)
+{
+    if (on == c->grants)
+        return XMC_OK;
+    /* Page-granular entries only; and no entry may predate the rules. */
+    if ((on && c->shift != XMC_PAGE_SHIFT) || c->st.misses)
+        return XMC_EINVAL;
+    c->grants = on;
+    return XMC_OK;
+}
+
+int xmc_cache_set_grants(xmc_cache *c, bool on)
+{
+    LOCKED_CALL(c, set_grants_locked(c, on));
+}
+
 static int set_translate_locked(xmc_cache *c, xmc_translate_fn fn, void *opaque)
 {
     c->translate = fn;
@@ -920,11 +955,46 @@ int xmc_cache_set_translate(xmc_cache *c, xmc_translate_fn fn, void *opaque)
 
 /* ---- map -------------------------------------------------------------- */
 
+/*
+ * The counters a batch moved itself (xmc_map_sg), told apart from those of
+ * other threads while a translate callback runs without the mutex: `own`
+ * holds the batch's share up to the last time it gave the mutex up, and
+ * `mark` the counters when it last took it.  c->tally is set only while a
+ * batch holds the mutex.
+ */
+typedef struct sg_tally {
+    xmc_stats own;
+    xmc_stats mark;
+} sg_tally;
+
+static void tally_resume(xmc_cache *c, sg_tally *t)
+{
+    c->tally = t;
+    if (t)
+        t->mark = c->st;
+}
+
+/* Fold what the batch holding the mutex moved into its share; it is about to
+ * give the mutex up.  Returns that batch (or NULL) for tally_resume(). */
+static sg_tally *tally_pause(xmc_cache *c)
+{
+    sg_tally *t = c->tally;
+
+    if (t) {
+        t->own.hits += c->st.hits - t->mark.hits;
+        t->own.misses += c->st.misses - t->mark.misses;
+        t->own.remaps += c->st.remaps - t->mark.remaps;
+        c->tally = NULL;
+    }
+    return t;
+}
+
 static int translate_unlocked(xmc_cache *c, uint64_t paddr, uint64_t size,
                               uint64_t *out)
 {
     xmc_translate_fn fn = c->translate;
     void *opaque = c->translate_opaque;
+    sg_tally *batch;
     int rc;
 
     if (!fn) {
@@ -934,9 +1004,11 @@ static int translate_unlocked(xmc_cache *c, uint64_t paddr, uint64_t size,
     if (!fn)
         return XMC_ENOENT;
     /* The callback may take its time or call back in: do not hold the lock. */
+    batch = tally_pause(c);
     mutex_unlock(&c->mutex);
     rc = fn(opaque, paddr, size, out);
     mutex_lock(&c->mutex);
+    tally_resume(c, batch);
     if (c->closed) /* closed while the callback ran: map nothing more */
         return XMC_ECLOSED;
     if (rc != XMC_OK)
@@ -977,6 +1049,8 @@ XMC_NOINLINE static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size,
 
     if (!xmc_range_ok(paddr, size) || size > c->max_size)
         return XMC_EINVAL;
+    if (c->grants && !lock)
+        return XMC_EGRANT;
     if (lock && c->lock_limit == 0)
         return XMC_EOVERFLOW; /* before any lookup: nothing changes */
     for (;;) {
@@ -1017,11 +1091,15 @@ XMC_NOINLINE static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size,
         }
         rc = record_add(c, e, (uintptr_t)(e->vaddr + offset), size, tag,
                         flags & XMC_DMA);
-        if (rc != XMC_OK)
+        if (rc != XMC_OK) {
+            if (c->grants && e->lock == 0) /* just mapped for this request */
+                entry_destroy(c, e);
             return rc;
+        }
         e->lock++;
     }
-    c->last = e;
+    if (!c->grants) /* a grant entry may go at any unlock: never the fast path's */
+        c->last = e;
     *out = e->vaddr + offset;
     return XMC_OK;
 }
@@ -1055,34 +1133,178 @@ int xmc_map_nowait(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
                                 : map_call(c, paddr, size, flags | MAP_NOWAIT, tag, out);
 }
 
+/* ---- batches ------------------------------------------------------------ */
+
+#define SG_ON_STACK 64
+
+static int map_sg_locked(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags,
+                         uint64_t tag, void **addrs)
+{
+    xmc_entry *last = c->last;
+    sg_tally t = { 0 };
+    xmc_stats before = { 0 }; /* the batch's share before the failing segment */
+    size_t i;
+    int rc = XMC_OK;
+
+    for (i = 0; i < n; i++)
+        if (!xmc_range_ok(segs[i].paddr, segs[i].size) || segs[i].size > c->max_size)
+            return XMC_EINVAL;
+    tally_resume(c, &t);
+    for (i = 0; i < n; i++) {
+        tally_pause(c);
+        tally_resume(c, &t);
+        before = t.own;
+        rc = map_locked(c, segs[i].paddr, segs[i].size, flags | XMC_LOCK, tag, &addrs[i]);
+        if (rc != XMC_OK)
+            break;
+    }
+    c->tally = NULL;
+    if (rc == XMC_OK)
+        return XMC_OK;
+    /* Undo segments i - 1 down to 0, newest first: each one's record is the
+     * newest at its address with this tag (unless a translate callback let
+     * another thread in: then this is what n xmc_unlock_tag() calls do). */
+    while (i--) {
+        uint32_t *link = record_find(c, (uintptr_t)addrs[i], true, tag);
+        if (link)
+            (void)record_drop(c, link); /* the batch's own error is the one to report */
+    }
+    c->st.hits -= before.hits;
+    c->st.misses -= before.misses;
+    c->st.remaps -= before.remaps;
+    if (flags & MAP_NOWAIT) /* nothing was mapped or dropped: last is still live */
+        c->last = last;
+    return rc;
+}
+
+static int map_sg_call(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags,
+                       uint64_t tag, void **out)
+{
+    void *stack[SG_ON_STACK], **addrs = stack;
+    int rc;
+
+    /* n <= XMC_SG_MAX: n * sizeof(xmc_sg) cannot overflow. */
+    if (!c || !segs || !out || n == 0 || n > XMC_SG_MAX ||
+        (flags & ~(unsigned)(XMC_LOCK | XMC_DMA | MAP_NOWAIT)))
+        return XMC_EINVAL;
+    if (n > SG_ON_STACK && !(addrs = malloc(n * sizeof(*addrs))))
+        return XMC_ENOMEM;
+    rc = cache_lock(c, !(flags & MAP_NOWAIT));
+    if (rc == XMC_OK) {
+        rc = c->closed ? XMC_ECLOSED : map_sg_locked(c, segs, n, flags, tag, addrs);
+        mutex_unlock(&c->mutex);
+    }
+    if (rc == XMC_OK)
+        memcpy(out, addrs, n * sizeof(*out));
+    if (addrs != stack)
+        free(addrs);
+    return rc;
+}
+
+int xmc_map_sg(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags, uint64_t tag,
+               void **out)
+{
+    return (flags & MAP_NOWAIT) ? XMC_EINVAL : map_sg_call(c, segs, n, flags, tag, out);
+}
+
+int xmc_map_sg_nowait(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags,
+                      uint64_t tag, void **out)
+{
+    return (flags & MAP_NOWAIT) ? XMC_EINVAL
+                                : map_sg_call(c, segs, n, flags | MAP_NOWAIT, tag, out);
+}
+
+/* The hash link of the newest record at addr with tag whose claim is `claimed`. */
+static uint32_t *record_find_claimed(xmc_cache *c, uintptr_t addr, uint64_t tag,
+                                     bool claimed)
+{
+    uint32_t *link;
+
+    if (!c->rhash)
+        return NULL;
+    for (link = &c->rhash[rhash_slot(c, addr)]; *link; link = &rec(c, *link)->hnext) {
+        const record *r = rec(c, *link);
+        if (r->addr == addr && r->tag == tag && r->claimed == claimed)
+            return link;
+    }
+    return NULL;
+}
+
+/* Claim a record for every address first, then drop the claimed ones. */
+static int unlock_sg_locked(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag)
+{
+    size_t i;
+    int rc = XMC_OK;
+
+    for (i = 0; i < n; i++) {
+        uint32_t *link = record_find_claimed(c, (uintptr_t)addrs[i], tag, false);
+        if (!link)
+            break;
+        rec(c, *link)->claimed = 1;
+    }
+    if (i < n) { /* give the claims back */
+        while (i--) {
+            uint32_t *link;
+            while ((link = record_find_claimed(c, (uintptr_t)addrs[i], tag, true)))
+                rec(c, *link)->claimed = 0;
+        }
+        return XMC_ENOENT;
+    }
+    for (i = 0; i < n; i++)
+        if (record_drop(c, record_find_claimed(c, (uintptr_t)addrs[i], tag, true)) != XMC_OK)
+            rc = XMC_ESYS;
+    return rc;
+}
+
+int xmc_unlock_sg(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag)
+{
+    if (!addrs || n == 0 || n > XMC_SG_MAX)
+        return XMC_EINVAL;
+    LOCKED_CALL(c, unlock_sg_locked(c, addrs, n, tag));
+}
+
+int xmc_unlock_sg_nowait(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag)
+{
+    if (!addrs || n == 0 || n > XMC_SG_MAX)
+        return XMC_EINVAL;
+    /* Under grant rules a last unlock reaches the backend: the waiting call does it. */
+    LOCKED_CALL_IF(c, false, c->grants ? XMC_EAGAIN : unlock_sg_locked(c, addrs, n, tag));
+}
+
 /* ---- unlock and reverse lookup ------------------------------------------ */
 
+/* Under grant rules the last unlock of an entry unmaps it: then XMC_ESYS
+ * when the backend fails to (the lock is gone all the same), or, when
+ * `nowait`, XMC_EAGAIN with nothing done, since the backend would run. */
 static int unlock_locked(xmc_cache *c, uintptr_t addr, bool by_tag, uint64_t tag,
-                         uint64_t *tag_out)
+                         uint64_t *tag_out, bool nowait)
 {
     uint32_t *link = record_find(c, addr, by_tag, tag);
+    xmc_entry *e;
 
     if (!link)
         return XMC_ENOENT;
+    e = rec(c, *link)->e;
+    if (nowait && c->grants && e->lock == 1)
+        return XMC_EAGAIN;
     if (tag_out)
         *tag_out = rec(c, *link)->tag;
-    record_del(c, link);
-    return XMC_OK;
+    return record_drop(c, link);
 }
 
 int xmc_unlock(xmc_cache *c, const void *addr, uint64_t *tag_out)
 {
-    LOCKED_CALL(c, unlock_locked(c, (uintptr_t)addr, false, 0, tag_out));
+    LOCKED_CALL(c, unlock_locked(c, (uintptr_t)addr, false, 0, tag_out, false));
 }
 
 int xmc_unlock_tag(xmc_cache *c, const void *addr, uint64_t tag)
 {
-    LOCKED_CALL(c, unlock_locked(c, (uintptr_t)addr, true, tag, NULL));
+    LOCKED_CALL(c, unlock_locked(c, (uintptr_t)addr, true, tag, NULL, false));
 }
 
 int xmc_unlock_tag_nowait(xmc_cache *c, const void *addr, uint64_t tag)
 {
-    LOCKED_CALL_IF(c, false, unlock_locked(c, (uintptr_t)addr, true, tag, NULL));
+    LOCKED_CALL_IF(c, false, unlock_locked(c, (uintptr_t)addr, true, tag, NULL, true));
 }
 
 static int ram_addr_locked(xmc_cache *c, const void *addr, uint64_t *out)
@@ -1188,6 +1410,8 @@ static int replace_locked(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
     if (!xmc_range_ok(old_paddr, size) || !xmc_range_ok(new_paddr, size) ||
         size > c->max_size)
         return XMC_EINVAL;
+    if (c->grants) /* a grant entry is never remapped in place */
+        return XMC_EGRANT;
     if (size) {
         cache_size = (offset + size + c->bucket_size - 1) & ~(c->bucket_size - 1);
         n = ((new_paddr & (XMC_PAGE_SIZE - 1)) + size + XMC_PAGE_SIZE - 1) >> XMC_PAGE_SHIFT;

@@ -30,6 +30,12 @@ class CallbackBackend(NoCopy):
     logged error) with the exception as its ``__cause__``.  They run under the
     cache's lock: a call from them into the cache that uses them raises
     ``MapCacheError`` instead of waiting for itself.
+
+    :raises TypeError: ``map`` or ``unmap`` is not callable.
+
+    Cost: each miss of a cache on this backend costs a call of ``map`` from C
+    into Python (a few microseconds besides the mapping itself), each dropped
+    entry a call of ``unmap``.  See docs/backends.md for a complete example.
     """
 
     _no_copy_why = "its callbacks are the emulator's own mappings, which a copy cannot own"
