@@ -52,6 +52,7 @@ extern "C" {
 typedef struct xmc_cache xmc_cache;
 typedef struct xmc_ram xmc_ram;
 typedef struct xmc_xen xmc_xen;
+typedef struct xmc_gnttab xmc_gnttab;
 
 /*
  * The foreign-memory side.  map() maps nr_pages guest pages starting at
@@ -130,6 +131,19 @@ int xmc_xen_open(uint32_t domid, const char *library, char *why, size_t why_size
                  xmc_xen **out);
 const xmc_backend *xmc_xen_backend(xmc_xen *xen);
 void xmc_xen_free(xmc_xen *xen); /* caches using it keep it alive */
+
+/*
+ * Pages the Xen domain `domid` granted us, through libxengnttab (loaded at
+ * run time): the backend's page numbers are grant references, mapped all or
+ * nothing, read-only unless `writable`, never at a fixed address (use it in a
+ * cache with xmc_cache_set_grants on).  XMC_EUNAVAIL when the library cannot
+ * be loaded or /dev/xen/gntdev is missing, with the reason in why[why_size];
+ * library NULL: "libxengnttab.so.1".
+ */
+int xmc_gnttab_open(uint32_t domid, bool writable, const char *library, char *why,
+                    size_t why_size, xmc_gnttab **out);
+const xmc_backend *xmc_gnttab_backend(xmc_gnttab *g);
+void xmc_gnttab_free(xmc_gnttab *g); /* caches using it keep it alive */
 
 /*
  * A cache over `be` (which must outlive the cache unless it has retain and

@@ -20,7 +20,7 @@ from ctools import CC, CSRC, CXX, LIBS, REPO, STRICT, TESTS_C, make_csrc, run
 from xenmapcache._version import __version__
 
 HEADERS = ("xenmapcache.h", "xenmapcache_qemu.h")
-# The names of DESIGN.md section 7 (fixed), and the Xen constructor.
+# The names of DESIGN.md section 7 (fixed), and the Xen constructors.
 FIXED_NAMES = (
     "xmc_ram_new",
     "xmc_ram_free",
@@ -37,6 +37,9 @@ FIXED_NAMES = (
     "xmc_xen_open",
     "xmc_xen_backend",
     "xmc_xen_free",
+    "xmc_gnttab_open",
+    "xmc_gnttab_backend",
+    "xmc_gnttab_free",
 )
 LANGUAGES = {
     "c11": (CC, "c"),

@@ -21,7 +21,7 @@ from .errors import (
 )
 from ._version import __version__
 from .ram import GuestRAM
-from .xen import XenForeignMemory
+from .xen import XenForeignMemory, XenGrantTable
 
 __all__ = [
     "BackendUnavailable",
@@ -38,5 +38,6 @@ __all__ = [
     "Stats",
     "UnknownMapping",
     "XenForeignMemory",
+    "XenGrantTable",
     "__version__",
 ]

@@ -45,7 +45,7 @@ from .errors import *  # noqa: F403 - the very exception classes of the package
 from .errors import BackendUnavailable, InvalidAddress, LockOverflow, MapCacheError, MappingError, UnknownMapping
 from ._version import __version__
 from .ram import PAGE_SHIFT, PAGE_SIZE, GuestRAM
-from .xen import XenForeignMemory
+from .xen import XenForeignMemory, XenGrantTable
 
 # The same public names as the package (tests/test_reference.py checks it).
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "Mapping",
     "Stats",
     "XenForeignMemory",
+    "XenGrantTable",
     "__version__",
 ]
 

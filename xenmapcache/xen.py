@@ -1,10 +1,11 @@
-"""Guest memory of a running Xen domain: the real foreign-memory backend.
+"""The real Xen backends: guest memory of a running domain, and its grants.
 
 ``XenForeignMemory(domid)`` wraps the C core's ``xmc_xen``, which loads
-libxenforeignmemory at run time; pass it to ``MapCache`` in place of a
-``GuestRAM``.  Where Xen is absent it raises ``BackendUnavailable`` saying
-which piece is missing (the library, or /dev/xen/privcmd); importing this
-module never needs Xen.
+libxenforeignmemory at run time; ``XenGrantTable(domid)`` wraps ``xmc_gnttab``,
+which loads libxengnttab.  Pass either to ``MapCache`` in place of a
+``GuestRAM``.  Where Xen is absent they raise ``BackendUnavailable`` saying
+which piece is missing (the library, or /dev/xen/privcmd or /dev/xen/gntdev);
+importing this module never needs Xen.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Self
 
 from ._validate import as_uint
 from .errors import BackendUnavailable, MapCacheError
@@ -21,37 +22,41 @@ DOMID_LIMIT = 1 << 16
 WHY_SIZE = 512
 
 
-class XenForeignMemory:
-    """The memory of Xen domain ``domid``, mapped through libxenforeignmemory.
+class _XenBackend:
+    """What both Xen backends share: the C handle, closing, the context manager."""
 
-    ``library`` names the shared library to load (default
-    ``libxenforeignmemory.so.1``), for a Xen installed outside the loader's
-    path.  Raises ``BackendUnavailable`` when it cannot be loaded or when
-    ``/dev/xen/privcmd`` is missing (not running in a Xen domain).
-    """
+    domid: int
+    library: str | None
+    _c: Any
+    _ffi: Any
+    _lib: Any
 
-    def __init__(self, domid: int, library: str | os.PathLike[str] | None = None) -> None:
+    def _open(self, domid: int, library: str | os.PathLike[str] | None, what: str, opener: Any, *args: Any) -> None:
+        """Call ``opener(domid, *args, library, why, size, out)``; keep the handle or raise."""
         from ._native import binding, check
 
         ffi, lib = binding()
         self.domid = as_uint(domid, "domid", DOMID_LIMIT)
         self.library = None if library is None else os.fsdecode(library)
         why = ffi.new("char[]", WHY_SIZE)
-        out = ffi.new("xmc_xen **")
+        out = ffi.new(f"{what} **")
         name = ffi.NULL if self.library is None else os.fsencode(self.library)
-        rc = lib.xmc_xen_open(self.domid, name, why, WHY_SIZE, out)
+        rc = opener(self.domid, *args, name, why, WHY_SIZE, out)
         if rc == lib.XMC_EUNAVAIL:
             raise BackendUnavailable(f"Xen domain {self.domid}: {ffi.string(why).decode(errors='replace')}")
-        check(rc, f"XenForeignMemory({self.domid})")
-        self._c: Any = ffi.gc(out[0], lib.xmc_xen_free)
+        check(rc, repr(self))
+        self._c = ffi.gc(out[0], getattr(lib, f"{what}_free"))
         self._ffi, self._lib = ffi, lib
+
+    def _backend_of(self, handle: Any) -> Any:
+        raise NotImplementedError
 
     @contextlib.contextmanager
     def _c_backend(self) -> Iterator[Any]:
         """The C core's ``const xmc_backend *`` (caches retain what it points into)."""
         if self._c is None:
-            raise MapCacheError(f"the backend of Xen domain {self.domid} is closed")
-        yield self._lib.xmc_xen_backend(self._c)
+            raise MapCacheError(f"the {type(self).__name__} backend of Xen domain {self.domid} is closed")
+        yield self._backend_of(self._c)
 
     @property
     def closed(self) -> bool:
@@ -64,12 +69,64 @@ class XenForeignMemory:
             self._ffi.release(self._c)
             self._c = None
 
-    def __enter__(self) -> XenForeignMemory:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+class XenForeignMemory(_XenBackend):
+    """The memory of Xen domain ``domid``, mapped through libxenforeignmemory.
+
+    ``library`` names the shared library to load (default
+    ``libxenforeignmemory.so.1``), for a Xen installed outside the loader's
+    path.  Raises ``BackendUnavailable`` when it cannot be loaded or when
+    ``/dev/xen/privcmd`` is missing (not running in a Xen domain).  Opening
+    costs a ``dlopen`` and the library's open; nothing is mapped until a cache
+    asks.
+    """
+
+    def __init__(self, domid: int, library: str | os.PathLike[str] | None = None) -> None:
+        self._c = None
+        from ._native import binding
+
+        self._open(domid, library, "xmc_xen", binding()[1].xmc_xen_open)
+
+    def _backend_of(self, handle: Any) -> Any:
+        return self._lib.xmc_xen_backend(handle)
+
     def __repr__(self) -> str:
         where = "" if self.library is None else f", library={self.library!r}"
         return f"XenForeignMemory({self.domid}{where})"
+
+
+class XenGrantTable(_XenBackend):
+    """Pages Xen domain ``domid`` granted us, mapped through libxengnttab.
+
+    A backend whose page numbers are grant references: a cache over it maps
+    page ``p`` (guest address ``p << 12``) from grant reference ``p``, with
+    ``xengnttab_map_domain_grant_refs``, all of an entry's references or none.
+    Mappings are read-only unless ``writable``.  Grants cannot be remapped in
+    place, so use it with page-sized buckets (``bucket_shift=12``) and, where
+    the core offers them, the grant rules.  ``library`` names the shared
+    library to load (default ``libxengnttab.so.1``).  Raises
+    ``BackendUnavailable`` when it cannot be loaded or when ``/dev/xen/gntdev``
+    is missing (not running in a Xen domain), and ``InvalidAddress`` for a
+    domid outside 0..65535.  Opening costs a ``dlopen`` and the library's
+    open; nothing is mapped until a cache asks.
+    """
+
+    def __init__(self, domid: int, writable: bool = False, library: str | os.PathLike[str] | None = None) -> None:
+        self._c = None
+        self.writable = bool(writable)
+        from ._native import binding
+
+        self._open(domid, library, "xmc_gnttab", binding()[1].xmc_gnttab_open, self.writable)
+
+    def _backend_of(self, handle: Any) -> Any:
+        return self._lib.xmc_gnttab_backend(handle)
+
+    def __repr__(self) -> str:
+        where = "" if self.library is None else f", library={self.library!r}"
+        return f"XenGrantTable({self.domid}, writable={self.writable}{where})"
