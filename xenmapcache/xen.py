@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from typing import Any, Self
 
+from ._nocopy import NoCopy
 from ._validate import as_uint
 from .errors import BackendUnavailable, MapCacheError
 
@@ -22,8 +23,8 @@ DOMID_LIMIT = 1 << 16
 WHY_SIZE = 512
 
 
-class _XenBackend:
-    """What both Xen backends share: the C handle, closing, the context manager."""
+class _XenBackend(NoCopy):
+    """What both Xen backends share: opening, the C handle, closing, the context manager."""
 
     domid: int
     library: str | None
@@ -31,17 +32,18 @@ class _XenBackend:
     _ffi: Any
     _lib: Any
 
-    def _open(self, domid: int, library: str | os.PathLike[str] | None, what: str, opener: Any, *args: Any) -> None:
-        """Call ``opener(domid, *args, library, why, size, out)``; keep the handle or raise."""
+    def _open(self, domid: int, library: str | os.PathLike[str] | None, what: str, *args: Any) -> None:
+        """Call ``<what>_open(domid, *args, library, why, size, &out)``; keep the handle or raise."""
         from ._native import binding, check
 
         ffi, lib = binding()
+        self._c = None
         self.domid = as_uint(domid, "domid", DOMID_LIMIT)
         self.library = None if library is None else os.fsdecode(library)
         why = ffi.new("char[]", WHY_SIZE)
         out = ffi.new(f"{what} **")
         name = ffi.NULL if self.library is None else os.fsencode(self.library)
-        rc = opener(self.domid, *args, name, why, WHY_SIZE, out)
+        rc = getattr(lib, f"{what}_open")(self.domid, *args, name, why, WHY_SIZE, out)
         if rc == lib.XMC_EUNAVAIL:
             raise BackendUnavailable(f"Xen domain {self.domid}: {ffi.string(why).decode(errors='replace')}")
         check(rc, repr(self))
@@ -64,7 +66,13 @@ class _XenBackend:
         return self._c is None
 
     def close(self) -> None:
-        """Drop this handle.  Caches built on it keep their own reference."""
+        """Drop this handle; a second call does nothing.
+
+        Caches built on it keep their own reference, and the library handle
+        lives until the last of them is closed.  Raises nothing.
+
+        Cost: O(1).
+        """
         if self._c is not None:
             self._ffi.release(self._c)
             self._c = None
@@ -79,19 +87,26 @@ class _XenBackend:
 class XenForeignMemory(_XenBackend):
     """The memory of Xen domain ``domid``, mapped through libxenforeignmemory.
 
+    Pass it to :class:`MapCache`, which keeps it alive while it needs it.
     ``library`` names the shared library to load (default
     ``libxenforeignmemory.so.1``), for a Xen installed outside the loader's
-    path.  Raises ``BackendUnavailable`` when it cannot be loaded or when
-    ``/dev/xen/privcmd`` is missing (not running in a Xen domain).  Opening
-    costs a ``dlopen`` and the library's open; nothing is mapped until a cache
-    asks.
+    path.  The library is loaded here, at run time, never at import; its
+    messages are kept out of stderr and end up in the exception.  Also a
+    context manager.
+
+    :raises BackendUnavailable: the library cannot be loaded, or
+        ``/dev/xen/privcmd`` is missing (not running in a Xen domain); the
+        message says which.
+    :raises InvalidAddress: ``domid`` is negative or not below 65536.
+    :raises TypeError: ``domid`` is not an int.
+
+    Cost: a ``dlopen`` and an open of the privcmd device, once.
     """
 
-    def __init__(self, domid: int, library: str | os.PathLike[str] | None = None) -> None:
-        self._c = None
-        from ._native import binding
+    _no_copy_why = "it owns a libxenforeignmemory handle, which a copy would close twice"
 
-        self._open(domid, library, "xmc_xen", binding()[1].xmc_xen_open)
+    def __init__(self, domid: int, library: str | os.PathLike[str] | None = None) -> None:
+        self._open(domid, library, "xmc_xen")
 
     def _backend_of(self, handle: Any) -> Any:
         return self._lib.xmc_xen_backend(handle)
@@ -105,24 +120,29 @@ class XenGrantTable(_XenBackend):
     """Pages Xen domain ``domid`` granted us, mapped through libxengnttab.
 
     A backend whose page numbers are grant references: a cache over it maps
-    page ``p`` (guest address ``p << 12``) from grant reference ``p``, with
-    ``xengnttab_map_domain_grant_refs``, all of an entry's references or none.
-    Mappings are read-only unless ``writable``.  Grants cannot be remapped in
-    place, so use it with page-sized buckets (``bucket_shift=12``) and, where
-    the core offers them, the grant rules.  ``library`` names the shared
-    library to load (default ``libxengnttab.so.1``).  Raises
-    ``BackendUnavailable`` when it cannot be loaded or when ``/dev/xen/gntdev``
-    is missing (not running in a Xen domain), and ``InvalidAddress`` for a
-    domid outside 0..65535.  Opening costs a ``dlopen`` and the library's
-    open; nothing is mapped until a cache asks.
+    guest page ``p`` (address ``p << 12``) from grant reference ``p``, all of
+    an entry's references in one ``xengnttab_map_domain_grant_refs`` call or
+    none.  Mappings are read-only unless ``writable``.  A grant cannot be
+    remapped in place, so use it as QEMU does:
+    ``MapCache(table, bucket_shift=12, grants=True)``.  ``library`` names the
+    shared library to load (default ``libxengnttab.so.1``).  The library is
+    loaded here, at run time, never at import; its messages are kept out of
+    stderr and end up in the exception.  Also a context manager.
+
+    :raises BackendUnavailable: the library cannot be loaded, or
+        ``/dev/xen/gntdev`` is missing (not running in a Xen domain); the
+        message says which.
+    :raises InvalidAddress: ``domid`` is negative or not below 65536.
+    :raises TypeError: ``domid`` is not an int.
+
+    Cost: a ``dlopen`` and an open of the gntdev device, once.
     """
 
-    def __init__(self, domid: int, writable: bool = False, library: str | os.PathLike[str] | None = None) -> None:
-        self._c = None
-        self.writable = bool(writable)
-        from ._native import binding
+    _no_copy_why = "it owns a libxengnttab handle, which a copy would close twice"
 
-        self._open(domid, library, "xmc_gnttab", binding()[1].xmc_gnttab_open, self.writable)
+    def __init__(self, domid: int, writable: bool = False, library: str | os.PathLike[str] | None = None) -> None:
+        self.writable = bool(writable)
+        self._open(domid, library, "xmc_gnttab", self.writable)
 
     def _backend_of(self, handle: Any) -> Any:
         return self._lib.xmc_gnttab_backend(handle)
