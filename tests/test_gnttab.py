@@ -146,7 +146,7 @@ def test_domid_out_of_range(fake_library: Path, domid: int) -> None:
 def test_the_reference_core_does_not_map_grants(fake_library: Path) -> None:
     # As for XenForeignMemory: the reference maps GuestRAM and CallbackBackend only.
     with pytest.raises(TypeError, match="XenGrantTable"):
-        reference.MapCache(grant_table(fake_library))  # type: ignore[arg-type]
+        reference.MapCache(grant_table(fake_library))
 
 
 def test_library_missing_is_unavailable() -> None:
