@@ -204,3 +204,22 @@ def test_real_library_missing() -> None:
     proc = unavailable_in_subprocess()
     assert "libxengnttab.so.1 cannot be loaded" in proc.stdout
     assert proc.stderr == ""
+
+
+def test_under_the_grant_rules_a_grant_lives_as_long_as_its_locks(fake_library: Path, fake: Fake) -> None:
+    """As in QEMU's grant caches: locked requests only; the last unlock unmaps (the guest may revoke)."""
+    live = fake.live_pages
+    with xmc.MapCache(grant_table(fake_library), bucket_shift=12, grants=True) as cache:
+        with pytest.raises(xmc.MapCacheError):
+            cache.map_ptr(7 * PAGE)  # unlocked: refused, nothing mapped
+        assert fake.live_pages == live
+        first = cache.map(7 * PAGE, 8, dma=True)
+        second = cache.map(7 * PAGE + 8, 8)
+        assert second.address == first.address + 8 and fake.live_pages == live + 1
+        first.release()
+        assert fake.live_pages == live + 1  # still locked once
+        second.release()
+        assert fake.live_pages == live and cache.stats().entries == 0
+        with cache.map(7 * PAGE, 8) as again:  # mapped afresh, not a kept entry
+            assert bytes(memoryview(again)) == grant_mark(7)
+        assert fake.live_pages == live
