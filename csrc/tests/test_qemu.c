@@ -8,6 +8,8 @@
 #include "fault_backend.h"
 #include "xenmapcache_qemu.h"
 
+#include <pthread.h>
+
 static char grant_block, ram_block;
 #define GRANTS ((MemoryRegion *)(void *)&grant_block)
 #define RAM ((MemoryRegion *)(void *)&ram_block)
@@ -143,9 +145,57 @@ TEST(qemu_legacy_cache_is_searched_too)
     fb_done(b, legacy);
 }
 
+/* A thread mapping grants of a block at its own ram_addr_offset. */
+struct grant_worker {
+    uint64_t offset;
+    int bad; /* mappings that did not show the page of their reference */
+};
+
+static void *map_grants(void *arg)
+{
+    struct grant_worker *w = arg;
+    int rounds = xt_slow() ? 1000 : 10000; /* valgrind is slow enough to interleave */
+
+    for (int i = 0; i < rounds; i++) {
+        uint64_t ref = (uint64_t)(i * 7) % 60;
+        uint8_t *p = xen_map_cache(GRANTS, w->offset + ref * PAGE + 8, 16, w->offset, 1,
+                                   true, (i & 8) != 0);
+
+        if (!p || !xt_has_pattern(p, ref * PAGE + 8, 16))
+            w->bad++;
+        xen_invalidate_map_cache_entry(p);
+    }
+    return NULL;
+}
+
+/* The offset a grant request subtracts is its own thread's, whatever the
+ * others do meanwhile. */
+TEST(qemu_grant_offsets_do_not_leak_across_threads)
+{
+    /* One counting backend per cache: its mutex is all that guards it. */
+    fb *ram = fb_new(MIB), *ro = fb_new(64 * PAGE), *rw = fb_new(64 * PAGE);
+    struct grant_worker w[2] = { { OFFSET, 0 }, { 3 * OFFSET, 0 } };
+    pthread_t th[2];
+
+    CHECK(ram && ro && rw);
+    OK(xmc_qemu_configure(&ram->be, &ro->be, &rw->be, GRANTS));
+    xen_map_cache_init(NULL, NULL);
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ(pthread_create(&th[i], NULL, map_grants, &w[i]), 0);
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ(pthread_join(th[i], NULL), 0);
+    CHECK_EQ(w[0].bad + w[1].bad, 0);
+    CHECK_EQ(fb_live(ro) + fb_live(rw), 0);
+    xmc_qemu_shutdown();
+    fb_done(ram, NULL);
+    fb_done(ro, NULL);
+    fb_done(rw, NULL);
+}
+
 const xt_test xt_qemu_tests[] = {
     XT(qemu_requests_reach_their_cache_and_references),
     XT(qemu_configure_is_all_or_nothing),
     XT(qemu_legacy_cache_is_searched_too),
+    XT(qemu_grant_offsets_do_not_leak_across_threads),
     XT_END,
 };
