@@ -850,6 +850,7 @@ typedef struct sg_tally {
     xmc_stats mark;
 } sg_tally;
 
+/* The batch t (holding the mutex) has taken it, or taken it back. */
 static void tally_resume(xmc_cache *c, sg_tally *t)
 {
     c->tally = t;
@@ -857,16 +858,25 @@ static void tally_resume(xmc_cache *c, sg_tally *t)
         t->mark = c->st;
 }
 
-/* Fold what the batch holding the mutex moved into its share; it is about to
- * give the mutex up.  Returns that batch (or NULL) for tally_resume(). */
+/* What the batch t, holding the mutex, has moved so far. */
+static xmc_stats tally_now(const xmc_cache *c, const sg_tally *t)
+{
+    xmc_stats own = t->own;
+
+    own.hits += c->st.hits - t->mark.hits;
+    own.misses += c->st.misses - t->mark.misses;
+    own.remaps += c->st.remaps - t->mark.remaps;
+    return own;
+}
+
+/* The mutex is about to be given up: the batch holding it (returned, or
+ * NULL, for tally_resume) keeps what it moved so far. */
 static sg_tally *tally_pause(xmc_cache *c)
 {
     sg_tally *t = c->tally;
 
     if (t) {
-        t->own.hits += c->st.hits - t->mark.hits;
-        t->own.misses += c->st.misses - t->mark.misses;
-        t->own.remaps += c->st.remaps - t->mark.remaps;
+        t->own = tally_now(c, t);
         c->tally = NULL;
     }
     return t;
@@ -1012,14 +1022,20 @@ int xmc_map_nowait(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
 
 /* ---- batches ------------------------------------------------------------ */
 
-#define SG_ON_STACK 64
+#define SG_ON_STACK 64 /* addresses a batch keeps on the stack; more are allocated */
 
+/*
+ * Map segments 0..n-1 as locked map_locked() calls into addrs[].  When one
+ * fails, undo the records of those before it and take back what they moved
+ * of hits, misses and remaps (kept apart from other threads' counts by the
+ * tally); the entries they mapped stay, unlocked.
+ */
 static int map_sg_locked(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags,
                          uint64_t tag, void **addrs)
 {
     xmc_entry *last = c->last;
     sg_tally t = { 0 };
-    xmc_stats before = { 0 }; /* the batch's share before the failing segment */
+    xmc_stats before = { 0 }; /* what segments 0..i-1 moved */
     size_t i;
     int rc = XMC_OK;
 
@@ -1028,9 +1044,7 @@ static int map_sg_locked(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned fl
             return XMC_EINVAL;
     tally_resume(c, &t);
     for (i = 0; i < n; i++) {
-        tally_pause(c);
-        tally_resume(c, &t);
-        before = t.own;
+        before = tally_now(c, &t);
         rc = map_locked(c, segs[i].paddr, segs[i].size, flags | XMC_LOCK, tag, &addrs[i]);
         if (rc != XMC_OK)
             break;
