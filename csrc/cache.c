@@ -148,6 +148,7 @@ struct xmc_cache {
     uint32_t newest;
     uint32_t lock_limit;
     bool dummy;
+    bool grants; /* grant rules: locked requests only, unmapped at the last unlock */
     bool closed;
     xmc_translate_fn translate;
     void *translate_opaque;
@@ -169,6 +170,7 @@ const char *xmc_strerror(int err)
     case XMC_ECLOSED: return "the cache is closed";
     case XMC_EAGAIN: return "the call would have to wait";
     case XMC_EREENTER: return "called from inside one of the cache's own backend callbacks";
+    case XMC_EGRANT: return "not allowed on a grant cache (locked requests only, no replace)";
     default: return "unknown error";
     }
 }
@@ -496,7 +498,7 @@ static int find_or_map(xmc_cache *c, uint64_t index, uint64_t size,
             *out = e;
             return XMC_OK;
         }
-        if (!reuse && e->lock == 0)
+        if (!reuse && e->lock == 0 && !c->grants)
             reuse = e;
     }
     if (nowait) /* a miss reaches the backend */
@@ -511,8 +513,11 @@ static int find_or_map(xmc_cache *c, uint64_t index, uint64_t size,
     }
     if (rc != XMC_OK)
         return rc;
-    if (!pages_valid(e, first, n))
+    if (!pages_valid(e, first, n)) {
+        if (c->grants) /* a grant entry lives only while locked */
+            entry_destroy(c, e);
         return XMC_EMAP;
+    }
     *out = e;
     return XMC_OK;
 }
@@ -647,6 +652,18 @@ static void record_del(xmc_cache *c, uint32_t *link)
         c->st.dma_locked--;
     r->hnext = c->free_ids;
     c->free_ids = id;
+}
+
+/* record_del(), then the grant rule: an entry whose last lock went is unmapped
+ * at once (XMC_ESYS when the backend fails to; the lock is gone all the same). */
+static int record_drop(xmc_cache *c, uint32_t *link)
+{
+    xmc_entry *e = rec(c, *link)->e;
+
+    record_del(c, link);
+    if (c->grants && e->lock == 0)
+        return entry_destroy(c, e) == XMC_OK ? XMC_OK : XMC_ESYS;
+    return XMC_OK;
 }
 
 static uint64_t entry_paddr(const xmc_cache *c, const xmc_entry *e, uintptr_t addr)
@@ -824,6 +841,22 @@ int xmc_cache_set_dummy(xmc_cache *c, bool on)
     LOCKED_CALL(c, set_dummy_locked(c, on));
 }
 
+static int set_grants_locked(xmc_cache *c, bool on)
+{
+    if (on == c->grants)
+        return XMC_OK;
+    /* Page-granular entries only; and no entry may predate the rules. */
+    if ((on && c->shift != XMC_PAGE_SHIFT) || c->st.misses)
+        return XMC_EINVAL;
+    c->grants = on;
+    return XMC_OK;
+}
+
+int xmc_cache_set_grants(xmc_cache *c, bool on)
+{
+    LOCKED_CALL(c, set_grants_locked(c, on));
+}
+
 static int set_translate_locked(xmc_cache *c, xmc_translate_fn fn, void *opaque)
 {
     c->translate = fn;
@@ -942,6 +975,8 @@ XMC_NOINLINE static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size,
 
     if (!xmc_range_ok(paddr, size) || size > c->max_size)
         return XMC_EINVAL;
+    if (c->grants && !lock)
+        return XMC_EGRANT;
     if (lock && c->lock_limit == 0)
         return XMC_EOVERFLOW; /* before any lookup: nothing changes */
     for (;;) {
@@ -982,11 +1017,15 @@ XMC_NOINLINE static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size,
         }
         rc = record_add(c, e, (uintptr_t)(e->vaddr + offset), size, tag,
                         flags & XMC_DMA);
-        if (rc != XMC_OK)
+        if (rc != XMC_OK) {
+            if (c->grants && e->lock == 0) /* just mapped for this request */
+                entry_destroy(c, e);
             return rc;
+        }
         e->lock++;
     }
-    c->last = e;
+    if (!c->grants) /* a grant entry may go at any unlock: never the fast path's */
+        c->last = e;
     *out = e->vaddr + offset;
     return XMC_OK;
 }
@@ -1058,7 +1097,7 @@ static int map_sg_locked(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned fl
     while (i--) {
         uint32_t *link = record_find(c, (uintptr_t)addrs[i], true, tag);
         if (link)
-            record_del(c, link);
+            (void)record_drop(c, link); /* the batch's own error is the one to report */
     }
     c->st.hits -= before.hits;
     c->st.misses -= before.misses;
@@ -1125,6 +1164,7 @@ static uint32_t *record_find_claimed(xmc_cache *c, uintptr_t addr, uint64_t tag,
 static int unlock_sg_locked(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag)
 {
     size_t i;
+    int rc = XMC_OK;
 
     for (i = 0; i < n; i++) {
         uint32_t *link = record_find_claimed(c, (uintptr_t)addrs[i], tag, false);
@@ -1141,8 +1181,9 @@ static int unlock_sg_locked(xmc_cache *c, void *const *addrs, size_t n, uint64_t
         return XMC_ENOENT;
     }
     for (i = 0; i < n; i++)
-        record_del(c, record_find_claimed(c, (uintptr_t)addrs[i], tag, true));
-    return XMC_OK;
+        if (record_drop(c, record_find_claimed(c, (uintptr_t)addrs[i], tag, true)) != XMC_OK)
+            rc = XMC_ESYS;
+    return rc;
 }
 
 int xmc_unlock_sg(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag)
@@ -1156,37 +1197,44 @@ int xmc_unlock_sg_nowait(xmc_cache *c, void *const *addrs, size_t n, uint64_t ta
 {
     if (!addrs || n == 0 || n > XMC_SG_MAX)
         return XMC_EINVAL;
-    LOCKED_CALL_IF(c, false, unlock_sg_locked(c, addrs, n, tag));
+    /* Under grant rules a last unlock reaches the backend: the waiting call does it. */
+    LOCKED_CALL_IF(c, false, c->grants ? XMC_EAGAIN : unlock_sg_locked(c, addrs, n, tag));
 }
 
 /* ---- unlock and reverse lookup ------------------------------------------ */
 
+/* Under grant rules the last unlock of an entry unmaps it: then XMC_ESYS
+ * when the backend fails to (the lock is gone all the same), or, when
+ * `nowait`, XMC_EAGAIN with nothing done, since the backend would run. */
 static int unlock_locked(xmc_cache *c, uintptr_t addr, bool by_tag, uint64_t tag,
-                         uint64_t *tag_out)
+                         uint64_t *tag_out, bool nowait)
 {
     uint32_t *link = record_find(c, addr, by_tag, tag);
+    xmc_entry *e;
 
     if (!link)
         return XMC_ENOENT;
+    e = rec(c, *link)->e;
+    if (nowait && c->grants && e->lock == 1)
+        return XMC_EAGAIN;
     if (tag_out)
         *tag_out = rec(c, *link)->tag;
-    record_del(c, link);
-    return XMC_OK;
+    return record_drop(c, link);
 }
 
 int xmc_unlock(xmc_cache *c, const void *addr, uint64_t *tag_out)
 {
-    LOCKED_CALL(c, unlock_locked(c, (uintptr_t)addr, false, 0, tag_out));
+    LOCKED_CALL(c, unlock_locked(c, (uintptr_t)addr, false, 0, tag_out, false));
 }
 
 int xmc_unlock_tag(xmc_cache *c, const void *addr, uint64_t tag)
 {
-    LOCKED_CALL(c, unlock_locked(c, (uintptr_t)addr, true, tag, NULL));
+    LOCKED_CALL(c, unlock_locked(c, (uintptr_t)addr, true, tag, NULL, false));
 }
 
 int xmc_unlock_tag_nowait(xmc_cache *c, const void *addr, uint64_t tag)
 {
-    LOCKED_CALL_IF(c, false, unlock_locked(c, (uintptr_t)addr, true, tag, NULL));
+    LOCKED_CALL_IF(c, false, unlock_locked(c, (uintptr_t)addr, true, tag, NULL, true));
 }
 
 static int ram_addr_locked(xmc_cache *c, const void *addr, uint64_t *out)
@@ -1292,6 +1340,8 @@ static int replace_locked(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
     if (!xmc_range_ok(old_paddr, size) || !xmc_range_ok(new_paddr, size) ||
         size > c->max_size)
         return XMC_EINVAL;
+    if (c->grants) /* a grant entry is never remapped in place */
+        return XMC_EGRANT;
     if (size) {
         cache_size = (offset + size + c->bucket_size - 1) & ~(c->bucket_size - 1);
         n = ((new_paddr & (XMC_PAGE_SIZE - 1)) + size + XMC_PAGE_SIZE - 1) >> XMC_PAGE_SHIFT;

@@ -7,8 +7,9 @@ holes and contents, through random sequences of map (locked or not, DMA,
 tags), map_ptr, unlock, Mapping.release, memoryview reads and writes, cache
 reads and writes, ram_addr (exact, interior and foreign pointers), invalidate,
 replace and close/reopen, on small caches (bucket_shift 12..14, one to four
-slots, so chains collide), with holes, a small lock_limit, dummy mode and
-translate callbacks.
+slots, so chains collide), with holes, a small lock_limit, dummy mode,
+translate callbacks and grant rules (``grants=True``: locked requests only,
+entries unmapped at their last unlock).
 
 After every step both must have given the same results or the same exception
 types; host addresses differ between the two, so records are compared by guest
@@ -119,6 +120,7 @@ class Config:
     lock_limit: int
     dummy: bool
     translate: str | None
+    grants: bool = False
 
     @property
     def bucket(self) -> int:
@@ -126,9 +128,15 @@ class Config:
 
 
 configs = st.builds(
-    lambda shift, slots, trim, lock_limit, dummy, translate: Config(
-        shift, max(PAGE, slots * (1 << shift) - trim), lock_limit, dummy, translate
+    lambda shift, slots, trim, lock_limit, dummy, translate, grants: Config(
+        12 if grants else shift,
+        max(PAGE, slots * (1 << (12 if grants else shift)) - trim),
+        lock_limit,
+        dummy,
+        translate,
+        grants,
     ),
+    grants=st.sampled_from([False, False, False, True]),
     shift=st.integers(12, 14),
     slots=st.integers(1, 4),
     trim=st.sampled_from([0, 0, PAGE]),
@@ -168,6 +176,7 @@ class System:
             translate=logged(TRANSLATES[cfg.translate], self.log),
             dummy_on_failure=cfg.dummy,
             lock_limit=cfg.lock_limit,
+            grants=cfg.grants,
         )
 
     def memory(self) -> bytes:
@@ -288,6 +297,8 @@ class CacheModel(RuleBasedStateMachine):
         """The chunks of a cache read/write: (kind, guest address, length, offset), and the final error."""
         if paddr + n > TOP:
             return [], xenmapcache.InvalidAddress
+        if self.cfg.grants and n:  # a copy is an unlocked request
+            return [], xenmapcache.MapCacheError
         chunks: list[tuple[str, Any, int, int]] = []
         done, bucket = 0, self.cfg.bucket
         while n:
@@ -414,6 +425,8 @@ class CacheModel(RuleBasedStateMachine):
             lock = False
         paddr, size = self.paddrs(data), self.sizes(data)
         kind, where = self.land(paddr, size) if paddr + size <= TOP and size <= self.cfg.max_size else ("skip", None)
+        if self.cfg.grants and not lock and kind != "skip":
+            kind, where = "error", xenmapcache.MapCacheError
         got = self.both(lambda s: s.cache.map_ptr(paddr, size, lock=lock, dma=dma))
         if got is None:
             self.expect_failure(kind, where)
@@ -436,6 +449,8 @@ class CacheModel(RuleBasedStateMachine):
         base = data.draw(st.sampled_from(self.recent), label="near")
         paddr = (base & ~(PAGE - 1)) + data.draw(st.integers(0, PAGE - 1), label="offset")
         kind, where = self.land(paddr, 0) if paddr < TOP else ("skip", None)
+        if self.cfg.grants:
+            kind, where = "error", xenmapcache.MapCacheError
         got = self.both(lambda s: s.cache.map_ptr(paddr))
         if got is None:
             self.expect_failure(kind, where)
@@ -693,6 +708,8 @@ class CacheModel(RuleBasedStateMachine):
         assert state.starts == sorted(e.vaddr for e in live)
         assert sorted(id(e) for chain in state.slots.values() for e in chain) == sorted(id(e) for e in live)
         assert state.last is None or state.last in state.live
+        if self.cfg.grants:  # an entry lives exactly as long as it is locked
+            assert state.last is None and all(e.lock > 0 for e in live)
 
     @invariant()
     def guest_ram_matches_the_shadow(self) -> None:

@@ -146,6 +146,7 @@ class _NativeCore:
         translate: Translate | None,
         dummy: bool,
         lock_limit: int,
+        grants: bool = False,
     ) -> None:
         from ._native import binding, check
 
@@ -157,6 +158,7 @@ class _NativeCore:
         self._c = ffi.gc(out[0], lib.xmc_cache_free)
         check(lib.xmc_cache_set_lock_limit(self._c, lock_limit), "lock_limit")
         check(lib.xmc_cache_set_dummy(self._c, dummy), "dummy_on_failure")
+        check(lib.xmc_cache_set_grants(self._c, grants), "grants")
         self._translate = None
         from . import _callbacks
 
@@ -384,6 +386,12 @@ class MapCache:
     ``translate(paddr, size) -> paddr`` is tried once when pages cannot be
     mapped; ``dummy_on_failure`` maps anonymous memory instead of failing
     (incoming migration); ``lock_limit`` caps each entry's lock count.
+    ``grants=True`` applies the grant rules of QEMU's grant caches (see
+    docs/trace-and-grants.md): only locked requests (``map``, ``map_ptr``
+    with ``lock=True``), page-granular entries (``bucket_shift`` must be 12,
+    else ``InvalidAddress``), each entry unmapped as soon as its last lock is
+    released; an unlocked request, ``read``, ``write`` and ``replace`` raise
+    ``MapCacheError`` and map nothing.
     """
 
     _Core: Any = _NativeCore
@@ -396,6 +404,7 @@ class MapCache:
         translate: Translate | None = None,
         dummy_on_failure: bool = False,
         lock_limit: int = LOCK_LIMIT_MAX,
+        grants: bool = False,
     ) -> None:
         if not isinstance(ram, (GuestRAM, XenForeignMemory, CallbackBackend)):
             raise TypeError(f"ram must be a GuestRAM, XenForeignMemory or CallbackBackend, not {type(ram).__name__}")
@@ -408,12 +417,20 @@ class MapCache:
         if translate is not None and not callable(translate):
             raise TypeError("translate must be callable")
         lock_limit = as_uint(lock_limit, "lock_limit", LOCK_LIMIT_MAX + 1)
+        if grants and shift != MIN_BUCKET_SHIFT:
+            raise InvalidAddress(f"grants=True needs page-granular entries, bucket_shift=12: {shift}")
         self.bucket_shift = shift
         self.max_size = max_size
-        self._core: _NativeCore = self._Core(ram, shift, max_size, translate, bool(dummy_on_failure), lock_limit)
+        self.grants = bool(grants)
+        self._core: _NativeCore = self._Core(
+            ram, shift, max_size, translate, bool(dummy_on_failure), lock_limit, grants=self.grants
+        )
         fast_paths = getattr(self._core, "fast_paths", None)
         if fast_paths is not None:  # instance attributes: they shadow the methods below
-            vars(self).update(fast_paths(self))
+            paths = fast_paths(self)
+            if self.grants:  # a grant unlock may unmap and fail: the method reports it
+                paths.pop("unlock", None)
+            vars(self).update(paths)
         self._ram = ram
         self._mappings: dict[int, Mapping] = {}
         self._by_address: dict[int, list[Mapping]] = {}
