@@ -1406,37 +1406,82 @@ int xmc_locked(xmc_cache *c, xmc_record **out, size_t *n)
     LOCKED_CALL(c, records_copy(c, false, out, n));
 }
 
+/* The bytes of a copy at paddr (n left) that one map serves: one bucket's,
+ * at most max_size of them (map_locked refuses more, even in one bucket). */
+static size_t copy_chunk(const xmc_cache *c, uint64_t paddr, size_t n)
+{
+    uint64_t room = c->bucket_size - (paddr & (c->bucket_size - 1));
+    size_t chunk = n < room ? n : (size_t)room;
+
+    return chunk > c->max_size ? (size_t)c->max_size : chunk;
+}
+
+#define PIECES_ON_STACK 16
+
+/*
+ * Copy n bytes between buf and guest memory, all or nothing: every chunk is
+ * mapped first, its entry pinned (lock count raised, no record) so that a
+ * later chunk cannot remap it, and only then is a byte copied.  A failure
+ * leaves guest memory and buf untouched.
+ */
 static int copy_locked(xmc_cache *c, uint64_t paddr, uint8_t *buf, size_t n,
                        bool to_guest, unsigned flags)
 {
-    uint64_t first_room = c->bucket_size - (paddr & (c->bucket_size - 1));
+    struct piece { xmc_entry *e; uint8_t *p; size_t len; uint64_t index; uint32_t flags; }
+        stack[PIECES_ON_STACK];
+    struct piece *pieces = stack;
+    size_t count = 0, pinned = 0, chunk;
+    void *p;
+    int rc = XMC_OK;
 
     if (!xmc_range_ok(paddr, n))
         return XMC_EINVAL;
+    if (n == 0)
+        return XMC_OK;
+    chunk = copy_chunk(c, paddr, n);
     /* Without waiting, one bucket only: a later one could miss after the
      * first was counted as a hit, and the waiting retry would count it twice. */
-    if ((flags & MAP_NOWAIT) && (n > first_room || n > c->max_size))
+    if ((flags & MAP_NOWAIT) && chunk < n)
         return XMC_EAGAIN;
-    while (n) {
-        uint64_t room = c->bucket_size - (paddr & (c->bucket_size - 1));
-        size_t chunk = n < room ? n : (size_t)room;
-
-        if (chunk > c->max_size) /* map_locked refuses more, even in one bucket */
-            chunk = (size_t)c->max_size;
-        void *p;
-        int rc = map_locked(c, paddr, chunk, flags, 0, &p);
-
-        if (rc != XMC_OK)
+    if (chunk == n) { /* the common case: one map, nothing to pin */
+        if ((rc = map_locked(c, paddr, n, flags, 0, &p)) != XMC_OK)
             return rc;
-        if (to_guest)
-            memcpy(p, buf, chunk);
-        else
-            memcpy(buf, p, chunk);
-        buf += chunk;
-        paddr += chunk;
-        n -= chunk;
+        memcpy(to_guest ? p : buf, to_guest ? buf : p, n);
+        return XMC_OK;
     }
-    return XMC_OK;
+    for (uint64_t at = paddr, left = n; left; at += chunk, left -= chunk, count++)
+        chunk = copy_chunk(c, at, (size_t)left);
+    if (count > PIECES_ON_STACK && !(pieces = calloc(count, sizeof(*pieces))))
+        return XMC_ENOMEM;
+again:
+    for (uint64_t at = paddr, left = n; left; at += chunk, left -= chunk) {
+        chunk = copy_chunk(c, at, (size_t)left);
+        if ((rc = map_locked(c, at, chunk, flags, 0, &p)) != XMC_OK)
+            break;
+        if (c->last->lock == UINT32_MAX) { /* no room to pin it */
+            rc = XMC_EOVERFLOW;
+            break;
+        }
+        c->last->lock++;
+        pieces[pinned++] = (struct piece){ c->last, p, chunk, c->last->index, c->last->flags };
+    }
+    /* translate runs with the mutex dropped: meanwhile another thread may
+     * have replaced a pinned entry (moved it to other guest pages).  Then
+     * start again, so the copy sees one consistent state. */
+    for (size_t i = 0; rc == XMC_OK && i < pinned; i++)
+        if (pieces[i].e->index != pieces[i].index || pieces[i].e->flags != pieces[i].flags) {
+            while (pinned)
+                pieces[--pinned].e->lock--;
+            goto again;
+        }
+    for (size_t i = 0; rc == XMC_OK && i < pinned; buf += pieces[i].len, i++)
+        memcpy(to_guest ? pieces[i].p : buf, to_guest ? buf : pieces[i].p, pieces[i].len);
+    /* A cache closed while translate ran has freed every entry, pinned or not. */
+    for (size_t i = 0; i < pinned && !c->closed; i++)
+        pieces[i].e->lock--;
+    if (pieces != stack)
+        free(pieces);
+    return rc;
 }
 
 int xmc_read(xmc_cache *c, uint64_t paddr, void *buf, size_t n)
