@@ -872,34 +872,32 @@ int xmc_cache_set_translate(xmc_cache *c, xmc_translate_fn fn, void *opaque)
 /* ---- map -------------------------------------------------------------- */
 
 /*
- * The counters a batch moved itself (xmc_map_sg), told apart from those of
- * other threads while a translate callback runs without the mutex: `own`
- * holds the batch's share up to the last time it gave the mutex up, and
- * `mark` the counters when it last took it.  c->tally is set only while a
- * batch holds the mutex.
+ * The counters a batch (xmc_map_sg) moved itself, told apart from those of
+ * other threads while a translate callback runs without the mutex.  While the
+ * batch holds the mutex the tally holds its share minus c->st's counters, so
+ * that adding c->st gives its share; while it waits, its share.  c->tally is
+ * set only while a batch holds the mutex.
  */
 typedef struct sg_tally {
-    xmc_stats own;
-    xmc_stats mark;
+    uint64_t hits, misses, remaps;
 } sg_tally;
 
-/* The batch t (holding the mutex) has taken it, or taken it back. */
+/* The batch t has taken the mutex, or taken it back. */
 static void tally_resume(xmc_cache *c, sg_tally *t)
 {
     c->tally = t;
-    if (t)
-        t->mark = c->st;
+    if (t) {
+        t->hits -= c->st.hits;
+        t->misses -= c->st.misses;
+        t->remaps -= c->st.remaps;
+    }
 }
 
 /* What the batch t, holding the mutex, has moved so far. */
-static xmc_stats tally_now(const xmc_cache *c, const sg_tally *t)
+static sg_tally tally_now(const xmc_cache *c, const sg_tally *t)
 {
-    xmc_stats own = t->own;
-
-    own.hits += c->st.hits - t->mark.hits;
-    own.misses += c->st.misses - t->mark.misses;
-    own.remaps += c->st.remaps - t->mark.remaps;
-    return own;
+    return (sg_tally){ t->hits + c->st.hits, t->misses + c->st.misses,
+                       t->remaps + c->st.remaps };
 }
 
 /* The mutex is about to be given up: the batch holding it (returned, or
@@ -909,7 +907,7 @@ static sg_tally *tally_pause(xmc_cache *c)
     sg_tally *t = c->tally;
 
     if (t) {
-        t->own = tally_now(c, t);
+        *t = tally_now(c, t);
         c->tally = NULL;
     }
     return t;
@@ -1073,8 +1071,7 @@ static int map_sg_locked(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned fl
                          uint64_t tag, void **addrs)
 {
     xmc_entry *last = c->last;
-    sg_tally t = { 0 };
-    xmc_stats before = { 0 }; /* what segments 0..i-1 moved */
+    sg_tally t = { 0 }, before = { 0 }; /* before: what segments 0..i-1 moved */
     size_t i;
     int rc = XMC_OK;
 
