@@ -326,7 +326,8 @@ int xmc_write(xmc_cache *c, uint64_t paddr, const void *buf, size_t n);
  * differ from their values before the call by what the failing segment's own
  * attempt moved, exactly as after a failed xmc_map() of that segment; locked
  * and dma_locked are unchanged.  Entries mapped on the way may stay cached,
- * unlocked (entries, mapped_bytes), as after a failed xmc_map().  Every
+ * unlocked (entries, mapped_bytes), as after a failed xmc_map(); on a grant
+ * cache they go with their last lock.  Every
  * segment's range (paddr + size within 2**64, size <= max_size) is checked
  * before anything is looked up, so a bad one anywhere changes nothing.
  * Cost: that of n locked xmc_map() calls less n - 1 mutex round trips; a
@@ -338,7 +339,9 @@ int xmc_write(xmc_cache *c, uint64_t paddr, const void *buf, size_t n);
  * exactly addrs[i] that carries tag, as n xmc_unlock_tag() calls would.  All
  * or nothing: it first finds a record for every address (an address given k
  * times needs k records), and when one is missing returns XMC_ENOENT having
- * unlocked nothing.  O(n) hash lookups, no allocation.
+ * unlocked nothing.  On a grant cache an entry whose last lock goes is
+ * unmapped; if that fails the locks are gone all the same and it returns
+ * XMC_ESYS.  O(n) hash lookups, no allocation.
  */
 #define XMC_SG_MAX 65536
 typedef struct xmc_sg {
@@ -363,7 +366,8 @@ int xmc_unlock_sg(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag);
 int xmc_map_nowait(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
                    uint64_t tag, void **out);
 int xmc_unlock_tag_nowait(xmc_cache *c, const void *addr, uint64_t tag);
-/* All or nothing too: XMC_EAGAIN, nothing changed, when any segment would miss. */
+/* All or nothing too: XMC_EAGAIN, nothing changed, when any segment would miss;
+ * the batch unlock on a grant cache always leaves the work to the waiting call. */
 int xmc_map_sg_nowait(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags,
                       uint64_t tag, void **out);
 int xmc_unlock_sg_nowait(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag);
