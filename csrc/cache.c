@@ -1065,7 +1065,8 @@ int xmc_map_nowait(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
  * Map segments 0..n-1 as locked map_locked() calls into addrs[].  When one
  * fails, undo the records of those before it and take back what they moved
  * of hits, misses and remaps (kept apart from other threads' counts by the
- * tally); the entries they mapped stay, unlocked.
+ * tally); the entries they mapped stay, unlocked (on a grant cache they go
+ * with their last lock, as record_drop() does).
  */
 static int map_sg_locked(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags,
                          uint64_t tag, void **addrs)
