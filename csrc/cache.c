@@ -68,7 +68,8 @@ typedef struct record {
     uint32_t hnext; /* hash chain, newest first; free list when unused */
     uint32_t older; /* age list */
     uint32_t newer;
-    uint32_t dma;
+    uint16_t dma;
+    uint16_t claimed; /* picked by the xmc_unlock_sg() under way */
 } record;
 
 /*
@@ -153,6 +154,7 @@ struct xmc_cache {
     bool fast_off; /* grants || traced: the fast path never hits */
     xmc_translate_fn translate;
     void *translate_opaque;
+    struct sg_tally *tally; /* the batch holding the mutex, if one does */
     xmc_stats st;
     /* Off the hot cache lines: */
     xmc_entry *last; /* while traced, the entry that served last */
@@ -705,6 +707,21 @@ static void record_del(xmc_cache *c, uint32_t *link)
     c->free_ids = id;
 }
 
+/* record_del(), then the grant rule: an entry whose last lock went is unmapped
+ * at once (XMC_ESYS when the backend fails to; the lock is gone all the same). */
+static int record_drop(xmc_cache *c, uint32_t *link)
+{
+    const record *r = rec(c, *link);
+    xmc_entry *e = r->e;
+
+    TRACE(c, XMC_EV_UNLOCK, XMC_OK, XMC_LOCK | (r->dma ? XMC_DMA : 0),
+          (e->index << c->shift) + (r->addr - (uintptr_t)e->vaddr), r->size, r->addr, r->tag, 0);
+    record_del(c, link);
+    if (c->grants && e->lock == 0)
+        return entry_destroy(c, e) == XMC_OK ? XMC_OK : XMC_ESYS;
+    return XMC_OK;
+}
+
 static uint64_t entry_paddr(const xmc_cache *c, const xmc_entry *e, uintptr_t addr)
 {
     return (e->index << c->shift) + (addr - (uintptr_t)e->vaddr);
@@ -934,11 +951,46 @@ int xmc_cache_set_translate(xmc_cache *c, xmc_translate_fn fn, void *opaque)
 
 /* ---- map -------------------------------------------------------------- */
 
+/*
+ * The counters a batch moved itself (xmc_map_sg), told apart from those of
+ * other threads while a translate callback runs without the mutex: `own`
+ * holds the batch's share up to the last time it gave the mutex up, and
+ * `mark` the counters when it last took it.  c->tally is set only while a
+ * batch holds the mutex.
+ */
+typedef struct sg_tally {
+    xmc_stats own;
+    xmc_stats mark;
+} sg_tally;
+
+static void tally_resume(xmc_cache *c, sg_tally *t)
+{
+    c->tally = t;
+    if (t)
+        t->mark = c->st;
+}
+
+/* Fold what the batch holding the mutex moved into its share; it is about to
+ * give the mutex up.  Returns that batch (or NULL) for tally_resume(). */
+static sg_tally *tally_pause(xmc_cache *c)
+{
+    sg_tally *t = c->tally;
+
+    if (t) {
+        t->own.hits += c->st.hits - t->mark.hits;
+        t->own.misses += c->st.misses - t->mark.misses;
+        t->own.remaps += c->st.remaps - t->mark.remaps;
+        c->tally = NULL;
+    }
+    return t;
+}
+
 static int translate_unlocked(xmc_cache *c, uint64_t paddr, uint64_t size,
                               uint64_t *out)
 {
     xmc_translate_fn fn = c->translate;
     void *opaque = c->translate_opaque;
+    sg_tally *batch;
     int rc;
 
     if (!fn) {
@@ -948,9 +1000,11 @@ static int translate_unlocked(xmc_cache *c, uint64_t paddr, uint64_t size,
     if (!fn)
         return XMC_ENOENT;
     /* The callback may take its time or call back in: do not hold the lock. */
+    batch = tally_pause(c);
     mutex_unlock(&c->mutex);
     rc = fn(opaque, paddr, size, out);
     mutex_lock(&c->mutex);
+    tally_resume(c, batch);
     if (c->closed) /* closed while the callback ran: map nothing more */
         return XMC_ECLOSED;
     if (rc != XMC_OK)
@@ -1108,6 +1162,144 @@ int xmc_map_nowait(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
                                 : map_call(c, paddr, size, flags | MAP_NOWAIT, tag, out);
 }
 
+/* ---- batches ------------------------------------------------------------ */
+
+#define SG_ON_STACK 64
+
+static int map_sg_locked(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags,
+                         uint64_t tag, void **addrs)
+{
+    xmc_entry *last = get_last(c);
+    sg_tally t = { 0 };
+    xmc_stats before = { 0 }; /* the batch's share before the failing segment */
+    size_t i;
+    int rc = XMC_OK;
+
+    for (i = 0; i < n; i++)
+        if (!xmc_range_ok(segs[i].paddr, segs[i].size) || segs[i].size > c->max_size)
+            return XMC_EINVAL;
+    tally_resume(c, &t);
+    for (i = 0; i < n; i++) {
+        tally_pause(c);
+        tally_resume(c, &t);
+        before = t.own;
+        rc = map_slow(c, segs[i].paddr, segs[i].size, flags | XMC_LOCK, tag, &addrs[i]);
+        if (rc != XMC_OK)
+            break;
+    }
+    c->tally = NULL;
+    if (rc == XMC_OK)
+        return XMC_OK;
+    /* Undo segments i - 1 down to 0, newest first: each one's record is the
+     * newest at its address with this tag (unless a translate callback let
+     * another thread in: then this is what n xmc_unlock_tag() calls do). */
+    while (i--) {
+        uint32_t *link = record_find(c, (uintptr_t)addrs[i], true, tag);
+        if (link)
+            (void)record_drop(c, link); /* the batch's own error is the one to report */
+    }
+    c->st.hits -= before.hits;
+    c->st.misses -= before.misses;
+    c->st.remaps -= before.remaps;
+    if (flags & MAP_NOWAIT) /* nothing was mapped or dropped: last is still live */
+        set_last(c, last);
+    return rc;
+}
+
+static int map_sg_call(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags,
+                       uint64_t tag, void **out)
+{
+    void *stack[SG_ON_STACK], **addrs = stack;
+    int rc;
+
+    /* n <= XMC_SG_MAX: n * sizeof(xmc_sg) cannot overflow. */
+    if (!c || !segs || !out || n == 0 || n > XMC_SG_MAX ||
+        (flags & ~(unsigned)(XMC_LOCK | XMC_DMA | MAP_NOWAIT)))
+        return XMC_EINVAL;
+    if (n > SG_ON_STACK && !(addrs = malloc(n * sizeof(*addrs))))
+        return XMC_ENOMEM;
+    rc = cache_lock(c, !(flags & MAP_NOWAIT));
+    if (rc == XMC_OK) {
+        rc = c->closed ? XMC_ECLOSED : map_sg_locked(c, segs, n, flags, tag, addrs);
+        mutex_unlock(&c->mutex);
+    }
+    if (rc == XMC_OK)
+        memcpy(out, addrs, n * sizeof(*out));
+    if (addrs != stack)
+        free(addrs);
+    return rc;
+}
+
+int xmc_map_sg(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags, uint64_t tag,
+               void **out)
+{
+    return (flags & MAP_NOWAIT) ? XMC_EINVAL : map_sg_call(c, segs, n, flags, tag, out);
+}
+
+int xmc_map_sg_nowait(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags,
+                      uint64_t tag, void **out)
+{
+    return (flags & MAP_NOWAIT) ? XMC_EINVAL
+                                : map_sg_call(c, segs, n, flags | MAP_NOWAIT, tag, out);
+}
+
+/* The hash link of the newest record at addr with tag whose claim is `claimed`. */
+static uint32_t *record_find_claimed(xmc_cache *c, uintptr_t addr, uint64_t tag,
+                                     bool claimed)
+{
+    uint32_t *link;
+
+    if (!c->rhash)
+        return NULL;
+    for (link = &c->rhash[rhash_slot(c, addr)]; *link; link = &rec(c, *link)->hnext) {
+        const record *r = rec(c, *link);
+        if (r->addr == addr && r->tag == tag && r->claimed == claimed)
+            return link;
+    }
+    return NULL;
+}
+
+/* Claim a record for every address first, then drop the claimed ones. */
+static int unlock_sg_locked(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag)
+{
+    size_t i;
+    int rc = XMC_OK;
+
+    for (i = 0; i < n; i++) {
+        uint32_t *link = record_find_claimed(c, (uintptr_t)addrs[i], tag, false);
+        if (!link)
+            break;
+        rec(c, *link)->claimed = 1;
+    }
+    if (i < n) { /* give the claims back */
+        while (i--) {
+            uint32_t *link;
+            while ((link = record_find_claimed(c, (uintptr_t)addrs[i], tag, true)))
+                rec(c, *link)->claimed = 0;
+        }
+        return XMC_ENOENT;
+    }
+    for (i = 0; i < n; i++)
+        if (record_drop(c, record_find_claimed(c, (uintptr_t)addrs[i], tag, true)) != XMC_OK)
+            rc = XMC_ESYS;
+    return rc;
+}
+
+int xmc_unlock_sg(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag)
+{
+    if (!addrs || n == 0 || n > XMC_SG_MAX)
+        return XMC_EINVAL;
+    LOCKED_CALL(c, unlock_sg_locked(c, addrs, n, tag));
+}
+
+int xmc_unlock_sg_nowait(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag)
+{
+    if (!addrs || n == 0 || n > XMC_SG_MAX)
+        return XMC_EINVAL;
+    /* Under grant rules a last unlock reaches the backend: the waiting call does it. */
+    LOCKED_CALL_IF(c, false, c->grants ? XMC_EAGAIN : unlock_sg_locked(c, addrs, n, tag));
+}
+
 /* ---- unlock and reverse lookup ------------------------------------------ */
 
 /* Under grant rules the last unlock of an entry unmaps it: then XMC_ESYS
@@ -1130,12 +1322,7 @@ static int unlock_locked(xmc_cache *c, uintptr_t addr, bool by_tag, uint64_t tag
         return XMC_EAGAIN;
     if (tag_out)
         *tag_out = r->tag;
-    TRACE(c, XMC_EV_UNLOCK, XMC_OK, XMC_LOCK | (r->dma ? XMC_DMA : 0),
-          entry_paddr(c, e, addr), r->size, addr, r->tag, 0);
-    record_del(c, link);
-    if (c->grants && e->lock == 0)
-        return entry_destroy(c, e) == XMC_OK ? XMC_OK : XMC_ESYS;
-    return XMC_OK;
+    return record_drop(c, link);
 }
 
 int xmc_unlock(xmc_cache *c, const void *addr, uint64_t *tag_out)
@@ -1349,37 +1536,84 @@ int xmc_locked(xmc_cache *c, xmc_record **out, size_t *n)
     LOCKED_CALL(c, records_copy(c, false, out, n));
 }
 
+/* The bytes of a copy at paddr (n left) that one map serves: one bucket's,
+ * at most max_size of them (map_locked refuses more, even in one bucket). */
+static size_t copy_chunk(const xmc_cache *c, uint64_t paddr, size_t n)
+{
+    uint64_t room = c->bucket_size - (paddr & (c->bucket_size - 1));
+    size_t chunk = n < room ? n : (size_t)room;
+
+    return chunk > c->max_size ? (size_t)c->max_size : chunk;
+}
+
+#define PIECES_ON_STACK 16
+
+/*
+ * Copy n bytes between buf and guest memory, all or nothing: every chunk is
+ * mapped first, its entry pinned (lock count raised, no record) so that a
+ * later chunk cannot remap it, and only then is a byte copied.  A failure
+ * leaves guest memory and buf untouched.
+ */
 static int copy_locked(xmc_cache *c, uint64_t paddr, uint8_t *buf, size_t n,
                        bool to_guest, unsigned flags)
 {
-    uint64_t first_room = c->bucket_size - (paddr & (c->bucket_size - 1));
+    struct piece { xmc_entry *e; uint8_t *p; size_t len; uint64_t index; uint32_t flags; }
+        stack[PIECES_ON_STACK];
+    struct piece *pieces = stack;
+    size_t count = 0, pinned = 0, chunk;
+    xmc_entry *e;
+    void *p;
+    int rc = XMC_OK;
 
     if (!xmc_range_ok(paddr, n))
         return XMC_EINVAL;
+    if (n == 0)
+        return XMC_OK;
+    chunk = copy_chunk(c, paddr, n);
     /* Without waiting, one bucket only: a later one could miss after the
      * first was counted as a hit, and the waiting retry would count it twice. */
-    if ((flags & MAP_NOWAIT) && (n > first_room || n > c->max_size))
+    if ((flags & MAP_NOWAIT) && chunk < n)
         return XMC_EAGAIN;
-    while (n) {
-        uint64_t room = c->bucket_size - (paddr & (c->bucket_size - 1));
-        size_t chunk = n < room ? n : (size_t)room;
-
-        if (chunk > c->max_size) /* map_locked refuses more, even in one bucket */
-            chunk = (size_t)c->max_size;
-        void *p;
-        int rc = map_slow(c, paddr, chunk, flags, 0, &p);
-
-        if (rc != XMC_OK)
+    if (chunk == n) { /* the common case: one map, nothing to pin */
+        if ((rc = map_slow(c, paddr, n, flags, 0, &p)) != XMC_OK)
             return rc;
-        if (to_guest)
-            memcpy(p, buf, chunk);
-        else
-            memcpy(buf, p, chunk);
-        buf += chunk;
-        paddr += chunk;
-        n -= chunk;
+        memcpy(to_guest ? p : buf, to_guest ? buf : p, n);
+        return XMC_OK;
     }
-    return XMC_OK;
+    for (uint64_t at = paddr, left = n; left; at += chunk, left -= chunk, count++)
+        chunk = copy_chunk(c, at, (size_t)left);
+    if (count > PIECES_ON_STACK && !(pieces = calloc(count, sizeof(*pieces))))
+        return XMC_ENOMEM;
+again:
+    for (uint64_t at = paddr, left = n; left; at += chunk, left -= chunk) {
+        chunk = copy_chunk(c, at, (size_t)left);
+        if ((rc = map_slow(c, at, chunk, flags, 0, &p)) != XMC_OK)
+            break;
+        e = get_last(c); /* the entry that served this chunk */
+        if (e->lock == UINT32_MAX) { /* no room to pin it */
+            rc = XMC_EOVERFLOW;
+            break;
+        }
+        e->lock++;
+        pieces[pinned++] = (struct piece){ e, p, chunk, e->index, e->flags };
+    }
+    /* translate runs with the mutex dropped: meanwhile another thread may
+     * have replaced a pinned entry (moved it to other guest pages).  Then
+     * start again, so the copy sees one consistent state. */
+    for (size_t i = 0; rc == XMC_OK && i < pinned; i++)
+        if (pieces[i].e->index != pieces[i].index || pieces[i].e->flags != pieces[i].flags) {
+            while (pinned)
+                pieces[--pinned].e->lock--;
+            goto again;
+        }
+    for (size_t i = 0; rc == XMC_OK && i < pinned; buf += pieces[i].len, i++)
+        memcpy(to_guest ? pieces[i].p : buf, to_guest ? buf : pieces[i].p, pieces[i].len);
+    /* A cache closed while translate ran has freed every entry, pinned or not. */
+    for (size_t i = 0; i < pinned && !c->closed; i++)
+        pieces[i].e->lock--;
+    if (pieces != stack)
+        free(pieces);
+    return rc;
 }
 
 int xmc_read(xmc_cache *c, uint64_t paddr, void *buf, size_t n)

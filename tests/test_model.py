@@ -235,11 +235,27 @@ class CacheModel(RuleBasedStateMachine):
         assert self.c is not None and self.py is not None
         return self.c, self.py
 
-    def both(self, op: Callable[[System], Any]) -> tuple[Any, Any] | None:
-        """Run op on both; same exception type (and cause type) or both succeed."""
+    def state(self, s: System) -> tuple[Any, ...]:
+        """What a failed call must leave as it was: guest RAM, locked list, lock counters."""
+        if s.cache is None or s.cache.closed:
+            return (s.memory(),)
+        st = s.cache.stats()
+        return s.memory(), [(r.address, r.paddr, r.size, r.dma, r.tag) for r in s.cache.locked()], st.locked, st.dma_locked
+
+    def both(self, op: Callable[[System], Any], reads_only: bool = False) -> tuple[Any, Any] | None:
+        """Run op on both; same exception type (and cause type) or both succeed.
+
+        Every error changes nothing: after a failed call, each system's guest
+        RAM, locked list and lock counters are as they were before it.
+        """
         c, py = self.systems()
+        before = None if reads_only else (self.state(c), self.state(py))
         ok_c, rc = outcome(lambda: op(c))
         ok_py, rpy = outcome(lambda: op(py))
+        if not ok_c and before is not None:
+            assert self.state(c) == before[0], f"C changed state in a call that raised {rc!r}"
+        if not ok_py and before is not None:
+            assert self.state(py) == before[1], f"the reference changed state in a call that raised {rpy!r}"
         COUNTS["calls"] += 1
         self.error = None if ok_c else type(rc)
         caller = sys._getframe(1)
@@ -254,8 +270,8 @@ class CacheModel(RuleBasedStateMachine):
         return None
 
     def same(self, op: Callable[[System], Any]) -> Any:
-        """Run op on both; it must succeed with equal results."""
-        got = self.both(op)
+        """Run op on both; it must succeed with equal results (op changes nothing)."""
+        got = self.both(op, reads_only=True)
         assert got is not None, "expected success"
         assert got[0] == got[1], f"C {got[0]!r} != reference {got[1]!r}"
         return got[0]
@@ -565,14 +581,11 @@ class CacheModel(RuleBasedStateMachine):
         ok = self.both(lambda s: s.cache.write(paddr, payload)) is not None
         if not self.cfg.dummy:
             assert self.error is error, f"expected {error}, got {self.error}"
-        unsure = False
+        if not ok:
+            return  # a failed write writes nothing (both() checked guest RAM)
         for kind, where, chunk, done in plan:
-            if kind == "unknown":
-                unsure = True
-            elif kind == "ram" and (ok or not unsure):
+            if kind == "ram":
                 self.store(where, payload[done : done + chunk])
-            elif kind == "ram":  # a failure somewhere after an unknown chunk: written or not
-                self.taint(where, chunk)
 
     # -- reverse lookups ---------------------------------------------------------
 
@@ -687,7 +700,7 @@ class CacheModel(RuleBasedStateMachine):
         COUNTS["events"] += len(traces[0])
         stats = self.same(lambda s: s.cache.stats())
         assert c.log == py.log, "translate was called differently"
-        records = self.both(lambda s: s.cache.locked())
+        records = self.both(lambda s: s.cache.locked(), reads_only=True)
         assert records is not None
         rc, rpy = records
         assert [(r.paddr, r.size, r.dma, r.tag) for r in rc] == [(r.paddr, r.size, r.dma, r.tag) for r in rpy]

@@ -1,4 +1,4 @@
-"""The public mapcache API (DESIGN.md section 6) over an interchangeable core.
+"""The public mapcache API (docs/contract.md, section 6) over an interchangeable core.
 
 ``MapCache`` adds to a core (the C one here, the pure-Python reference in
 ``xenmapcache.reference``) what belongs to Python: input checks, ``Mapping``
@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._nocopy import NoCopy
 from ._validate import U64_LIMIT, as_uint, check_range
 from .backends import CallbackBackend
 from .errors import DMAMappingWarning, InvalidAddress, MapCacheError, MappingError, UnknownMapping
@@ -52,7 +53,17 @@ FAST_READ_MAX = 1 << 24  # larger reads take the checked path: the copy dominate
 
 @dataclass(frozen=True, slots=True)
 class LockedMapping:
-    """One outstanding locked mapping, as listed by ``locked()`` and ``invalidate()``."""
+    """One outstanding locked mapping, as listed by ``locked()`` and ``invalidate()``.
+
+    A snapshot: it does not change when the mapping is released, and releasing
+    it is done through the :class:`Mapping` (or ``cache.unlock(address)``).
+
+    - ``address``: the host address handed out for the mapping;
+    - ``paddr``: the guest-physical address behind it (after a ``replace``, the new one);
+    - ``size``: the size asked for;
+    - ``dma``: whether it was mapped for DMA (``dma=True``), which ``invalidate()`` warns about;
+    - ``tag``: the ``tag`` given to ``cache.map()``; None for ``map_ptr(..., lock=True)``.
+    """
 
     address: int
     paddr: int
@@ -63,7 +74,19 @@ class LockedMapping:
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """Counters of one cache; see DESIGN.md section 6."""
+    """Counters of one cache, as returned by ``cache.stats()`` (docs/contract.md, section 6).
+
+    - ``hits``: requests served by an entry already mapped;
+    - ``misses``: requests that had to map;
+    - ``remaps``: misses that reused an unlocked entry;
+    - ``entries``: live entries (host mappings);
+    - ``locked``: outstanding locked mappings;
+    - ``dma_locked``: of which mapped for DMA;
+    - ``mapped_bytes``: bytes mapped by the live entries;
+    - ``invalidations``: calls of ``invalidate()``.
+
+    A refused call moves no counter.
+    """
 
     hits: int
     misses: int
@@ -75,15 +98,32 @@ class Stats:
     invalidations: int
 
 
-class Mapping:
+class Mapping(NoCopy):
     """A locked mapping of guest memory: ``memoryview(m)`` reads and writes it.
 
-    The mapping stays locked until :meth:`release` (or the ``with`` block
-    ends).  While a memoryview of it is alive, releasing it raises
-    ``BufferError``: a view never outlives the host mapping behind it.
+    Made by :meth:`MapCache.map`, never directly.  The mapping stays locked
+    until :meth:`release` (or the end of its ``with`` block): its entry is
+    neither unmapped nor reused, and ``invalidate()`` keeps it (and warns about
+    it when ``dma`` is true).  ``memoryview(m)`` is writable, one-dimensional,
+    of format ``'B'`` and ``size`` bytes long, and reads and writes guest memory
+    in place (no copy).  The mapping counts the views exported from it (PEP
+    688, slices included): while one is alive, releasing the mapping, or
+    closing its cache, raises ``BufferError`` and leaves it mapped, so a view
+    never outlives the host mapping behind it.  After release, taking a new
+    view raises ``BufferError``.
+
+    Attributes (read them, do not change them):
+
+    - ``address``: the host address of ``paddr``;
+    - ``paddr``: the guest-physical address (follows ``cache.replace()``);
+    - ``size``: the size asked for, in bytes;
+    - ``dma``: whether the mapping is for DMA;
+    - ``tag``: any object given to ``cache.map()``, reported by ``locked()``,
+      ``invalidate()`` and the ``DMAMappingWarning``.
     """
 
     __slots__ = ("address", "paddr", "size", "dma", "tag", "_cache", "_lock", "_id", "_exports", "_released")
+    _no_copy_why = "a copy would unlock the same locked mapping a second time"
 
     def __init__(self, cache: MapCache, ident: int, paddr: int, size: int, dma: bool, tag: Any) -> None:
         self._cache = cache
@@ -99,7 +139,7 @@ class Mapping:
 
     @property
     def released(self) -> bool:
-        """Whether the mapping was released (or its cache closed)."""
+        """Whether the mapping was released (or its cache closed): then it is unmapped for us."""
         return self._released
 
     def __buffer__(self, flags: int) -> memoryview:
@@ -115,7 +155,16 @@ class Mapping:
             self._exports -= 1
 
     def release(self) -> None:
-        """Unlock the mapping; a second call does nothing."""
+        """Unlock the mapping: drop its reverse record and its lock on the entry.
+
+        A second call, or a call after the cache was closed, does nothing.
+
+        :raises BufferError: a memoryview of the mapping is still alive (the
+            mapping stays locked; release the views first).
+        :raises MapCacheError: the C core refused (it cannot, short of a bug).
+
+        Cost: O(1), one C call, whatever the number of locked mappings.
+        """
         with self._lock:
             if self._released:
                 return
@@ -384,14 +433,20 @@ class _NativeCore:
             self._fail(rc, "close")
 
 
-class MapCache:
-    """A Xen mapcache over guest RAM (see DESIGN.md section 6).
+class MapCache(NoCopy):
+    """A Xen mapcache over guest memory (docs/contract.md, sections 3 and 6).
 
-    ``bucket_shift`` (12..32) sets the bucket size; ``max_size`` bounds one
-    request and sets the number of hash slots (None: 32 GiB on 64-bit hosts);
-    ``translate(paddr, size) -> paddr`` is tried once when pages cannot be
-    mapped; ``dummy_on_failure`` maps anonymous memory instead of failing
-    (incoming migration); ``lock_limit`` caps each entry's lock count.
+    ``ram`` is the backend the cache maps through: a :class:`GuestRAM`, a
+    :class:`XenForeignMemory` or a :class:`CallbackBackend`; the cache keeps it
+    alive while it needs it.  ``bucket_shift`` (12 to 32) sets the bucket size,
+    ``2**bucket_shift`` bytes.  ``max_size`` bounds the size of one request and
+    sets the number of hash slots, ``max_size / bucket size`` (None: 32 GiB on
+    64-bit hosts, 2 GiB on 32-bit ones).  ``translate(paddr, size) -> paddr``,
+    if given, is called once when pages cannot be mapped, and the request
+    retried at the address it returns.  ``dummy_on_failure`` maps anonymous
+    memory where guest pages cannot be mapped, instead of failing (an incoming
+    migration; ``replace()`` later swaps in the real pages).  ``lock_limit``
+    caps the lock count of each entry (at most ``2**32 - 1``).
     ``grants=True`` applies the grant rules of QEMU's grant caches (see
     docs/trace-and-grants.md): only locked requests (``map``, ``map_ptr``
     with ``lock=True``), page-granular entries (``bucket_shift`` must be 12,
@@ -401,9 +456,28 @@ class MapCache:
     ``trace(event)`` is called with a :class:`~xenmapcache.trace.TraceEvent`
     for everything the cache does (see :mod:`xenmapcache.trace`); what it
     raises is logged, never passed on.
+
+    Every method is safe to call from any thread: the C core serialises the
+    calls on one cache with its own mutex, and no thread waits for it while
+    holding the GIL.  Every call on a closed cache raises ``MapCacheError``, and
+    a call that raises has changed nothing.  Also a context manager, which
+    closes the cache.  A cache that is never closed is cleaned up by the
+    garbage collector.
+
+    :raises TypeError: ``ram`` is not a backend, a value is not an int, or
+        ``translate`` or ``trace`` is not callable.
+    :raises InvalidAddress: ``bucket_shift`` out of range, ``max_size`` zero
+        or too large, ``lock_limit`` over ``2**32 - 1``.
+    :raises MapCacheError: the backend is closed.
+    :raises MemoryError: the C core is out of memory (any method may raise
+        it, having changed nothing).
+
+    Cost: the hash slots, 8 bytes each (about 256 KiB for the defaults); no
+    guest memory is mapped until the first request.
     """
 
     _Core: Any = _NativeCore
+    _no_copy_why = "a copy would share the cache's handle and mappings, which either copy may close"
 
     def __init__(
         self,
@@ -464,7 +538,28 @@ class MapCache:
     # -- mapping ---------------------------------------------------------
 
     def map(self, paddr: int, size: int, dma: bool = False, tag: Any = None) -> Mapping:
-        """Map ``[paddr, paddr + size)`` locked; returns a :class:`Mapping`."""
+        """Map ``[paddr, paddr + size)`` locked, and return it as a :class:`Mapping`.
+
+        The mapping stays mapped, and its entry locked, until it is released
+        (``m.release()``, the end of its ``with`` block, or ``cache.unlock``).
+        ``dma=True`` marks it as a DMA transfer: ``invalidate()`` warns about it
+        while it is outstanding.  ``tag`` is any object, reported with it.
+
+        :raises InvalidAddress: a negative ``paddr`` or ``size``, ``paddr + size``
+            past ``2**64``, or ``size`` over ``max_size``.
+        :raises TypeError: ``paddr`` or ``size`` is not an int.
+        :raises MappingError: a page of the range cannot be mapped (a hole, past
+            the end of guest memory, a backend failure) and neither
+            ``translate`` nor dummy mode helped.
+        :raises LockOverflow: the entry's lock count is at ``lock_limit``.
+        :raises MapCacheError: the cache is closed (or was closed meanwhile).
+
+        Cost: on a hit, one C call plus the :class:`Mapping` and its
+        bookkeeping in Python (a few microseconds; ``map_ptr(..., lock=True)``
+        is the cheap raw form); on a miss, the backend's map of the entry's
+        buckets (a system call for a memfd, a hypercall on Xen).  O(1) in the
+        number of locked mappings.
+        """
         self._check_open()
         paddr, size = check_range(paddr, size, self.max_size)
         m = Mapping(self, next(self._ids), paddr, size, bool(dma), tag)
@@ -482,14 +577,47 @@ class MapCache:
         return m
 
     def map_ptr(self, paddr: int, size: int = 0, lock: bool = False, dma: bool = False) -> int:
-        """Map like QEMU's ``xen_map_cache``: returns the host address as an int."""
+        """Map like QEMU's ``xen_map_cache``: return the host address of ``paddr`` as an int.
+
+        ``size`` 0 means "within one bucket" (QEMU's usual call).  Unlocked (the
+        default), the address is valid only until the cache next remaps or
+        invalidates that entry: use it at once.  With ``lock=True`` the entry is
+        locked as by :meth:`map`, with no tag (``dma`` marks it DMA), until
+        ``cache.unlock(address)``.
+
+        :raises InvalidAddress: a negative ``paddr`` or ``size``, a range past
+            ``2**64``, or ``size`` over ``max_size``.
+        :raises TypeError: ``paddr`` or ``size`` is not an int.
+        :raises MappingError: a page cannot be mapped.
+        :raises LockOverflow: ``lock=True`` and the entry's lock count is at the limit.
+        :raises MapCacheError: the cache is closed.
+
+        Cost: the fast path.  A hit is one C call that keeps the GIL, under
+        0.1 us on CPython (see docs/performance.md); a miss maps, as :meth:`map`.
+        """
         self._check_open()
         paddr, size = check_range(paddr, size, self.max_size)
         flags = (LOCK if lock else 0) | (DMA if lock and dma else 0)
         return int(self._core.map(paddr, size, flags, RAW))
 
     def unlock(self, address: int) -> None:
-        """Drop one locked mapping at exactly ``address`` (QEMU's invalidate_map_cache_entry)."""
+        """Drop one locked mapping at exactly ``address`` (QEMU's ``xen_invalidate_map_cache_entry``).
+
+        Removes the newest raw lock at that address (from ``map_ptr(...,
+        lock=True)``), else releases the newest :class:`Mapping` there that
+        has no view alive.  The entry stays mapped (until a remap or an
+        ``invalidate()``) but is no longer pinned by this lock.
+
+        :raises UnknownMapping: no locked mapping at that exact address
+            (never mapped, or already unlocked).
+        :raises BufferError: every Mapping at that address has views alive.
+        :raises InvalidAddress: a negative ``address`` or one of ``2**64`` or more.
+        :raises TypeError: ``address`` is not an int.
+        :raises MapCacheError: the cache is closed.
+
+        Cost: O(1) in the number of locked mappings; one C call (the reverse
+        records are hashed by host address).
+        """
         self._check_open()
         address = as_uint(address, "address")
         try:
@@ -509,7 +637,19 @@ class MapCache:
             raise UnknownMapping(f"no locked mapping at {address:#x}")
 
     def ram_addr(self, address: int) -> int:
-        """The guest-physical address behind a host address inside a mapped entry."""
+        """Return the guest-physical address behind a host address inside a mapped entry.
+
+        Any address inside any live entry resolves, locked or not: the exact
+        address of a mapping, or an interior pointer into it.
+
+        :raises UnknownMapping: the address is in no entry of this cache.
+        :raises InvalidAddress: a negative ``address`` or one of ``2**64`` or more.
+        :raises TypeError: ``address`` is not an int.
+        :raises MapCacheError: the cache is closed.
+
+        Cost: one C call; O(1) for the exact address of a locked mapping,
+        O(log n) in the live entries for any other address.
+        """
         self._check_open()
         address = as_uint(address, "address")
         try:
@@ -519,20 +659,63 @@ class MapCache:
             raise
 
     def read(self, paddr: int, n: int) -> bytes:
-        """Read ``n`` bytes of guest memory through the cache (unlocked)."""
+        """Read ``n`` bytes of guest memory at ``paddr`` through the cache, as a new ``bytes``.
+
+        Transient and unlocked: the range may span buckets (it is copied a
+        bucket at a time), and nothing stays locked afterwards.
+
+        :raises MappingError: a page of the range cannot be mapped (then
+            nothing is returned).
+        :raises InvalidAddress: negative values, or ``paddr + n`` past ``2**64``.
+        :raises TypeError: ``paddr`` or ``n`` is not an int.
+        :raises MapCacheError: the cache is closed.
+
+        Cost: one C call per request (the GIL is kept for a hit within a page),
+        plus the copy of ``n`` bytes into the new object; a miss maps the bucket.
+        """
         self._check_open()
         paddr, n = check_range(paddr, n, U64_LIMIT)
         return self._core.read(paddr, n)
 
     def write(self, paddr: int, data: bytes | bytearray | memoryview) -> None:
-        """Write ``data`` into guest memory through the cache (unlocked)."""
+        """Write ``data`` (any bytes-like object) into guest memory at ``paddr`` through the cache.
+
+        Transient and unlocked, like :meth:`read`; the range may span buckets.
+        All or nothing: every page is mapped before a byte is written, so a
+        write that would run into a hole writes nothing.
+
+        :raises MappingError: a page of the range cannot be mapped.
+        :raises InvalidAddress: a negative ``paddr``, or a range past ``2**64``.
+        :raises TypeError: ``paddr`` is not an int, or ``data`` not a buffer.
+        :raises MapCacheError: the cache is closed.
+
+        Cost: one C call that releases the GIL, plus the copy of ``data``.
+        """
         self._check_open()
         view = memoryview(data).cast("B")
         paddr, _ = check_range(paddr, len(view), U64_LIMIT)
         self._core.write(paddr, view)
 
     def replace(self, old_paddr: int, new_paddr: int, size: int) -> int:
-        """Remap the entry holding ``old_paddr`` onto ``new_paddr`` in place; returns its host address."""
+        """Remap the entry holding ``old_paddr`` onto ``new_paddr`` in place; return the new host address.
+
+        The entry keeps its host address (it is remapped with ``MAP_FIXED``),
+        so pointers into it stay valid and now show the new guest memory; its
+        locked mappings (and :class:`Mapping` objects) then report the new
+        ``paddr``.  Meant for swapping the dummy mappings of an incoming
+        migration for real ones; valid for any entry, locked or not.
+
+        :raises UnknownMapping: no entry holds ``old_paddr`` with that size.
+        :raises MappingError: the new pages cannot be mapped (the entry is left
+            as it was).
+        :raises InvalidAddress: negative values, ranges past ``2**64``, or
+            ``size`` over ``max_size``.
+        :raises TypeError: an argument is not an int.
+        :raises MapCacheError: the cache is closed.
+
+        Cost: one remap by the backend (a system call), plus a reverse lookup
+        per live :class:`Mapping` of this cache.
+        """
         self._check_open()
         old_paddr, size = check_range(old_paddr, size, self.max_size)
         new_paddr, _ = check_range(new_paddr, size, self.max_size)
@@ -552,12 +735,33 @@ class MapCache:
         return LockedMapping(address, paddr, size, dma, holder.tag if holder else None)
 
     def locked(self) -> list[LockedMapping]:
-        """Every outstanding locked mapping, oldest first."""
+        """Return every outstanding locked mapping, oldest first, as :class:`LockedMapping` snapshots.
+
+        :raises MapCacheError: the cache is closed.
+
+        Cost: O(n) in the locked mappings; one C call and one object each.
+        """
         self._check_open()
         return [self._locked_mapping(r) for r in self._core.locked()]
 
     def invalidate(self) -> list[LockedMapping]:
-        """Unmap every unlocked entry; warn about and return the DMA mappings in flight."""
+        """Unmap every unlocked entry; warn about, and return, the DMA mappings in flight.
+
+        What the hypervisor asks for after ballooning the guest (QEMU's
+        ``xen_invalidate_map_cache``).  Every unlocked entry is unmapped,
+        chained ones included; locked entries stay mapped with their data.  For
+        each DMA mapping still outstanding, a :class:`DMAMappingWarning` is
+        issued through :mod:`warnings` and one summary is logged at WARNING
+        level on the ``xenmapcache`` logger; device-memory locks (not DMA) are
+        kept silently.  Returns the DMA mappings in flight, oldest first.
+
+        :raises MapCacheError: the cache is closed.  (An unmap failure of the
+            backend is logged at ERROR level, not raised: the invalidation has
+            happened.)
+
+        Cost: O(live entries + DMA mappings in flight), independent of the
+        number of hash slots; one C call when no DMA is in flight.
+        """
         self._check_open()
         in_flight = [self._locked_mapping(r) for r in self._core.invalidate()]
         for lm in in_flight:
@@ -577,7 +781,12 @@ class MapCache:
         return in_flight
 
     def stats(self) -> Stats:
-        """Hit/miss counters and what is mapped now."""
+        """Return the cache's counters as a :class:`Stats`: hits, misses, and what is mapped now.
+
+        :raises MapCacheError: the cache is closed.
+
+        Cost: one C call; O(1).
+        """
         self._check_open()
         return Stats(*self._core.stats())
 
@@ -612,11 +821,23 @@ class MapCache:
 
     @property
     def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
+        """Whether :meth:`close` was called (every call but ``close`` then raises)."""
         return self._closed
 
     def close(self) -> None:
-        """Unmap everything.  Raises BufferError (and keeps everything) while a view is alive."""
+        """Unmap everything and drop every record; a second call does nothing.
+
+        Every :class:`Mapping` of the cache is released with it.  Other threads
+        inside a call at that moment finish, or fail with ``MapCacheError``;
+        their pointers into the cache must not be used afterwards.
+
+        :raises BufferError: a memoryview of one of its mappings is still alive
+            (then nothing is closed or unmapped).
+        :raises MapCacheError: called from inside a backend callback of this
+            very cache (which runs under its mutex).
+
+        Cost: one unmap per live entry.
+        """
         with self._lock:
             if self._closed:
                 return

@@ -1,7 +1,7 @@
 """The pure-Python reference implementation of the mapcache: the oracle.
 
 ``xenmapcache.reference`` exports the same public names as ``xenmapcache``
-(DESIGN.md section 6), but its ``MapCache`` runs on ``_PyCore``, a line-by-line
+(docs/contract.md, section 6), but its ``MapCache`` runs on ``_PyCore``, a line-by-line
 Python rendering of ``csrc/cache.c`` and of the memfd backend of
 ``csrc/ram.c``.  It needs no compiler and never imports the C extension, so
 it can stand in for the C core anywhere and be compared with it step by step
@@ -707,26 +707,43 @@ class _PyCore:
             self._st.chain_append(e, self._nr_slots)
         return OK, e.vaddr + new_offset
 
+    def _copy_chunk(self, paddr: int, n: int) -> int:
+        """``copy_chunk``: the bytes of one bucket (map refuses more than max_size)."""
+        return min(n, self._bucket - (paddr & (self._bucket - 1)), self._max_size)
+
     def _copy_locked(self, paddr: int, n: int, src: memoryview | None, out: list[bytes]) -> tuple[int, BaseException | None]:
+        """``copy_locked``: all or nothing; every chunk mapped and pinned before a byte moves."""
         if not _range_ok(paddr, n):
             return EINVAL, None
-        bucket, done = self._bucket, 0
+        pieces: list[tuple[_Entry, int, int]] = []  # (entry, host address, length)
+        pin = self._copy_chunk(paddr, n) < n  # one chunk alone needs no pin
+        rc, cause = OK, None
         while n:
-            room = bucket - (paddr & (bucket - 1))
-            chunk = min(n, room, self._max_size)  # map refuses more, even in one bucket
+            chunk = self._copy_chunk(paddr, n)
             rc, p, cause = self._map_traced(paddr, chunk, 0, 0)
             if rc != OK:
-                return rc, cause
-            window = memoryview((ctypes.c_ubyte * chunk).from_address(p)).cast("B")
-            if src is not None:
-                window[:] = src[done : done + chunk]
-            else:
-                out.append(bytes(window))
-            window.release()
-            done += chunk
+                break
+            e = self._st.last
+            assert e is not None  # map_locked leaves the entry that served in last
+            if pin:
+                e.lock += 1
+            pieces.append((e, p, chunk))
             paddr += chunk
             n -= chunk
-        return OK, None
+        if rc == OK:
+            done = 0
+            for _, p, chunk in pieces:
+                window = memoryview((ctypes.c_ubyte * chunk).from_address(p)).cast("B")
+                if src is not None:
+                    window[:] = src[done : done + chunk]
+                else:
+                    out.append(bytes(window))
+                window.release()
+                done += chunk
+        if pin and not self._st.closed:  # closed while translate ran: every entry is gone
+            for e, _, _ in pieces:
+                e.lock -= 1
+        return rc, cause
 
     def _check_open(self) -> None:
         if self._st.closed:
@@ -865,6 +882,6 @@ class _PyCore:
 
 
 class MapCache(_cache.MapCache):
-    """The mapcache of DESIGN.md section 6 on the pure-Python reference core."""
+    """The mapcache of docs/contract.md, section 6 on the pure-Python reference core."""
 
     _Core = _PyCore

@@ -268,6 +268,35 @@ TEST(grants_dummy_mode_entries_go_too)
     fx_teardown();
 }
 
+TEST(grants_batches_unmap_at_last_unlock_and_undo)
+{
+    const xmc_sg segs[] = { { 2 * PAGE, 16 }, { 3 * PAGE, PAGE }, { 2 * PAGE, 8 } };
+    const xmc_sg bad[] = { { 5 * PAGE, 16 }, { 6 * PAGE, 16 }, { 9 * PAGE, 16 } };
+    void *out[3] = { NULL, NULL, NULL };
+    void *q = NULL;
+
+    setup();
+    CHECK_EQ(xmc_map_sg(C, segs, 3, 0, 7, out), XMC_OK); /* a batch is locked */
+    CHECK_EQ(xt_stats(C).entries, 2);
+    CHECK_EQ(xt_stats(C).locked, 3);
+    /* The nowait unlock of a grant batch leaves the unmaps to the waiting call. */
+    CHECK_EQ(xmc_unlock_sg_nowait(C, out, 3, 7), XMC_EAGAIN);
+    CHECK_EQ(xt_stats(C).locked, 3);
+    OK(xmc_unlock_sg(C, out, 3, 7));
+    CHECK_EQ(xt_stats(C).entries, 0); /* each entry went with its last lock */
+    CHECK_EQ(xt_stats(C).locked, 0);
+    CHECK(!xt_mapped(out[1], PAGE, false));
+
+    /* A batch failing on its last segment keeps no entry of the first two. */
+    fb_bad_pages(F, 9, 10);
+    CHECK_EQ(xmc_map_sg(C, bad, 3, 0, 7, out), XMC_EMAP);
+    CHECK_EQ(xt_stats(C).entries, 0);
+    CHECK_EQ(xt_stats(C).locked, 0);
+    CHECK_EQ(F->map_calls, F->unmap_calls);
+    CHECK_EQ(xmc_map(C, 5 * PAGE, 0, 0, 0, &q), XMC_EGRANT);
+    fx_teardown();
+}
+
 const xt_test xt_grants_tests[] = {
     XT(grants_need_page_buckets_and_no_map_yet),
     XT(grants_unlocked_requests_fail_and_map_nothing),
@@ -280,5 +309,6 @@ const xt_test xt_grants_tests[] = {
     XT(grants_nowait_unlock_leaves_the_unmap_to_the_waiting_call),
     XT(grants_failed_unmap_reported_once_lock_gone),
     XT(grants_dummy_mode_entries_go_too),
+    XT(grants_batches_unmap_at_last_unlock_and_undo),
     XT_END,
 };
