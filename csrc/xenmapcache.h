@@ -237,7 +237,7 @@ int xmc_cache_set_translate(xmc_cache *c, xmc_translate_fn fn, void *opaque);
  * Unlocking the last lock of an entry unmaps it through the backend: when
  * that unmap fails the lock is gone all the same (the entry too, never
  * retried) and xmc_unlock() returns XMC_ESYS; the _nowait unlock returns
- * XMC_EAGAIN instead of unmapping.
+ * XMC_EAGAIN instead of unmapping.  Cost: O(1).
  */
 int xmc_cache_set_grants(xmc_cache *c, bool on); /* grant rules on any backend */
 
@@ -379,6 +379,53 @@ int xmc_read_nowait(xmc_cache *c, uint64_t paddr, void *buf, size_t n);
  */
 int xmc_stats_get(xmc_cache *c, xmc_stats *out);
 int xmc_memory_get(xmc_cache *c, xmc_memory *out);
+
+/*
+ * Trace events: what the cache does, as QEMU's mapcache reports it through
+ * its trace points.  xmc_cache_set_trace(c, fn, opaque) calls fn(opaque, ev)
+ * for each event (fn NULL: none, the default).  The hook runs in the calling
+ * thread, under the cache's mutex and in order: it may record, count or
+ * print, but must not call into the same cache (that fails with
+ * XMC_EREENTER) nor wait for a thread that does; *ev lives only during the
+ * call.  Closing and freeing the cache emit nothing.  Errors: the common
+ * ones.  Cost: O(1) to set; while no hook is set a hit costs nothing more
+ * (hits are traced off the fast path, which is taken only while no hook is
+ * set), and every other call one test of a flag per event.
+ *
+ * The struct may grow at its end, and kinds may be added (numbers are never
+ * reused): read ev->struct_size before a field added later, and ignore
+ * kinds you do not know.
+ */
+#define XMC_EV_HIT 1        /* a request served by a mapped entry */
+#define XMC_EV_MISS 2       /* a request that had to map (rc: its outcome) */
+#define XMC_EV_MAP 3        /* an entry mapped from the backend (paddr/size/address: the entry) */
+#define XMC_EV_REMAP 4      /* an unlocked entry mapped over for another bucket */
+#define XMC_EV_UNMAP 5      /* an entry unmapped (rc: the backend's answer) */
+#define XMC_EV_DUMMY 6      /* anonymous memory mapped in place of guest memory */
+#define XMC_EV_TRANSLATE 7  /* pages not mappable: old_paddr translated to paddr */
+#define XMC_EV_LOCK_OVERFLOW 8 /* a lock refused: the entry's count is at the limit */
+#define XMC_EV_UNLOCK 9     /* a locked mapping dropped */
+#define XMC_EV_UNLOCK_UNKNOWN 10 /* an unlock of an address with no locked mapping */
+#define XMC_EV_RAM_ADDR_UNKNOWN 11 /* a reverse lookup of an address in no entry */
+#define XMC_EV_INVALIDATE 12 /* invalidate: size = the DMA mappings in flight */
+#define XMC_EV_DMA_IN_FLIGHT 13 /* one per DMA mapping in flight at an invalidate */
+#define XMC_EV_REPLACE 14   /* an entry remapped onto new_paddr (rc: the outcome) */
+#define XMC_EV_REFUSED 15   /* a request refused by the grant rules (unlocked) */
+
+typedef struct xmc_event {
+    uint32_t struct_size; /* sizeof(xmc_event) of the library that filled it */
+    uint32_t kind;        /* XMC_EV_* */
+    int32_t rc;           /* XMC_OK, or the error of the call or the backend */
+    uint32_t flags;       /* XMC_LOCK, XMC_DMA of the request or mapping */
+    uint64_t paddr;       /* guest address */
+    uint64_t size;        /* bytes asked for, or of the entry */
+    uintptr_t address;    /* host address (0 when none) */
+    uint64_t tag;         /* the locked mapping's tag (0 otherwise) */
+    uint64_t old_paddr;   /* REPLACE: where it was; TRANSLATE: what was asked */
+} xmc_event;
+
+typedef void (*xmc_trace_fn)(void *opaque, const xmc_event *ev);
+int xmc_cache_set_trace(xmc_cache *c, xmc_trace_fn fn, void *opaque);
 
 /* cdef-end */
 

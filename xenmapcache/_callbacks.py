@@ -2,7 +2,7 @@
 
 An exception raised by a user callback cannot cross C; it is kept in
 ``pending.error`` for the calling thread, and the caller chains it onto the
-error the core returns.
+error the core returns (a trace hook's is logged: see xenmapcache.trace).
 
 Python backends are found through ``backends``, keyed by the integer the C
 core holds as its opaque pointer; the core's retain/release hooks count its
@@ -13,6 +13,7 @@ order the garbage collector frees things in.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
@@ -110,6 +111,16 @@ def _xmc_py_retain(opaque: Any) -> None:
 @ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
 def _xmc_py_release(opaque: Any) -> None:
     _drop(int(ffi.cast("uintptr_t", opaque)))
+
+
+@ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
+def _xmc_py_trace(opaque: Any, ev: Any) -> None:
+    # The sink (xenmapcache.trace.make_sink) logs what the user's hook raises;
+    # nothing may cross back into C, which holds the cache's mutex here.
+    try:
+        ffi.from_handle(opaque)(ev.kind, ev.rc, ev.flags, ev.paddr, ev.size, ev.address, ev.tag, ev.old_paddr)
+    except Exception:
+        logging.getLogger("xenmapcache").exception("trace event lost")
 
 
 @ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version

@@ -27,6 +27,7 @@ from ._validate import U64_LIMIT, as_uint, check_range
 from .backends import CallbackBackend
 from .errors import DMAMappingWarning, InvalidAddress, MapCacheError, MappingError, UnknownMapping
 from .ram import GuestRAM
+from .trace import Sink, Trace, TraceEvent, emit, make_sink
 from .xen import XenForeignMemory
 
 logger = logging.getLogger("xenmapcache")
@@ -196,6 +197,7 @@ class _NativeCore:
         dummy: bool,
         lock_limit: int,
         grants: bool = False,
+        trace: Sink | None = None,
     ) -> None:
         from ._native import binding, check
 
@@ -215,6 +217,10 @@ class _NativeCore:
         if translate is not None:
             self._translate = ffi.new_handle(translate)
             check(lib.xmc_cache_set_translate(self._c, lib._xmc_py_translate, self._translate), "translate")
+        self._trace = None
+        if trace is not None:  # kept here: the core calls it until it is freed
+            self._trace = ffi.new_handle(trace)
+            check(lib.xmc_cache_set_trace(self._c, lib._xmc_py_trace, self._trace), "trace")
 
     def _fail(self, rc: int, what: str) -> None:
         cause = getattr(self._pending, "error", None)  # from a Python callback
@@ -447,6 +453,9 @@ class MapCache(NoCopy):
     else ``InvalidAddress``), each entry unmapped as soon as its last lock is
     released; an unlocked request, ``read``, ``write`` and ``replace`` raise
     ``MapCacheError`` and map nothing.
+    ``trace(event)`` is called with a :class:`~xenmapcache.trace.TraceEvent`
+    for everything the cache does (see :mod:`xenmapcache.trace`); what it
+    raises is logged, never passed on.
 
     Every method is safe to call from any thread: the C core serialises the
     calls on one cache with its own mutex, and no thread waits for it while
@@ -456,7 +465,7 @@ class MapCache(NoCopy):
     garbage collector.
 
     :raises TypeError: ``ram`` is not a backend, a value is not an int, or
-        ``translate`` is not callable.
+        ``translate`` or ``trace`` is not callable.
     :raises InvalidAddress: ``bucket_shift`` out of range, ``max_size`` zero
         or too large, ``lock_limit`` over ``2**32 - 1``.
     :raises MapCacheError: the backend is closed.
@@ -479,6 +488,7 @@ class MapCache(NoCopy):
         dummy_on_failure: bool = False,
         lock_limit: int = LOCK_LIMIT_MAX,
         grants: bool = False,
+        trace: Trace | None = None,
     ) -> None:
         if not isinstance(ram, (GuestRAM, XenForeignMemory, CallbackBackend)):
             raise TypeError(f"ram must be a GuestRAM, XenForeignMemory or CallbackBackend, not {type(ram).__name__}")
@@ -490,14 +500,25 @@ class MapCache(NoCopy):
             raise InvalidAddress("max_size must be positive")
         if translate is not None and not callable(translate):
             raise TypeError("translate must be callable")
+        if trace is not None and not callable(trace):
+            raise TypeError("trace must be callable")
         lock_limit = as_uint(lock_limit, "lock_limit", LOCK_LIMIT_MAX + 1)
         if grants and shift != MIN_BUCKET_SHIFT:
             raise InvalidAddress(f"grants=True needs page-granular entries, bucket_shift=12: {shift}")
         self.bucket_shift = shift
         self.max_size = max_size
         self.grants = bool(grants)
+        self._trace = trace
+        self._gone: dict[int, Any] = {}  # tags of Mappings being released, for their unlock events
         self._core: _NativeCore = self._Core(
-            ram, shift, max_size, translate, bool(dummy_on_failure), lock_limit, grants=self.grants
+            ram,
+            shift,
+            max_size,
+            translate,
+            bool(dummy_on_failure),
+            lock_limit,
+            grants=self.grants,
+            trace=None if trace is None else make_sink(self, trace),
         )
         fast_paths = getattr(self._core, "fast_paths", None)
         if fast_paths is not None:  # instance attributes: they shadow the methods below
@@ -612,6 +633,7 @@ class MapCache(NoCopy):
         elif holders:
             raise BufferError(f"every mapping at {address:#x} still has memoryviews alive")
         else:
+            self._trace_unknown("unlock_unknown", address)
             raise UnknownMapping(f"no locked mapping at {address:#x}")
 
     def ram_addr(self, address: int) -> int:
@@ -629,7 +651,12 @@ class MapCache(NoCopy):
         O(log n) in the live entries for any other address.
         """
         self._check_open()
-        return self._core.ram_addr(as_uint(address, "address"))
+        address = as_uint(address, "address")
+        try:
+            return self._core.ram_addr(address)
+        except UnknownMapping:
+            self._trace_unknown("ram_addr_unknown", address)
+            raise
 
     def read(self, paddr: int, n: int) -> bytes:
         """Read ``n`` bytes of guest memory at ``paddr`` through the cache, as a new ``bytes``.
@@ -765,8 +792,22 @@ class MapCache(NoCopy):
 
     # -- lifetime -------------------------------------------------------------
 
+    def _trace_tag(self, ident: int, unlocking: bool) -> Any:
+        """The tag object of the Mapping with id ``ident``, for a trace event."""
+        m = self._mappings.get(ident)
+        if m is not None:
+            return m.tag
+        return self._gone.pop(ident, None) if unlocking else self._gone.get(ident)
+
+    def _trace_unknown(self, name: str, address: int) -> None:
+        """Trace a lookup of an unknown address: here, once per call (the core may be asked twice)."""
+        if self._trace is not None:
+            emit(self._trace, TraceEvent(name, 0, 0, address, None, False, False))
+
     def _forget(self, m: Mapping) -> None:
         """Drop ``m`` from the registry; the caller holds ``self._lock``."""
+        if self._trace is not None:
+            self._gone[m._id] = m.tag
         self._mappings.pop(m._id, None)
         holders = self._by_address.get(m.address)
         if holders is not None:
@@ -808,6 +849,7 @@ class MapCache(NoCopy):
                 m._released = True
             self._mappings.clear()
             self._by_address.clear()
+            self._gone.clear()
         self._core.close()
 
     def __enter__(self) -> MapCache:
