@@ -160,6 +160,11 @@ struct xmc_cache {
     xmc_entry *last; /* while traced, the entry that served last */
     xmc_trace_fn trace; /* NULL: no hook */
     void *trace_opaque;
+    /* Set in a forked child when the mutex was held at fork(): its holder is
+     * gone, the cache may be half updated.  Read only when the mutex is busy. */
+    bool forked;
+    struct xmc_cache *fnext; /* every cache of the process, for fork_child() */
+    struct xmc_cache **fpprev;
 };
 
 /* ---- trace events ------------------------------------------------------- */
@@ -219,6 +224,8 @@ const char *xmc_strerror(int err)
     case XMC_EAGAIN: return "the call would have to wait";
     case XMC_EREENTER: return "called from inside one of the cache's own backend callbacks";
     case XMC_EGRANT: return "not allowed on a grant cache (locked requests only, no replace)";
+    case XMC_EFORKED:
+        return "the process forked while another thread was inside the cache; unusable in the child";
     default: return "unknown error";
     }
 }
@@ -755,6 +762,66 @@ void xmc_records_free(xmc_record *records)
     free(records);
 }
 
+/* ---- fork ----------------------------------------------------------------- */
+
+/*
+ * A child of fork() has one thread, the one that forked.  A cache whose mutex
+ * some other thread held at that moment stays held forever in the child, and
+ * may be half updated: fork_child() marks it, and cache_lock() answers
+ * XMC_EFORKED once it finds the mutex busy (so the hit path pays nothing).
+ * A cache that was idle works in the child as in the parent.
+ */
+static pthread_mutex_t caches_lock = PTHREAD_MUTEX_INITIALIZER;
+static xmc_cache *caches;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static int fork_rc = XMC_ENOMEM;
+
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&caches_lock); /* no cache is added or freed across fork() */
+}
+
+static void fork_parent(void)
+{
+    pthread_mutex_unlock(&caches_lock);
+}
+
+static void fork_child(void)
+{
+    for (xmc_cache *c = caches; c; c = c->fnext)
+        if (atomic_load_explicit(&c->mutex.state, memory_order_relaxed) != 0)
+            c->forked = true;
+    pthread_mutex_unlock(&caches_lock);
+}
+
+static void fork_register(void)
+{
+    fork_rc = pthread_atfork(fork_prepare, fork_parent, fork_child) == 0 ? XMC_OK : XMC_ENOMEM;
+}
+
+static int caches_add(xmc_cache *c)
+{
+    if (pthread_once(&fork_once, fork_register) != 0 || fork_rc != XMC_OK)
+        return XMC_ENOMEM;
+    pthread_mutex_lock(&caches_lock);
+    c->fnext = caches;
+    c->fpprev = &caches;
+    if (caches)
+        caches->fpprev = &c->fnext;
+    caches = c;
+    pthread_mutex_unlock(&caches_lock);
+    return XMC_OK;
+}
+
+static void caches_del(xmc_cache *c)
+{
+    pthread_mutex_lock(&caches_lock);
+    *c->fpprev = c->fnext;
+    if (c->fnext)
+        c->fnext->fpprev = c->fpprev;
+    pthread_mutex_unlock(&caches_lock);
+}
+
 /* ---- cache life ------------------------------------------------------- */
 
 int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_size,
@@ -786,6 +853,11 @@ int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_siz
         free(c);
         return XMC_ENOMEM;
     }
+    if (caches_add(c) != XMC_OK) {
+        free(c->slots);
+        free(c);
+        return XMC_ENOMEM;
+    }
     atomic_init(&c->callback_thread, 0);
     c->be = be;
     c->shift = bucket_shift;
@@ -800,9 +872,12 @@ int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_siz
     return XMC_OK;
 }
 
-/* Drop every record and entry; the cache is then empty but usable. */
-static void drain(xmc_cache *c)
+/* Drop every record and entry; the cache is then empty but usable.  The
+ * first failed unmap, if any (each entry is unmapped once, never retried). */
+static int drain(xmc_cache *c)
 {
+    int rc = XMC_OK;
+
     /* Closing says nothing (its hook may be half gone): untraced, no last. */
     c->traced = false;
     c->fast_off = c->grants;
@@ -816,9 +891,13 @@ static void drain(xmc_cache *c)
     free(c->rhash);
     c->rhash = NULL;
     c->rhash_bits = 0;
-    while (c->live)
-        entry_destroy(c, c->live);
+    while (c->live) {
+        int urc = entry_destroy(c, c->live);
+        if (rc == XMC_OK)
+            rc = urc;
+    }
     c->st.locked = c->st.dma_locked = 0;
+    return rc;
 }
 
 void xmc_cache_free(xmc_cache *c)
@@ -827,6 +906,9 @@ void xmc_cache_free(xmc_cache *c)
 
     if (!c)
         return;
+    caches_del(c);
+    if (c->forked)
+        return; /* half updated by a thread that is gone: leak it, touch nothing */
     drain(c);
     free(c->slots);
     be = c->be;
@@ -846,6 +928,8 @@ static inline int cache_lock(xmc_cache *c, bool wait)
 {
     if (mutex_try(&c->mutex))
         return XMC_OK;
+    if (c->forked)
+        return XMC_EFORKED;
     if (atomic_load_explicit(&c->callback_thread, memory_order_relaxed) == this_thread())
         return XMC_EREENTER;
     if (!wait)
@@ -868,11 +952,11 @@ static inline int cache_lock(xmc_cache *c, bool wait)
 
 #define LOCKED_CALL(c, expr) LOCKED_CALL_IF(c, true, expr)
 
+/* Closed even when an unmap fails; that failure is reported (XMC_ESYS). */
 static int close_locked(xmc_cache *c)
 {
-    drain(c);
     c->closed = true;
-    return XMC_OK;
+    return drain(c);
 }
 
 int xmc_cache_close(xmc_cache *c)

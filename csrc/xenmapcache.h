@@ -46,6 +46,7 @@ extern "C" {
 #define XMC_EAGAIN -9    /* a _nowait call would have had to wait; nothing was done */
 #define XMC_EREENTER -10 /* called from inside the cache's own backend callback */
 #define XMC_EGRANT -12   /* not allowed on a grant cache: an unlocked request, replace */
+#define XMC_EFORKED -11  /* inherited through fork() while a thread was inside the cache */
 
 /* Limits: pages are 4 KiB; a bucket is 2**12 to 2**32 bytes; at most 16 Mi slots. */
 #define XMC_PAGE_SHIFT 12
