@@ -151,6 +151,16 @@ def test_the_performance_table_is_consistent() -> None:
             assert abs(expected - number(ratio)) <= slack, (path, measured_as, expected, ratio)
 
 
+def test_the_performance_table_has_the_rows_and_targets_of_the_bench_command() -> None:
+    from xenmapcache import bench
+
+    python_rows = [r for r in perf_table() if not r[0].startswith(("C:", "memory"))]
+    assert len(python_rows) == len(bench.ROWS)
+    for row, cells in zip(bench.ROWS, python_rows, strict=True):
+        assert cells[0].replace("`", "").startswith(row.path), (row.path, cells[0])
+        assert cells[5] == row.target_text, (row.path, cells[5])
+
+
 def test_the_readme_figures_come_from_the_table() -> None:
     rows = {(r[0], r[1]): r for r in perf_table()}
     readme = (REPO / "README.md").read_text()
