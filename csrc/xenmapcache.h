@@ -45,6 +45,7 @@ extern "C" {
 #define XMC_ECLOSED -8   /* the cache was closed */
 #define XMC_EAGAIN -9    /* a _nowait call would have had to wait; nothing was done */
 #define XMC_EREENTER -10 /* called from inside the cache's own backend callback */
+#define XMC_EGRANT -12   /* not allowed on a grant cache: an unlocked request, replace */
 
 /* Limits: pages are 4 KiB; a bucket is 2**12 to 2**32 bytes; at most 16 Mi slots. */
 #define XMC_PAGE_SHIFT 12
@@ -225,6 +226,20 @@ int xmc_cache_close(xmc_cache *c);
 int xmc_cache_set_lock_limit(xmc_cache *c, uint32_t limit);
 int xmc_cache_set_dummy(xmc_cache *c, bool on); /* incoming-migration mode */
 int xmc_cache_set_translate(xmc_cache *c, xmc_translate_fn fn, void *opaque);
+/*
+ * Grant rules, on any backend (QEMU's grant caches): only locked requests are
+ * served (an unlocked one, a read, a write or a replace fails with XMC_EGRANT
+ * and maps nothing); an entry is unmapped as soon as its last lock goes, so
+ * it is never kept for later hits, never remapped, never the fast path's last
+ * entry; invalidate reports DMA mappings in flight as on any cache.  Entries
+ * are page-granular: the cache must have bucket_shift 12 (else XMC_EINVAL).
+ * Set it before the first map (after one, changing it fails with XMC_EINVAL).
+ * Unlocking the last lock of an entry unmaps it through the backend: when
+ * that unmap fails the lock is gone all the same (the entry too, never
+ * retried) and xmc_unlock() returns XMC_ESYS; the _nowait unlock returns
+ * XMC_EAGAIN instead of unmapping.
+ */
+int xmc_cache_set_grants(xmc_cache *c, bool on); /* grant rules on any backend */
 
 /*
  * The host address of guest address paddr in *out (QEMU's xen_map_cache()).

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._nocopy import NoCopy
 from ._validate import U64_LIMIT, as_uint, check_range
 from .backends import CallbackBackend
 from .errors import DMAMappingWarning, InvalidAddress, MapCacheError, MappingError, UnknownMapping
@@ -96,7 +97,7 @@ class Stats:
     invalidations: int
 
 
-class Mapping:
+class Mapping(NoCopy):
     """A locked mapping of guest memory: ``memoryview(m)`` reads and writes it.
 
     Made by :meth:`MapCache.map`, never directly.  The mapping stays locked
@@ -121,6 +122,7 @@ class Mapping:
     """
 
     __slots__ = ("address", "paddr", "size", "dma", "tag", "_cache", "_lock", "_id", "_exports", "_released")
+    _no_copy_why = "a copy would unlock the same locked mapping a second time"
 
     def __init__(self, cache: MapCache, ident: int, paddr: int, size: int, dma: bool, tag: Any) -> None:
         self._cache = cache
@@ -193,6 +195,7 @@ class _NativeCore:
         translate: Translate | None,
         dummy: bool,
         lock_limit: int,
+        grants: bool = False,
     ) -> None:
         from ._native import binding, check
 
@@ -204,6 +207,7 @@ class _NativeCore:
         self._c = ffi.gc(out[0], lib.xmc_cache_free)
         check(lib.xmc_cache_set_lock_limit(self._c, lock_limit), "lock_limit")
         check(lib.xmc_cache_set_dummy(self._c, dummy), "dummy_on_failure")
+        check(lib.xmc_cache_set_grants(self._c, grants), "grants")
         self._translate = None
         from . import _callbacks
 
@@ -423,7 +427,7 @@ class _NativeCore:
             self._fail(rc, "close")
 
 
-class MapCache:
+class MapCache(NoCopy):
     """A Xen mapcache over guest memory (docs/contract.md, sections 3 and 6).
 
     ``ram`` is the backend the cache maps through: a :class:`GuestRAM`, a
@@ -437,6 +441,12 @@ class MapCache:
     memory where guest pages cannot be mapped, instead of failing (an incoming
     migration; ``replace()`` later swaps in the real pages).  ``lock_limit``
     caps the lock count of each entry (at most ``2**32 - 1``).
+    ``grants=True`` applies the grant rules of QEMU's grant caches (see
+    docs/trace-and-grants.md): only locked requests (``map``, ``map_ptr``
+    with ``lock=True``), page-granular entries (``bucket_shift`` must be 12,
+    else ``InvalidAddress``), each entry unmapped as soon as its last lock is
+    released; an unlocked request, ``read``, ``write`` and ``replace`` raise
+    ``MapCacheError`` and map nothing.
 
     Every method is safe to call from any thread: the C core serialises the
     calls on one cache with its own mutex, and no thread waits for it while
@@ -458,6 +468,7 @@ class MapCache:
     """
 
     _Core: Any = _NativeCore
+    _no_copy_why = "a copy would share the cache's handle and mappings, which either copy may close"
 
     def __init__(
         self,
@@ -467,6 +478,7 @@ class MapCache:
         translate: Translate | None = None,
         dummy_on_failure: bool = False,
         lock_limit: int = LOCK_LIMIT_MAX,
+        grants: bool = False,
     ) -> None:
         if not isinstance(ram, (GuestRAM, XenForeignMemory, CallbackBackend)):
             raise TypeError(f"ram must be a GuestRAM, XenForeignMemory or CallbackBackend, not {type(ram).__name__}")
@@ -479,12 +491,20 @@ class MapCache:
         if translate is not None and not callable(translate):
             raise TypeError("translate must be callable")
         lock_limit = as_uint(lock_limit, "lock_limit", LOCK_LIMIT_MAX + 1)
+        if grants and shift != MIN_BUCKET_SHIFT:
+            raise InvalidAddress(f"grants=True needs page-granular entries, bucket_shift=12: {shift}")
         self.bucket_shift = shift
         self.max_size = max_size
-        self._core: _NativeCore = self._Core(ram, shift, max_size, translate, bool(dummy_on_failure), lock_limit)
+        self.grants = bool(grants)
+        self._core: _NativeCore = self._Core(
+            ram, shift, max_size, translate, bool(dummy_on_failure), lock_limit, grants=self.grants
+        )
         fast_paths = getattr(self._core, "fast_paths", None)
         if fast_paths is not None:  # instance attributes: they shadow the methods below
-            vars(self).update(fast_paths(self))
+            paths = fast_paths(self)
+            if self.grants:  # a grant unlock may unmap and fail: the method reports it
+                paths.pop("unlock", None)
+            vars(self).update(paths)
         self._ram = ram
         self._mappings: dict[int, Mapping] = {}
         self._by_address: dict[int, list[Mapping]] = {}

@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from ._nocopy import NoCopy
 from ._validate import as_uint
 from .errors import InvalidAddress, MapCacheError, MappingError
 
@@ -20,7 +21,7 @@ PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 
 
-class GuestRAM:
+class GuestRAM(NoCopy):
     """``size`` bytes of guest RAM in a memfd, with optional holes: the embedded backend.
 
     ``holes`` is an iterable of ``(start, end)`` guest ranges (end exclusive)
@@ -37,6 +38,8 @@ class GuestRAM:
 
     Cost: one memfd (a file descriptor); no memory until pages are touched.
     """
+
+    _no_copy_why = "it owns a memfd; a copy would close it twice, a pickle would carry a bare fd number"
 
     def __init__(self, size: int, holes: Iterable[tuple[int, int]] = ()) -> None:
         size = as_uint(size, "size")

@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from ._nocopy import NoCopy
 from ._validate import as_uint
 from .errors import BackendUnavailable, MapCacheError
 
@@ -21,7 +22,7 @@ DOMID_LIMIT = 1 << 16
 WHY_SIZE = 512
 
 
-class XenForeignMemory:
+class XenForeignMemory(NoCopy):
     """The memory of Xen domain ``domid``, mapped through libxenforeignmemory.
 
     Pass it to :class:`MapCache`, which keeps it alive while it needs it.
@@ -39,6 +40,8 @@ class XenForeignMemory:
 
     Cost: a ``dlopen`` and an open of the privcmd device, once.
     """
+
+    _no_copy_why = "it owns a libxenforeignmemory handle, which a copy would close twice"
 
     def __init__(self, domid: int, library: str | os.PathLike[str] | None = None) -> None:
         from ._native import binding, check
