@@ -1,4 +1,4 @@
-"""Faults users meet (DESIGN.md section 10): copies, failed copies, lost errors, fork.
+"""Faults users meet (docs/contract.md, section 10): copies, failed copies, lost errors, fork.
 
 Every test runs on both implementations (the C core and the reference).
 """

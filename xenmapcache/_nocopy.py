@@ -1,4 +1,4 @@
-"""Objects that own a resource refuse to be copied or pickled (DESIGN.md section 10).
+"""Objects that own a resource refuse to be copied or pickled (docs/contract.md, section 10).
 
 A copy of a cache, a mapping, guest RAM or a backend would share what the
 original owns (a C handle, a lock on a record, a file descriptor) and later

@@ -1,5 +1,5 @@
 /*
- * test_reliability.c - faults users meet (DESIGN.md section 10 and the
+ * test_reliability.c - faults users meet (docs/contract.md, section 10 and the
  * "every error changes nothing" rule): a failed copy writes nothing, a
  * forked child never hangs on a cache it inherited.
  *
