@@ -498,7 +498,10 @@ class MapCache(NoCopy):
     holding the GIL.  Every call on a closed cache raises ``MapCacheError``, and
     a call that raises has changed nothing.  Also a context manager, which
     closes the cache.  A cache that is never closed is cleaned up by the
-    garbage collector.
+    garbage collector.  It cannot be pickled or copied (``TypeError``).
+
+    Attributes (read them, do not change them): ``bucket_shift``,
+    ``max_size`` (as resolved: an int, never None) and ``grants``.
 
     :raises TypeError: ``ram`` is not a backend, a value is not an int, or
         ``translate`` or ``trace`` is not callable.
