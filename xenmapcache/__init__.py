@@ -21,6 +21,7 @@ from .errors import (
 )
 from ._version import __version__
 from .ram import GuestRAM
+from .trace import TraceEvent
 from .xen import XenForeignMemory, XenGrantTable
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "Mapping",
     "MappingError",
     "Stats",
+    "TraceEvent",
     "UnknownMapping",
     "XenForeignMemory",
     "XenGrantTable",

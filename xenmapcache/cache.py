@@ -12,8 +12,10 @@ costs one C call and no Python object besides the result.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
+import os
 import sys
 import threading
 import warnings
@@ -27,6 +29,7 @@ from ._validate import U64_LIMIT, as_uint, check_range
 from .backends import CallbackBackend
 from .errors import DMAMappingWarning, InvalidAddress, MapCacheError, MappingError, UnknownMapping
 from .ram import GuestRAM
+from .trace import Sink, Trace, TraceEvent, emit, make_sink
 from .xen import XenForeignMemory, XenGrantTable
 
 logger = logging.getLogger("xenmapcache")
@@ -196,29 +199,36 @@ class _NativeCore:
         dummy: bool,
         lock_limit: int,
         grants: bool = False,
+        trace: Sink | None = None,
     ) -> None:
         from ._native import binding, check
 
         self._ffi, self._lib = ffi, lib = binding()
         self._check = check
+        from . import _callbacks
+
         out = ffi.new("xmc_cache **")
         with ram._c_backend() as backend:
             check(lib.xmc_cache_new(backend, bucket_shift, max_size, out), "MapCache")
-        self._c = ffi.gc(out[0], lib.xmc_cache_free)
+            # Which pending callback errors are this cache's (see _callbacks).
+            self._keys: tuple[int, ...] = (int(ffi.cast("uintptr_t", backend.opaque)),)
+        self._c = ffi.gc(out[0], functools.partial(_collect, lib.xmc_cache_free, _callbacks.take, self._keys))
         check(lib.xmc_cache_set_lock_limit(self._c, lock_limit), "lock_limit")
         check(lib.xmc_cache_set_dummy(self._c, dummy), "dummy_on_failure")
         check(lib.xmc_cache_set_grants(self._c, grants), "grants")
         self._translate = None
-        from . import _callbacks
-
-        self._pending = _callbacks.pending
+        self._take = _callbacks.take
         if translate is not None:
             self._translate = ffi.new_handle(translate)
+            self._keys += (int(ffi.cast("uintptr_t", self._translate)),)
             check(lib.xmc_cache_set_translate(self._c, lib._xmc_py_translate, self._translate), "translate")
+        self._trace = None
+        if trace is not None:  # kept here: the core calls it until it is freed
+            self._trace = ffi.new_handle(trace)
+            check(lib.xmc_cache_set_trace(self._c, lib._xmc_py_trace, self._trace), "trace")
 
     def _fail(self, rc: int, what: str) -> None:
-        cause = getattr(self._pending, "error", None)  # from a Python callback
-        self._pending.error = None
+        cause = self._take(self._keys)  # from one of this cache's Python callbacks
         try:
             self._check(rc, what)
         except MapCacheError as exc:
@@ -264,8 +274,7 @@ class _NativeCore:
         if rc == lib.XMC_ESYS:
             # The invalidation happened; an entry failed to unmap and is gone
             # all the same (never retried).  Say so once and keep the records.
-            cause = getattr(self._pending, "error", None)
-            self._pending.error = None
+            cause = self._take(self._keys)
             logger.error("invalidate: unmapping an entry failed: %s", cause or "system call failed")
         elif rc:
             self._fail(rc, "invalidate")
@@ -427,6 +436,39 @@ class _NativeCore:
             self._fail(rc, "close")
 
 
+def _collect(
+    free: Callable[[Any], None], take: Callable[[tuple[int, ...]], BaseException | None], keys: tuple[int, ...], handle: Any
+) -> None:
+    """Free a cache's C handle (the garbage collector's side of ``close``).
+
+    An unmap that fails meanwhile is logged here, as an error of the
+    ``xenmapcache`` logger: it belongs to no later call.
+    """
+    free(handle)
+    cause = take(keys)
+    if cause is not None:
+        logger.error("a collected cache failed to unmap an entry: %r", cause, exc_info=cause)
+
+
+# Every live MapCache, for the fork handler below.
+_caches: weakref.WeakSet[MapCache] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    """In a forked child, free the Python-side locks a parent thread may have held.
+
+    ``MapCache._lock`` (shared with its Mappings) guards only the registry
+    of Mappings, never a C call; a thread that held it at fork() is gone from
+    the child, and the child would wait for it forever.  The C core answers
+    for its own mutex (XMC_EFORKED).
+    """
+    for cache in list(_caches):
+        cache._lock._at_fork_reinit()  # type: ignore[attr-defined]  # the stdlib's own way (logging, threading)
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 class MapCache(NoCopy):
     """A Xen mapcache over guest memory (docs/contract.md, sections 3 and 6).
 
@@ -447,16 +489,22 @@ class MapCache(NoCopy):
     else ``InvalidAddress``), each entry unmapped as soon as its last lock is
     released; an unlocked request, ``read``, ``write`` and ``replace`` raise
     ``MapCacheError`` and map nothing.
+    ``trace(event)`` is called with a :class:`~xenmapcache.trace.TraceEvent`
+    for everything the cache does (see :mod:`xenmapcache.trace`); what it
+    raises is logged, never passed on.
 
     Every method is safe to call from any thread: the C core serialises the
     calls on one cache with its own mutex, and no thread waits for it while
     holding the GIL.  Every call on a closed cache raises ``MapCacheError``, and
     a call that raises has changed nothing.  Also a context manager, which
     closes the cache.  A cache that is never closed is cleaned up by the
-    garbage collector.
+    garbage collector.  It cannot be pickled or copied (``TypeError``).
+
+    Attributes (read them, do not change them): ``bucket_shift``,
+    ``max_size`` (as resolved: an int, never None) and ``grants``.
 
     :raises TypeError: ``ram`` is not a backend, a value is not an int, or
-        ``translate`` is not callable.
+        ``translate`` or ``trace`` is not callable.
     :raises InvalidAddress: ``bucket_shift`` out of range, ``max_size`` zero
         or too large, ``lock_limit`` over ``2**32 - 1``.
     :raises MapCacheError: the backend is closed.
@@ -479,6 +527,7 @@ class MapCache(NoCopy):
         dummy_on_failure: bool = False,
         lock_limit: int = LOCK_LIMIT_MAX,
         grants: bool = False,
+        trace: Trace | None = None,
     ) -> None:
         if not isinstance(ram, (GuestRAM, XenForeignMemory, XenGrantTable, CallbackBackend)):
             raise TypeError(
@@ -492,14 +541,25 @@ class MapCache(NoCopy):
             raise InvalidAddress("max_size must be positive")
         if translate is not None and not callable(translate):
             raise TypeError("translate must be callable")
+        if trace is not None and not callable(trace):
+            raise TypeError("trace must be callable")
         lock_limit = as_uint(lock_limit, "lock_limit", LOCK_LIMIT_MAX + 1)
         if grants and shift != MIN_BUCKET_SHIFT:
             raise InvalidAddress(f"grants=True needs page-granular entries, bucket_shift=12: {shift}")
         self.bucket_shift = shift
         self.max_size = max_size
         self.grants = bool(grants)
+        self._trace = trace
+        self._gone: dict[int, Any] = {}  # tags of Mappings being released, for their unlock events
         self._core: _NativeCore = self._Core(
-            ram, shift, max_size, translate, bool(dummy_on_failure), lock_limit, grants=self.grants
+            ram,
+            shift,
+            max_size,
+            translate,
+            bool(dummy_on_failure),
+            lock_limit,
+            grants=self.grants,
+            trace=None if trace is None else make_sink(self, trace),
         )
         fast_paths = getattr(self._core, "fast_paths", None)
         if fast_paths is not None:  # instance attributes: they shadow the methods below
@@ -515,6 +575,7 @@ class MapCache(NoCopy):
         # Guards buffer exports and the registry, never held across a C call:
         # the C core serialises the cache itself.
         self._lock = threading.Lock()
+        _caches.add(self)
 
     # -- mapping ---------------------------------------------------------
 
@@ -614,6 +675,7 @@ class MapCache(NoCopy):
         elif holders:
             raise BufferError(f"every mapping at {address:#x} still has memoryviews alive")
         else:
+            self._trace_unknown("unlock_unknown", address)
             raise UnknownMapping(f"no locked mapping at {address:#x}")
 
     def ram_addr(self, address: int) -> int:
@@ -631,7 +693,12 @@ class MapCache(NoCopy):
         O(log n) in the live entries for any other address.
         """
         self._check_open()
-        return self._core.ram_addr(as_uint(address, "address"))
+        address = as_uint(address, "address")
+        try:
+            return self._core.ram_addr(address)
+        except UnknownMapping:
+            self._trace_unknown("ram_addr_unknown", address)
+            raise
 
     def read(self, paddr: int, n: int) -> bytes:
         """Read ``n`` bytes of guest memory at ``paddr`` through the cache, as a new ``bytes``.
@@ -767,8 +834,22 @@ class MapCache(NoCopy):
 
     # -- lifetime -------------------------------------------------------------
 
+    def _trace_tag(self, ident: int, unlocking: bool) -> Any:
+        """The tag object of the Mapping with id ``ident``, for a trace event."""
+        m = self._mappings.get(ident)
+        if m is not None:
+            return m.tag
+        return self._gone.pop(ident, None) if unlocking else self._gone.get(ident)
+
+    def _trace_unknown(self, name: str, address: int) -> None:
+        """Trace a lookup of an unknown address: here, once per call (the core may be asked twice)."""
+        if self._trace is not None:
+            emit(self._trace, TraceEvent(name, 0, 0, address, None, False, False))
+
     def _forget(self, m: Mapping) -> None:
         """Drop ``m`` from the registry; the caller holds ``self._lock``."""
+        if self._trace is not None:
+            self._gone[m._id] = m.tag
         self._mappings.pop(m._id, None)
         holders = self._by_address.get(m.address)
         if holders is not None:
@@ -797,6 +878,10 @@ class MapCache(NoCopy):
         :raises MapCacheError: called from inside a backend callback of this
             very cache (which runs under its mutex).
 
+        :raises MapCacheError: a backend unmap failed (its exception as the
+            cause), raised after everything else is unmapped; the cache is
+            closed all the same.
+
         Cost: one unmap per live entry.
         """
         with self._lock:
@@ -810,6 +895,7 @@ class MapCache(NoCopy):
                 m._released = True
             self._mappings.clear()
             self._by_address.clear()
+            self._gone.clear()
         self._core.close()
 
     def __enter__(self) -> MapCache:
