@@ -21,7 +21,8 @@ from .errors import (
 )
 from ._version import __version__
 from .ram import GuestRAM
-from .xen import XenForeignMemory
+from .trace import TraceEvent
+from .xen import XenForeignMemory, XenGrantTable
 
 __all__ = [
     "BackendUnavailable",
@@ -36,7 +37,9 @@ __all__ = [
     "Mapping",
     "MappingError",
     "Stats",
+    "TraceEvent",
     "UnknownMapping",
     "XenForeignMemory",
+    "XenGrantTable",
     "__version__",
 ]

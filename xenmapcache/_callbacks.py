@@ -7,7 +7,7 @@ chains it onto the error the core returns (``_NativeCore._fail``).  A cache
 takes only its own callbacks' errors, so an error can never become the cause
 of a failure on another cache; every path that can leave one (a failed call,
 an invalidate or close whose unmap failed, the garbage collection of a cache)
-takes it at once.
+takes it at once.  A trace hook's error is logged (see xenmapcache.trace).
 
 Python backends are found through ``backends``, keyed by the integer the C
 core holds as its opaque pointer; the core's retain/release hooks count its
@@ -18,6 +18,7 @@ order the garbage collector frees things in.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -126,6 +127,16 @@ def _xmc_py_retain(opaque: Any) -> None:
 @ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
 def _xmc_py_release(opaque: Any) -> None:
     _drop(int(ffi.cast("uintptr_t", opaque)))
+
+
+@ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
+def _xmc_py_trace(opaque: Any, ev: Any) -> None:
+    # The sink (xenmapcache.trace.make_sink) logs what the user's hook raises;
+    # nothing may cross back into C, which holds the cache's mutex here.
+    try:
+        ffi.from_handle(opaque)(ev.kind, ev.rc, ev.flags, ev.paddr, ev.size, ev.address, ev.tag, ev.old_paddr)
+    except Exception:
+        logging.getLogger("xenmapcache").exception("trace event lost")
 
 
 @ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version

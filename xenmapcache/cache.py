@@ -29,7 +29,8 @@ from ._validate import U64_LIMIT, as_uint, check_range
 from .backends import CallbackBackend
 from .errors import DMAMappingWarning, InvalidAddress, MapCacheError, MappingError, UnknownMapping
 from .ram import GuestRAM
-from .xen import XenForeignMemory
+from .trace import Sink, Trace, TraceEvent, emit, make_sink
+from .xen import XenForeignMemory, XenGrantTable
 
 logger = logging.getLogger("xenmapcache")
 
@@ -43,7 +44,7 @@ LOCK_LIMIT_MAX = 2**32 - 1
 Translate = Callable[[int, int], int]
 # What a cache maps through: each has ``_c_backend()``, a context manager
 # yielding an ``xmc_backend *`` that a C cache retains.
-Backend = GuestRAM | XenForeignMemory | CallbackBackend
+Backend = GuestRAM | XenForeignMemory | XenGrantTable | CallbackBackend
 # A raw record (map_ptr with lock=True) carries this tag id; Mappings get their own.
 RAW = 0
 # cache.read fills a fresh bytes object in place (one copy instead of two) on
@@ -198,6 +199,7 @@ class _NativeCore:
         dummy: bool,
         lock_limit: int,
         grants: bool = False,
+        trace: Sink | None = None,
     ) -> None:
         from ._native import binding, check
 
@@ -220,6 +222,10 @@ class _NativeCore:
             self._translate = ffi.new_handle(translate)
             self._keys += (int(ffi.cast("uintptr_t", self._translate)),)
             check(lib.xmc_cache_set_translate(self._c, lib._xmc_py_translate, self._translate), "translate")
+        self._trace = None
+        if trace is not None:  # kept here: the core calls it until it is freed
+            self._trace = ffi.new_handle(trace)
+            check(lib.xmc_cache_set_trace(self._c, lib._xmc_py_trace, self._trace), "trace")
 
     def _fail(self, rc: int, what: str) -> None:
         cause = self._take(self._keys)  # from one of this cache's Python callbacks
@@ -483,16 +489,22 @@ class MapCache(NoCopy):
     else ``InvalidAddress``), each entry unmapped as soon as its last lock is
     released; an unlocked request, ``read``, ``write`` and ``replace`` raise
     ``MapCacheError`` and map nothing.
+    ``trace(event)`` is called with a :class:`~xenmapcache.trace.TraceEvent`
+    for everything the cache does (see :mod:`xenmapcache.trace`); what it
+    raises is logged, never passed on.
 
     Every method is safe to call from any thread: the C core serialises the
     calls on one cache with its own mutex, and no thread waits for it while
     holding the GIL.  Every call on a closed cache raises ``MapCacheError``, and
     a call that raises has changed nothing.  Also a context manager, which
     closes the cache.  A cache that is never closed is cleaned up by the
-    garbage collector.
+    garbage collector.  It cannot be pickled or copied (``TypeError``).
+
+    Attributes (read them, do not change them): ``bucket_shift``,
+    ``max_size`` (as resolved: an int, never None) and ``grants``.
 
     :raises TypeError: ``ram`` is not a backend, a value is not an int, or
-        ``translate`` is not callable.
+        ``translate`` or ``trace`` is not callable.
     :raises InvalidAddress: ``bucket_shift`` out of range, ``max_size`` zero
         or too large, ``lock_limit`` over ``2**32 - 1``.
     :raises MapCacheError: the backend is closed.
@@ -515,9 +527,12 @@ class MapCache(NoCopy):
         dummy_on_failure: bool = False,
         lock_limit: int = LOCK_LIMIT_MAX,
         grants: bool = False,
+        trace: Trace | None = None,
     ) -> None:
-        if not isinstance(ram, (GuestRAM, XenForeignMemory, CallbackBackend)):
-            raise TypeError(f"ram must be a GuestRAM, XenForeignMemory or CallbackBackend, not {type(ram).__name__}")
+        if not isinstance(ram, (GuestRAM, XenForeignMemory, XenGrantTable, CallbackBackend)):
+            raise TypeError(
+                f"ram must be a GuestRAM, XenForeignMemory, XenGrantTable or CallbackBackend, not {type(ram).__name__}"
+            )
         shift = as_uint(bucket_shift, "bucket_shift")
         if not MIN_BUCKET_SHIFT <= shift <= MAX_BUCKET_SHIFT:
             raise InvalidAddress(f"bucket_shift must be in [{MIN_BUCKET_SHIFT}, {MAX_BUCKET_SHIFT}]: {shift}")
@@ -526,14 +541,25 @@ class MapCache(NoCopy):
             raise InvalidAddress("max_size must be positive")
         if translate is not None and not callable(translate):
             raise TypeError("translate must be callable")
+        if trace is not None and not callable(trace):
+            raise TypeError("trace must be callable")
         lock_limit = as_uint(lock_limit, "lock_limit", LOCK_LIMIT_MAX + 1)
         if grants and shift != MIN_BUCKET_SHIFT:
             raise InvalidAddress(f"grants=True needs page-granular entries, bucket_shift=12: {shift}")
         self.bucket_shift = shift
         self.max_size = max_size
         self.grants = bool(grants)
+        self._trace = trace
+        self._gone: dict[int, Any] = {}  # tags of Mappings being released, for their unlock events
         self._core: _NativeCore = self._Core(
-            ram, shift, max_size, translate, bool(dummy_on_failure), lock_limit, grants=self.grants
+            ram,
+            shift,
+            max_size,
+            translate,
+            bool(dummy_on_failure),
+            lock_limit,
+            grants=self.grants,
+            trace=None if trace is None else make_sink(self, trace),
         )
         fast_paths = getattr(self._core, "fast_paths", None)
         if fast_paths is not None:  # instance attributes: they shadow the methods below
@@ -649,6 +675,7 @@ class MapCache(NoCopy):
         elif holders:
             raise BufferError(f"every mapping at {address:#x} still has memoryviews alive")
         else:
+            self._trace_unknown("unlock_unknown", address)
             raise UnknownMapping(f"no locked mapping at {address:#x}")
 
     def ram_addr(self, address: int) -> int:
@@ -666,7 +693,12 @@ class MapCache(NoCopy):
         O(log n) in the live entries for any other address.
         """
         self._check_open()
-        return self._core.ram_addr(as_uint(address, "address"))
+        address = as_uint(address, "address")
+        try:
+            return self._core.ram_addr(address)
+        except UnknownMapping:
+            self._trace_unknown("ram_addr_unknown", address)
+            raise
 
     def read(self, paddr: int, n: int) -> bytes:
         """Read ``n`` bytes of guest memory at ``paddr`` through the cache, as a new ``bytes``.
@@ -802,8 +834,22 @@ class MapCache(NoCopy):
 
     # -- lifetime -------------------------------------------------------------
 
+    def _trace_tag(self, ident: int, unlocking: bool) -> Any:
+        """The tag object of the Mapping with id ``ident``, for a trace event."""
+        m = self._mappings.get(ident)
+        if m is not None:
+            return m.tag
+        return self._gone.pop(ident, None) if unlocking else self._gone.get(ident)
+
+    def _trace_unknown(self, name: str, address: int) -> None:
+        """Trace a lookup of an unknown address: here, once per call (the core may be asked twice)."""
+        if self._trace is not None:
+            emit(self._trace, TraceEvent(name, 0, 0, address, None, False, False))
+
     def _forget(self, m: Mapping) -> None:
         """Drop ``m`` from the registry; the caller holds ``self._lock``."""
+        if self._trace is not None:
+            self._gone[m._id] = m.tag
         self._mappings.pop(m._id, None)
         holders = self._by_address.get(m.address)
         if holders is not None:
@@ -849,6 +895,7 @@ class MapCache(NoCopy):
                 m._released = True
             self._mappings.clear()
             self._by_address.clear()
+            self._gone.clear()
         self._core.close()
 
     def __enter__(self) -> MapCache:

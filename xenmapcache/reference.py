@@ -45,7 +45,9 @@ from .errors import *  # noqa: F403 - the very exception classes of the package
 from .errors import BackendUnavailable, InvalidAddress, LockOverflow, MapCacheError, MappingError, UnknownMapping
 from ._version import __version__
 from .ram import PAGE_SHIFT, PAGE_SIZE, GuestRAM
-from .xen import XenForeignMemory
+from .trace import EVENT_NUMBERS as _EV
+from .trace import Sink, TraceEvent
+from .xen import XenForeignMemory, XenGrantTable
 
 # The same public names as the package (tests/test_reference.py checks it).
 __all__ = [
@@ -56,7 +58,9 @@ __all__ = [
     "MapCache",
     "Mapping",
     "Stats",
+    "TraceEvent",
     "XenForeignMemory",
+    "XenGrantTable",
     "__version__",
 ]
 
@@ -72,8 +76,8 @@ _ERRORS: dict[int, tuple[type[Exception], str]] = {
     EUNAVAIL: (BackendUnavailable, "backend not available"),
     ESYS: (MapCacheError, "system call failed"),
     EREENTER: (MapCacheError, "called from inside one of the cache's own backend callbacks"),
-    EFORKED: (MapCacheError, "the process forked while another thread was inside the cache; unusable in the child"),
     EGRANT: (MapCacheError, "not allowed on a grant cache (locked requests only, no replace)"),
+    EFORKED: (MapCacheError, "the process forked while another thread was inside the cache; unusable in the child"),
 }
 
 MAX_SLOTS = 1 << 24  # XMC_MAX_SLOTS
@@ -280,6 +284,7 @@ class _State:
         self.live: dict[_Entry, None] = {}  # insertion order; C pushes at the head
         self.starts: list[int] = []  # sorted host start addresses of live entries
         self.by_start: dict[int, _Entry] = {}
+        self.shift = 0  # the cache's bucket shift, for trace events
         self.rev: dict[int, list[_Rec]] = {}  # host address -> records, newest last
         self.age: dict[_Rec, None] = {}  # oldest first
         self.last: _Entry | None = None
@@ -287,6 +292,21 @@ class _State:
         self.locked = self.dma_locked = self.mapped_bytes = self.invalidations = 0
         self.closed = False
         self.forked = False  # inherited through fork() with its lock held (see _after_fork)
+        self.sink: Sink | None = None  # the trace hook
+        self.tracing: set[int] = set()  # threads inside it, holding the cache's lock
+
+    def trace(
+        self, kind: str, rc: int, flags: int, paddr: int, size: int, address: int, tag: int = 0, old: int = 0
+    ) -> None:
+        """Emit a trace event (``trace_emit``): the hook runs holding the cache's lock."""
+        if self.sink is None:
+            return
+        me = threading.get_ident()
+        self.tracing.add(me)
+        try:
+            self.sink(_EV[kind], rc, flags, paddr, size, address, tag, old)
+        finally:
+            self.tracing.discard(me)
 
     def unmap_entry(self, e: _Entry) -> int:
         if e.flags & ENTRY_ANON:
@@ -332,6 +352,7 @@ class _State:
         if e.size:  # size 0: a failed remap left nothing mapped or indexed
             self.tree_del(e)
             rc = self.unmap_entry(e)
+            self.trace("unmap", rc, 0, e.index << self.shift, e.size, e.vaddr)
         return rc
 
     def free(self) -> int:
@@ -340,6 +361,7 @@ class _State:
         if self.closed:
             return OK
         self.closed = True
+        self.sink = None  # closing says nothing, as in C
         self.rev.clear()
         self.age.clear()
         rc = OK
@@ -374,7 +396,7 @@ def _entered(state: _State, lock: threading.Lock, what: str) -> threading.Lock:
     if state.forked:
         _raise(EFORKED, what)
     inside = state.be.inside
-    if inside and threading.get_ident() in inside:
+    if (inside and threading.get_ident() in inside) or (state.tracing and threading.get_ident() in state.tracing):
         _raise(EREENTER, what)
     return lock
 
@@ -410,6 +432,7 @@ class _PyCore:
         dummy: bool,
         lock_limit: int,
         grants: bool = False,
+        trace: Sink | None = None,
     ) -> None:
         bucket = 1 << bucket_shift
         slots = max_size // bucket + (max_size % bucket != 0)
@@ -431,6 +454,8 @@ class _PyCore:
         else:
             raise TypeError(f"the reference core maps GuestRAM or CallbackBackend, not {type(ram).__name__}")
         self._st = _State(backend)
+        self._st.shift = bucket_shift
+        self._st.sink = trace
         self._finalizer = weakref.finalize(self, _free, self._st, self._lock)
         _caches.add(self)
 
@@ -474,6 +499,7 @@ class _PyCore:
         st.live[e] = None
         st.entries += 1
         st.mapped_bytes += size
+        st.trace("dummy" if dummy else "map", OK, 0, index << self._shift, size, e.vaddr)
         return OK, e
 
     def _entry_remap(self, e: _Entry, index: int, size: int, dummy: bool) -> tuple[int, _Entry | None]:
@@ -491,6 +517,7 @@ class _PyCore:
         if index % self._nr_slots != old_slot:
             st.chain_del(e)
             st.chain_append(e, self._nr_slots)
+        st.trace("dummy" if dummy else "remap", OK, 0, index << self._shift, size, e.vaddr)
         return OK, e
 
     def _find_or_map(self, index: int, size: int, first: int, n: int, dummy: bool) -> tuple[int, _Entry | None]:
@@ -562,9 +589,11 @@ class _PyCore:
                 break
             st.last = None
             if not translated and self._translate is not None:
+                asked = paddr
                 rc, paddr, cause = self._call_translate(paddr, size)
                 if rc != OK:
                     return rc, 0, cause
+                st.trace("translate", OK, flags & 3, paddr, size, 0, tag if lock else 0, asked)
                 translated = True
                 index = paddr >> shift
                 offset = paddr & (bucket - 1)
@@ -584,6 +613,27 @@ class _PyCore:
         if not self._grants:  # a grant entry may go at any unlock
             st.last = found
         return OK, address, None
+
+    def _map_traced(self, paddr: int, size: int, flags: int, tag: int) -> tuple[int, int, BaseException | None]:
+        """``map_slow``: ``_map_locked`` and its hit, miss, lock overflow or refusal event."""
+        st = self._st
+        if st.sink is None:
+            return self._map_locked(paddr, size, flags, tag)
+        misses = st.misses
+        rc, address, cause = self._map_locked(paddr, size, flags, tag)
+        kind = None
+        if rc == EGRANT:
+            kind = "refused"
+        elif rc == EOVERFLOW:
+            kind = "lock_overflow"
+        elif st.misses != misses:
+            kind = "miss"
+        elif rc == OK:
+            kind = "hit"
+        if kind is not None:
+            lock = flags & _cache.LOCK
+            st.trace(kind, rc, flags & 3, paddr, size, address if rc == OK else 0, tag if lock else 0)
+        return rc, address, cause
 
     # -- records --------------------------------------------------------------
 
@@ -705,7 +755,7 @@ class _PyCore:
         rc, cause = OK, None
         while n:
             chunk = self._copy_chunk(paddr, n)
-            rc, p, cause = self._map_locked(paddr, chunk, 0, 0)
+            rc, p, cause = self._map_traced(paddr, chunk, 0, 0)
             if rc != OK:
                 break
             e = self._st.last
@@ -740,7 +790,7 @@ class _PyCore:
         """Host address of ``paddr``; flags LOCK and DMA; a locked map keeps ``tag``."""
         with _entered(self._st, self._lock, "map"):
             self._check_open()
-            rc, address, cause = self._map_locked(paddr, size, flags, tag)
+            rc, address, cause = self._map_traced(paddr, size, flags, tag)
         if rc != OK:
             _raise(rc, f"map {paddr:#x}+{size:#x}", cause or self._take_error())
         return address
@@ -751,7 +801,11 @@ class _PyCore:
             self._check_open()
             r = self._record_find(address, tag)
             rc = OK
-            if r is not None:
+            if r is None:
+                self._st.trace("unlock_unknown", ENOENT, 0, 0, 0, address, tag)
+            else:
+                flags = _cache.LOCK | (_cache.DMA if r.dma else 0)
+                self._st.trace("unlock", OK, flags, self._entry_paddr(r.entry, address), r.size, address, r.tag)
                 self._record_del(r)
                 if self._grants and r.entry.lock == 0:  # the last lock: unmap now
                     rc = OK if self._st.destroy(r.entry) == OK else ESYS
@@ -767,6 +821,8 @@ class _PyCore:
             r = self._record_find(address, None)
             e = r.entry if r is not None else self._st.tree_find(address)
             paddr = None if e is None else self._entry_paddr(e, address)
+            if e is None:
+                self._st.trace("ram_addr_unknown", ENOENT, 0, 0, 0, address)
         if paddr is None:
             _raise(ENOENT, f"ram_addr {address:#x}")
         return paddr
@@ -777,6 +833,9 @@ class _PyCore:
             self._check_open()
             st = self._st
             in_flight = self._records(True)
+            st.trace("invalidate", OK, 0, 0, len(in_flight), 0)
+            for address, paddr, size, tag, _ in in_flight:
+                st.trace("dma_in_flight", OK, _cache.LOCK | _cache.DMA, paddr, size, address, tag)
             rc = OK
             for e in reversed(list(st.live)):
                 if e.lock == 0:
@@ -809,6 +868,7 @@ class _PyCore:
         with _entered(self._st, self._lock, "replace"):
             self._check_open()
             rc, address = self._replace_locked(old, new, size)
+            self._st.trace("replace", rc, 0, new, size, address if rc == OK else 0, 0, old)
         if rc != OK:
             _raise(rc, f"replace {old:#x} -> {new:#x}", self._take_error())
         return address
