@@ -162,6 +162,11 @@ struct xmc_cache {
     xmc_entry *last; /* while traced, the entry that served last */
     xmc_trace_fn trace; /* NULL: no hook */
     void *trace_opaque;
+    /* Set in a forked child when the mutex was held at fork(): its holder is
+     * gone, the cache may be half updated.  Read only when the mutex is busy. */
+    bool forked;
+    struct xmc_cache *fnext; /* every cache of the process, for fork_child() */
+    struct xmc_cache **fpprev;
 };
 
 /* ---- trace events ------------------------------------------------------- */
@@ -237,6 +242,8 @@ const char *xmc_strerror(int err)
     case XMC_EAGAIN: return "the call would have to wait";
     case XMC_EREENTER: return "called from inside one of the cache's own backend callbacks";
     case XMC_EGRANT: return "not allowed on a grant cache (locked requests only, no replace)";
+    case XMC_EFORKED:
+        return "the process forked while another thread was inside the cache; unusable in the child";
     default: return "unknown error";
     }
 }
@@ -780,6 +787,66 @@ void xmc_records_free(xmc_record *records)
     free(records);
 }
 
+/* ---- fork ----------------------------------------------------------------- */
+
+/*
+ * A child of fork() has one thread, the one that forked.  A cache whose mutex
+ * some other thread held at that moment stays held forever in the child, and
+ * may be half updated: fork_child() marks it, and cache_lock() answers
+ * XMC_EFORKED once it finds the mutex busy (so the hit path pays nothing).
+ * A cache that was idle works in the child as in the parent.
+ */
+static pthread_mutex_t caches_lock = PTHREAD_MUTEX_INITIALIZER;
+static xmc_cache *caches;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static int fork_rc = XMC_ENOMEM;
+
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&caches_lock); /* no cache is added or freed across fork() */
+}
+
+static void fork_parent(void)
+{
+    pthread_mutex_unlock(&caches_lock);
+}
+
+static void fork_child(void)
+{
+    for (xmc_cache *c = caches; c; c = c->fnext)
+        if (atomic_load_explicit(&c->mutex.state, memory_order_relaxed) != 0)
+            c->forked = true;
+    pthread_mutex_unlock(&caches_lock);
+}
+
+static void fork_register(void)
+{
+    fork_rc = pthread_atfork(fork_prepare, fork_parent, fork_child) == 0 ? XMC_OK : XMC_ENOMEM;
+}
+
+static int caches_add(xmc_cache *c)
+{
+    if (pthread_once(&fork_once, fork_register) != 0 || fork_rc != XMC_OK)
+        return XMC_ENOMEM;
+    pthread_mutex_lock(&caches_lock);
+    c->fnext = caches;
+    c->fpprev = &caches;
+    if (caches)
+        caches->fpprev = &c->fnext;
+    caches = c;
+    pthread_mutex_unlock(&caches_lock);
+    return XMC_OK;
+}
+
+static void caches_del(xmc_cache *c)
+{
+    pthread_mutex_lock(&caches_lock);
+    *c->fpprev = c->fnext;
+    if (c->fnext)
+        c->fnext->fpprev = c->fpprev;
+    pthread_mutex_unlock(&caches_lock);
+}
+
 /* ---- cache life ------------------------------------------------------- */
 
 int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_size,
@@ -811,6 +878,11 @@ int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_siz
         free(c);
         return XMC_ENOMEM;
     }
+    if (caches_add(c) != XMC_OK) {
+        free(c->slots);
+        free(c);
+        return XMC_ENOMEM;
+    }
     atomic_init(&c->callback_thread, 0);
     c->be = be;
     c->shift = bucket_shift;
@@ -825,9 +897,12 @@ int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_siz
     return XMC_OK;
 }
 
-/* Drop every record and entry; the cache is then empty but usable. */
-static void drain(xmc_cache *c)
+/* Drop every record and entry; the cache is then empty but usable.  The
+ * first failed unmap, if any (each entry is unmapped once, never retried). */
+static int drain(xmc_cache *c)
 {
+    int rc = XMC_OK;
+
     /* Closing says nothing (its hook may be half gone): untraced, no last. */
     c->traced = false;
     c->trace = NULL;
@@ -840,9 +915,13 @@ static void drain(xmc_cache *c)
     free(c->rhash);
     c->rhash = NULL;
     c->rhash_bits = 0;
-    while (c->live)
-        entry_destroy(c, c->live);
+    while (c->live) {
+        int urc = entry_destroy(c, c->live);
+        if (rc == XMC_OK)
+            rc = urc;
+    }
     c->st.locked = c->st.dma_locked = 0;
+    return rc;
 }
 
 void xmc_cache_free(xmc_cache *c)
@@ -851,6 +930,9 @@ void xmc_cache_free(xmc_cache *c)
 
     if (!c)
         return;
+    caches_del(c);
+    if (c->forked)
+        return; /* half updated by a thread that is gone: leak it, touch nothing */
     drain(c);
     free(c->slots);
     be = c->be;
@@ -870,6 +952,8 @@ static inline int cache_lock(xmc_cache *c, bool wait)
 {
     if (mutex_try(&c->mutex))
         return XMC_OK;
+    if (c->forked)
+        return XMC_EFORKED;
     if (atomic_load_explicit(&c->callback_thread, memory_order_relaxed) == this_thread())
         return XMC_EREENTER;
     if (!wait)
@@ -892,12 +976,11 @@ static inline int cache_lock(xmc_cache *c, bool wait)
 
 #define LOCKED_CALL(c, expr) LOCKED_CALL_IF(c, true, expr)
 
+/* Closed even when an unmap fails; that failure is reported (XMC_ESYS). */
 static int close_locked(xmc_cache *c)
 {
-    drain(c);
     c->closed = true;
-    set_unusual(c);
-    return XMC_OK;
+    return drain(c); /* which makes the cache unusual: closed */
 }
 
 int xmc_cache_close(xmc_cache *c)
@@ -973,34 +1056,42 @@ int xmc_cache_set_translate(xmc_cache *c, xmc_translate_fn fn, void *opaque)
 /* ---- map -------------------------------------------------------------- */
 
 /*
- * The counters a batch moved itself (xmc_map_sg), told apart from those of
- * other threads while a translate callback runs without the mutex: `own`
- * holds the batch's share up to the last time it gave the mutex up, and
- * `mark` the counters when it last took it.  c->tally is set only while a
- * batch holds the mutex.
+ * The counters a batch (xmc_map_sg) moved itself, told apart from those of
+ * other threads while a translate callback runs without the mutex.  While the
+ * batch holds the mutex the tally holds its share minus c->st's counters, so
+ * that adding c->st gives its share; while it waits, its share.  c->tally is
+ * set only while a batch holds the mutex.
  */
 typedef struct sg_tally {
-    xmc_stats own;
-    xmc_stats mark;
+    uint64_t hits, misses, remaps;
 } sg_tally;
 
+/* The batch t has taken the mutex, or taken it back. */
 static void tally_resume(xmc_cache *c, sg_tally *t)
 {
     c->tally = t;
-    if (t)
-        t->mark = c->st;
+    if (t) {
+        t->hits -= c->st.hits;
+        t->misses -= c->st.misses;
+        t->remaps -= c->st.remaps;
+    }
 }
 
-/* Fold what the batch holding the mutex moved into its share; it is about to
- * give the mutex up.  Returns that batch (or NULL) for tally_resume(). */
+/* What the batch t, holding the mutex, has moved so far. */
+static sg_tally tally_now(const xmc_cache *c, const sg_tally *t)
+{
+    return (sg_tally){ t->hits + c->st.hits, t->misses + c->st.misses,
+                       t->remaps + c->st.remaps };
+}
+
+/* The mutex is about to be given up: the batch holding it (returned, or
+ * NULL, for tally_resume) keeps what it moved so far. */
 static sg_tally *tally_pause(xmc_cache *c)
 {
     sg_tally *t = c->tally;
 
     if (t) {
-        t->own.hits += c->st.hits - t->mark.hits;
-        t->own.misses += c->st.misses - t->mark.misses;
-        t->own.remaps += c->st.remaps - t->mark.remaps;
+        *t = tally_now(c, t);
         c->tally = NULL;
     }
     return t;
@@ -1185,14 +1276,20 @@ int xmc_map_nowait(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
 
 /* ---- batches ------------------------------------------------------------ */
 
-#define SG_ON_STACK 64
+#define SG_ON_STACK 64 /* addresses a batch keeps on the stack; more are allocated */
 
+/*
+ * Map segments 0..n-1 as locked map_locked() calls into addrs[].  When one
+ * fails, undo the records of those before it and take back what they moved
+ * of hits, misses and remaps (kept apart from other threads' counts by the
+ * tally); the entries they mapped stay, unlocked (on a grant cache they go
+ * with their last lock, as record_drop() does).
+ */
 static int map_sg_locked(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags,
                          uint64_t tag, void **addrs)
 {
     xmc_entry *last = get_last(c);
-    sg_tally t = { 0 };
-    xmc_stats before = { 0 }; /* the batch's share before the failing segment */
+    sg_tally t = { 0 }, before = { 0 }; /* before: what segments 0..i-1 moved */
     size_t i;
     int rc = XMC_OK;
 
@@ -1201,9 +1298,7 @@ static int map_sg_locked(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned fl
             return XMC_EINVAL;
     tally_resume(c, &t);
     for (i = 0; i < n; i++) {
-        tally_pause(c);
-        tally_resume(c, &t);
-        before = t.own;
+        before = tally_now(c, &t);
         rc = map_slow(c, segs[i].paddr, segs[i].size, flags | XMC_LOCK, tag, &addrs[i]);
         if (rc != XMC_OK)
             break;

@@ -14,6 +14,7 @@ Code blocks and examples are run by tests/test_readme.py and tests/test_examples
 
 from __future__ import annotations
 
+import builtins
 import importlib.util
 import inspect
 import re
@@ -151,6 +152,16 @@ def test_the_performance_table_is_consistent() -> None:
             assert abs(expected - number(ratio)) <= slack, (path, measured_as, expected, ratio)
 
 
+def test_the_performance_table_has_the_rows_and_targets_of_the_bench_command() -> None:
+    from xenmapcache import bench
+
+    python_rows = [r for r in perf_table() if not r[0].startswith(("C:", "memory"))]
+    assert len(python_rows) == len(bench.ROWS)
+    for row, cells in zip(bench.ROWS, python_rows, strict=True):
+        assert cells[0].replace("`", "").startswith(row.path), (row.path, cells[0])
+        assert cells[5] == row.target_text, (row.path, cells[5])
+
+
 def test_the_readme_figures_come_from_the_table() -> None:
     rows = {(r[0], r[1]): r for r in perf_table()}
     readme = (REPO / "README.md").read_text()
@@ -181,3 +192,21 @@ def test_the_code_cites_the_contract_by_its_sections() -> None:
                 assert n in sections, f"{path} cites section {n} of docs/contract.md, which has no such section"
                 cited += 1
     assert cited >= 10
+
+
+def contract_section(n: int) -> str:
+    text = (DOCS / "contract.md").read_text()
+    return text.split(f"(contract-{n})=", 1)[1].split(f"(contract-{n + 1})=", 1)[0]
+
+
+def test_the_fixed_names_of_the_contract_exist() -> None:
+    python = contract_section(6)
+    names = set(re.findall(r"\bxmc\.(\w+)", python)) | set(re.findall(r"`(\w+(?:Error|Mapping|Address|Overflow|Unavailable|Warning))`", python))
+    assert {"GuestRAM", "MapCache", "MappingError", "DMAMappingWarning"} <= names
+    for name in names - set(dir(builtins)):
+        assert name in xenmapcache.__all__, name
+    for method in re.findall(r"\bcache\.(\w+)\(", python):
+        assert callable(getattr(xenmapcache.MapCache, method)), method
+    header = (REPO / "csrc" / "xenmapcache.h").read_text()
+    for name in re.findall(r"\b(xmc_\w+)\(", contract_section(7)):
+        assert re.search(rf"\b{name}\(", header), name

@@ -12,8 +12,10 @@ costs one C call and no Python object besides the result.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
+import os
 import sys
 import threading
 import warnings
@@ -203,28 +205,34 @@ class _NativeCore:
 
         self._ffi, self._lib = ffi, lib = binding()
         self._check = check
+        from . import _callbacks
+
         out = ffi.new("xmc_cache **")
+        # The core calls the trace hook until it is freed, which may be after
+        # this object is gone (fast-path closures hold the handle): the C
+        # handle's destructor keeps it.
+        self._trace = None if trace is None else ffi.new_handle(trace)
         with ram._c_backend() as backend:
             check(lib.xmc_cache_new(backend, bucket_shift, max_size, out), "MapCache")
-        self._c = ffi.gc(out[0], lib.xmc_cache_free)
+            # Which pending callback errors are this cache's (see _callbacks).
+            self._keys: tuple[int, ...] = (int(ffi.cast("uintptr_t", backend.opaque)),)
+        self._c = ffi.gc(
+            out[0], functools.partial(_collect, lib.xmc_cache_free, _callbacks.take, self._keys, keep=self._trace)
+        )
         check(lib.xmc_cache_set_lock_limit(self._c, lock_limit), "lock_limit")
         check(lib.xmc_cache_set_dummy(self._c, dummy), "dummy_on_failure")
         check(lib.xmc_cache_set_grants(self._c, grants), "grants")
         self._translate = None
-        from . import _callbacks
-
-        self._pending = _callbacks.pending
+        self._take = _callbacks.take
         if translate is not None:
             self._translate = ffi.new_handle(translate)
+            self._keys += (int(ffi.cast("uintptr_t", self._translate)),)
             check(lib.xmc_cache_set_translate(self._c, lib._xmc_py_translate, self._translate), "translate")
-        self._trace = None
-        if trace is not None:  # kept here: the core calls it until it is freed
-            self._trace = ffi.new_handle(trace)
+        if self._trace is not None:
             check(lib.xmc_cache_set_trace(self._c, lib._xmc_py_trace, self._trace), "trace")
 
     def _fail(self, rc: int, what: str) -> None:
-        cause = getattr(self._pending, "error", None)  # from a Python callback
-        self._pending.error = None
+        cause = self._take(self._keys)  # from one of this cache's Python callbacks
         try:
             self._check(rc, what)
         except MapCacheError as exc:
@@ -270,8 +278,7 @@ class _NativeCore:
         if rc == lib.XMC_ESYS:
             # The invalidation happened; an entry failed to unmap and is gone
             # all the same (never retried).  Say so once and keep the records.
-            cause = getattr(self._pending, "error", None)
-            self._pending.error = None
+            cause = self._take(self._keys)
             logger.error("invalidate: unmapping an entry failed: %s", cause or "system call failed")
         elif rc:
             self._fail(rc, "invalidate")
@@ -433,6 +440,45 @@ class _NativeCore:
             self._fail(rc, "close")
 
 
+def _collect(
+    free: Callable[[Any], None],
+    take: Callable[[tuple[int, ...]], BaseException | None],
+    keys: tuple[int, ...],
+    handle: Any,
+    keep: object = None,
+) -> None:
+    """Free a cache's C handle (the garbage collector's side of ``close``).
+
+    An unmap that fails meanwhile is logged here, as an error of the
+    ``xenmapcache`` logger: it belongs to no later call.  ``keep`` (the
+    trace hook's handle) lives as long as this destructor, so as long as
+    the C handle.
+    """
+    free(handle)
+    cause = take(keys)
+    if cause is not None:
+        logger.error("a collected cache failed to unmap an entry: %r", cause, exc_info=cause)
+
+
+# Every live MapCache, for the fork handler below.
+_caches: weakref.WeakSet[MapCache] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    """In a forked child, free the Python-side locks a parent thread may have held.
+
+    ``MapCache._lock`` (shared with its Mappings) guards only the registry
+    of Mappings, never a C call; a thread that held it at fork() is gone from
+    the child, and the child would wait for it forever.  The C core answers
+    for its own mutex (XMC_EFORKED).
+    """
+    for cache in list(_caches):
+        cache._lock._at_fork_reinit()  # type: ignore[attr-defined]  # the stdlib's own way (logging, threading)
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 class MapCache(NoCopy):
     """A Xen mapcache over guest memory (docs/contract.md, sections 3 and 6).
 
@@ -462,7 +508,10 @@ class MapCache(NoCopy):
     holding the GIL.  Every call on a closed cache raises ``MapCacheError``, and
     a call that raises has changed nothing.  Also a context manager, which
     closes the cache.  A cache that is never closed is cleaned up by the
-    garbage collector.
+    garbage collector.  It cannot be pickled or copied (``TypeError``).
+
+    Attributes (read them, do not change them): ``bucket_shift``,
+    ``max_size`` (as resolved: an int, never None) and ``grants``.
 
     :raises TypeError: ``ram`` is not a backend, a value is not an int, or
         ``translate`` or ``trace`` is not callable.
@@ -534,6 +583,7 @@ class MapCache(NoCopy):
         # Guards buffer exports and the registry, never held across a C call:
         # the C core serialises the cache itself.
         self._lock = threading.Lock()
+        _caches.add(self)
 
     # -- mapping ---------------------------------------------------------
 
@@ -835,6 +885,10 @@ class MapCache(NoCopy):
             (then nothing is closed or unmapped).
         :raises MapCacheError: called from inside a backend callback of this
             very cache (which runs under its mutex).
+
+        :raises MapCacheError: a backend unmap failed (its exception as the
+            cause), raised after everything else is unmapped; the cache is
+            closed all the same.
 
         Cost: one unmap per live entry.
         """

@@ -65,8 +65,7 @@ __all__ = [
 
 # Status codes, as in csrc/xenmapcache.h (internal: they become exceptions at the edge).
 OK, ENOMEM, EINVAL, EMAP, ENOENT, EOVERFLOW, EUNAVAIL, ESYS = 0, -1, -2, -3, -4, -5, -6, -7
-EREENTER = -10
-EGRANT = -12
+EREENTER, EFORKED, EGRANT = -10, -11, -12
 _ERRORS: dict[int, tuple[type[Exception], str]] = {
     ENOMEM: (MemoryError, "out of memory"),
     EINVAL: (InvalidAddress, "invalid argument or address"),
@@ -77,6 +76,7 @@ _ERRORS: dict[int, tuple[type[Exception], str]] = {
     ESYS: (MapCacheError, "system call failed"),
     EREENTER: (MapCacheError, "called from inside one of the cache's own backend callbacks"),
     EGRANT: (MapCacheError, "not allowed on a grant cache (locked requests only, no replace)"),
+    EFORKED: (MapCacheError, "the process forked while another thread was inside the cache; unusable in the child"),
 }
 
 MAX_SLOTS = 1 << 24  # XMC_MAX_SLOTS
@@ -290,6 +290,7 @@ class _State:
         self.hits = self.misses = self.remaps = self.entries = 0
         self.locked = self.dma_locked = self.mapped_bytes = self.invalidations = 0
         self.closed = False
+        self.forked = False  # inherited through fork() with its lock held (see _after_fork)
         self.sink: Sink | None = None  # the trace hook
         self.tracing: set[int] = set()  # threads inside it, holding the cache's lock
 
@@ -353,37 +354,69 @@ class _State:
             self.trace("unmap", rc, 0, e.index << self.shift, e.size, e.vaddr)
         return rc
 
-    def free(self) -> None:
-        """``xmc_cache_free``: drop every record, unmap every entry, close the fd."""
+    def free(self) -> int:
+        """``xmc_cache_close``: drop every record, unmap every entry, close the fd;
+        the first failed unmap (every entry is unmapped once all the same)."""
         if self.closed:
-            return
+            return OK
         self.closed = True
         self.sink = None  # closing says nothing, as in C
         self.rev.clear()
         self.age.clear()
+        rc = OK
         for e in list(self.live):
             if e.size:
-                self.unmap_entry(e)
+                urc = self.unmap_entry(e)
+                rc = urc if rc == OK else rc
         self.live.clear()
         self.slots.clear()
         self.starts.clear()
         self.by_start.clear()
         self.last = None
         self.be.close()
+        return rc
 
 
 def _free(state: _State, lock: threading.Lock) -> None:
+    """The garbage collector's close: a failed unmap is logged, it belongs to no later call."""
+    if state.forked:
+        return  # half updated by a thread that is gone: leak it, touch nothing
     with _entered(state, lock, "close"):
-        state.free()
+        rc = state.free()
+    if rc != OK:
+        cause, state.be.error = state.be.error, None
+        _cache.logger.error("a collected cache failed to unmap an entry: %r", cause, exc_info=cause)
 
 
 def _entered(state: _State, lock: threading.Lock, what: str) -> threading.Lock:
     """``lock``, unless this thread is inside one of the cache's backend
-    callbacks: it holds the lock already, and would wait for itself."""
+    callbacks (it holds the lock already, and would wait for itself) or the
+    cache was inherited through fork() while another thread held it."""
+    if state.forked:
+        _raise(EFORKED, what)
     inside = state.be.inside
     if (inside and threading.get_ident() in inside) or (state.tracing and threading.get_ident() in state.tracing):
         _raise(EREENTER, what)
     return lock
+
+
+# Every live reference cache, for the fork handler.
+_caches: weakref.WeakSet[_PyCore] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    """In a forked child: a cache whose lock a thread held at fork() is unusable
+    (that thread is gone, and left it half updated); ``fork_child`` in C.  A
+    free lock is reset too: a thread parked on it at fork() can leave it marked
+    as waited for, and the child's first acquire would then wait forever."""
+    for core in list(_caches):
+        if core._lock.locked():
+            core._st.forked = True
+        else:
+            core._lock._at_fork_reinit()  # type: ignore[attr-defined]  # the stdlib's own way
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class _PyCore:
@@ -423,6 +456,7 @@ class _PyCore:
         self._st.shift = bucket_shift
         self._st.sink = trace
         self._finalizer = weakref.finalize(self, _free, self._st, self._lock)
+        _caches.add(self)
 
     # -- mapping internals (the caller holds self._lock) ---------------------
 
@@ -877,8 +911,13 @@ class _PyCore:
         return memoryview((ctypes.c_ubyte * size).from_address(address)).cast("B")
 
     def close(self) -> None:
-        """Unmap everything and close the cache's handle on guest RAM."""
-        self._finalizer()
+        """Unmap everything and close the cache's handle on guest RAM; a failed unmap raises."""
+        if not self._finalizer.detach():
+            return
+        with _entered(self._st, self._lock, "close"):
+            rc = self._st.free()
+        if rc != OK:
+            _raise(rc, "close", self._take_error())
 
 
 class MapCache(_cache.MapCache):
