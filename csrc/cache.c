@@ -1388,6 +1388,7 @@ static int unlock_sg_locked(xmc_cache *c, void *const *addrs, size_t n, uint64_t
         rec(c, *link)->claimed = 1;
     }
     if (i < n) { /* give the claims back */
+        TRACE(c, XMC_EV_UNLOCK_UNKNOWN, XMC_ENOENT, 0, 0, 0, (uintptr_t)addrs[i], tag, 0);
         while (i--) {
             uint32_t *link;
             while ((link = record_find_claimed(c, (uintptr_t)addrs[i], tag, true)))

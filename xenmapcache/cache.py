@@ -886,11 +886,11 @@ class MapCache(NoCopy):
         :raises BufferError: a memoryview of one of its mappings is still alive
             (then nothing is closed or unmapped).
         :raises MapCacheError: called from inside a backend callback of this
-            very cache (which runs under its mutex).
-
-        :raises MapCacheError: a backend unmap failed (its exception as the
-            cause), raised after everything else is unmapped; the cache is
-            closed all the same.
+            very cache (which runs under its mutex); or a backend unmap failed
+            (its exception is the cause): everything else is unmapped, and the
+            cache is closed all the same.  In a child process forked while
+            another thread was inside the cache: that cache cannot be used
+            there (``XMC_EFORKED``).
 
         Cost: one unmap per live entry.
         """
