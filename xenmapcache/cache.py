@@ -30,7 +30,7 @@ from .backends import CallbackBackend
 from .errors import DMAMappingWarning, InvalidAddress, MapCacheError, MappingError, UnknownMapping
 from .ram import GuestRAM
 from .trace import Sink, Trace, TraceEvent, emit, make_sink
-from .xen import XenForeignMemory
+from .xen import XenForeignMemory, XenGrantTable
 
 logger = logging.getLogger("xenmapcache")
 
@@ -44,7 +44,7 @@ LOCK_LIMIT_MAX = 2**32 - 1
 Translate = Callable[[int, int], int]
 # What a cache maps through: each has ``_c_backend()``, a context manager
 # yielding an ``xmc_backend *`` that a C cache retains.
-Backend = GuestRAM | XenForeignMemory | CallbackBackend
+Backend = GuestRAM | XenForeignMemory | XenGrantTable | CallbackBackend
 # A raw record (map_ptr with lock=True) carries this tag id; Mappings get their own.
 RAW = 0
 # cache.read fills a fresh bytes object in place (one copy instead of two) on
@@ -529,8 +529,10 @@ class MapCache(NoCopy):
         grants: bool = False,
         trace: Trace | None = None,
     ) -> None:
-        if not isinstance(ram, (GuestRAM, XenForeignMemory, CallbackBackend)):
-            raise TypeError(f"ram must be a GuestRAM, XenForeignMemory or CallbackBackend, not {type(ram).__name__}")
+        if not isinstance(ram, (GuestRAM, XenForeignMemory, XenGrantTable, CallbackBackend)):
+            raise TypeError(
+                f"ram must be a GuestRAM, XenForeignMemory, XenGrantTable or CallbackBackend, not {type(ram).__name__}"
+            )
         shift = as_uint(bucket_shift, "bucket_shift")
         if not MIN_BUCKET_SHIFT <= shift <= MAX_BUCKET_SHIFT:
             raise InvalidAddress(f"bucket_shift must be in [{MIN_BUCKET_SHIFT}, {MAX_BUCKET_SHIFT}]: {shift}")
