@@ -138,6 +138,8 @@ def check_command(command: str) -> None:
             help_text = cli_help(sub)
             for option in options:
                 assert not option.startswith("-") or option.split("=")[0] in help_text, (option, command)
+    elif head == ".venv/bin/python" and args and args[0].startswith("scripts/"):
+        assert (REPO / args[0]).is_file(), command
     elif head == ".venv/bin/python" and args[:2] == ["-m", "pytest"]:
         for arg in args[2:]:
             assert arg.startswith("-") or (REPO / arg).exists(), command
