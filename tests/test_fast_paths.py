@@ -1,8 +1,9 @@
 """The per-cache fast paths over map_ptr, read, ram_addr and unlock keep the contract.
 
 On CPython the C core's cache gets builtins (ffi/seam.h) that fall back
-on Python closures (cache.py); elsewhere the closures alone.  Every test here
-runs in both arrangements, and on the reference implementation.
+straight on MapCache's checked methods; elsewhere the checked methods alone,
+over plain cffi calls.  Every test here runs in both arrangements, and on the
+reference implementation.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ PAGE = 4096
 MIB = 1 << 20
 
 
-@pytest.fixture(autouse=True, params=["builtins", "closures"])
+@pytest.fixture(autouse=True, params=["builtins", "cffi"])
 def arrangement(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Build caches with the builtins (where there are any) or with the closures alone."""
-    if request.param == "closures":
+    """Build caches with the builtins (where there are any) or with plain cffi calls alone."""
+    if request.param == "cffi":
         import xenmapcache._native
 
-        monkeypatch.setattr(xenmapcache._native, "fast_bind", lambda: None)
+        monkeypatch.setattr(xenmapcache._native, "native_types", lambda: None)
     yield request.param
 
 

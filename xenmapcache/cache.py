@@ -4,10 +4,13 @@
 ``xenmapcache.reference``) what belongs to Python: input checks, ``Mapping``
 objects with buffer export counting, tags, the DMA warnings, and lifetimes.
 A core exposes: map, unlock, ram_addr, invalidate, replace, locked, read,
-write, stats, view and close (see ``_NativeCore``).  A core may also offer
-``fast_paths(cache)``: closures that the cache installs over its own
-``map_ptr``, ``read``, ``ram_addr`` and ``unlock`` so that the common case
-costs one C call and no Python object besides the result.
+write, stats, view and close (see ``NativeCore`` in ``_native.py``, the
+binding).  A core may also offer ``registry(cache)``, which keeps the cache's
+Mappings (else a :class:`_PyRegistry` does), and ``fast_paths()``: builtins
+that the cache installs over its own ``map_ptr``, ``read``, ``readinto``,
+``ram_addr``, ``unlock`` and ``map`` (unless a subclass overrides them), so
+that the common case costs one C call and no Python frame; anything else
+they hand straight to the method here, which checks and raises.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ import logging
 import sys
 import threading
 import warnings
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ._native import NativeCore
 from ._validate import U64_LIMIT, as_uint, check_range
 from .backends import CallbackBackend
 from .errors import DMAMappingWarning, InvalidAddress, MapCacheError, MappingError, UnknownMapping
@@ -43,10 +46,6 @@ Translate = Callable[[int, int], int]
 Backend = GuestRAM | XenForeignMemory | CallbackBackend
 # A raw record (map_ptr with lock=True) carries this tag id; Mappings get their own.
 RAW = 0
-# cache.read fills a fresh bytes object in place (one copy instead of two) on
-# CPython, where cffi passes a bytes object to C as a pointer to its own data.
-FILL_BYTES = sys.implementation.name == "cpython"
-FAST_READ_MAX = 1 << 24  # larger reads take the checked path: the copy dominates
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,16 +76,60 @@ class Stats:
 class Mapping:
     """A locked mapping of guest memory: ``memoryview(m)`` reads and writes it.
 
-    The mapping stays locked until :meth:`release` (or the ``with`` block
-    ends).  While a memoryview of it is alive, releasing it raises
-    ``BufferError``: a view never outlives the host mapping behind it.
+    Made by :meth:`MapCache.map`.  The mapping stays locked until
+    :meth:`release` (or the ``with`` block ends).  While a memoryview of it
+    (or of a slice of one) is alive, releasing it, or closing its cache,
+    raises ``BufferError``: a view never outlives the host mapping behind it.
+    Attributes: ``address`` (host), ``paddr`` (guest; follows
+    :meth:`MapCache.replace`), ``size``, ``dma``, ``tag``.
+
+    This class is the type every implementation's mappings share: on the C
+    core (CPython) they are instances of a subclass written in the binding's
+    C (``xenmapcache._core.Mapping``: the buffer is the host memory itself,
+    exported and counted without a Python frame), elsewhere and in the
+    reference of the Python one.  Neither can be pickled or copied.
     """
 
-    __slots__ = ("address", "paddr", "size", "dma", "tag", "_cache", "_lock", "_id", "_exports", "_released")
+    __slots__ = ()
 
-    def __init__(self, cache: MapCache, ident: int, paddr: int, size: int, dma: bool, tag: Any) -> None:
-        self._cache = cache
-        self._lock = cache._lock  # its own reference: the GC may clear the cache first
+    address: int
+    paddr: int
+    size: int
+    dma: bool
+    tag: Any
+
+    @property
+    def released(self) -> bool:
+        """Whether the mapping was released (or its cache closed)."""
+        raise NotImplementedError
+
+    if TYPE_CHECKING:
+
+        def __buffer__(self, flags: int, /) -> memoryview:
+            """A writable 1-D view (format 'B', len == size) of the mapped memory."""
+
+    def release(self) -> None:
+        """Unlock the mapping; a second call does nothing.
+
+        Raises ``BufferError`` (and keeps the mapping) while a memoryview of
+        it is alive.  Costs one core call.
+        """
+        raise NotImplementedError
+
+    def __enter__(self) -> Mapping:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class _PyMapping(Mapping):
+    """The Python ``Mapping``, kept by a :class:`_PyRegistry` (PEP 688 buffer)."""
+
+    __slots__ = ("address", "paddr", "size", "dma", "tag", "_reg", "_id", "_exports", "_released")
+
+    def __init__(self, reg: _PyRegistry, ident: int, paddr: int, size: int, dma: bool, tag: Any) -> None:
+        self._reg = reg
         self._id = ident
         self.address = 0
         self.paddr = paddr
@@ -102,278 +145,106 @@ class Mapping:
         return self._released
 
     def __buffer__(self, flags: int) -> memoryview:
-        with self._lock:
+        with self._reg.lock:
             if self._released:
                 raise BufferError("the mapping was released")
             self._exports += 1
-        return self._cache._core.view(self.address, self.size)
+        view: memoryview = self._reg.core.view(self.address, self.size)
+        return view
 
     def __release_buffer__(self, view: memoryview) -> None:
         view.release()
-        with self._lock:
+        with self._reg.lock:
             self._exports -= 1
 
     def release(self) -> None:
-        """Unlock the mapping; a second call does nothing."""
-        with self._lock:
-            if self._released:
-                return
-            if self._exports:
-                raise BufferError(f"{self._exports} memoryview(s) of the mapping are still alive")
-            self._released = True
-            self._cache._forget(self)
-        self._cache._core.unlock(self.address, self._id)
+        """Unlock the mapping; a second call does nothing (BufferError while views live)."""
+        self._reg.release(self)
 
-    def __enter__(self) -> Mapping:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def __reduce__(self) -> Any:
+        raise TypeError("cannot pickle or copy a Mapping: it owns a lock on guest memory")
 
     def __repr__(self) -> str:
         state = "released" if self._released else f"at {self.address:#x}"
         return f"<Mapping paddr={self.paddr:#x} size={self.size:#x} dma={self.dma} tag={self.tag!r} {state}>"
 
 
-class _NativeCore:
-    """The C core behind a ``MapCache``: one ``xmc_cache *``."""
+class _PyRegistry:
+    """The live Mappings of one cache, in Python (the reference core, and the
+    C core where the binding has no types of its own: not CPython).
 
-    def __init__(
-        self,
-        ram: Backend,
-        bucket_shift: int,
-        max_size: int,
-        translate: Translate | None,
-        dummy: bool,
-        lock_limit: int,
-    ) -> None:
-        from ._native import binding, check
+    The same interface as ``NativeCache`` of ffi/seam.h: ``map``, ``tag_of``,
+    ``release_at``, ``mappings``, ``set_paddr``, ``close_registry``.  Its lock
+    guards exports and the registry, never held across a core call: the core
+    serialises the cache itself.
+    """
 
-        self._ffi, self._lib = ffi, lib = binding()
-        self._check = check
-        out = ffi.new("xmc_cache **")
-        with ram._c_backend() as backend:
-            check(lib.xmc_cache_new(backend, bucket_shift, max_size, out), "MapCache")
-        self._c = ffi.gc(out[0], lib.xmc_cache_free)
-        check(lib.xmc_cache_set_lock_limit(self._c, lock_limit), "lock_limit")
-        check(lib.xmc_cache_set_dummy(self._c, dummy), "dummy_on_failure")
-        self._translate = None
-        from . import _callbacks
+    def __init__(self, core: Any) -> None:
+        self.core = core
+        self.lock = threading.Lock()
+        self._mappings: dict[int, _PyMapping] = {}  # tag id -> Mapping, oldest first
+        self._ids = itertools.count(1)
+        self._closed = False
 
-        self._pending = _callbacks.pending
-        if translate is not None:
-            self._translate = ffi.new_handle(translate)
-            check(lib.xmc_cache_set_translate(self._c, lib._xmc_py_translate, self._translate), "translate")
-
-    def _fail(self, rc: int, what: str) -> None:
-        cause = getattr(self._pending, "error", None)  # from a Python callback
-        self._pending.error = None
+    def map(self, paddr: int, size: int, dma: bool, tag: Any) -> Mapping:
+        m = _PyMapping(self, next(self._ids), paddr, size, dma, tag)
+        with self.lock:
+            if self._closed:
+                raise MapCacheError("the cache is closed")
+            self._mappings[m._id] = m  # before the call: invalidate() may list it at once
         try:
-            self._check(rc, what)
-        except MapCacheError as exc:
-            raise exc from cause
+            m.address = self.core.map(paddr, size, LOCK | (DMA if dma else 0), m._id)
+        except BaseException:
+            with self.lock:
+                self._mappings.pop(m._id, None)
+            raise
+        with self.lock:
+            if self._closed:  # closed while we mapped: the core has unmapped it
+                m._released = True
+                raise MapCacheError("the cache was closed")
+        return m
 
-    def _fail_last(self, what: str) -> None:
-        """Raise for this thread's last map that returned 0 (see ffi/seam.h)."""
-        self._fail(self._lib.xmc_py_last_error(), what)
+    def release(self, m: _PyMapping) -> None:
+        with self.lock:
+            if m._released:
+                return
+            if m._exports:
+                raise BufferError(f"{m._exports} memoryview(s) of the mapping are still alive")
+            m._released = True
+            self._mappings.pop(m._id, None)
+        self.core.unlock(m.address, m._id)
 
-    def map(self, paddr: int, size: int, flags: int, tag: int) -> int:
-        # The address comes back as the return value: nothing shared between threads.
-        address: int = self._lib.xmc_py_map(self._c, paddr, size, flags, tag)
-        if not address:
-            self._fail_last(f"map {paddr:#x}+{size:#x}")
-        return address
+    def tag_of(self, ident: int) -> Any:
+        holder = self._mappings.get(ident)
+        return holder.tag if holder is not None else None
 
-    def unlock(self, address: int, tag: int) -> None:
-        rc = self._lib.xmc_py_unlock(self._c, address, tag)
-        if rc:
-            self._fail(rc, f"unlock {address:#x}")
+    def release_at(self, address: int) -> bool:
+        with self.lock:
+            holders = [m for m in self._mappings.values() if m.address == address]
+            idle = [m for m in holders if not m._exports]
+        if idle:
+            idle[-1].release()
+            return True
+        if holders:
+            raise BufferError(f"every mapping at {address:#x} still has memoryviews alive")
+        return False
 
-    def ram_addr(self, address: int) -> int:
-        paddr: int = self._lib.xmc_py_ram_addr(self._c, address)
-        if paddr != U64_LIMIT - 1:
-            return paddr
-        out = self._ffi.new("uint64_t *")  # an error, or really the last byte of guest space
-        self._check(self._lib.xmc_ram_addr(self._c, self._ffi.cast("void *", address), out), f"ram_addr {address:#x}")
-        return int(out[0])
+    def mappings(self) -> list[Mapping]:
+        with self.lock:
+            return list(self._mappings.values())
 
-    def _take_records(self, arr: Any, n: int) -> list[tuple[int, int, int, int, bool]]:
-        """The records of a C array, which is then freed."""
-        try:
-            return [(r.address, r.paddr, r.size, r.tag, bool(r.dma)) for r in arr[0:n]] if n else []
-        finally:
-            self._lib.xmc_records_free(arr)
+    def set_paddr(self, m: _PyMapping, paddr: int) -> None:
+        m.paddr = paddr
 
-    def invalidate(self) -> list[tuple[int, int, int, int, bool]]:
-        lib = self._lib
-        got = lib.xmc_py_invalidate(self._c)  # one call when no DMA is in flight
-        count = got if got > 0 else lib.xmc_py_records_count() if got < 0 else 0
-        records = self._take_records(lib.xmc_py_records_take(), count) if count else []
-        rc = min(got, 0)
-        if rc == lib.XMC_ESYS:
-            # The invalidation happened; an entry failed to unmap and is gone
-            # all the same (never retried).  Say so once and keep the records.
-            cause = getattr(self._pending, "error", None)
-            self._pending.error = None
-            logger.error("invalidate: unmapping an entry failed: %s", cause or "system call failed")
-        elif rc:
-            self._fail(rc, "invalidate")
-        return records
-
-    def locked(self) -> list[tuple[int, int, int, int, bool]]:
-        arr, n = self._ffi.new("xmc_record **"), self._ffi.new("size_t *")
-        rc = self._lib.xmc_locked(self._c, arr, n)
-        if rc:
-            self._fail(rc, "locked")
-        return self._take_records(arr[0], n[0])
-
-    def replace(self, old: int, new: int, size: int) -> int:
-        out = self._ffi.new("void **")
-        rc = self._lib.xmc_replace(self._c, old, new, size, out)
-        if rc:
-            self._fail(rc, f"replace {old:#x} -> {new:#x}")
-        return int(self._ffi.cast("uintptr_t", out[0]))
-
-    def read(self, paddr: int, n: int) -> bytes:
-        if FILL_BYTES and n > 1:
-            buf = bytes(n)  # fresh, private, never the shared b"" or 1-byte objects
-            rc = self._lib.xmc_read(self._c, paddr, buf, n)
-            if rc:
-                self._fail(rc, f"read {paddr:#x}+{n:#x}")
-            return buf
-        ba = bytearray(n)
-        rc = self._lib.xmc_read(self._c, paddr, self._ffi.from_buffer(ba), n)
-        if rc:
-            self._fail(rc, f"read {paddr:#x}+{n:#x}")
-        return bytes(ba)
-
-    def write(self, paddr: int, data: Any) -> None:
-        # Release the export before raising: a traceback kept in a reference
-        # cycle would hold it until the GC, whose tp_clear of the exporting
-        # memoryview ignores exports and then crashes when they are released.
-        with self._ffi.from_buffer(data) as src:
-            n = len(src)
-            rc = self._lib.xmc_write(self._c, paddr, src, n)
-        if rc:
-            self._fail(rc, f"write {paddr:#x}+{n:#x}")
-
-    def stats(self) -> tuple[int, ...]:
-        st = self._ffi.new("xmc_stats *")
-        self._check(self._lib.xmc_stats_get(self._c, st), "stats")
-        return (st.hits, st.misses, st.remaps, st.entries, st.locked, st.dma_locked, st.mapped_bytes, st.invalidations)
-
-    def view(self, address: int, size: int) -> memoryview:
-        return memoryview(self._ffi.buffer(self._ffi.cast("char *", address), size))
-
-    def fast_paths(self, cache: MapCache) -> dict[str, Callable[..., Any]]:
-        """Closures for ``cache.map_ptr``, ``read``, ``ram_addr`` and ``unlock``.
-
-        Each does the common case in one C call with the cache handle in a
-        closure cell: no bound method, no attribute lookups, no validation
-        beyond an exact ``int`` check (cffi itself rejects negative and
-        too-large values with OverflowError).  Anything unusual (another
-        type, an out-of-range value, an error) goes to the cache's own
-        method, which validates and raises as documented.  After ``close()``
-        the core refuses every call (XMC_ECLOSED) and the handle is freed
-        only with the last reference, which the closures hold: a closure kept
-        past ``close()`` raises, it never touches freed memory.  The cache is
-        held weakly: the closures live in its ``__dict__``.  On CPython the
-        closures are in turn wrapped by builtins (see ffi/seam.h).
-        """
-        from ._native import fast_bind
-
-        lib, core = self._lib, self
-        handle = self._c
-        owner_ref = weakref.ref(cache)
-        cls = type(cache)
-        map_ptr_c, read_c, ram_addr_c, unlock_c = lib.xmc_py_map_ptr, lib.xmc_read, lib.xmc_py_ram_addr, lib.xmc_py_unlock
-        no_paddr, fail = U64_LIMIT - 1, self._fail_last
-
-        def owner() -> MapCache:
-            c = owner_ref()
-            if c is None:
-                raise MapCacheError("the cache is gone")
-            return c
-
-        def map_ptr(paddr: int, size: int = 0, lock: bool = False, dma: bool = False) -> int:
-            if type(paddr) is int and type(size) is int:
-                try:
-                    address: int = map_ptr_c(handle, paddr, size, lock, dma)
-                except (OverflowError, TypeError):
-                    pass
-                else:
-                    if address:
-                        return address
-                    owner()._check_open()
-                    fail(f"map {paddr:#x}+{size:#x}")
-            return cls.map_ptr(owner(), paddr, size, lock, dma)
-
-        def read(paddr: int, n: int) -> bytes:
-            if type(paddr) is int and type(n) is int and 1 < n <= FAST_READ_MAX:
-                buf = bytes(n)  # fresh and private: the core fills it in place
-                try:
-                    rc = read_c(handle, paddr, buf, n)
-                except OverflowError:
-                    pass
-                else:
-                    if not rc:
-                        return buf
-                    owner()._check_open()
-                    core._fail(rc, f"read {paddr:#x}+{n:#x}")  # not again: translate ran once
-            return cls.read(owner(), paddr, n)
-
-        def ram_addr(address: int) -> int:
-            if type(address) is int:
-                try:
-                    paddr: int = ram_addr_c(handle, address)
-                except OverflowError:
-                    pass
-                else:
-                    if paddr != no_paddr:
-                        return paddr
-            return cls.ram_addr(owner(), address)
-
-        def unlock(address: int) -> None:
-            if type(address) is int:
-                try:
-                    rc = unlock_c(handle, address, RAW)
-                except OverflowError:
-                    pass
-                else:
-                    if not rc:
-                        return
-            cls.unlock(owner(), address)  # Mappings at that address, or the error
-
-        for fn, method in ((map_ptr, cls.map_ptr), (read, cls.read), (ram_addr, cls.ram_addr), (unlock, cls.unlock)):
-            fn.__doc__ = method.__doc__
-        paths: dict[str, Callable[..., Any]] = {"map_ptr": map_ptr, "ram_addr": ram_addr, "unlock": unlock}
-        if FILL_BYTES:
-            paths["read"] = read
-        bind = fast_bind()
-        if bind is None:
-            return paths
-
-        # On CPython, builtins of ffi/seam.h do the common case without a
-        # Python frame; they hand anything else to the closures above, and
-        # a failed core call to these, which raise (nothing is done twice).
-        def failure(what: str) -> Callable[[int, int, int], None]:
-            def fail(rc: int, paddr: int, size: int) -> None:
-                owner()._check_open()
-                core._fail(rc, f"{what} {paddr:#x}+{size:#x}")
-
-            return fail
-
-        address = int(self._ffi.cast("uintptr_t", handle))
-        built = bind(address, handle, map_ptr, read, ram_addr, unlock, failure("map"), failure("read"))
-        return dict(zip(("map_ptr", "read", "ram_addr", "unlock"), built, strict=True))
-
-    def close(self) -> None:
-        # Unmap now; the handle itself is freed by the GC once no thread is
-        # inside a call (a call holds a reference to it), so a racing call
-        # fails with a clean error instead of touching freed memory.
-        rc = self._lib.xmc_cache_close(self._c)
-        if rc:
-            self._fail(rc, "close")
+    def close_registry(self) -> None:
+        with self.lock:
+            busy = [m for m in self._mappings.values() if m._exports]
+            if busy:
+                raise BufferError(f"{len(busy)} mapping(s) still have memoryviews alive")
+            self._closed = True
+            for m in self._mappings.values():
+                m._released = True
+            self._mappings.clear()
 
 
 class MapCache:
@@ -386,7 +257,7 @@ class MapCache:
     (incoming migration); ``lock_limit`` caps each entry's lock count.
     """
 
-    _Core: Any = _NativeCore
+    _Core: Any = NativeCore
 
     def __init__(
         self,
@@ -410,38 +281,30 @@ class MapCache:
         lock_limit = as_uint(lock_limit, "lock_limit", LOCK_LIMIT_MAX + 1)
         self.bucket_shift = shift
         self.max_size = max_size
-        self._core: _NativeCore = self._Core(ram, shift, max_size, translate, bool(dummy_on_failure), lock_limit)
-        fast_paths = getattr(self._core, "fast_paths", None)
-        if fast_paths is not None:  # instance attributes: they shadow the methods below
-            vars(self).update(fast_paths(self))
+        self._core: Any = self._Core(ram, shift, max_size, translate, bool(dummy_on_failure), lock_limit)
         self._ram = ram
-        self._mappings: dict[int, Mapping] = {}
-        self._by_address: dict[int, list[Mapping]] = {}
-        self._ids = itertools.count(1)
         self._closed = False
-        # Guards buffer exports and the registry, never held across a C call:
-        # the C core serialises the cache itself.
-        self._lock = threading.Lock()
+        registry = getattr(self._core, "registry", None)
+        self._reg: Any = (registry(self) if registry is not None else None) or _PyRegistry(self._core)
+        fast_paths = getattr(self._core, "fast_paths", None)
+        for name, fn in (fast_paths() if fast_paths is not None else {}).items():
+            # The builtins stand for MapCache's own methods, never a subclass's.
+            if getattr(type(self), name) is getattr(MapCache, name):
+                setattr(self, name, fn)
 
     # -- mapping ---------------------------------------------------------
 
     def map(self, paddr: int, size: int, dma: bool = False, tag: Any = None) -> Mapping:
-        """Map ``[paddr, paddr + size)`` locked; returns a :class:`Mapping`."""
+        """Map ``[paddr, paddr + size)`` locked; returns a :class:`Mapping`.
+
+        ``tag`` (any object) names it in :meth:`locked` and :meth:`invalidate`.
+        Raises ``InvalidAddress``, ``MappingError``, ``LockOverflow``, or
+        ``MapCacheError`` on a closed cache; a failure keeps no lock.  On the
+        C core (CPython) a builtin serves it: one core call, no Python frame.
+        """
         self._check_open()
         paddr, size = check_range(paddr, size, self.max_size)
-        m = Mapping(self, next(self._ids), paddr, size, bool(dma), tag)
-        self._mappings[m._id] = m  # before the call: invalidate() may list it at once
-        try:
-            m.address = self._core.map(paddr, size, LOCK | (DMA if dma else 0), m._id)
-        except BaseException:
-            self._mappings.pop(m._id, None)
-            raise
-        with self._lock:
-            if self._closed:  # closed while we mapped: the core has unmapped it
-                m._released = True
-                raise MapCacheError("the cache was closed")
-            self._by_address.setdefault(m.address, []).append(m)
-        return m
+        return self._reg.map(paddr, size, bool(dma), tag)  # type: ignore[no-any-return]
 
     def map_ptr(self, paddr: int, size: int = 0, lock: bool = False, dma: bool = False) -> int:
         """Map like QEMU's ``xen_map_cache``: returns the host address as an int."""
@@ -451,7 +314,12 @@ class MapCache:
         return int(self._core.map(paddr, size, flags, RAW))
 
     def unlock(self, address: int) -> None:
-        """Drop one locked mapping at exactly ``address`` (QEMU's invalidate_map_cache_entry)."""
+        """Drop one locked mapping at exactly ``address`` (QEMU's invalidate_map_cache_entry).
+
+        A raw lock (``map_ptr(..., lock=True)``) first, else the newest
+        :class:`Mapping` there that no view holds (``BufferError`` if every
+        one has views); ``UnknownMapping`` when there is none.
+        """
         self._check_open()
         address = as_uint(address, "address")
         try:
@@ -459,26 +327,39 @@ class MapCache:
             return
         except UnknownMapping:
             pass
-        with self._lock:
-            holders = self._by_address.get(address, [])
-            idle = [m for m in holders if not m._exports]
-        if idle:
-            idle[-1].release()
-        elif holders:
-            raise BufferError(f"every mapping at {address:#x} still has memoryviews alive")
-        else:
+        if not self._reg.release_at(address):
             raise UnknownMapping(f"no locked mapping at {address:#x}")
 
     def ram_addr(self, address: int) -> int:
         """The guest-physical address behind a host address inside a mapped entry."""
         self._check_open()
-        return self._core.ram_addr(as_uint(address, "address"))
+        return int(self._core.ram_addr(as_uint(address, "address")))
 
     def read(self, paddr: int, n: int) -> bytes:
         """Read ``n`` bytes of guest memory through the cache (unlocked)."""
         self._check_open()
         paddr, n = check_range(paddr, n, U64_LIMIT)
-        return self._core.read(paddr, n)
+        return self._core.read(paddr, n)  # type: ignore[no-any-return]
+
+    def readinto(self, paddr: int, buffer: Any) -> int:
+        """Fill the writable ``buffer`` with guest memory from ``paddr``; returns its length in bytes.
+
+        Any writable C-contiguous buffer: ``bytearray``, ``memoryview``,
+        ``mmap``, a numpy array.  Unlocked, like :meth:`read`, and may span
+        buckets.  On the C core (CPython) a builtin copies straight into the
+        buffer with no allocation (over several buckets, through a bounce
+        buffer, so that a failure leaves ``buffer`` untouched).  Raises
+        ``TypeError`` for a read-only or non-contiguous buffer, and what
+        :meth:`read` raises.
+        """
+        self._check_open()
+        with memoryview(buffer) as view:
+            if view.readonly:
+                raise TypeError("readinto needs a writable buffer")
+            with view.cast("B") as flat:  # TypeError unless contiguous
+                paddr, n = check_range(paddr, len(flat), U64_LIMIT)
+                flat[:] = self._core.read(paddr, n)
+        return n
 
     def write(self, paddr: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` into guest memory through the cache (unlocked)."""
@@ -493,19 +374,18 @@ class MapCache:
         old_paddr, size = check_range(old_paddr, size, self.max_size)
         new_paddr, _ = check_range(new_paddr, size, self.max_size)
         address = self._core.replace(old_paddr, new_paddr, size)
-        for m in list(self._mappings.values()):  # Mappings follow their entry
+        for m in self._reg.mappings():  # Mappings follow their entry
             try:
-                m.paddr = self._core.ram_addr(m.address)
+                self._reg.set_paddr(m, self._core.ram_addr(m.address))
             except UnknownMapping:  # released meanwhile, or not mapped yet
                 pass
-        return address
+        return int(address)
 
     # -- bulk operations ---------------------------------------------------
 
     def _locked_mapping(self, record: tuple[int, int, int, int, bool]) -> LockedMapping:
         address, paddr, size, ident, dma = record
-        holder = self._mappings.get(ident)
-        return LockedMapping(address, paddr, size, dma, holder.tag if holder else None)
+        return LockedMapping(address, paddr, size, dma, self._reg.tag_of(ident) if ident != RAW else None)
 
     def locked(self) -> list[LockedMapping]:
         """Every outstanding locked mapping, oldest first."""
@@ -539,15 +419,6 @@ class MapCache:
 
     # -- lifetime -------------------------------------------------------------
 
-    def _forget(self, m: Mapping) -> None:
-        """Drop ``m`` from the registry; the caller holds ``self._lock``."""
-        self._mappings.pop(m._id, None)
-        holders = self._by_address.get(m.address)
-        if holders is not None:
-            holders.remove(m)
-            if not holders:
-                del self._by_address[m.address]
-
     def _check_open(self) -> None:
         if self._closed:
             raise MapCacheError("the cache is closed")
@@ -559,17 +430,10 @@ class MapCache:
 
     def close(self) -> None:
         """Unmap everything.  Raises BufferError (and keeps everything) while a view is alive."""
-        with self._lock:
-            if self._closed:
-                return
-            busy = [m for m in self._mappings.values() if m._exports]
-            if busy:
-                raise BufferError(f"{len(busy)} mapping(s) still have memoryviews alive")
-            self._closed = True
-            for m in self._mappings.values():
-                m._released = True
-            self._mappings.clear()
-            self._by_address.clear()
+        if self._closed:
+            return
+        self._reg.close_registry()  # BufferError while a Mapping has views
+        self._closed = True
         self._core.close()
 
     def __enter__(self) -> MapCache:
@@ -579,5 +443,5 @@ class MapCache:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self._mappings)} mapping(s)"
+        state = "closed" if self._closed else f"{len(self._reg.mappings())} mapping(s)"
         return f"<{type(self).__name__} bucket_shift={self.bucket_shift} max_size={self.max_size:#x} {state}>"

@@ -63,15 +63,17 @@ __all__ = [
 # Status codes, as in csrc/xenmapcache.h (internal: they become exceptions at the edge).
 OK, ENOMEM, EINVAL, EMAP, ENOENT, EOVERFLOW, EUNAVAIL, ESYS = 0, -1, -2, -3, -4, -5, -6, -7
 EREENTER = -10
-_ERRORS: dict[int, tuple[type[Exception], str]] = {
-    ENOMEM: (MemoryError, "out of memory"),
-    EINVAL: (InvalidAddress, "invalid argument or address"),
-    EMAP: (MappingError, "guest pages cannot be mapped"),
-    ENOENT: (UnknownMapping, "no such mapping"),
-    EOVERFLOW: (LockOverflow, "lock count at its limit"),
-    EUNAVAIL: (BackendUnavailable, "backend not available"),
-    ESYS: (MapCacheError, "system call failed"),
-    EREENTER: (MapCacheError, "called from inside one of the cache's own backend callbacks"),
+# The messages of xmc_strerror(); the exception of each code comes from the
+# package's one table (errors.EXCEPTION_OF).
+_MESSAGES: dict[int, str] = {
+    ENOMEM: "out of memory",
+    EINVAL: "invalid argument or address",
+    EMAP: "guest pages cannot be mapped",
+    ENOENT: "no such mapping",
+    EOVERFLOW: "lock count at its limit",
+    EUNAVAIL: "backend not available",
+    ESYS: "system call failed",
+    EREENTER: "called from inside one of the cache's own backend callbacks",
 }
 
 MAX_SLOTS = 1 << 24  # XMC_MAX_SLOTS
@@ -114,8 +116,7 @@ def _sys_munmap(addr: int, length: int) -> int:
 
 
 def _raise(rc: int, what: str, cause: BaseException | None = None) -> NoReturn:
-    kind, message = _ERRORS.get(rc, (MapCacheError, "unknown error"))
-    raise kind(f"{what}: {message}") from cause
+    raise _errors.exception_for(rc, f"{what}: {_MESSAGES.get(rc, 'unknown error')}") from cause
 
 
 def _range_ok(a: int, b: int) -> bool:
@@ -364,7 +365,7 @@ def _entered(state: _State, lock: threading.Lock, what: str) -> threading.Lock:
 
 
 class _PyCore:
-    """The reference core: ``csrc/cache.c`` in Python, with the interface of ``_NativeCore``."""
+    """The reference core: ``csrc/cache.c`` in Python, with the interface of ``_native.NativeCore``."""
 
     def __init__(
         self,
@@ -672,7 +673,7 @@ class _PyCore:
         if self._st.closed:
             raise MapCacheError("the cache is closed")
 
-    # -- the core interface (see cache._NativeCore) -------------------------------
+    # -- the core interface (see _native.NativeCore) -------------------------------
 
     def map(self, paddr: int, size: int, flags: int, tag: int) -> int:
         """Host address of ``paddr``; flags LOCK and DMA; a locked map keeps ``tag``."""
