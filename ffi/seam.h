@@ -128,8 +128,9 @@ static xmc_record *xmc_py_records_take(void)
  *   range) goes straight to MapCache's checked method of the same name,
  *   which validates and raises as documented; a failed core call goes to a
  *   Python `fail(rc, what, paddr, size)` that raises, so nothing is done
- *   twice.  It also holds the registry of live Mappings: a dict from the
- *   tag id that the core's record carries to the Mapping.
+ *   twice.  It also holds the registry of live Mappings: a list, oldest
+ *   first, of Mappings that each carry the tag id of their core record
+ *   (no allocation to register or unregister one).
  * - Mapping exports the host memory itself (bf_getbuffer), counts its
  *   exports (a memoryview and all its slices hold one), and refuses to be
  *   released, or its cache closed, while one is alive.
@@ -160,7 +161,7 @@ typedef struct xmc_py_cache {
     PyObject *owner;    /* weakref to the MapCache */
     PyObject *fail;     /* fail(rc, what, paddr, size): raises */
     PyObject *checked[XMC_PY_NCHECKED];
-    PyObject *registry; /* dict: tag id -> Mapping, oldest first */
+    struct xmc_py_mapping *first, *last; /* the live Mappings, oldest first */
     uint64_t next_id;
     uint64_t max_size;
     uint64_t bucket_size;
@@ -170,7 +171,8 @@ typedef struct xmc_py_cache {
 typedef struct xmc_py_mapping {
     PyObject_HEAD
     xmc_py_cache *cache; /* NULL once cleared by the GC */
-    PyObject *key;       /* the tag id, as the registry's key */
+    struct xmc_py_mapping *prev, *next; /* in cache's list while registered */
+    uint64_t id;         /* the tag of its core record */
     PyObject *tag;
     unsigned long long address, paddr, size;
     Py_ssize_t exports;
@@ -318,29 +320,55 @@ static int xmc_py_flag(PyObject *o)
         }                                                                     \
     } while (0)
 
+/* The arguments of map_ptr(paddr, size=0, lock=False, dma=False) into
+ * *paddr, *size, *flags; 0 (no error set) when the checked method must see them. */
+static int xmc_py_map_ptr_args(PyObject *const *args, Py_ssize_t n, PyObject *kwnames,
+                               uint64_t *paddr, uint64_t *size, unsigned *flags)
+{
+    int lock = 0, dma = 0;
+    PyObject *a[4];
+
+    *size = 0;
+    if (!xmc_py_args(args, n, kwnames, xmc_py_names, 4, a) || !a[0] /* paddr size lock dma */ ||
+        !xmc_py_u64(a[0], paddr) || (a[1] && !xmc_py_u64(a[1], size)) ||
+        (a[2] && (lock = xmc_py_flag(a[2])) < 0) || (a[3] && (dma = xmc_py_flag(a[3])) < 0)) {
+        PyErr_Clear();
+        return 0;
+    }
+    *flags = lock ? XMC_LOCK | (dma ? XMC_DMA : 0u) : 0u;
+    return 1;
+}
+
 /* map_ptr(paddr, size=0, lock=False, dma=False) -> int */
 static PyObject *xmc_py_map_ptr_fast(PyObject *op, PyObject *const *args, Py_ssize_t n,
                                      PyObject *kwnames)
 {
     xmc_py_cache *self = (xmc_py_cache *)op;
-    uint64_t paddr, size = 0;
-    int lock = 0, dma = 0, rc;
-    PyObject *a[4];
+    uint64_t paddr, size;
     unsigned flags;
     void *p = NULL;
+    int rc;
 
-    if (!xmc_py_args(args, n, kwnames, xmc_py_names, 4, a) || !a[0] /* paddr size lock dma */ ||
-        !xmc_py_u64(a[0], &paddr) || (a[1] && !xmc_py_u64(a[1], &size)) ||
-        (a[2] && (lock = xmc_py_flag(a[2])) < 0) || (a[3] && (dma = xmc_py_flag(a[3])) < 0)) {
-        PyErr_Clear();
+    if (!xmc_py_map_ptr_args(args, n, kwnames, &paddr, &size, &flags))
         return xmc_py_checked(self, XMC_PY_MAP_PTR, args, n, kwnames);
-    }
-    flags = lock ? XMC_LOCK | (dma ? XMC_DMA : 0u) : 0u;
     XMC_PY_CALL(rc, xmc_map_nowait(self->c, paddr, size, flags, 0, &p),
                 xmc_map(self->c, paddr, size, flags, 0, &p));
     if (rc != XMC_OK || !p)
         return xmc_py_fail(self, rc != XMC_OK ? rc : XMC_EMAP, "map", paddr, size);
     return PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)p);
+}
+
+/* The baseline of the hit benchmark: map_ptr's builtin, arguments and result
+ * (an int, here paddr) included, without the core call. */
+static PyObject *xmc_py_noop_map_ptr(PyObject *op, PyObject *const *args, Py_ssize_t n,
+                                     PyObject *kwnames)
+{
+    uint64_t paddr, size;
+    unsigned flags;
+
+    if (!xmc_py_map_ptr_args(args, n, kwnames, &paddr, &size, &flags))
+        return xmc_py_checked((xmc_py_cache *)op, XMC_PY_MAP_PTR, args, n, kwnames);
+    return PyLong_FromUnsignedLongLong((unsigned long long)paddr);
 }
 
 /* Copy guest [paddr, paddr + n) into buf; on an error buf is untouched
@@ -471,6 +499,33 @@ static PyObject *xmc_py_unlock_fast(PyObject *op, PyObject *const *args, Py_ssiz
 
 /* ---- Mapping -------------------------------------------------------------- */
 
+/* Put m at the end of the cache's list, which holds a reference to it. */
+static void xmc_py_register(xmc_py_cache *cache, xmc_py_mapping *m)
+{
+    m->prev = cache->last;
+    m->next = NULL;
+    if (cache->last)
+        cache->last->next = m;
+    else
+        cache->first = m;
+    cache->last = m;
+    Py_INCREF(m);
+}
+
+/* Take m off the list; the caller gets the list's reference. */
+static void xmc_py_unregister(xmc_py_cache *cache, xmc_py_mapping *m)
+{
+    if (m->prev)
+        m->prev->next = m->next;
+    else
+        cache->first = m->next;
+    if (m->next)
+        m->next->prev = m->prev;
+    else
+        cache->last = m->prev;
+    m->prev = m->next = NULL;
+}
+
 /* Unlock m in the core; the caller has marked it released and unregistered it. */
 static int xmc_py_unlock_mapping(xmc_py_cache *cache, xmc_py_mapping *m, uint64_t id)
 {
@@ -486,7 +541,6 @@ static PyObject *xmc_py_mapping_release(PyObject *op, PyObject *unused)
 {
     xmc_py_mapping *m = (xmc_py_mapping *)op;
     xmc_py_cache *cache = m->cache;
-    uint64_t id;
     int rc;
 
     (void)unused;
@@ -497,21 +551,20 @@ static PyObject *xmc_py_mapping_release(PyObject *op, PyObject *unused)
                      m->exports);
         return NULL;
     }
-    id = PyLong_AsUnsignedLongLong(m->key);
     m->released = 1;
+    xmc_py_unregister(cache, m); /* its reference is ours until the end */
     Py_INCREF(cache);
-    if (PyDict_DelItem(cache->registry, m->key) < 0) /* drops the registry's reference */
-        PyErr_Clear();
-    rc = xmc_py_unlock_mapping(cache, m, id);
+    rc = xmc_py_unlock_mapping(cache, m, m->id);
     if (rc != XMC_OK && !cache->closed) {
         /* Still locked (a call from a backend callback, say): as it was. */
         m->released = 0;
-        if (PyDict_SetItem(cache->registry, m->key, op) < 0)
-            PyErr_Clear();
+        xmc_py_register(cache, m);
+        Py_DECREF(m);
         xmc_py_fail(cache, rc, "unlock", m->address, 0);
         Py_DECREF(cache);
         return NULL;
     }
+    Py_DECREF(m);
     Py_DECREF(cache);
     Py_RETURN_NONE;
 }
@@ -608,7 +661,6 @@ static void xmc_py_mapping_dealloc(PyObject *op)
 
     PyObject_GC_UnTrack(op);
     xmc_py_mapping_clear(op);
-    Py_CLEAR(((xmc_py_mapping *)op)->key);
     PyObject_GC_Del(op);
     Py_DECREF(tp);
 }
@@ -691,26 +743,24 @@ static PyObject *xmc_py_map_fast(PyObject *op, PyObject *const *args, Py_ssize_t
     m = (xmc_py_mapping *)PyType_GenericAlloc(xmc_py_mapping_type, 0);
     if (!m)
         return NULL;
-    id = ++self->next_id;
+    m->id = id = ++self->next_id;
     m->cache = (xmc_py_cache *)Py_NewRef(op);
     m->tag = Py_NewRef(a[3] ? a[3] : Py_None);
     m->paddr = paddr;
     m->size = size;
     m->dma = (char)dma;
-    if (!(m->key = PyLong_FromUnsignedLongLong(id)) ||
-        PyDict_SetItem(self->registry, m->key, (PyObject *)m) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
+    xmc_py_register(self, m);
     flags = XMC_LOCK | (dma ? XMC_DMA : 0u);
     XMC_PY_CALL(rc, xmc_map_nowait(self->c, paddr, size, flags, id, &p),
                 xmc_map(self->c, paddr, size, flags, id, &p));
     if (rc == XMC_OK && p && self->closed) /* closed while we mapped: unmapped already */
         rc = XMC_ECLOSED;
     if (rc != XMC_OK || !p) {
-        m->released = 1;
-        if (PyDict_DelItem(self->registry, m->key) < 0)
-            PyErr_Clear(); /* close() emptied it */
+        if (!m->released) { /* else close_registry() took it off */
+            m->released = 1;
+            xmc_py_unregister(self, m);
+            Py_DECREF(m);
+        }
         Py_DECREF(m);
         if (rc == XMC_ECLOSED) {
             PyErr_SetString(xmc_py_closed_error, "the cache was closed");
@@ -724,15 +774,21 @@ static PyObject *xmc_py_map_fast(PyObject *op, PyObject *const *args, Py_ssize_t
 
 /* ---- NativeCache: the registry ----------------------------------------------- */
 
-/* tag_of(id) -> the tag of the live Mapping with that id, or None */
-static PyObject *xmc_py_tag_of(PyObject *op, PyObject *key)
+/* tags() -> {tag id: tag} of the live Mappings (for locked() and invalidate()) */
+static PyObject *xmc_py_tags(PyObject *op, PyObject *unused)
 {
     xmc_py_cache *self = (xmc_py_cache *)op;
-    PyObject *m = PyDict_GetItemWithError(self->registry, key); /* borrowed */
+    PyObject *out = PyDict_New();
 
-    if (!m)
-        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
-    return Py_NewRef(((xmc_py_mapping *)m)->tag);
+    (void)unused;
+    for (xmc_py_mapping *m = self->first; out && m; m = m->next) {
+        PyObject *key = PyLong_FromUnsignedLongLong(m->id);
+
+        if (!key || PyDict_SetItem(out, key, m->tag) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(key);
+    }
+    return out;
 }
 
 /*
@@ -745,21 +801,18 @@ static PyObject *xmc_py_release_at(PyObject *op, PyObject *arg)
 {
     xmc_py_cache *self = (xmc_py_cache *)op;
     unsigned long long address = PyLong_AsUnsignedLongLong(arg);
-    PyObject *key, *value, *idle = NULL;
-    Py_ssize_t pos = 0;
+    PyObject *idle = NULL;
     int busy = 0;
 
     if (address == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
-    while (PyDict_Next(self->registry, &pos, &key, &value)) {
-        xmc_py_mapping *m = (xmc_py_mapping *)value;
-
+    for (xmc_py_mapping *m = self->first; m; m = m->next) {
         if (m->address != address || m->released)
             continue;
         if (m->exports)
             busy = 1;
         else
-            idle = value;
+            idle = (PyObject *)m;
     }
     if (idle) {
         PyObject *r;
@@ -783,8 +836,13 @@ static PyObject *xmc_py_release_at(PyObject *op, PyObject *arg)
 /* mappings() -> list of the live Mappings, oldest first */
 static PyObject *xmc_py_mappings(PyObject *op, PyObject *unused)
 {
+    PyObject *out = PyList_New(0);
+
     (void)unused;
-    return PyDict_Values(((xmc_py_cache *)op)->registry);
+    for (xmc_py_mapping *m = ((xmc_py_cache *)op)->first; out && m; m = m->next)
+        if (PyList_Append(out, (PyObject *)m) < 0)
+            Py_CLEAR(out);
+    return out;
 }
 
 /* set_paddr(mapping, paddr): replace() moved the entry under it */
@@ -802,6 +860,18 @@ static PyObject *xmc_py_set_paddr(PyObject *op, PyObject *const *args, Py_ssize_
     Py_RETURN_NONE;
 }
 
+/* Mark every Mapping released and drop the list's references. */
+static void xmc_py_forget_all(xmc_py_cache *self)
+{
+    xmc_py_mapping *m;
+
+    while ((m = self->first)) {
+        m->released = 1;
+        xmc_py_unregister(self, m);
+        Py_DECREF(m);
+    }
+}
+
 /*
  * close_registry(): refuse (BufferError) while a Mapping has views; else
  * mark every Mapping released, empty the registry and refuse new maps.  The
@@ -810,21 +880,17 @@ static PyObject *xmc_py_set_paddr(PyObject *op, PyObject *const *args, Py_ssize_
 static PyObject *xmc_py_close_registry(PyObject *op, PyObject *unused)
 {
     xmc_py_cache *self = (xmc_py_cache *)op;
-    PyObject *key, *value;
-    Py_ssize_t pos = 0, busy = 0;
+    Py_ssize_t busy = 0;
 
     (void)unused;
-    while (PyDict_Next(self->registry, &pos, &key, &value))
-        busy += ((xmc_py_mapping *)value)->exports != 0;
+    for (xmc_py_mapping *m = self->first; m; m = m->next)
+        busy += m->exports != 0;
     if (busy) {
         PyErr_Format(PyExc_BufferError, "%zd mapping(s) still have memoryviews alive", busy);
         return NULL;
     }
     self->closed = 1;
-    pos = 0;
-    while (PyDict_Next(self->registry, &pos, &key, &value))
-        ((xmc_py_mapping *)value)->released = 1;
-    PyDict_Clear(self->registry);
+    xmc_py_forget_all(self);
     Py_RETURN_NONE;
 }
 
@@ -864,7 +930,8 @@ static int xmc_py_cache_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->fail);
     for (int i = 0; i < XMC_PY_NCHECKED; i++)
         Py_VISIT(self->checked[i]);
-    Py_VISIT(self->registry);
+    for (xmc_py_mapping *m = self->first; m; m = m->next)
+        Py_VISIT((PyObject *)m);
     return 0;
 }
 
@@ -876,7 +943,7 @@ static int xmc_py_cache_clear(PyObject *op)
     Py_CLEAR(self->fail);
     for (int i = 0; i < XMC_PY_NCHECKED; i++)
         Py_CLEAR(self->checked[i]);
-    Py_CLEAR(self->registry);
+    xmc_py_forget_all(self);
     return 0;
 }
 
@@ -914,7 +981,10 @@ static PyMethodDef xmc_py_cache_methods[] = {
     { "map", (PyCFunction)(void (*)(void))xmc_py_map_fast, XMC_PY_FAST,
       "map(paddr, size, dma=False, tag=None)\n--\n\n"
       "Map ``[paddr, paddr + size)`` locked; returns a :class:`Mapping`." },
-    { "tag_of", xmc_py_tag_of, METH_O, "tag_of(id)\n--\n\nThe tag of a live Mapping, or None." },
+    { "noop_map_ptr", (PyCFunction)(void (*)(void))xmc_py_noop_map_ptr, XMC_PY_FAST,
+      "noop_map_ptr(paddr, size=0, lock=False, dma=False)\n--\n\n"
+      "map_ptr's builtin without the core call: the baseline of the hit benchmark." },
+    { "tags", xmc_py_tags, METH_NOARGS, "tags()\n--\n\n{tag id: tag} of the live Mappings." },
     { "release_at", xmc_py_release_at, METH_O,
       "release_at(address)\n--\n\nRelease the newest idle Mapping at address; False if none." },
     { "mappings", xmc_py_mappings, METH_NOARGS, "mappings()\n--\n\nThe live Mappings." },
@@ -963,8 +1033,6 @@ static int xmc_py_adopt(xmc_cache *c)
     if (xmc_py_cache_type) {
         rc = XMC_ENOMEM;
         self = (xmc_py_cache *)PyType_GenericAlloc(xmc_py_cache_type, 0);
-        if (self && !(self->registry = PyDict_New()))
-            Py_CLEAR(self);
         if (self) {
             self->c = c;
             Py_XDECREF(xmc_py_adopted); /* one a failed caller left behind */

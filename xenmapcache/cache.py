@@ -173,7 +173,7 @@ class _PyRegistry:
     """The live Mappings of one cache, in Python (the reference core, and the
     C core where the binding has no types of its own: not CPython).
 
-    The same interface as ``NativeCache`` of ffi/seam.h: ``map``, ``tag_of``,
+    The same interface as ``NativeCache`` of ffi/seam.h: ``map``, ``tags``,
     ``release_at``, ``mappings``, ``set_paddr``, ``close_registry``.  Its lock
     guards exports and the registry, never held across a core call: the core
     serialises the cache itself.
@@ -214,9 +214,9 @@ class _PyRegistry:
             self._mappings.pop(m._id, None)
         self.core.unlock(m.address, m._id)
 
-    def tag_of(self, ident: int) -> Any:
-        holder = self._mappings.get(ident)
-        return holder.tag if holder is not None else None
+    def tags(self) -> dict[int, Any]:
+        with self.lock:
+            return {ident: m.tag for ident, m in self._mappings.items()}
 
     def release_at(self, address: int) -> bool:
         with self.lock:
@@ -383,19 +383,19 @@ class MapCache:
 
     # -- bulk operations ---------------------------------------------------
 
-    def _locked_mapping(self, record: tuple[int, int, int, int, bool]) -> LockedMapping:
-        address, paddr, size, ident, dma = record
-        return LockedMapping(address, paddr, size, dma, self._reg.tag_of(ident) if ident != RAW else None)
+    def _locked_mappings(self, records: list[tuple[int, int, int, int, bool]]) -> list[LockedMapping]:
+        tags = self._reg.tags() if records else {}
+        return [LockedMapping(address, paddr, size, dma, tags.get(ident)) for address, paddr, size, ident, dma in records]
 
     def locked(self) -> list[LockedMapping]:
         """Every outstanding locked mapping, oldest first."""
         self._check_open()
-        return [self._locked_mapping(r) for r in self._core.locked()]
+        return self._locked_mappings(self._core.locked())
 
     def invalidate(self) -> list[LockedMapping]:
         """Unmap every unlocked entry; warn about and return the DMA mappings in flight."""
         self._check_open()
-        in_flight = [self._locked_mapping(r) for r in self._core.invalidate()]
+        in_flight = self._locked_mappings(self._core.invalidate())
         for lm in in_flight:
             warnings.warn(
                 DMAMappingWarning(
