@@ -68,7 +68,8 @@ typedef struct record {
     uint32_t hnext; /* hash chain, newest first; free list when unused */
     uint32_t older; /* age list */
     uint32_t newer;
-    uint32_t dma;
+    uint16_t dma;
+    uint16_t claimed; /* picked by the xmc_unlock_sg() under way */
 } record;
 
 /*
@@ -150,6 +151,7 @@ struct xmc_cache {
     bool closed;
     xmc_translate_fn translate;
     void *translate_opaque;
+    struct sg_tally *tally; /* the batch holding the mutex, if one does */
     xmc_stats st;
 };
 
@@ -836,11 +838,46 @@ int xmc_cache_set_translate(xmc_cache *c, xmc_translate_fn fn, void *opaque)
 
 /* ---- map -------------------------------------------------------------- */
 
+/*
+ * The counters a batch moved itself (xmc_map_sg), told apart from those of
+ * other threads while a translate callback runs without the mutex: `own`
+ * holds the batch's share up to the last time it gave the mutex up, and
+ * `mark` the counters when it last took it.  c->tally is set only while a
+ * batch holds the mutex.
+ */
+typedef struct sg_tally {
+    xmc_stats own;
+    xmc_stats mark;
+} sg_tally;
+
+static void tally_resume(xmc_cache *c, sg_tally *t)
+{
+    c->tally = t;
+    if (t)
+        t->mark = c->st;
+}
+
+/* Fold what the batch holding the mutex moved into its share; it is about to
+ * give the mutex up.  Returns that batch (or NULL) for tally_resume(). */
+static sg_tally *tally_pause(xmc_cache *c)
+{
+    sg_tally *t = c->tally;
+
+    if (t) {
+        t->own.hits += c->st.hits - t->mark.hits;
+        t->own.misses += c->st.misses - t->mark.misses;
+        t->own.remaps += c->st.remaps - t->mark.remaps;
+        c->tally = NULL;
+    }
+    return t;
+}
+
 static int translate_unlocked(xmc_cache *c, uint64_t paddr, uint64_t size,
                               uint64_t *out)
 {
     xmc_translate_fn fn = c->translate;
     void *opaque = c->translate_opaque;
+    sg_tally *batch;
     int rc;
 
     if (!fn) {
@@ -850,9 +887,11 @@ static int translate_unlocked(xmc_cache *c, uint64_t paddr, uint64_t size,
     if (!fn)
         return XMC_ENOENT;
     /* The callback may take its time or call back in: do not hold the lock. */
+    batch = tally_pause(c);
     mutex_unlock(&c->mutex);
     rc = fn(opaque, paddr, size, out);
     mutex_lock(&c->mutex);
+    tally_resume(c, batch);
     if (c->closed) /* closed while the callback ran: map nothing more */
         return XMC_ECLOSED;
     if (rc != XMC_OK)
@@ -969,6 +1008,141 @@ int xmc_map_nowait(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
 {
     return (flags & MAP_NOWAIT) ? XMC_EINVAL
                                 : map_call(c, paddr, size, flags | MAP_NOWAIT, tag, out);
+}
+
+/* ---- batches ------------------------------------------------------------ */
+
+#define SG_ON_STACK 64
+
+static int map_sg_locked(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags,
+                         uint64_t tag, void **addrs)
+{
+    xmc_entry *last = c->last;
+    sg_tally t = { 0 };
+    xmc_stats before = { 0 }; /* the batch's share before the failing segment */
+    size_t i;
+    int rc = XMC_OK;
+
+    for (i = 0; i < n; i++)
+        if (!xmc_range_ok(segs[i].paddr, segs[i].size) || segs[i].size > c->max_size)
+            return XMC_EINVAL;
+    tally_resume(c, &t);
+    for (i = 0; i < n; i++) {
+        tally_pause(c);
+        tally_resume(c, &t);
+        before = t.own;
+        rc = map_locked(c, segs[i].paddr, segs[i].size, flags | XMC_LOCK, tag, &addrs[i]);
+        if (rc != XMC_OK)
+            break;
+    }
+    c->tally = NULL;
+    if (rc == XMC_OK)
+        return XMC_OK;
+    /* Undo segments i - 1 down to 0, newest first: each one's record is the
+     * newest at its address with this tag (unless a translate callback let
+     * another thread in: then this is what n xmc_unlock_tag() calls do). */
+    while (i--) {
+        uint32_t *link = record_find(c, (uintptr_t)addrs[i], true, tag);
+        if (link)
+            record_del(c, link);
+    }
+    c->st.hits -= before.hits;
+    c->st.misses -= before.misses;
+    c->st.remaps -= before.remaps;
+    if (flags & MAP_NOWAIT) /* nothing was mapped or dropped: last is still live */
+        c->last = last;
+    return rc;
+}
+
+static int map_sg_call(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags,
+                       uint64_t tag, void **out)
+{
+    void *stack[SG_ON_STACK], **addrs = stack;
+    int rc;
+
+    /* n <= XMC_SG_MAX: n * sizeof(xmc_sg) cannot overflow. */
+    if (!c || !segs || !out || n == 0 || n > XMC_SG_MAX ||
+        (flags & ~(unsigned)(XMC_LOCK | XMC_DMA | MAP_NOWAIT)))
+        return XMC_EINVAL;
+    if (n > SG_ON_STACK && !(addrs = malloc(n * sizeof(*addrs))))
+        return XMC_ENOMEM;
+    rc = cache_lock(c, !(flags & MAP_NOWAIT));
+    if (rc == XMC_OK) {
+        rc = c->closed ? XMC_ECLOSED : map_sg_locked(c, segs, n, flags, tag, addrs);
+        mutex_unlock(&c->mutex);
+    }
+    if (rc == XMC_OK)
+        memcpy(out, addrs, n * sizeof(*out));
+    if (addrs != stack)
+        free(addrs);
+    return rc;
+}
+
+int xmc_map_sg(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags, uint64_t tag,
+               void **out)
+{
+    return (flags & MAP_NOWAIT) ? XMC_EINVAL : map_sg_call(c, segs, n, flags, tag, out);
+}
+
+int xmc_map_sg_nowait(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags,
+                      uint64_t tag, void **out)
+{
+    return (flags & MAP_NOWAIT) ? XMC_EINVAL
+                                : map_sg_call(c, segs, n, flags | MAP_NOWAIT, tag, out);
+}
+
+/* The hash link of the newest record at addr with tag whose claim is `claimed`. */
+static uint32_t *record_find_claimed(xmc_cache *c, uintptr_t addr, uint64_t tag,
+                                     bool claimed)
+{
+    uint32_t *link;
+
+    if (!c->rhash)
+        return NULL;
+    for (link = &c->rhash[rhash_slot(c, addr)]; *link; link = &rec(c, *link)->hnext) {
+        const record *r = rec(c, *link);
+        if (r->addr == addr && r->tag == tag && r->claimed == claimed)
+            return link;
+    }
+    return NULL;
+}
+
+/* Claim a record for every address first, then drop the claimed ones. */
+static int unlock_sg_locked(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        uint32_t *link = record_find_claimed(c, (uintptr_t)addrs[i], tag, false);
+        if (!link)
+            break;
+        rec(c, *link)->claimed = 1;
+    }
+    if (i < n) { /* give the claims back */
+        while (i--) {
+            uint32_t *link;
+            while ((link = record_find_claimed(c, (uintptr_t)addrs[i], tag, true)))
+                rec(c, *link)->claimed = 0;
+        }
+        return XMC_ENOENT;
+    }
+    for (i = 0; i < n; i++)
+        record_del(c, record_find_claimed(c, (uintptr_t)addrs[i], tag, true));
+    return XMC_OK;
+}
+
+int xmc_unlock_sg(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag)
+{
+    if (!addrs || n == 0 || n > XMC_SG_MAX)
+        return XMC_EINVAL;
+    LOCKED_CALL(c, unlock_sg_locked(c, addrs, n, tag));
+}
+
+int xmc_unlock_sg_nowait(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag)
+{
+    if (!addrs || n == 0 || n > XMC_SG_MAX)
+        return XMC_EINVAL;
+    LOCKED_CALL_IF(c, false, unlock_sg_locked(c, addrs, n, tag));
 }
 
 /* ---- unlock and reverse lookup ------------------------------------------ */

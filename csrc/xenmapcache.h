@@ -173,6 +173,41 @@ void xmc_records_free(xmc_record *records);
 int xmc_read(xmc_cache *c, uint64_t paddr, void *buf, size_t n);
 int xmc_write(xmc_cache *c, uint64_t paddr, const void *buf, size_t n);
 /*
+ * Batches (scatter-gather): n locked mappings, or n unlocks, for one call and
+ * one acquisition of the cache's mutex.  n is 1 to XMC_SG_MAX (else
+ * XMC_EINVAL, as for NULL pointers).
+ *
+ * xmc_map_sg() maps segment i as xmc_map(c, segs[i].paddr, segs[i].size,
+ * XMC_LOCK | flags, tag) would, in order, and stores its host address in
+ * out[i].  The lock is implied: flags may be XMC_DMA and XMC_LOCK (redundant),
+ * nothing else.  All or nothing: when a segment fails (its error is returned)
+ * the locks of the segments before it are undone and out[] is left as it
+ * was; hits, misses and remaps are back to their values before the batch plus
+ * what the failing segment's own attempt moved, as a failed xmc_map() of that
+ * segment would move them.  Entries mapped on the way may stay cached,
+ * unlocked (entries, mapped_bytes), as after a failed xmc_map().  Every
+ * segment's range is checked before anything is looked up: a bad one anywhere
+ * changes nothing.  Cost: that of n xmc_map() calls less n - 1 mutex round
+ * trips; n > 64 allocates n pointers.  The mutex is given up only while a
+ * translate callback runs, as in xmc_map().
+ *
+ * xmc_unlock_sg() drops, for each address, the newest locked mapping at
+ * exactly addrs[i] that carries tag, as n xmc_unlock_tag() calls would.  All
+ * or nothing: it first finds a record for every address (an address listed k
+ * times needs k records), and when one is missing returns XMC_ENOENT having
+ * unlocked nothing.  O(n) hash lookups, no allocation.
+ */
+#define XMC_SG_MAX 65536
+typedef struct xmc_sg {
+    uint64_t paddr;
+    uint64_t size;
+} xmc_sg;
+
+int xmc_map_sg(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags, uint64_t tag,
+               void **out);
+int xmc_unlock_sg(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag);
+
+/*
  * For callers that hold a lock of their own across the call, such as a
  * language runtime's global interpreter lock: the same calls, except that
  * where they would wait (for the cache's mutex, held by another thread) or
@@ -183,6 +218,10 @@ int xmc_write(xmc_cache *c, uint64_t paddr, const void *buf, size_t n);
 int xmc_map_nowait(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
                    uint64_t tag, void **out);
 int xmc_unlock_tag_nowait(xmc_cache *c, const void *addr, uint64_t tag);
+/* All or nothing here too: XMC_EAGAIN when any segment would miss. */
+int xmc_map_sg_nowait(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags,
+                      uint64_t tag, void **out);
+int xmc_unlock_sg_nowait(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag);
 int xmc_ram_addr_nowait(xmc_cache *c, const void *addr, uint64_t *out);
 int xmc_read_nowait(xmc_cache *c, uint64_t paddr, void *buf, size_t n);
 int xmc_stats_get(xmc_cache *c, xmc_stats *out);

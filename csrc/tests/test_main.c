@@ -26,11 +26,12 @@ extern const xt_test xt_faults_tests[];
 extern const xt_test xt_close_tests[];
 extern const xt_test xt_regress_tests[];
 extern const xt_test xt_nowait_tests[];
+extern const xt_test xt_sg_tests[];
 
 static const xt_test *const groups[] = {
     xt_rules_tests, xt_pitfalls_tests, xt_memory_tests,
     xt_input_tests, xt_faults_tests,   xt_close_tests, xt_regress_tests,
-    xt_nowait_tests,
+    xt_nowait_tests, xt_sg_tests,
 };
 
 static const char *current;
@@ -120,6 +121,8 @@ const char *xt_every_call(xmc_cache *c, int want)
     size_t n;
     void *p;
     char buf[8] = { 0 };
+    const xmc_sg sg = { 0x20000, 0x10 };
+    void *addr = buf;
 
 #define XT_CALL(call)                                                         \
     do {                                                                      \
@@ -135,6 +138,10 @@ const char *xt_every_call(xmc_cache *c, int want)
     XT_CALL(xmc_unlock_tag_nowait(c, buf, 0));
     XT_CALL(xmc_ram_addr_nowait(c, buf, &u));
     XT_CALL(xmc_read_nowait(c, 0, buf, sizeof(buf)));
+    XT_CALL(xmc_map_sg(c, &sg, 1, XMC_DMA, 0, &p));
+    XT_CALL(xmc_map_sg_nowait(c, &sg, 1, 0, 0, &p));
+    XT_CALL(xmc_unlock_sg(c, &addr, 1, 0));
+    XT_CALL(xmc_unlock_sg_nowait(c, &addr, 1, 0));
     XT_CALL(xmc_invalidate(c, NULL, NULL));
     XT_CALL(xmc_invalidate(c, &r, &n));
     XT_CALL(xmc_replace(c, 0x10000, 0x20000, 0, &p));
