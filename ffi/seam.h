@@ -152,6 +152,7 @@ enum {
     XMC_PY_RAM_ADDR,
     XMC_PY_UNLOCK,
     XMC_PY_MAP,
+    XMC_PY_MAP_SG,
     XMC_PY_NCHECKED
 };
 
@@ -179,8 +180,16 @@ typedef struct xmc_py_mapping {
     char dma, released;
 } xmc_py_mapping;
 
+typedef struct xmc_py_group {
+    PyObject_HEAD
+    xmc_py_cache *cache;
+    PyObject *items; /* tuple of its Mappings */
+    uint64_t id;     /* the tag of all their core records */
+} xmc_py_group;
+
 static PyTypeObject *xmc_py_cache_type;
 static PyTypeObject *xmc_py_mapping_type;
+static PyTypeObject *xmc_py_group_type;
 static PyObject *xmc_py_closed_error; /* xenmapcache.MapCacheError */
 
 /* An exact int in [0, 2**64) into *out; 0 (no error set) for anything else. */
@@ -251,7 +260,7 @@ static PyObject *xmc_py_checked(xmc_py_cache *self, int which, PyObject *const *
 /* The parameter names, interned by xmc_py_fast_install(): keyword names
  * written in Python code are the same objects, found without comparing. */
 static const char *const xmc_py_names[] = { "paddr", "size", "lock", "dma", "n",
-                                            "address", "tag", "buffer" };
+                                            "address", "tag", "buffer", "segments" };
 #define XMC_PY_NNAMES (sizeof(xmc_py_names) / sizeof(xmc_py_names[0]))
 static PyObject *xmc_py_interned[XMC_PY_NNAMES];
 
@@ -772,6 +781,330 @@ static PyObject *xmc_py_map_fast(PyObject *op, PyObject *const *args, Py_ssize_t
     return (PyObject *)m;
 }
 
+/* ---- MappingGroup: the Mappings of one map_sg() -------------------------------- */
+
+/*
+ * g.release(): unlock every Mapping of the group still locked, in one core
+ * call, all or nothing: BufferError (nothing released) while a view of any
+ * of them is alive.  A second call does nothing.
+ */
+static PyObject *xmc_py_group_release(PyObject *op, PyObject *unused)
+{
+    xmc_py_group *g = (xmc_py_group *)op;
+    xmc_py_cache *cache = g->cache;
+    Py_ssize_t n = PyTuple_Size(g->items), live = 0, busy = 0;
+    void *stack[16], **addrs = stack;
+    xmc_py_mapping **held;
+    int rc;
+
+    (void)unused;
+    if (!cache || n <= 0)
+        Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        xmc_py_mapping *m = (xmc_py_mapping *)PyTuple_GetItem(g->items, i);
+        live += !m->released;
+        busy += !m->released && m->exports;
+    }
+    if (busy) {
+        PyErr_Format(PyExc_BufferError, "memoryviews of %zd mapping(s) of the group are still alive",
+                     busy);
+        return NULL;
+    }
+    if (!live)
+        Py_RETURN_NONE;
+    if ((size_t)live > sizeof(stack) / sizeof(stack[0]) / 2 &&
+        !(addrs = PyMem_Malloc((size_t)live * 2 * sizeof(*addrs))))
+        return PyErr_NoMemory();
+    held = (xmc_py_mapping **)(addrs + live);
+    live = 0;
+    for (Py_ssize_t i = 0; i < n; i++) { /* released and off the list: their references are ours */
+        xmc_py_mapping *m = (xmc_py_mapping *)PyTuple_GetItem(g->items, i);
+        if (m->released)
+            continue;
+        m->released = 1;
+        xmc_py_unregister(cache, m);
+        addrs[live] = (void *)(uintptr_t)m->address;
+        held[live++] = m;
+    }
+    Py_INCREF(cache);
+    XMC_PY_CALL(rc, xmc_unlock_sg_nowait(cache->c, addrs, (size_t)live, g->id),
+                xmc_unlock_sg(cache->c, addrs, (size_t)live, g->id));
+    if (rc == XMC_ECLOSED || cache->closed)
+        rc = XMC_OK; /* closed meanwhile: unmapped already */
+    for (Py_ssize_t i = 0; i < live; i++) {
+        if (rc != XMC_OK) { /* nothing was unlocked: as it was */
+            held[i]->released = 0;
+            xmc_py_register(cache, held[i]);
+        }
+        Py_DECREF(held[i]);
+    }
+    if (addrs != stack)
+        PyMem_Free(addrs);
+    if (rc != XMC_OK) {
+        xmc_py_fail(cache, rc, "unlock_sg", (uint64_t)live, 0);
+        Py_DECREF(cache);
+        return NULL;
+    }
+    Py_DECREF(cache);
+    Py_RETURN_NONE;
+}
+
+static PyObject *xmc_py_group_exit(PyObject *op, PyObject *const *args, Py_ssize_t n)
+{
+    (void)args;
+    (void)n;
+    return xmc_py_group_release(op, NULL);
+}
+
+/* g.buffers() -> a list of one memoryview per Mapping, for os.preadv() and the like */
+static PyObject *xmc_py_group_buffers(PyObject *op, PyObject *unused)
+{
+    xmc_py_group *g = (xmc_py_group *)op;
+    Py_ssize_t n = PyTuple_Size(g->items);
+    PyObject *out = PyList_New(n);
+
+    (void)unused;
+    for (Py_ssize_t i = 0; out && i < n; i++) {
+        PyObject *v = PyMemoryView_FromObject(PyTuple_GetItem(g->items, i));
+        if (!v)
+            Py_CLEAR(out);
+        else
+            PyList_SetItem(out, i, v); /* steals v */
+    }
+    return out;
+}
+
+static PyObject *xmc_py_group_released(PyObject *op, void *closure)
+{
+    xmc_py_group *g = (xmc_py_group *)op;
+    Py_ssize_t n = PyTuple_Size(g->items);
+
+    (void)closure;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!((xmc_py_mapping *)PyTuple_GetItem(g->items, i))->released)
+            Py_RETURN_FALSE;
+    Py_RETURN_TRUE;
+}
+
+static Py_ssize_t xmc_py_group_len(PyObject *op)
+{
+    return PyTuple_Size(((xmc_py_group *)op)->items);
+}
+
+static PyObject *xmc_py_group_getitem(PyObject *op, PyObject *key)
+{
+    return PyObject_GetItem(((xmc_py_group *)op)->items, key);
+}
+
+static PyObject *xmc_py_group_iter(PyObject *op)
+{
+    return PyObject_GetIter(((xmc_py_group *)op)->items);
+}
+
+static PyObject *xmc_py_group_repr(PyObject *op)
+{
+    xmc_py_group *g = (xmc_py_group *)op;
+
+    return PyUnicode_FromFormat("<MappingGroup of %zd: %R>", PyTuple_Size(g->items), g->items);
+}
+
+static int xmc_py_group_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    xmc_py_group *g = (xmc_py_group *)op;
+
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT((PyObject *)g->cache);
+    Py_VISIT(g->items);
+    return 0;
+}
+
+static int xmc_py_group_clear(PyObject *op)
+{
+    xmc_py_group *g = (xmc_py_group *)op;
+
+    Py_CLEAR(g->cache);
+    Py_CLEAR(g->items);
+    return 0;
+}
+
+static void xmc_py_group_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+
+    PyObject_GC_UnTrack(op);
+    xmc_py_group_clear(op);
+    PyObject_GC_Del(op);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef xmc_py_group_methods[] = {
+    { "release", xmc_py_group_release, METH_NOARGS,
+      "release()\n--\n\nUnlock every mapping of the group still locked, in one core call.\n\n"
+      "All or nothing: raises BufferError, releasing none, while a memoryview of any is alive." },
+    { "buffers", xmc_py_group_buffers, METH_NOARGS,
+      "buffers()\n--\n\nOne writable memoryview per mapping, in order (for os.preadv, "
+      "os.pwritev, socket.recvmsg_into, socket.sendmsg)." },
+    { "__enter__", xmc_py_mapping_enter, METH_NOARGS, NULL },
+    { "__exit__", (PyCFunction)(void (*)(void))xmc_py_group_exit, METH_FASTCALL, NULL },
+    { "__reduce__", (PyCFunction)(void (*)(void))xmc_py_refuse_copy, METH_FASTCALL, NULL },
+    { "__reduce_ex__", (PyCFunction)(void (*)(void))xmc_py_refuse_copy, METH_FASTCALL, NULL },
+    { "__copy__", (PyCFunction)(void (*)(void))xmc_py_refuse_copy, METH_FASTCALL, NULL },
+    { "__deepcopy__", (PyCFunction)(void (*)(void))xmc_py_refuse_copy, METH_FASTCALL, NULL },
+    { NULL, NULL, 0, NULL },
+};
+
+static PyGetSetDef xmc_py_group_getset[] = {
+    { "released", xmc_py_group_released, NULL, "Whether every mapping of the group was released.",
+      NULL },
+    { NULL, NULL, NULL, NULL, NULL },
+};
+
+static PyType_Slot xmc_py_group_slots[] = {
+    { Py_tp_doc, "The Mappings of one map_sg() call, made by the C core's binding." },
+    { Py_tp_dealloc, xmc_py_group_dealloc },
+    { Py_tp_traverse, xmc_py_group_traverse },
+    { Py_tp_clear, xmc_py_group_clear },
+    { Py_tp_repr, xmc_py_group_repr },
+    { Py_tp_iter, xmc_py_group_iter },
+    { Py_tp_methods, xmc_py_group_methods },
+    { Py_tp_getset, xmc_py_group_getset },
+    { Py_sq_length, xmc_py_group_len },
+    { Py_mp_length, xmc_py_group_len },
+    { Py_mp_subscript, xmc_py_group_getitem },
+    { 0, NULL },
+};
+
+static PyType_Spec xmc_py_group_spec = {
+    "xenmapcache._core.MappingGroup", sizeof(xmc_py_group), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    xmc_py_group_slots,
+};
+
+/* One (paddr, size) segment: an exact tuple of two exact ints in range. */
+static int xmc_py_segment(PyObject *o, uint64_t max_size, xmc_sg *out)
+{
+    if (!PyTuple_CheckExact(o) || PyTuple_Size(o) != 2 ||
+        !xmc_py_u64(PyTuple_GetItem(o, 0), &out->paddr) ||
+        !xmc_py_u64(PyTuple_GetItem(o, 1), &out->size) || out->size > max_size ||
+        (out->size && out->paddr > UINT64_MAX - (out->size - 1)))
+        return 0;
+    return 1;
+}
+
+/*
+ * map_sg(segments, dma=False, tag=None) -> MappingGroup: one Mapping per
+ * (paddr, size) of a list or tuple, in one core call, all or nothing.  They
+ * share one tag id (the core's batch takes one), so locked() names each by
+ * the group's tag.
+ */
+static PyObject *xmc_py_map_sg_fast(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                                    PyObject *kwnames)
+{
+    const char *const names[] = { xmc_py_names[8], xmc_py_names[3],
+                                  xmc_py_names[6] }; /* segments, dma, tag */
+    xmc_py_cache *self = (xmc_py_cache *)op;
+    xmc_sg segstack[16], *segs = segstack;
+    void *outstack[16], **out = outstack;
+    PyObject *a[3], *items = NULL, *tag;
+    xmc_py_group *g = NULL;
+    Py_ssize_t n = 0;
+    int dma = 0, rc = XMC_OK, ok;
+    uint64_t id;
+
+    ok = xmc_py_args(args, nargs, kwnames, names, 3, a) && a[0] &&
+         (PyList_CheckExact(a[0]) || PyTuple_CheckExact(a[0])) &&
+         (n = PyObject_Length(a[0])) > 0 && n <= XMC_SG_MAX &&
+         (!a[1] || (dma = xmc_py_flag(a[1])) >= 0) && !self->closed;
+    if (ok && n > 16) {
+        segs = PyMem_Malloc((size_t)n * sizeof(*segs));
+        out = PyMem_Malloc((size_t)n * sizeof(*out));
+        if (!segs || !out) {
+            ok = 0;
+            rc = XMC_ENOMEM;
+        }
+    }
+    for (Py_ssize_t i = 0; ok && i < n; i++) {
+        PyObject *seg = PyList_CheckExact(a[0]) ? PyList_GetItem(a[0], i)
+                                                : PyTuple_GetItem(a[0], i);
+        ok = seg && xmc_py_segment(seg, self->max_size, &segs[i]);
+    }
+    if (!ok) {
+        PyErr_Clear();
+        if (segs != segstack)
+            PyMem_Free(segs);
+        if (out != outstack)
+            PyMem_Free(out);
+        if (rc == XMC_ENOMEM)
+            return PyErr_NoMemory();
+        if (self->closed) {
+            PyErr_SetString(xmc_py_closed_error, "the cache is closed");
+            return NULL;
+        }
+        return xmc_py_checked(self, XMC_PY_MAP_SG, args, nargs, kwnames);
+    }
+    tag = a[2] ? a[2] : Py_None;
+    id = ++self->next_id;
+    if (!(items = PyTuple_New(n)) ||
+        !(g = (xmc_py_group *)PyType_GenericAlloc(xmc_py_group_type, 0)))
+        goto out;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        xmc_py_mapping *m = (xmc_py_mapping *)PyType_GenericAlloc(xmc_py_mapping_type, 0);
+        if (!m)
+            goto out;
+        m->id = id;
+        m->cache = (xmc_py_cache *)Py_NewRef(op);
+        m->tag = Py_NewRef(tag);
+        m->paddr = segs[i].paddr;
+        m->size = segs[i].size;
+        m->dma = (char)dma;
+        m->released = 1; /* until registered */
+        PyTuple_SetItem(items, i, (PyObject *)m); /* steals m */
+    }
+    for (Py_ssize_t i = 0; i < n; i++) { /* before the call: invalidate() may list them */
+        xmc_py_mapping *m = (xmc_py_mapping *)PyTuple_GetItem(items, i);
+        m->released = 0;
+        xmc_py_register(self, m);
+    }
+    XMC_PY_CALL(rc, xmc_map_sg_nowait(self->c, segs, (size_t)n, dma ? XMC_DMA : 0u, id, out),
+                xmc_map_sg(self->c, segs, (size_t)n, dma ? XMC_DMA : 0u, id, out));
+    if (rc == XMC_OK && self->closed)
+        rc = XMC_ECLOSED; /* closed while we mapped: unmapped already */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        xmc_py_mapping *m = (xmc_py_mapping *)PyTuple_GetItem(items, i);
+        if (rc == XMC_OK) {
+            m->address = (unsigned long long)(uintptr_t)out[i];
+        } else if (!m->released) { /* else close_registry() took it off */
+            m->released = 1;
+            xmc_py_unregister(self, m);
+            Py_DECREF(m);
+        }
+    }
+    if (rc != XMC_OK) {
+        if (rc == XMC_ECLOSED)
+            PyErr_SetString(xmc_py_closed_error, "the cache was closed");
+        else
+            xmc_py_fail(self, rc, "map_sg", (uint64_t)n, 0);
+        goto out;
+    }
+    g->cache = (xmc_py_cache *)Py_NewRef(op);
+    g->items = items;
+    g->id = id;
+    items = NULL;
+    if (segs != segstack)
+        PyMem_Free(segs);
+    if (out != outstack)
+        PyMem_Free(out);
+    return (PyObject *)g;
+out:
+    Py_XDECREF(items);
+    Py_XDECREF(g);
+    if (segs != segstack)
+        PyMem_Free(segs);
+    if (out != outstack)
+        PyMem_Free(out);
+    return NULL;
+}
+
 /* ---- NativeCache: the registry ----------------------------------------------- */
 
 /* tags() -> {tag id: tag} of the live Mappings (for locked() and invalidate()) */
@@ -896,8 +1229,9 @@ static PyObject *xmc_py_close_registry(PyObject *op, PyObject *unused)
 
 /*
  * bind(owner, fail, max_size, bucket_size, map_ptr, read, readinto,
- *      ram_addr, unlock, map): owner is a weakref to the MapCache, the six
- * callables its checked methods (unbound), fail(rc, what, paddr, size) raises.
+ *      ram_addr, unlock, map, map_sg): owner is a weakref to the MapCache,
+ * the seven callables its checked methods (unbound), fail(rc, what, paddr,
+ * size) raises.
  */
 static PyObject *xmc_py_bind(PyObject *op, PyObject *args)
 {
@@ -905,8 +1239,8 @@ static PyObject *xmc_py_bind(PyObject *op, PyObject *args)
     PyObject *o[2 + XMC_PY_NCHECKED];
     unsigned long long max_size, bucket_size;
 
-    if (!PyArg_ParseTuple(args, "OOKKOOOOOO", &o[0], &o[1], &max_size, &bucket_size, &o[2],
-                          &o[3], &o[4], &o[5], &o[6], &o[7]))
+    if (!PyArg_ParseTuple(args, "OOKKOOOOOOO", &o[0], &o[1], &max_size, &bucket_size, &o[2],
+                          &o[3], &o[4], &o[5], &o[6], &o[7], &o[8]))
         return NULL;
     if (self->owner || !bucket_size || (bucket_size & (bucket_size - 1))) {
         PyErr_SetString(PyExc_ValueError, "bind() once, with a power-of-two bucket size");
@@ -984,6 +1318,9 @@ static PyMethodDef xmc_py_cache_methods[] = {
     { "noop_map_ptr", (PyCFunction)(void (*)(void))xmc_py_noop_map_ptr, XMC_PY_FAST,
       "noop_map_ptr(paddr, size=0, lock=False, dma=False)\n--\n\n"
       "map_ptr's builtin without the core call: the baseline of the hit benchmark." },
+    { "map_sg", (PyCFunction)(void (*)(void))xmc_py_map_sg_fast, XMC_PY_FAST,
+      "map_sg(segments, dma=False, tag=None)\n--\n\n"
+      "Map every ``(paddr, size)`` of ``segments`` locked, in one call; all or nothing." },
     { "tags", xmc_py_tags, METH_NOARGS, "tags()\n--\n\n{tag id: tag} of the live Mappings." },
     { "release_at", xmc_py_release_at, METH_O,
       "release_at(address)\n--\n\nRelease the newest idle Mapping at address; False if none." },
@@ -994,7 +1331,7 @@ static PyMethodDef xmc_py_cache_methods[] = {
       "close_registry()\n--\n\nRelease every Mapping (BufferError while views live)." },
     { "bind", xmc_py_bind, METH_VARARGS,
       "bind(owner, fail, max_size, bucket_size, map_ptr, read, readinto, ram_addr, unlock, "
-      "map)\n--\n\nSet the MapCache and its checked methods." },
+      "map, map_sg)\n--\n\nSet the MapCache and its checked methods." },
     { "__reduce__", (PyCFunction)(void (*)(void))xmc_py_refuse_copy, METH_FASTCALL, NULL },
     { NULL, NULL, 0, NULL },
 };
@@ -1064,14 +1401,15 @@ static PyMethodDef xmc_py_adopted_def = {
 };
 
 /*
- * Make the two types, the Mapping one as a subclass of
- * xenmapcache.cache.Mapping, and put them and adopted() on the module
+ * Make the three types, Mapping and MappingGroup as subclasses of those of
+ * xenmapcache.cache, and put them and adopted() on the module
  * xenmapcache._core; 0 on success.
  */
 static int xmc_py_fast_install(void)
 {
     PyGILState_STATE gil = PyGILState_Ensure(); /* cffi released it for this call */
     PyObject *module = NULL, *api = NULL, *base = NULL, *bases = NULL, *fn = NULL;
+    PyObject *gbase = NULL, *gbases = NULL;
     PyObject *errors = NULL;
     int rc = -1;
 
@@ -1083,19 +1421,24 @@ static int xmc_py_fast_install(void)
         !(api = PyImport_ImportModule("xenmapcache.cache")) ||
         !(errors = PyImport_ImportModule("xenmapcache.errors")) ||
         !(base = PyObject_GetAttrString(api, "Mapping")) || !(bases = PyTuple_Pack(1, base)) ||
+        !(gbase = PyObject_GetAttrString(api, "MappingGroup")) ||
+        !(gbases = PyTuple_Pack(1, gbase)) ||
         !(xmc_py_closed_error = PyObject_GetAttrString(errors, "MapCacheError")))
         goto out;
     for (size_t i = 0; i < XMC_PY_NNAMES; i++)
         if (!xmc_py_interned[i] && !(xmc_py_interned[i] = PyUnicode_InternFromString(xmc_py_names[i])))
             goto out;
     xmc_py_mapping_type = (PyTypeObject *)PyType_FromSpecWithBases(&xmc_py_mapping_spec, bases);
+    xmc_py_group_type = (PyTypeObject *)PyType_FromSpecWithBases(&xmc_py_group_spec, gbases);
     xmc_py_cache_type = (PyTypeObject *)PyType_FromSpec(&xmc_py_cache_spec);
-    if (!xmc_py_mapping_type || !xmc_py_cache_type ||
+    if (!xmc_py_mapping_type || !xmc_py_group_type || !xmc_py_cache_type ||
         !(fn = PyCFunction_NewEx(&xmc_py_adopted_def, NULL, NULL)) ||
         PyObject_SetAttrString(module, "adopted", fn) < 0 ||
         PyObject_SetAttrString(module, "Mapping", (PyObject *)xmc_py_mapping_type) < 0 ||
+        PyObject_SetAttrString(module, "MappingGroup", (PyObject *)xmc_py_group_type) < 0 ||
         PyObject_SetAttrString(module, "NativeCache", (PyObject *)xmc_py_cache_type) < 0) {
         Py_CLEAR(xmc_py_mapping_type);
+        Py_CLEAR(xmc_py_group_type);
         Py_CLEAR(xmc_py_cache_type);
         goto out;
     }
@@ -1106,6 +1449,8 @@ out:
     Py_XDECREF(fn);
     Py_XDECREF(bases);
     Py_XDECREF(base);
+    Py_XDECREF(gbases);
+    Py_XDECREF(gbase);
     Py_XDECREF(errors);
     Py_XDECREF(api);
     Py_XDECREF(module);

@@ -20,6 +20,7 @@ U64 = 2**64
 def test_out_of_range_addresses_are_invalid(cache: Any, xmc: ModuleType, paddr: int) -> None:
     for call in (
         lambda: cache.map(paddr, 16),
+        lambda: cache.map_sg([(0, 16), (paddr, 16)]),
         lambda: cache.map_ptr(paddr),
         lambda: cache.read(paddr, 1),
         lambda: cache.readinto(paddr, bytearray(1)),
@@ -40,6 +41,12 @@ def test_wrap_around_and_oversized_requests(cache: Any, xmc: ModuleType) -> None
     with pytest.raises(xmc.InvalidAddress):
         cache.map(0, cache.max_size + 1)
     with pytest.raises(xmc.InvalidAddress):
+        cache.map_sg([(0, 16), (U64 - 16, 32)])
+    with pytest.raises(xmc.InvalidAddress):
+        cache.map_sg([(0, cache.max_size + 1)])
+    with pytest.raises(xmc.MappingError):
+        cache.map_sg([(0, 16), (U64 - 16, 16)])  # in range, but not RAM: the first is undone
+    with pytest.raises(xmc.InvalidAddress):
         cache.read(U64 - 1, 2)
     with pytest.raises(xmc.InvalidAddress):
         cache.readinto(U64 - 1, bytearray(2))
@@ -57,6 +64,9 @@ def test_wrong_types_are_type_errors(cache: Any, bad: Any) -> None:
     for call in (
         lambda: cache.map(bad, 16),
         lambda: cache.map(0, bad),
+        lambda: cache.map_sg([(0, 16), (bad, 16)]),
+        lambda: cache.map_sg([(0, bad)]),
+        lambda: cache.map_sg(bad),
         lambda: cache.map_ptr(bad),
         lambda: cache.read(bad, 1),
         lambda: cache.readinto(bad, bytearray(1)),
@@ -130,6 +140,7 @@ def test_a_closed_cache_refuses_everything(xmc: ModuleType, ram: Any) -> None:
     m.release()  # nothing to do
     for call in (
         lambda: cache.map(0, 8),
+        lambda: cache.map_sg([(0, 8)]),
         lambda: cache.map_ptr(0),
         lambda: cache.read(0, 1),
         lambda: cache.readinto(0, bytearray(1)),

@@ -9,7 +9,7 @@ See README.md for the tour and DESIGN.md for the contract.
 """
 
 from .backends import CallbackBackend
-from .cache import LockedMapping, MapCache, Mapping, Stats
+from .cache import LockedMapping, MapCache, Mapping, MappingGroup, Stats
 from .errors import (
     BackendUnavailable,
     DMAMappingWarning,
@@ -34,6 +34,7 @@ __all__ = [
     "MapCache",
     "MapCacheError",
     "Mapping",
+    "MappingGroup",
     "MappingError",
     "Stats",
     "UnknownMapping",

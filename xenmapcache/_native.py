@@ -171,11 +171,17 @@ class NativeCore:
             if live is None:
                 raise MapCacheError("the cache is gone")
             live._check_open()
-            where = f"{paddr:#x}+{size:#x}" if what in ("map", "read") else f"{paddr:#x}"
+            if what in ("map_sg", "unlock_sg"):  # paddr is the number of segments
+                where = f"of {paddr} segment(s)"
+            else:
+                where = f"{paddr:#x}+{size:#x}" if what in ("map", "read") else f"{paddr:#x}"
             core: NativeCore = live._core
             core._fail(rc, f"{what} {where}")
 
-        checked = MapCache.map_ptr, MapCache.read, MapCache.readinto, MapCache.ram_addr, MapCache.unlock, MapCache.map
+        checked = (
+            MapCache.map_ptr, MapCache.read, MapCache.readinto, MapCache.ram_addr, MapCache.unlock, MapCache.map,
+            MapCache.map_sg,
+        )
         native.bind(owner, fail, cache.max_size, 1 << cache.bucket_shift, *checked)
         return native
 
@@ -184,7 +190,7 @@ class NativeCore:
         native = self._native
         if native is None:
             return {}
-        return {name: getattr(native, name) for name in ("map_ptr", "read", "readinto", "ram_addr", "unlock", "map")}
+        return {name: getattr(native, name) for name in ("map_ptr", "read", "readinto", "ram_addr", "unlock", "map", "map_sg")}
 
     def map(self, paddr: int, size: int, flags: int, tag: int) -> int:
         # The address comes back as the return value: nothing shared between threads.
@@ -192,6 +198,23 @@ class NativeCore:
         if not address:
             self._fail(self._lib.xmc_py_last_error(), f"map {paddr:#x}+{size:#x}")
         return address
+
+    def map_sg(self, segments: list[tuple[int, int]], flags: int, tag: int) -> list[int]:
+        """One locked mapping per ``(paddr, size)``, all or nothing; their host addresses."""
+        ffi, n = self._ffi, len(segments)
+        segs, out = ffi.new("xmc_sg[]", segments), ffi.new("void *[]", n)
+        rc = self._lib.xmc_map_sg(self._c, segs, n, flags, tag, out)
+        if rc:
+            self._fail(rc, f"map_sg of {n} segment(s)")
+        return [int(ffi.cast("uintptr_t", p)) for p in out]
+
+    def unlock_sg(self, addresses: list[int], tag: int) -> None:
+        """Unlock one mapping with ``tag`` at each address, all or nothing."""
+        ffi, n = self._ffi, len(addresses)
+        addrs = ffi.new("void *[]", [ffi.cast("void *", a) for a in addresses])
+        rc = self._lib.xmc_unlock_sg(self._c, addrs, n, tag)
+        if rc:
+            self._fail(rc, f"unlock_sg of {n} segment(s)")
 
     def unlock(self, address: int, tag: int) -> None:
         rc = self._lib.xmc_py_unlock(self._c, address, tag)

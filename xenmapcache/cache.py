@@ -15,12 +15,13 @@ they hand straight to the method here, which checks and raises.
 
 from __future__ import annotations
 
+import collections.abc
 import itertools
 import logging
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,7 @@ Translate = Callable[[int, int], int]
 Backend = GuestRAM | XenForeignMemory | CallbackBackend
 # A raw record (map_ptr with lock=True) carries this tag id; Mappings get their own.
 RAW = 0
+SG_MAX = 65536  # XMC_SG_MAX: segments in one map_sg
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,60 @@ class Mapping:
         self.release()
 
 
+class MappingGroup:
+    """The Mappings of one :meth:`MapCache.map_sg` call: a sequence of :class:`Mapping`.
+
+    ``len(g)``, ``g[i]``, iteration; :meth:`buffers` gives one writable
+    memoryview per mapping for vectored I/O (``os.preadv``, ``os.pwritev``,
+    ``socket.recvmsg_into``, ``socket.sendmsg``); :meth:`release` (or the end
+    of a ``with`` block) unlocks them all in one core call, all or nothing.
+    Each mapping can also be released on its own.  Every buffer rule of
+    :class:`Mapping` holds for every view: :meth:`release` raises
+    ``BufferError``, releasing none, while a view of any of them is alive
+    (the list :meth:`buffers` returns holds one view each until it goes).
+    """
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        def __len__(self) -> int: ...
+
+        def __getitem__(self, index: int) -> Mapping: ...
+
+        def __iter__(self) -> Iterator[Mapping]: ...
+
+    @property
+    def released(self) -> bool:
+        """Whether every mapping of the group was released (or its cache closed)."""
+        raise NotImplementedError
+
+    def buffers(self) -> list[memoryview]:
+        """One writable 1-D memoryview (format 'B') per mapping, in order.
+
+        Each is an export of its mapping: release the views (or drop the
+        list) before :meth:`release`.  Costs one memoryview per mapping.
+        """
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Unlock every mapping of the group still locked, in one core call.
+
+        A second call does nothing.  Raises ``BufferError`` (and releases
+        none) while a memoryview of any of them is alive.
+        """
+        raise NotImplementedError
+
+    def __enter__(self) -> MappingGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+collections.abc.Sequence.register(MappingGroup)
+
+
 class _PyMapping(Mapping):
     """The Python ``Mapping``, kept by a :class:`_PyRegistry` (PEP 688 buffer)."""
 
@@ -169,6 +225,45 @@ class _PyMapping(Mapping):
         return f"<Mapping paddr={self.paddr:#x} size={self.size:#x} dma={self.dma} tag={self.tag!r} {state}>"
 
 
+class _PyMappingGroup(MappingGroup):
+    """The Python ``MappingGroup``, kept by a :class:`_PyRegistry`."""
+
+    __slots__ = ("_reg", "_items", "_id")
+
+    def __init__(self, reg: _PyRegistry, items: tuple[_PyMapping, ...], ident: int) -> None:
+        self._reg = reg
+        self._items = items
+        self._id = ident
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._items[index]
+
+    def __iter__(self) -> Iterator[Mapping]:
+        return iter(self._items)
+
+    @property
+    def released(self) -> bool:
+        """Whether every mapping of the group was released (or its cache closed)."""
+        return all(m._released for m in self._items)
+
+    def buffers(self) -> list[memoryview]:
+        """One writable memoryview per mapping, in order."""
+        return [memoryview(m) for m in self._items]
+
+    def release(self) -> None:
+        """Unlock every mapping still locked, all or nothing (BufferError while views live)."""
+        self._reg.release_group(self)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("cannot pickle or copy a MappingGroup: it owns locks on guest memory")
+
+    def __repr__(self) -> str:
+        return f"<MappingGroup of {len(self._items)}: {self._items!r}>"
+
+
 class _PyRegistry:
     """The live Mappings of one cache, in Python (the reference core, and the
     C core where the binding has no types of its own: not CPython).
@@ -182,7 +277,7 @@ class _PyRegistry:
     def __init__(self, core: Any) -> None:
         self.core = core
         self.lock = threading.Lock()
-        self._mappings: dict[int, _PyMapping] = {}  # tag id -> Mapping, oldest first
+        self._mappings: dict[_PyMapping, None] = {}  # the live Mappings, oldest first
         self._ids = itertools.count(1)
         self._closed = False
 
@@ -191,12 +286,12 @@ class _PyRegistry:
         with self.lock:
             if self._closed:
                 raise MapCacheError("the cache is closed")
-            self._mappings[m._id] = m  # before the call: invalidate() may list it at once
+            self._mappings[m] = None  # before the call: invalidate() may list it at once
         try:
             m.address = self.core.map(paddr, size, LOCK | (DMA if dma else 0), m._id)
         except BaseException:
             with self.lock:
-                self._mappings.pop(m._id, None)
+                self._mappings.pop(m, None)
             raise
         with self.lock:
             if self._closed:  # closed while we mapped: the core has unmapped it
@@ -211,16 +306,61 @@ class _PyRegistry:
             if m._exports:
                 raise BufferError(f"{m._exports} memoryview(s) of the mapping are still alive")
             m._released = True
-            self._mappings.pop(m._id, None)
+            self._mappings.pop(m, None)
         self.core.unlock(m.address, m._id)
+
+    def map_sg(self, segments: list[tuple[int, int]], dma: bool, tag: Any) -> MappingGroup:
+        ident = next(self._ids)  # one tag id for the batch, as the core's batch takes
+        items = tuple(_PyMapping(self, ident, paddr, size, dma, tag) for paddr, size in segments)
+        with self.lock:
+            if self._closed:
+                raise MapCacheError("the cache is closed")
+            self._mappings.update(dict.fromkeys(items))
+        try:
+            addresses = self.core.map_sg(segments, LOCK | (DMA if dma else 0), ident)
+        except BaseException:
+            with self.lock:
+                for m in items:
+                    self._mappings.pop(m, None)
+            raise
+        for m, address in zip(items, addresses, strict=True):
+            m.address = address
+        with self.lock:
+            if self._closed:  # closed while we mapped: the core has unmapped them
+                for m in items:
+                    m._released = True
+                raise MapCacheError("the cache was closed")
+        return _PyMappingGroup(self, items, ident)
+
+    def release_group(self, g: _PyMappingGroup) -> None:
+        with self.lock:
+            live = [m for m in g._items if not m._released]
+            busy = sum(1 for m in live if m._exports)
+            if busy:
+                raise BufferError(f"memoryviews of {busy} mapping(s) of the group are still alive")
+            if not live:
+                return
+            for m in live:
+                m._released = True
+                self._mappings.pop(m, None)
+        try:
+            self.core.unlock_sg([m.address for m in live], g._id)
+        except BaseException:
+            with self.lock:
+                if self._closed:  # closed meanwhile: unmapped already
+                    return
+                for m in live:  # nothing was unlocked: as it was
+                    m._released = False
+                    self._mappings[m] = None
+            raise
 
     def tags(self) -> dict[int, Any]:
         with self.lock:
-            return {ident: m.tag for ident, m in self._mappings.items()}
+            return {m._id: m.tag for m in self._mappings}
 
     def release_at(self, address: int) -> bool:
         with self.lock:
-            holders = [m for m in self._mappings.values() if m.address == address]
+            holders = [m for m in self._mappings if m.address == address]
             idle = [m for m in holders if not m._exports]
         if idle:
             idle[-1].release()
@@ -231,18 +371,18 @@ class _PyRegistry:
 
     def mappings(self) -> list[Mapping]:
         with self.lock:
-            return list(self._mappings.values())
+            return list(self._mappings)
 
     def set_paddr(self, m: _PyMapping, paddr: int) -> None:
         m.paddr = paddr
 
     def close_registry(self) -> None:
         with self.lock:
-            busy = [m for m in self._mappings.values() if m._exports]
+            busy = [m for m in self._mappings if m._exports]
             if busy:
                 raise BufferError(f"{len(busy)} mapping(s) still have memoryviews alive")
             self._closed = True
-            for m in self._mappings.values():
+            for m in self._mappings:
                 m._released = True
             self._mappings.clear()
 
@@ -305,6 +445,30 @@ class MapCache:
         self._check_open()
         paddr, size = check_range(paddr, size, self.max_size)
         return self._reg.map(paddr, size, bool(dma), tag)  # type: ignore[no-any-return]
+
+    def map_sg(self, segments: Iterable[tuple[int, int]], dma: bool = False, tag: Any = None) -> MappingGroup:
+        """Map every ``(paddr, size)`` of ``segments`` locked, in one core call; returns a :class:`MappingGroup`.
+
+        Scatter-gather DMA: ``with cache.map_sg(sg, dma=True) as g:
+        os.preadv(fd, g.buffers(), offset)``.  All or nothing: when a segment
+        cannot be mapped, none stays locked and the statistics move only as
+        that segment's failed map would.  Every mapping of the batch carries
+        ``tag`` (:meth:`locked` and :meth:`invalidate` name each by it).
+        Raises ``TypeError`` unless segments are pairs of ints,
+        ``InvalidAddress`` for an empty batch, more than 65,536 segments or a
+        segment out of range (checked before anything is mapped), and what
+        :meth:`map` raises.  On the C core (CPython) a builtin serves a list
+        or tuple of int pairs with no Python frame.
+        """
+        self._check_open()
+        checked = []
+        for segment in segments:
+            if not isinstance(segment, tuple | list) or len(segment) != 2:
+                raise TypeError(f"a segment must be a (paddr, size) pair, not {segment!r}")
+            checked.append(check_range(segment[0], segment[1], self.max_size))
+        if not 0 < len(checked) <= SG_MAX:
+            raise InvalidAddress(f"map_sg takes 1 to {SG_MAX} segments, not {len(checked)}")
+        return self._reg.map_sg(checked, bool(dma), tag)  # type: ignore[no-any-return]
 
     def map_ptr(self, paddr: int, size: int = 0, lock: bool = False, dma: bool = False) -> int:
         """Map like QEMU's ``xen_map_cache``: returns the host address as an int."""

@@ -40,7 +40,7 @@ from typing import Any, NoReturn
 from . import cache as _cache
 from .backends import CallbackBackend
 from . import errors as _errors
-from .cache import LockedMapping, Mapping, Stats
+from .cache import LockedMapping, Mapping, MappingGroup, Stats
 from .errors import *  # noqa: F403 - the very exception classes of the package
 from .errors import BackendUnavailable, InvalidAddress, LockOverflow, MapCacheError, MappingError, UnknownMapping
 from ._version import __version__
@@ -55,6 +55,7 @@ __all__ = [
     "LockedMapping",
     "MapCache",
     "Mapping",
+    "MappingGroup",
     "Stats",
     "XenForeignMemory",
     "__version__",
@@ -77,6 +78,7 @@ _MESSAGES: dict[int, str] = {
 }
 
 MAX_SLOTS = 1 << 24  # XMC_MAX_SLOTS
+SG_MAX = 65536  # XMC_SG_MAX
 U64_MAX = (1 << 64) - 1
 PFN_LIMIT = 1 << (64 - PAGE_SHIFT)  # pages in the 64-bit guest-physical space
 
@@ -683,6 +685,60 @@ class _PyCore:
         if rc != OK:
             _raise(rc, f"map {paddr:#x}+{size:#x}", cause or self._take_error())
         return address
+
+    def _map_sg_locked(self, segs: list[tuple[int, int]], flags: int, tag: int) -> tuple[int, list[int], BaseException | None]:
+        """``map_sg_locked``: every segment as ``_map_locked`` would, all or nothing."""
+        if not 0 < len(segs) <= SG_MAX:
+            return EINVAL, [], None
+        for paddr, size in segs:
+            if not _range_ok(paddr, size) or size > self._max_size:
+                return EINVAL, [], None
+        st = self._st
+        start = (st.hits, st.misses, st.remaps)
+        done: list[int] = []
+        for paddr, size in segs:
+            before = (st.hits, st.misses, st.remaps)
+            rc, address, cause = self._map_locked(paddr, size, flags | _cache.LOCK, tag)
+            if rc != OK:
+                for a in reversed(done):  # undo, newest first
+                    r = self._record_find(a, tag)
+                    if r is not None:
+                        self._record_del(r)
+                # Only what the failing segment's own attempt moved stays counted.
+                st.hits -= before[0] - start[0]
+                st.misses -= before[1] - start[1]
+                st.remaps -= before[2] - start[2]
+                return rc, [], cause
+            done.append(address)
+        return OK, done, None
+
+    def map_sg(self, segments: list[tuple[int, int]], flags: int, tag: int) -> list[int]:
+        """One locked mapping per ``(paddr, size)``, all or nothing; their host addresses."""
+        with _entered(self._st, self._lock, "map_sg"):
+            self._check_open()
+            rc, addresses, cause = self._map_sg_locked(segments, flags, tag)
+        if rc != OK:
+            _raise(rc, f"map_sg of {len(segments)} segment(s)", cause or self._take_error())
+        return addresses
+
+    def unlock_sg(self, addresses: list[int], tag: int) -> None:
+        """Unlock the newest mapping with ``tag`` at each address, all or nothing
+        (an address listed k times needs k of them)."""
+        with _entered(self._st, self._lock, "unlock_sg"):
+            self._check_open()
+            rc = EINVAL if not 0 < len(addresses) <= SG_MAX else OK
+            claimed: list[_Rec] = []
+            for a in addresses if rc == OK else ():
+                r = next((r for r in reversed(self._st.rev.get(a, ())) if r.tag == tag and r not in claimed), None)
+                if r is None:
+                    rc = ENOENT
+                    break
+                claimed.append(r)
+            if rc == OK:
+                for r in claimed:
+                    self._record_del(r)
+        if rc != OK:
+            _raise(rc, f"unlock_sg of {len(addresses)} segment(s)")
 
     def unlock(self, address: int, tag: int) -> None:
         """Drop the newest locked mapping at exactly ``address`` that carries ``tag``."""
