@@ -148,6 +148,7 @@ struct xmc_cache {
     uint32_t newest;
     uint32_t lock_limit;
     bool dummy;
+    bool grants; /* grant rules: locked requests only, unmapped at the last unlock */
     bool closed;
     xmc_translate_fn translate;
     void *translate_opaque;
@@ -169,6 +170,7 @@ const char *xmc_strerror(int err)
     case XMC_ECLOSED: return "the cache is closed";
     case XMC_EAGAIN: return "the call would have to wait";
     case XMC_EREENTER: return "called from inside one of the cache's own backend callbacks";
+    case XMC_EGRANT: return "not allowed on a grant cache (locked requests only, no replace)";
     default: return "unknown error";
     }
 }
@@ -496,7 +498,7 @@ static int find_or_map(xmc_cache *c, uint64_t index, uint64_t size,
             *out = e;
             return XMC_OK;
         }
-        if (!reuse && e->lock == 0)
+        if (!reuse && e->lock == 0 && !c->grants)
             reuse = e;
     }
     if (nowait) /* a miss reaches the backend */
@@ -511,8 +513,11 @@ static int find_or_map(xmc_cache *c, uint64_t index, uint64_t size,
     }
     if (rc != XMC_OK)
         return rc;
-    if (!pages_valid(e, first, n))
+    if (!pages_valid(e, first, n)) {
+        if (c->grants) /* a grant entry lives only while locked */
+            entry_destroy(c, e);
         return XMC_EMAP;
+    }
     *out = e;
     return XMC_OK;
 }
@@ -647,6 +652,18 @@ static void record_del(xmc_cache *c, uint32_t *link)
         c->st.dma_locked--;
     r->hnext = c->free_ids;
     c->free_ids = id;
+}
+
+/* record_del(), then the grant rule: an entry whose last lock went is unmapped
+ * at once (XMC_ESYS when the backend fails to; the lock is gone all the same). */
+static int record_drop(xmc_cache *c, uint32_t *link)
+{
+    xmc_entry *e = rec(c, *link)->e;
+
+    record_del(c, link);
+    if (c->grants && e->lock == 0)
+        return entry_destroy(c, e) == XMC_OK ? XMC_OK : XMC_ESYS;
+    return XMC_OK;
 }
 
 static uint64_t entry_paddr(const xmc_cache *c, const xmc_entry *e, uintptr_t addr)
@@ -824,6 +841,22 @@ int xmc_cache_set_dummy(xmc_cache *c, bool on)
     LOCKED_CALL(c, set_dummy_locked(c, on));
 }
 
+static int set_grants_locked(xmc_cache *c, bool on)
+{
+    if (on == c->grants)
+        return XMC_OK;
+    /* Page-granular entries only; and no entry may predate the rules. */
+    if ((on && c->shift != XMC_PAGE_SHIFT) || c->st.misses)
+        return XMC_EINVAL;
+    c->grants = on;
+    return XMC_OK;
+}
+
+int xmc_cache_set_grants(xmc_cache *c, bool on)
+{
+    LOCKED_CALL(c, set_grants_locked(c, on));
+}
+
 static int set_translate_locked(xmc_cache *c, xmc_translate_fn fn, void *opaque)
 {
     c->translate = fn;
@@ -932,6 +965,8 @@ XMC_NOINLINE static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size,
 
     if (!xmc_range_ok(paddr, size) || size > c->max_size)
         return XMC_EINVAL;
+    if (c->grants && !lock)
+        return XMC_EGRANT;
     if (lock && c->lock_limit == 0)
         return XMC_EOVERFLOW; /* before any lookup: nothing changes */
     for (;;) {
@@ -972,11 +1007,15 @@ XMC_NOINLINE static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size,
         }
         rc = record_add(c, e, (uintptr_t)(e->vaddr + offset), size, tag,
                         flags & XMC_DMA);
-        if (rc != XMC_OK)
+        if (rc != XMC_OK) {
+            if (c->grants && e->lock == 0) /* just mapped for this request */
+                entry_destroy(c, e);
             return rc;
+        }
         e->lock++;
     }
-    c->last = e;
+    if (!c->grants) /* a grant entry may go at any unlock: never the fast path's */
+        c->last = e;
     *out = e->vaddr + offset;
     return XMC_OK;
 }
@@ -1044,7 +1083,7 @@ static int map_sg_locked(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned fl
     while (i--) {
         uint32_t *link = record_find(c, (uintptr_t)addrs[i], true, tag);
         if (link)
-            record_del(c, link);
+            (void)record_drop(c, link); /* the batch's own error is the one to report */
     }
     c->st.hits -= before.hits;
     c->st.misses -= before.misses;
@@ -1111,6 +1150,7 @@ static uint32_t *record_find_claimed(xmc_cache *c, uintptr_t addr, uint64_t tag,
 static int unlock_sg_locked(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag)
 {
     size_t i;
+    int rc = XMC_OK;
 
     for (i = 0; i < n; i++) {
         uint32_t *link = record_find_claimed(c, (uintptr_t)addrs[i], tag, false);
@@ -1127,8 +1167,9 @@ static int unlock_sg_locked(xmc_cache *c, void *const *addrs, size_t n, uint64_t
         return XMC_ENOENT;
     }
     for (i = 0; i < n; i++)
-        record_del(c, record_find_claimed(c, (uintptr_t)addrs[i], tag, true));
-    return XMC_OK;
+        if (record_drop(c, record_find_claimed(c, (uintptr_t)addrs[i], tag, true)) != XMC_OK)
+            rc = XMC_ESYS;
+    return rc;
 }
 
 int xmc_unlock_sg(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag)
@@ -1142,37 +1183,44 @@ int xmc_unlock_sg_nowait(xmc_cache *c, void *const *addrs, size_t n, uint64_t ta
 {
     if (!addrs || n == 0 || n > XMC_SG_MAX)
         return XMC_EINVAL;
-    LOCKED_CALL_IF(c, false, unlock_sg_locked(c, addrs, n, tag));
+    /* Under grant rules a last unlock reaches the backend: the waiting call does it. */
+    LOCKED_CALL_IF(c, false, c->grants ? XMC_EAGAIN : unlock_sg_locked(c, addrs, n, tag));
 }
 
 /* ---- unlock and reverse lookup ------------------------------------------ */
 
+/* Under grant rules the last unlock of an entry unmaps it: then XMC_ESYS
+ * when the backend fails to (the lock is gone all the same), or, when
+ * `nowait`, XMC_EAGAIN with nothing done, since the backend would run. */
 static int unlock_locked(xmc_cache *c, uintptr_t addr, bool by_tag, uint64_t tag,
-                         uint64_t *tag_out)
+                         uint64_t *tag_out, bool nowait)
 {
     uint32_t *link = record_find(c, addr, by_tag, tag);
+    xmc_entry *e;
 
     if (!link)
         return XMC_ENOENT;
+    e = rec(c, *link)->e;
+    if (nowait && c->grants && e->lock == 1)
+        return XMC_EAGAIN;
     if (tag_out)
         *tag_out = rec(c, *link)->tag;
-    record_del(c, link);
-    return XMC_OK;
+    return record_drop(c, link);
 }
 
 int xmc_unlock(xmc_cache *c, const void *addr, uint64_t *tag_out)
 {
-    LOCKED_CALL(c, unlock_locked(c, (uintptr_t)addr, false, 0, tag_out));
+    LOCKED_CALL(c, unlock_locked(c, (uintptr_t)addr, false, 0, tag_out, false));
 }
 
 int xmc_unlock_tag(xmc_cache *c, const void *addr, uint64_t tag)
 {
-    LOCKED_CALL(c, unlock_locked(c, (uintptr_t)addr, true, tag, NULL));
+    LOCKED_CALL(c, unlock_locked(c, (uintptr_t)addr, true, tag, NULL, false));
 }
 
 int xmc_unlock_tag_nowait(xmc_cache *c, const void *addr, uint64_t tag)
 {
-    LOCKED_CALL_IF(c, false, unlock_locked(c, (uintptr_t)addr, true, tag, NULL));
+    LOCKED_CALL_IF(c, false, unlock_locked(c, (uintptr_t)addr, true, tag, NULL, true));
 }
 
 static int ram_addr_locked(xmc_cache *c, const void *addr, uint64_t *out)
@@ -1278,6 +1326,8 @@ static int replace_locked(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
     if (!xmc_range_ok(old_paddr, size) || !xmc_range_ok(new_paddr, size) ||
         size > c->max_size)
         return XMC_EINVAL;
+    if (c->grants) /* a grant entry is never remapped in place */
+        return XMC_EGRANT;
     if (size) {
         cache_size = (offset + size + c->bucket_size - 1) & ~(c->bucket_size - 1);
         n = ((new_paddr & (XMC_PAGE_SIZE - 1)) + size + XMC_PAGE_SIZE - 1) >> XMC_PAGE_SHIFT;
@@ -1342,37 +1392,82 @@ int xmc_locked(xmc_cache *c, xmc_record **out, size_t *n)
     LOCKED_CALL(c, records_copy(c, false, out, n));
 }
 
+/* The bytes of a copy at paddr (n left) that one map serves: one bucket's,
+ * at most max_size of them (map_locked refuses more, even in one bucket). */
+static size_t copy_chunk(const xmc_cache *c, uint64_t paddr, size_t n)
+{
+    uint64_t room = c->bucket_size - (paddr & (c->bucket_size - 1));
+    size_t chunk = n < room ? n : (size_t)room;
+
+    return chunk > c->max_size ? (size_t)c->max_size : chunk;
+}
+
+#define PIECES_ON_STACK 16
+
+/*
+ * Copy n bytes between buf and guest memory, all or nothing: every chunk is
+ * mapped first, its entry pinned (lock count raised, no record) so that a
+ * later chunk cannot remap it, and only then is a byte copied.  A failure
+ * leaves guest memory and buf untouched.
+ */
 static int copy_locked(xmc_cache *c, uint64_t paddr, uint8_t *buf, size_t n,
                        bool to_guest, unsigned flags)
 {
-    uint64_t first_room = c->bucket_size - (paddr & (c->bucket_size - 1));
+    struct piece { xmc_entry *e; uint8_t *p; size_t len; uint64_t index; uint32_t flags; }
+        stack[PIECES_ON_STACK];
+    struct piece *pieces = stack;
+    size_t count = 0, pinned = 0, chunk;
+    void *p;
+    int rc = XMC_OK;
 
     if (!xmc_range_ok(paddr, n))
         return XMC_EINVAL;
+    if (n == 0)
+        return XMC_OK;
+    chunk = copy_chunk(c, paddr, n);
     /* Without waiting, one bucket only: a later one could miss after the
      * first was counted as a hit, and the waiting retry would count it twice. */
-    if ((flags & MAP_NOWAIT) && (n > first_room || n > c->max_size))
+    if ((flags & MAP_NOWAIT) && chunk < n)
         return XMC_EAGAIN;
-    while (n) {
-        uint64_t room = c->bucket_size - (paddr & (c->bucket_size - 1));
-        size_t chunk = n < room ? n : (size_t)room;
-
-        if (chunk > c->max_size) /* map_locked refuses more, even in one bucket */
-            chunk = (size_t)c->max_size;
-        void *p;
-        int rc = map_locked(c, paddr, chunk, flags, 0, &p);
-
-        if (rc != XMC_OK)
+    if (chunk == n) { /* the common case: one map, nothing to pin */
+        if ((rc = map_locked(c, paddr, n, flags, 0, &p)) != XMC_OK)
             return rc;
-        if (to_guest)
-            memcpy(p, buf, chunk);
-        else
-            memcpy(buf, p, chunk);
-        buf += chunk;
-        paddr += chunk;
-        n -= chunk;
+        memcpy(to_guest ? p : buf, to_guest ? buf : p, n);
+        return XMC_OK;
     }
-    return XMC_OK;
+    for (uint64_t at = paddr, left = n; left; at += chunk, left -= chunk, count++)
+        chunk = copy_chunk(c, at, (size_t)left);
+    if (count > PIECES_ON_STACK && !(pieces = calloc(count, sizeof(*pieces))))
+        return XMC_ENOMEM;
+again:
+    for (uint64_t at = paddr, left = n; left; at += chunk, left -= chunk) {
+        chunk = copy_chunk(c, at, (size_t)left);
+        if ((rc = map_locked(c, at, chunk, flags, 0, &p)) != XMC_OK)
+            break;
+        if (c->last->lock == UINT32_MAX) { /* no room to pin it */
+            rc = XMC_EOVERFLOW;
+            break;
+        }
+        c->last->lock++;
+        pieces[pinned++] = (struct piece){ c->last, p, chunk, c->last->index, c->last->flags };
+    }
+    /* translate runs with the mutex dropped: meanwhile another thread may
+     * have replaced a pinned entry (moved it to other guest pages).  Then
+     * start again, so the copy sees one consistent state. */
+    for (size_t i = 0; rc == XMC_OK && i < pinned; i++)
+        if (pieces[i].e->index != pieces[i].index || pieces[i].e->flags != pieces[i].flags) {
+            while (pinned)
+                pieces[--pinned].e->lock--;
+            goto again;
+        }
+    for (size_t i = 0; rc == XMC_OK && i < pinned; buf += pieces[i].len, i++)
+        memcpy(to_guest ? pieces[i].p : buf, to_guest ? buf : pieces[i].p, pieces[i].len);
+    /* A cache closed while translate ran has freed every entry, pinned or not. */
+    for (size_t i = 0; i < pinned && !c->closed; i++)
+        pieces[i].e->lock--;
+    if (pieces != stack)
+        free(pieces);
+    return rc;
 }
 
 int xmc_read(xmc_cache *c, uint64_t paddr, void *buf, size_t n)

@@ -13,6 +13,12 @@
  * Every function returns XMC_OK or a negative XMC_E* code (see xmc_strerror);
  * nothing here aborts, exits or prints.  Each cache is serialised by its own
  * mutex; distinct caches share nothing.  Include this header alone.
+ *
+ * Each declaration below says what it does, its errors and its cost.  Every
+ * call on a cache can also fail with XMC_EINVAL (a NULL cache or out-pointer),
+ * XMC_ECLOSED (after xmc_cache_close()) and XMC_EREENTER (made from the
+ * cache's own backend map or unmap); a call that fails changes nothing.  The
+ * contract is docs/contract.md; docs/c-api.md renders these comments.
  */
 #ifndef XENMAPCACHE_H
 #define XENMAPCACHE_H
@@ -27,7 +33,7 @@ extern "C" {
 
 /* cdef-begin: build_ffi.py hands the text up to cdef-end to cffi. */
 
-/* Status codes. */
+/* Status codes: what every function returns (0 or one of the negative codes). */
 #define XMC_OK 0
 #define XMC_ENOMEM -1    /* out of memory */
 #define XMC_EINVAL -2    /* invalid argument or address */
@@ -39,7 +45,9 @@ extern "C" {
 #define XMC_ECLOSED -8   /* the cache was closed */
 #define XMC_EAGAIN -9    /* a _nowait call would have had to wait; nothing was done */
 #define XMC_EREENTER -10 /* called from inside the cache's own backend callback */
+#define XMC_EGRANT -12   /* not allowed on a grant cache: an unlocked request, replace */
 
+/* Limits: pages are 4 KiB; a bucket is 2**12 to 2**32 bytes; at most 16 Mi slots. */
 #define XMC_PAGE_SHIFT 12
 #define XMC_MIN_BUCKET_SHIFT 12
 #define XMC_MAX_BUCKET_SHIFT 32
@@ -49,6 +57,7 @@ extern "C" {
 #define XMC_LOCK 1 /* pin the entry and leave a reverse record */
 #define XMC_DMA 2  /* the locked mapping is a DMA transfer ([b]) */
 
+/* Opaque handles: a cache, guest RAM in a memfd, a Xen domain's memory. */
 typedef struct xmc_cache xmc_cache;
 typedef struct xmc_ram xmc_ram;
 typedef struct xmc_xen xmc_xen;
@@ -74,6 +83,11 @@ typedef struct xmc_backend {
     void (*release)(void *opaque);
 } xmc_backend;
 
+/*
+ * The translate hook of xmc_cache_set_translate(): store in *out the guest
+ * address to retry a failed request at, and return XMC_OK (or an error, which
+ * the failed request then returns).
+ */
 typedef int (*xmc_translate_fn)(void *opaque, uint64_t paddr, uint64_t size,
                                 uint64_t *out);
 
@@ -86,6 +100,7 @@ typedef struct xmc_record {
     bool dma;
 } xmc_record;
 
+/* The counters of xmc_stats_get(); a refused call moves none of them. */
 typedef struct xmc_stats {
     uint64_t hits;          /* requests served by an entry already mapped */
     uint64_t misses;        /* requests that had to map */
@@ -104,18 +119,55 @@ typedef struct xmc_memory {
     uint64_t slot_bytes;   /* the cache itself and its hash slots */
 } xmc_memory;
 
+/*
+ * A static string naming status code err ("unknown error" for a code that is
+ * not one).  It never fails.  Cost: O(1).
+ */
 const char *xmc_strerror(int err);
 
-/* Guest RAM in a Linux memfd: the embedded backend. */
+/*
+ * Guest RAM in a Linux memfd: the embedded backend.  xmc_ram_new() makes
+ * `size` bytes of zeroed RAM (a positive multiple of 4096); xmc_ram_open()
+ * copies a raw RAM image file into a new memfd (its size rounded up to whole
+ * pages); xmc_ram_new_fd() uses an existing file of at least `size` bytes,
+ * whose descriptor it duplicates.  Errors: XMC_EINVAL (a NULL pointer, a size
+ * of 0 or not page-aligned, a file shorter than size), XMC_ESYS (memfd_create,
+ * ftruncate, dup or the copy failed: see errno), XMC_ENOMEM.  Cost: one memfd;
+ * the kernel allocates pages as they are touched; xmc_ram_open() copies the
+ * image once.
+ */
 int xmc_ram_new(uint64_t size, xmc_ram **out);
 int xmc_ram_open(const char *path, xmc_ram **out); /* copy of a raw RAM image */
 /* RAM in an existing file of at least `size` bytes (the fd is duplicated). */
 int xmc_ram_new_fd(int fd, uint64_t size, xmc_ram **out);
+/*
+ * Declare [start, end) not RAM (a PCI hole, say): its pages come back from the
+ * backend as per-page errors and are mapped with no access.  Add holes before
+ * a cache uses the RAM.  Errors: XMC_EINVAL (NULL, start >= end), XMC_ENOMEM.
+ * Cost: O(1); the backend checks each map against every hole.
+ */
 int xmc_ram_add_hole(xmc_ram *ram, uint64_t start, uint64_t end); /* [start, end) */
+/* The size of guest RAM in *out.  Errors: XMC_EINVAL (NULL).  Cost: O(1). */
 int xmc_ram_size(const xmc_ram *ram, uint64_t *out);
+/*
+ * Copy n bytes of guest RAM at paddr out of, or into, the memfd directly (no
+ * cache), all or nothing.  Errors: XMC_EINVAL (NULL, a range past the end of
+ * RAM), XMC_EMAP (the range touches a hole), XMC_ESYS (pread or pwrite
+ * failed).  Cost: pread/pwrite system calls and the copy.
+ */
 int xmc_ram_read(xmc_ram *ram, uint64_t paddr, void *buf, size_t n);
 int xmc_ram_write(xmc_ram *ram, uint64_t paddr, const void *buf, size_t n);
+/*
+ * The backend of the RAM, for xmc_cache_new(); it has retain and release, so
+ * a cache keeps the RAM alive.  NULL when ram is NULL; it never fails
+ * otherwise.  Cost: O(1).
+ */
 const xmc_backend *xmc_ram_backend(xmc_ram *ram);
+/*
+ * Drop the caller's reference (NULL is ignored); the memfd is closed when the
+ * last cache using it is freed too.  It never fails.  Cost: O(1), or the
+ * close and the hole list.
+ */
 void xmc_ram_free(xmc_ram *ram); /* caches using it keep it alive */
 
 /*
@@ -123,7 +175,14 @@ void xmc_ram_free(xmc_ram *ram); /* caches using it keep it alive */
  * is loaded at run time (no build-time dependency).  XMC_EUNAVAIL when the
  * library cannot be loaded or /dev/xen/privcmd is missing (not in a Xen
  * domain); xmc_xen_open() then writes into why[why_size] which it was, and
- * takes the library to load (NULL: "libxenforeignmemory.so.1").
+ * takes the library to load (NULL: "libxenforeignmemory.so.1").  The
+ * library's logger is replaced by a quiet one: nothing is printed.
+ * xmc_xen_backend() returns the backend for xmc_cache_new() (NULL for NULL);
+ * xmc_xen_free() drops the caller's reference (caches keep the handle).
+ * Errors: XMC_EUNAVAIL, XMC_EINVAL (a NULL out-pointer), XMC_ENOMEM; the
+ * backend's map fails with XMC_EMAP.  Cost: a dlopen and an open of the
+ * privcmd device, once per handle; each miss of a cache is one
+ * xenforeignmemory_map2 call (a hypercall).
  */
 int xmc_xen_new(uint32_t domid, xmc_xen **out);
 int xmc_xen_open(uint32_t domid, const char *library, char *why, size_t why_size,
@@ -134,7 +193,16 @@ void xmc_xen_free(xmc_xen *xen); /* caches using it keep it alive */
 /*
  * A cache over `be` (which must outlive the cache unless it has retain and
  * release).  bucket_shift 0 = default (20 on 64-bit hosts, 16 on 32-bit);
- * max_size 0 = default (32 GiB on 64-bit hosts, 2 GiB on 32-bit).
+ * max_size 0 = default (32 GiB on 64-bit hosts, 2 GiB on 32-bit).  max_size
+ * bounds one request and sets the slot count, ceil(max_size / bucket size).
+ * Errors: XMC_EINVAL (NULL out, a backend without map or unmap, a shift out of
+ * [XMC_MIN_BUCKET_SHIFT, XMC_MAX_BUCKET_SHIFT], more than XMC_MAX_SLOTS
+ * slots), XMC_ENOMEM.  Cost: one allocation of 8 bytes per slot (256 KiB for
+ * the defaults); nothing is mapped until the first request.
+ *
+ * xmc_cache_free() unmaps every entry, frees every record and releases the
+ * backend (NULL is ignored); no other thread may be using the handle.  It
+ * never fails (an unmap failure is dropped).  Cost: one unmap per live entry.
  */
 int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_size,
                   xmc_cache **out);
@@ -142,34 +210,106 @@ void xmc_cache_free(xmc_cache *c); /* unmaps everything */
 /*
  * Unmap everything and drop every record now, while other threads may still
  * hold the handle: their calls then fail with XMC_ECLOSED until the last user
- * calls xmc_cache_free().
+ * calls xmc_cache_free().  Errors: the common ones (a second close gives
+ * XMC_ECLOSED).  Cost: one unmap per live entry.
  */
 int xmc_cache_close(xmc_cache *c);
+/*
+ * Settings, safe at any time.  The lock limit caps each entry's lock count (a
+ * lock at the limit fails with XMC_EOVERFLOW; default UINT32_MAX).  Dummy mode
+ * (an incoming migration) maps anonymous memory where guest pages cannot be
+ * mapped, instead of failing.  The translate hook (NULL removes it) is called
+ * once, without the mutex, when a request's pages cannot be mapped, and the
+ * request is retried at the address it gives.  Errors: the common ones.
+ * Cost: O(1).
+ */
 int xmc_cache_set_lock_limit(xmc_cache *c, uint32_t limit);
 int xmc_cache_set_dummy(xmc_cache *c, bool on); /* incoming-migration mode */
 int xmc_cache_set_translate(xmc_cache *c, xmc_translate_fn fn, void *opaque);
+/*
+ * Grant rules, on any backend (QEMU's grant caches): only locked requests are
+ * served (an unlocked one, a read, a write or a replace fails with XMC_EGRANT
+ * and maps nothing); an entry is unmapped as soon as its last lock goes, so
+ * it is never kept for later hits, never remapped, never the fast path's last
+ * entry; invalidate reports DMA mappings in flight as on any cache.  Entries
+ * are page-granular: the cache must have bucket_shift 12 (else XMC_EINVAL).
+ * Set it before the first map (after one, changing it fails with XMC_EINVAL).
+ * Unlocking the last lock of an entry unmaps it through the backend: when
+ * that unmap fails the lock is gone all the same (the entry too, never
+ * retried) and xmc_unlock() returns XMC_ESYS; the _nowait unlock returns
+ * XMC_EAGAIN instead of unmapping.
+ */
+int xmc_cache_set_grants(xmc_cache *c, bool on); /* grant rules on any backend */
 
-/* Host address of paddr; flags XMC_LOCK, XMC_DMA; tag is kept in the record. */
+/*
+ * The host address of guest address paddr in *out (QEMU's xen_map_cache()).
+ * size 0 asks for one bucket.  flags: XMC_LOCK pins the entry and leaves a
+ * reverse record carrying tag, until xmc_unlock(); XMC_DMA marks that locked
+ * mapping as DMA (xmc_invalidate() reports it).  Without XMC_LOCK the address
+ * is valid until the entry is next remapped or invalidated.  Errors:
+ * XMC_EINVAL (size over max_size, paddr + size past 2**64, unknown flags),
+ * XMC_EMAP (a page cannot be mapped, after translate and dummy mode),
+ * XMC_EOVERFLOW (the entry's lock count is at the limit), XMC_ENOMEM, and the
+ * common ones.  Cost: a hit is the mutex and a few loads (inlined); a miss
+ * calls the backend's map; O(1) in the locked mappings outstanding.
+ */
 int xmc_map(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
             uint64_t tag, void **out);
-/* Drop one locked mapping at exactly addr (the newest); *tag_out may be NULL. */
+/*
+ * Drop one locked mapping at exactly addr, the newest there, and store its tag
+ * in *tag_out (which may be NULL).  xmc_unlock_tag() drops the one at addr
+ * that carries tag.  The entry stays mapped, unpinned by this lock.  Errors:
+ * XMC_ENOENT (no locked mapping there, or none with that tag; nothing
+ * changed), and the common ones.  Cost: O(1) in the locked mappings (a hash
+ * by host address).
+ */
 int xmc_unlock(xmc_cache *c, const void *addr, uint64_t *tag_out);
-/* Drop the locked mapping at addr that carries tag. */
 int xmc_unlock_tag(xmc_cache *c, const void *addr, uint64_t tag);
-/* Guest address behind any host address inside a mapped entry. */
+/*
+ * The guest address behind a host address in *out: the exact address of a
+ * locked mapping, or any address inside a live entry, locked or not.  Errors:
+ * XMC_ENOENT (in no entry), and the common ones.  Cost: O(1) for the exact
+ * address of a locked mapping, O(log n) in the live entries otherwise.
+ */
 int xmc_ram_addr(xmc_cache *c, const void *addr, uint64_t *out);
 /*
- * Unmap every unlocked entry.  When dma_out is not NULL it receives an array
- * (free it with xmc_records_free) of the DMA mappings still outstanding.
+ * Unmap every unlocked entry (QEMU's xen_invalidate_map_cache()), chained
+ * ones included; keep locked entries and their data; forget the last entry.
+ * When dma_out is not NULL it receives an array (free it with
+ * xmc_records_free) of the n_dma DMA mappings still outstanding, oldest
+ * first.  Errors: XMC_EINVAL (only one of dma_out and n_dma given), XMC_ESYS
+ * (an unmap failed: the invalidation happened all the same, and the entry is
+ * gone), XMC_ENOMEM (for the array; nothing was invalidated), and the common
+ * ones.  Cost: O(live entries + DMA mappings), whatever the slot count.
  */
 int xmc_invalidate(xmc_cache *c, xmc_record **dma_out, size_t *n_dma);
-/* Remap the entry holding old_paddr onto new_paddr in place. */
+/*
+ * Remap the entry holding old_paddr (with that size) onto new_paddr in place:
+ * same host address (MAP_FIXED), new guest memory; its records then report
+ * the new guest address.  *out is the host address of new_paddr.  Errors:
+ * XMC_ENOENT (no such entry), XMC_EMAP (the new pages cannot be mapped; the
+ * entry keeps its old memory, or is dropped if unlocked and that failed too),
+ * XMC_EINVAL (ranges past 2**64, size over max_size), and the common ones.
+ * Cost: one remap by the backend.
+ */
 int xmc_replace(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
                 uint64_t size, void **out);
-/* Every outstanding locked mapping, oldest first. */
+/*
+ * Every outstanding locked mapping, oldest first, in a new array of *n
+ * records (NULL when there are none).  Errors: XMC_ENOMEM, and the common
+ * ones.  Cost: O(n) in the locked mappings.
+ */
 int xmc_locked(xmc_cache *c, xmc_record **out, size_t *n);
+/* Free an array of xmc_locked() or xmc_invalidate(); NULL is ignored.  It never fails.  Cost: O(1). */
 void xmc_records_free(xmc_record *records);
-/* Copy guest memory through the cache (unlocked, may span buckets). */
+/*
+ * Copy n bytes of guest memory at paddr through the cache, unlocked; the range
+ * may span buckets.  All or nothing: every bucket is mapped before a byte is
+ * copied, so a write that would run into a hole writes nothing.  Errors:
+ * XMC_EINVAL (NULL buf with n > 0, paddr + n past 2**64), XMC_EMAP (a page
+ * cannot be mapped), XMC_ENOMEM, and the common ones.  Cost: one lookup per
+ * bucket (a hit or a map), plus the copy.
+ */
 int xmc_read(xmc_cache *c, uint64_t paddr, void *buf, size_t n);
 int xmc_write(xmc_cache *c, uint64_t paddr, const void *buf, size_t n);
 /*
@@ -214,6 +354,8 @@ int xmc_unlock_sg(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag);
  * reach the backend (a miss, which maps), they return XMC_EAGAIN having
  * changed nothing.  Then drop your own lock and make the waiting call.  A read
  * is served only within one bucket.  Any other answer is the final one.
+ * Errors: XMC_EAGAIN, and those of the plain call.  Cost: the plain call's
+ * hit, with a try-lock instead of a lock; never a system call.
  */
 int xmc_map_nowait(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
                    uint64_t tag, void **out);
@@ -224,6 +366,10 @@ int xmc_map_sg_nowait(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags
 int xmc_unlock_sg_nowait(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag);
 int xmc_ram_addr_nowait(xmc_cache *c, const void *addr, uint64_t *out);
 int xmc_read_nowait(xmc_cache *c, uint64_t paddr, void *buf, size_t n);
+/*
+ * The counters (xmc_stats) or the heap the cache holds for its bookkeeping
+ * (xmc_memory) in *out.  Errors: the common ones.  Cost: O(1).
+ */
 int xmc_stats_get(xmc_cache *c, xmc_stats *out);
 int xmc_memory_get(xmc_cache *c, xmc_memory *out);
 

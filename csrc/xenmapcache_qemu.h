@@ -43,6 +43,17 @@ XMC_QEMU_ASSERT(RAM_ADDR_INVALID == (ram_addr_t)-1,
                 "xenmapcache_qemu.h: RAM_ADDR_INVALID must be all ones");
 #undef XMC_QEMU_ASSERT
 
+/*
+ * xen_map_cache_use() chooses the cache the others act on (NULL: none).  Then,
+ * as in QEMU: xen_map_cache() maps (lock 1 pins the entry, dma marks it DMA),
+ * xen_ram_addr_from_mapcache() is the reverse lookup,
+ * xen_invalidate_map_cache_entry() unlocks, xen_invalidate_map_cache() drops
+ * every unlocked entry, xen_replace_cache_entry() remaps an entry in place.
+ * Errors: no status codes, as in QEMU, but never an abort: a failed map or
+ * replace returns NULL, an unknown pointer RAM_ADDR_INVALID, and a failed
+ * unlock or invalidate does nothing (call the xmc_* functions to see why).
+ * Cost: that of the xmc_* call each one makes (see xenmapcache.h).
+ */
 void xen_map_cache_use(xmc_cache *c);
 uint8_t *xen_map_cache(hwaddr phys_addr, hwaddr size, uint8_t lock, bool dma);
 ram_addr_t xen_ram_addr_from_mapcache(void *ptr);

@@ -564,16 +564,18 @@ static PyObject *xmc_py_mapping_release(PyObject *op, PyObject *unused)
     xmc_py_unregister(cache, m); /* its reference is ours until the end */
     Py_INCREF(cache);
     rc = xmc_py_unlock_mapping(cache, m, m->id);
-    if (rc != XMC_OK && !cache->closed) {
-        /* Still locked (a call from a backend callback, say): as it was. */
+    if (rc != XMC_OK && rc != XMC_ESYS && !cache->closed) {
+        /* Still locked (a call from a backend callback, say): as it was.
+         * XMC_ESYS: unlocked, but a grant entry failed to unmap (reported once). */
         m->released = 0;
         xmc_py_register(cache, m);
-        Py_DECREF(m);
+    }
+    Py_DECREF(m);
+    if (rc != XMC_OK && !cache->closed) {
         xmc_py_fail(cache, rc, "unlock", m->address, 0);
         Py_DECREF(cache);
         return NULL;
     }
-    Py_DECREF(m);
     Py_DECREF(cache);
     Py_RETURN_NONE;
 }
@@ -591,13 +593,14 @@ static PyObject *xmc_py_mapping_exit(PyObject *op, PyObject *const *args, Py_ssi
     return xmc_py_mapping_release(op, NULL);
 }
 
+/* Mapping and MappingGroup refuse pickling and copies through their Python
+ * base (NoCopy); the cache object, never handed out, refuses here. */
 static PyObject *xmc_py_refuse_copy(PyObject *op, PyObject *const *args, Py_ssize_t n)
 {
     (void)args;
     (void)n;
-    PyErr_Format(PyExc_TypeError, "cannot pickle or copy a %s: it owns a lock on guest memory",
-                 "Mapping");
     (void)op;
+    PyErr_SetString(PyExc_TypeError, "NativeCache objects cannot be copied or pickled");
     return NULL;
 }
 
@@ -680,10 +683,6 @@ static PyMethodDef xmc_py_mapping_methods[] = {
       "Raises BufferError (and keeps the mapping) while a memoryview of it is alive." },
     { "__enter__", xmc_py_mapping_enter, METH_NOARGS, NULL },
     { "__exit__", (PyCFunction)(void (*)(void))xmc_py_mapping_exit, METH_FASTCALL, NULL },
-    { "__reduce__", (PyCFunction)(void (*)(void))xmc_py_refuse_copy, METH_FASTCALL, NULL },
-    { "__reduce_ex__", (PyCFunction)(void (*)(void))xmc_py_refuse_copy, METH_FASTCALL, NULL },
-    { "__copy__", (PyCFunction)(void (*)(void))xmc_py_refuse_copy, METH_FASTCALL, NULL },
-    { "__deepcopy__", (PyCFunction)(void (*)(void))xmc_py_refuse_copy, METH_FASTCALL, NULL },
     { NULL, NULL, 0, NULL },
 };
 
@@ -832,7 +831,7 @@ static PyObject *xmc_py_group_release(PyObject *op, PyObject *unused)
     if (rc == XMC_ECLOSED || cache->closed)
         rc = XMC_OK; /* closed meanwhile: unmapped already */
     for (Py_ssize_t i = 0; i < live; i++) {
-        if (rc != XMC_OK) { /* nothing was unlocked: as it was */
+        if (rc != XMC_OK && rc != XMC_ESYS) { /* nothing was unlocked: as it was */
             held[i]->released = 0;
             xmc_py_register(cache, held[i]);
         }
@@ -946,10 +945,6 @@ static PyMethodDef xmc_py_group_methods[] = {
       "os.pwritev, socket.recvmsg_into, socket.sendmsg)." },
     { "__enter__", xmc_py_mapping_enter, METH_NOARGS, NULL },
     { "__exit__", (PyCFunction)(void (*)(void))xmc_py_group_exit, METH_FASTCALL, NULL },
-    { "__reduce__", (PyCFunction)(void (*)(void))xmc_py_refuse_copy, METH_FASTCALL, NULL },
-    { "__reduce_ex__", (PyCFunction)(void (*)(void))xmc_py_refuse_copy, METH_FASTCALL, NULL },
-    { "__copy__", (PyCFunction)(void (*)(void))xmc_py_refuse_copy, METH_FASTCALL, NULL },
-    { "__deepcopy__", (PyCFunction)(void (*)(void))xmc_py_refuse_copy, METH_FASTCALL, NULL },
     { NULL, NULL, 0, NULL },
 };
 

@@ -9,7 +9,7 @@ from types import ModuleType
 
 import pytest
 
-# Implementations of DESIGN.md section 6: the C core and the pure-Python reference.
+# Implementations of docs/contract.md, section 6: the C core and the pure-Python reference.
 IMPLEMENTATIONS = {"c": "xenmapcache", "py": "xenmapcache.reference"}
 
 MIB = 1 << 20

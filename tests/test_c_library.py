@@ -1,4 +1,4 @@
-"""The plain C library (DESIGN.md section 7): what an emulator written in C gets.
+"""The plain C library (docs/contract.md, section 7): what an emulator written in C gets.
 
 ``make -C csrc`` builds both libraries and the pkg-config file; programs using
 only the two public headers build as C and C++, link statically and
@@ -20,7 +20,7 @@ from ctools import CC, CSRC, CXX, LIBS, REPO, STRICT, TESTS_C, make_csrc, run
 from xenmapcache._version import __version__
 
 HEADERS = ("xenmapcache.h", "xenmapcache_qemu.h")
-# The names of DESIGN.md section 7 (fixed), and the Xen constructor.
+# The names of docs/contract.md, section 7 (fixed), and the Xen constructor.
 FIXED_NAMES = (
     "xmc_ram_new",
     "xmc_ram_free",

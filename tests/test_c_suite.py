@@ -61,12 +61,25 @@ def libfuzzer_missing() -> str | None:
     return None
 
 
+def c_test_count() -> int:
+    """The number of C tests the docs state (docs/_ext/facts.py counts the XT() rows)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_facts", CSRC.parent / "docs" / "_ext" / "facts.py")
+    assert spec and spec.loader
+    facts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(facts)
+    count: int = facts.c_tests()
+    return count
+
+
 def test_c_unit_tests_under_asan_ubsan_lsan() -> None:
     output = make("check", timeout=900)
     summary = re.findall(r"^(\d+) passed, (\d+) failed$", output, re.M)
     assert summary, output[-5000:]
     passed, failed = map(int, summary[-1])
     assert failed == 0 and passed >= 70, output[-5000:]
+    assert passed == c_test_count(), "the runner and docs/_ext/facts.py (the docs' count) disagree"
     print(f"C unit tests: {passed} passed under ASan/UBSan/LSan")
 
 

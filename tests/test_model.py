@@ -7,8 +7,9 @@ holes and contents, through random sequences of map (locked or not, DMA,
 tags), map_sg batches and their release, map_ptr, unlock, Mapping.release, memoryview reads and writes, cache
 reads and writes, ram_addr (exact, interior and foreign pointers), invalidate,
 replace and close/reopen, on small caches (bucket_shift 12..14, one to four
-slots, so chains collide), with holes, a small lock_limit, dummy mode and
-translate callbacks.
+slots, so chains collide), with holes, a small lock_limit, dummy mode,
+translate callbacks and grant rules (``grants=True``: locked requests only,
+entries unmapped at their last unlock).
 
 After every step both must have given the same results or the same exception
 types; host addresses differ between the two, so records are compared by guest
@@ -119,6 +120,7 @@ class Config:
     lock_limit: int
     dummy: bool
     translate: str | None
+    grants: bool = False
 
     @property
     def bucket(self) -> int:
@@ -126,9 +128,15 @@ class Config:
 
 
 configs = st.builds(
-    lambda shift, slots, trim, lock_limit, dummy, translate: Config(
-        shift, max(PAGE, slots * (1 << shift) - trim), lock_limit, dummy, translate
+    lambda shift, slots, trim, lock_limit, dummy, translate, grants: Config(
+        12 if grants else shift,
+        max(PAGE, slots * (1 << (12 if grants else shift)) - trim),
+        lock_limit,
+        dummy,
+        translate,
+        grants,
     ),
+    grants=st.sampled_from([False, False, False, True]),
     shift=st.integers(12, 14),
     slots=st.integers(1, 4),
     trim=st.sampled_from([0, 0, PAGE]),
@@ -168,6 +176,7 @@ class System:
             translate=logged(TRANSLATES[cfg.translate], self.log),
             dummy_on_failure=cfg.dummy,
             lock_limit=cfg.lock_limit,
+            grants=cfg.grants,
         )
 
     def memory(self) -> bytes:
@@ -221,11 +230,27 @@ class CacheModel(RuleBasedStateMachine):
         assert self.c is not None and self.py is not None
         return self.c, self.py
 
-    def both(self, op: Callable[[System], Any]) -> tuple[Any, Any] | None:
-        """Run op on both; same exception type (and cause type) or both succeed."""
+    def state(self, s: System) -> tuple[Any, ...]:
+        """What a failed call must leave as it was: guest RAM, locked list, lock counters."""
+        if s.cache is None or s.cache.closed:
+            return (s.memory(),)
+        st = s.cache.stats()
+        return s.memory(), [(r.address, r.paddr, r.size, r.dma, r.tag) for r in s.cache.locked()], st.locked, st.dma_locked
+
+    def both(self, op: Callable[[System], Any], reads_only: bool = False) -> tuple[Any, Any] | None:
+        """Run op on both; same exception type (and cause type) or both succeed.
+
+        Every error changes nothing: after a failed call, each system's guest
+        RAM, locked list and lock counters are as they were before it.
+        """
         c, py = self.systems()
+        before = None if reads_only else (self.state(c), self.state(py))
         ok_c, rc = outcome(lambda: op(c))
         ok_py, rpy = outcome(lambda: op(py))
+        if not ok_c and before is not None:
+            assert self.state(c) == before[0], f"C changed state in a call that raised {rc!r}"
+        if not ok_py and before is not None:
+            assert self.state(py) == before[1], f"the reference changed state in a call that raised {rpy!r}"
         COUNTS["calls"] += 1
         self.error = None if ok_c else type(rc)
         caller = sys._getframe(1)
@@ -240,8 +265,8 @@ class CacheModel(RuleBasedStateMachine):
         return None
 
     def same(self, op: Callable[[System], Any]) -> Any:
-        """Run op on both; it must succeed with equal results."""
-        got = self.both(op)
+        """Run op on both; it must succeed with equal results (op changes nothing)."""
+        got = self.both(op, reads_only=True)
         assert got is not None, "expected success"
         assert got[0] == got[1], f"C {got[0]!r} != reference {got[1]!r}"
         return got[0]
@@ -289,6 +314,8 @@ class CacheModel(RuleBasedStateMachine):
         """The chunks of a cache read/write: (kind, guest address, length, offset), and the final error."""
         if paddr + n > TOP:
             return [], xenmapcache.InvalidAddress
+        if self.cfg.grants and n:  # a copy is an unlocked request
+            return [], xenmapcache.MapCacheError
         chunks: list[tuple[str, Any, int, int]] = []
         done, bucket = 0, self.cfg.bucket
         while n:
@@ -446,6 +473,8 @@ class CacheModel(RuleBasedStateMachine):
             lock = False
         paddr, size = self.paddrs(data), self.sizes(data)
         kind, where = self.land(paddr, size) if paddr + size <= TOP and size <= self.cfg.max_size else ("skip", None)
+        if self.cfg.grants and not lock and kind != "skip":
+            kind, where = "error", xenmapcache.MapCacheError
         got = self.both(lambda s: s.cache.map_ptr(paddr, size, lock=lock, dma=dma))
         if got is None:
             self.expect_failure(kind, where)
@@ -468,6 +497,8 @@ class CacheModel(RuleBasedStateMachine):
         base = data.draw(st.sampled_from(self.recent), label="near")
         paddr = (base & ~(PAGE - 1)) + data.draw(st.integers(0, PAGE - 1), label="offset")
         kind, where = self.land(paddr, 0) if paddr < TOP else ("skip", None)
+        if self.cfg.grants:
+            kind, where = "error", xenmapcache.MapCacheError
         got = self.both(lambda s: s.cache.map_ptr(paddr))
         if got is None:
             self.expect_failure(kind, where)
@@ -576,14 +607,11 @@ class CacheModel(RuleBasedStateMachine):
         ok = self.both(lambda s: s.cache.write(paddr, payload)) is not None
         if not self.cfg.dummy:
             assert self.error is error, f"expected {error}, got {self.error}"
-        unsure = False
+        if not ok:
+            return  # a failed write writes nothing (both() checked guest RAM)
         for kind, where, chunk, done in plan:
-            if kind == "unknown":
-                unsure = True
-            elif kind == "ram" and (ok or not unsure):
+            if kind == "ram":
                 self.store(where, payload[done : done + chunk])
-            elif kind == "ram":  # a failure somewhere after an unknown chunk: written or not
-                self.taint(where, chunk)
 
     # -- reverse lookups ---------------------------------------------------------
 
@@ -694,7 +722,7 @@ class CacheModel(RuleBasedStateMachine):
         c, py = self.systems()
         stats = self.same(lambda s: s.cache.stats())
         assert c.log == py.log, "translate was called differently"
-        records = self.both(lambda s: s.cache.locked())
+        records = self.both(lambda s: s.cache.locked(), reads_only=True)
         assert records is not None
         rc, rpy = records
         assert [(r.paddr, r.size, r.dma, r.tag) for r in rc] == [(r.paddr, r.size, r.dma, r.tag) for r in rpy]
@@ -727,6 +755,8 @@ class CacheModel(RuleBasedStateMachine):
         assert state.starts == sorted(e.vaddr for e in live)
         assert sorted(id(e) for chain in state.slots.values() for e in chain) == sorted(id(e) for e in live)
         assert state.last is None or state.last in state.live
+        if self.cfg.grants:  # an entry lives exactly as long as it is locked
+            assert state.last is None and all(e.lock > 0 for e in live)
 
     @invariant()
     def guest_ram_matches_the_shadow(self) -> None:

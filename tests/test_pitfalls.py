@@ -1,4 +1,4 @@
-"""One test per pitfall of QEMU's mapcache (DESIGN.md section 4) that we must not repeat."""
+"""One test per pitfall of QEMU's mapcache (docs/contract.md, section 4) that we must not repeat."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""map_sg (DESIGN.md section 9): one call, a group of Mappings, all or nothing.
+"""map_sg (docs/contract.md, section 9): one call, a group of Mappings, all or nothing.
 
 On both implementations; the C core's batch on CPython is a builtin of the
 binding (ffi/seam.h) over xmc_map_sg / xmc_unlock_sg.

@@ -1,4 +1,4 @@
-"""One test per rule of DESIGN.md section 3, on every implementation."""
+"""One test per rule of docs/contract.md, section 3, on every implementation."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
     with xmc.MapCache(ram) as cache, cache.map(0x1000, 512, dma=True, tag="disk") as m:
         memoryview(m)[:4] = b"data"
 
-See README.md for the tour and DESIGN.md for the contract.
+See docs/getting-started.md for the tour and docs/contract.md for the contract.
 """
 
 from .backends import CallbackBackend

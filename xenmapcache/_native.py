@@ -125,6 +125,7 @@ class NativeCore:
         translate: Callable[[int, int], int] | None,
         dummy: bool,
         lock_limit: int,
+        grants: bool = False,
     ) -> None:
         self._ffi, self._lib = ffi, lib = binding()
         out = ffi.new("xmc_cache **")
@@ -139,6 +140,7 @@ class NativeCore:
             self._c = ffi.gc(out[0], lib.xmc_cache_free)
         check(lib.xmc_cache_set_lock_limit(self._c, lock_limit), "lock_limit")
         check(lib.xmc_cache_set_dummy(self._c, dummy), "dummy_on_failure")
+        check(lib.xmc_cache_set_grants(self._c, grants), "grants")
         self._translate = None
         from . import _callbacks
 

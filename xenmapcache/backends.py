@@ -11,11 +11,13 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from ._nocopy import NoCopy
+
 MapFn = Callable[[int, int, "int | None"], tuple[int, Sequence[int]]]
 UnmapFn = Callable[[int, int], None]
 
 
-class CallbackBackend:
+class CallbackBackend(NoCopy):
     """Guest memory mapped by Python callables.
 
     ``map(first_pfn, nr_pages, fixed)`` maps ``nr_pages`` guest pages from
@@ -28,7 +30,15 @@ class CallbackBackend:
     logged error) with the exception as its ``__cause__``.  They run under the
     cache's lock: a call from them into the cache that uses them raises
     ``MapCacheError`` instead of waiting for itself.
+
+    :raises TypeError: ``map`` or ``unmap`` is not callable.
+
+    Cost: each miss of a cache on this backend costs a call of ``map`` from C
+    into Python (a few microseconds besides the mapping itself), each dropped
+    entry a call of ``unmap``.  See docs/backends.md for a complete example.
     """
+
+    _no_copy_why = "its callbacks are the emulator's own mappings, which a copy cannot own"
 
     def __init__(self, map: MapFn, unmap: UnmapFn) -> None:
         if not callable(map) or not callable(unmap):

@@ -1,4 +1,4 @@
-"""The public mapcache API (DESIGN.md section 6) over an interchangeable core.
+"""The public mapcache API (docs/contract.md, section 6) over an interchangeable core.
 
 ``MapCache`` adds to a core (the C one here, the pure-Python reference in
 ``xenmapcache.reference``) what belongs to Python: input checks, ``Mapping``
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._native import NativeCore
+from ._nocopy import NoCopy
 from ._validate import U64_LIMIT, as_uint, check_range
 from .backends import CallbackBackend
 from .errors import DMAMappingWarning, InvalidAddress, MapCacheError, MappingError, UnknownMapping
@@ -52,7 +53,17 @@ SG_MAX = 65536  # XMC_SG_MAX: segments in one map_sg
 
 @dataclass(frozen=True, slots=True)
 class LockedMapping:
-    """One outstanding locked mapping, as listed by ``locked()`` and ``invalidate()``."""
+    """One outstanding locked mapping, as listed by ``locked()`` and ``invalidate()``.
+
+    A snapshot: it does not change when the mapping is released, and releasing
+    it is done through the :class:`Mapping` (or ``cache.unlock(address)``).
+
+    - ``address``: the host address handed out for the mapping;
+    - ``paddr``: the guest-physical address behind it (after a ``replace``, the new one);
+    - ``size``: the size asked for;
+    - ``dma``: whether it was mapped for DMA (``dma=True``), which ``invalidate()`` warns about;
+    - ``tag``: the ``tag`` given to ``cache.map()``; None for ``map_ptr(..., lock=True)``.
+    """
 
     address: int
     paddr: int
@@ -63,7 +74,19 @@ class LockedMapping:
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """Counters of one cache; see DESIGN.md section 6."""
+    """Counters of one cache, as returned by ``cache.stats()`` (docs/contract.md, section 6).
+
+    - ``hits``: requests served by an entry already mapped;
+    - ``misses``: requests that had to map;
+    - ``remaps``: misses that reused an unlocked entry;
+    - ``entries``: live entries (host mappings);
+    - ``locked``: outstanding locked mappings;
+    - ``dma_locked``: of which mapped for DMA;
+    - ``mapped_bytes``: bytes mapped by the live entries;
+    - ``invalidations``: calls of ``invalidate()``.
+
+    A refused call moves no counter.
+    """
 
     hits: int
     misses: int
@@ -75,24 +98,40 @@ class Stats:
     invalidations: int
 
 
-class Mapping:
+class Mapping(NoCopy):
     """A locked mapping of guest memory: ``memoryview(m)`` reads and writes it.
 
-    Made by :meth:`MapCache.map`.  The mapping stays locked until
-    :meth:`release` (or the ``with`` block ends).  While a memoryview of it
-    (or of a slice of one) is alive, releasing it, or closing its cache,
-    raises ``BufferError``: a view never outlives the host mapping behind it.
-    Attributes: ``address`` (host), ``paddr`` (guest; follows
-    :meth:`MapCache.replace`), ``size``, ``dma``, ``tag``.
+    Made by :meth:`MapCache.map` (or :meth:`MapCache.map_sg`), never directly.
+    The mapping stays locked until :meth:`release` (or the end of its
+    ``with`` block): its entry is neither unmapped nor reused, and
+    ``invalidate()`` keeps it (and warns about it when ``dma`` is true).
+    ``memoryview(m)`` is writable, one-dimensional, of format ``'B'`` and
+    ``size`` bytes long, and reads and writes guest memory in place (no copy).
+    The mapping counts the views exported from it (PEP 688, slices included):
+    while one is alive, releasing the mapping, or closing its cache, raises
+    ``BufferError`` and leaves it mapped, so a view never outlives the host
+    mapping behind it.  After release, taking a new view raises
+    ``BufferError``.
 
-    This class is the type every implementation's mappings share: on the C
-    core (CPython) they are instances of a subclass written in the binding's
-    C (``xenmapcache._core.Mapping``: the buffer is the host memory itself,
-    exported and counted without a Python frame), elsewhere and in the
-    reference of the Python one.  Neither can be pickled or copied.
+    Attributes (read-only):
+
+    - ``address``: the host address of ``paddr``;
+    - ``paddr``: the guest-physical address (follows ``cache.replace()``);
+    - ``size``: the size asked for, in bytes;
+    - ``dma``: whether the mapping is for DMA;
+    - ``tag``: any object given to ``cache.map()``, reported by ``locked()``,
+      ``invalidate()`` and the ``DMAMappingWarning``.
+
+    This class is the type the mappings of every implementation share.  On
+    the C core under CPython they are instances of a subclass written in the
+    binding's own C (``xenmapcache._core.Mapping``, ffi/seam.h): it exports
+    the host memory itself and counts exports without a Python frame, and
+    its registry lives in C.  Elsewhere, and in the reference, a Python
+    subclass does the same.
     """
 
     __slots__ = ()
+    _no_copy_why = "a copy would unlock the same locked mapping a second time"
 
     address: int
     paddr: int
@@ -111,10 +150,16 @@ class Mapping:
             """A writable 1-D view (format 'B', len == size) of the mapped memory."""
 
     def release(self) -> None:
-        """Unlock the mapping; a second call does nothing.
+        """Unlock the mapping: drop its reverse record and its lock on the entry.
 
-        Raises ``BufferError`` (and keeps the mapping) while a memoryview of
-        it is alive.  Costs one core call.
+        A second call, or a call after the cache was closed, does nothing.
+
+        :raises BufferError: a memoryview of the mapping is still alive (the
+            mapping stays locked; release the views first).
+        :raises MapCacheError: the C core refused (it cannot, short of a bug).
+
+        Cost: O(1), one C call, whatever the number of locked mappings; on
+        the C core under CPython, no Python frame either.
         """
         raise NotImplementedError
 
@@ -125,7 +170,7 @@ class Mapping:
         self.release()
 
 
-class MappingGroup:
+class MappingGroup(NoCopy):
     """The Mappings of one :meth:`MapCache.map_sg` call: a sequence of :class:`Mapping`.
 
     ``len(g)``, ``g[i]``, iteration; :meth:`buffers` gives one writable
@@ -139,6 +184,7 @@ class MappingGroup:
     """
 
     __slots__ = ()
+    _no_copy_why = "a copy would unlock the same locked mappings a second time"
 
     if TYPE_CHECKING:
 
@@ -150,22 +196,33 @@ class MappingGroup:
 
     @property
     def released(self) -> bool:
-        """Whether every mapping of the group was released (or its cache closed)."""
+        """Whether every mapping of the group was released (or its cache closed): then all are unmapped for us."""
         raise NotImplementedError
 
     def buffers(self) -> list[memoryview]:
-        """One writable 1-D memoryview (format 'B') per mapping, in order.
+        """Return one writable 1-D memoryview (format ``'B'``) per mapping, in order.
 
         Each is an export of its mapping: release the views (or drop the
-        list) before :meth:`release`.  Costs one memoryview per mapping.
+        list) before :meth:`release`.
+
+        :raises BufferError: a mapping of the group was released.
+
+        Cost: one memoryview per mapping (no copy); on the C core under
+        CPython, one call with no Python frame.
         """
         raise NotImplementedError
 
     def release(self) -> None:
         """Unlock every mapping of the group still locked, in one core call.
 
-        A second call does nothing.  Raises ``BufferError`` (and releases
-        none) while a memoryview of any of them is alive.
+        A second call, or a call after the cache was closed, does nothing.
+
+        :raises BufferError: a memoryview of one of them is still alive (then
+            none is released).
+        :raises MapCacheError: the C core refused (it cannot, short of a bug).
+
+        Cost: one C call (``xmc_unlock_sg``) for the whole group: O(n) in its
+        mappings, O(1) in the other locked mappings of the cache.
         """
         raise NotImplementedError
 
@@ -217,9 +274,6 @@ class _PyMapping(Mapping):
         """Unlock the mapping; a second call does nothing (BufferError while views live)."""
         self._reg.release(self)
 
-    def __reduce__(self) -> Any:
-        raise TypeError("cannot pickle or copy a Mapping: it owns a lock on guest memory")
-
     def __repr__(self) -> str:
         state = "released" if self._released else f"at {self.address:#x}"
         return f"<Mapping paddr={self.paddr:#x} size={self.size:#x} dma={self.dma} tag={self.tag!r} {state}>"
@@ -256,9 +310,6 @@ class _PyMappingGroup(MappingGroup):
     def release(self) -> None:
         """Unlock every mapping still locked, all or nothing (BufferError while views live)."""
         self._reg.release_group(self)
-
-    def __reduce__(self) -> Any:
-        raise TypeError("cannot pickle or copy a MappingGroup: it owns locks on guest memory")
 
     def __repr__(self) -> str:
         return f"<MappingGroup of {len(self._items)}: {self._items!r}>"
@@ -343,16 +394,9 @@ class _PyRegistry:
             for m in live:
                 m._released = True
                 self._mappings.pop(m, None)
-        try:
-            self.core.unlock_sg([m.address for m in live], g._id)
-        except BaseException:
-            with self.lock:
-                if self._closed:  # closed meanwhile: unmapped already
-                    return
-                for m in live:  # nothing was unlocked: as it was
-                    m._released = False
-                    self._mappings[m] = None
-            raise
+        # As release(): an error (a grant entry failing to unmap) is reported
+        # with the locks gone.
+        self.core.unlock_sg([m.address for m in live], g._id)
 
     def tags(self) -> dict[int, Any]:
         with self.lock:
@@ -387,17 +431,48 @@ class _PyRegistry:
             self._mappings.clear()
 
 
-class MapCache:
-    """A Xen mapcache over guest RAM (see DESIGN.md section 6).
+class MapCache(NoCopy):
+    """A Xen mapcache over guest memory (docs/contract.md, sections 3 and 6).
 
-    ``bucket_shift`` (12..32) sets the bucket size; ``max_size`` bounds one
-    request and sets the number of hash slots (None: 32 GiB on 64-bit hosts);
-    ``translate(paddr, size) -> paddr`` is tried once when pages cannot be
-    mapped; ``dummy_on_failure`` maps anonymous memory instead of failing
-    (incoming migration); ``lock_limit`` caps each entry's lock count.
+    ``ram`` is the backend the cache maps through: a :class:`GuestRAM`, a
+    :class:`XenForeignMemory` or a :class:`CallbackBackend`; the cache keeps it
+    alive while it needs it.  ``bucket_shift`` (12 to 32) sets the bucket size,
+    ``2**bucket_shift`` bytes.  ``max_size`` bounds the size of one request and
+    sets the number of hash slots, ``max_size / bucket size`` (None: 32 GiB on
+    64-bit hosts, 2 GiB on 32-bit ones).  ``translate(paddr, size) -> paddr``,
+    if given, is called once when pages cannot be mapped, and the request
+    retried at the address it returns.  ``dummy_on_failure`` maps anonymous
+    memory where guest pages cannot be mapped, instead of failing (an incoming
+    migration; ``replace()`` later swaps in the real pages).  ``lock_limit``
+    caps the lock count of each entry (at most ``2**32 - 1``).
+    ``grants=True`` applies the grant rules of QEMU's grant caches (see
+    docs/trace-and-grants.md): only locked requests (``map``, ``map_ptr``
+    with ``lock=True``), page-granular entries (``bucket_shift`` must be 12,
+    else ``InvalidAddress``), each entry unmapped as soon as its last lock is
+    released; an unlocked request, ``read``, ``write`` and ``replace`` raise
+    ``MapCacheError`` and map nothing.
+
+    Every method is safe to call from any thread: the C core serialises the
+    calls on one cache with its own mutex, and no thread waits for it while
+    holding the GIL.  Every call on a closed cache raises ``MapCacheError``, and
+    a call that raises has changed nothing.  Also a context manager, which
+    closes the cache.  A cache that is never closed is cleaned up by the
+    garbage collector.
+
+    :raises TypeError: ``ram`` is not a backend, a value is not an int, or
+        ``translate`` is not callable.
+    :raises InvalidAddress: ``bucket_shift`` out of range, ``max_size`` zero
+        or too large, ``lock_limit`` over ``2**32 - 1``.
+    :raises MapCacheError: the backend is closed.
+    :raises MemoryError: the C core is out of memory (any method may raise
+        it, having changed nothing).
+
+    Cost: the hash slots, 8 bytes each (about 256 KiB for the defaults); no
+    guest memory is mapped until the first request.
     """
 
     _Core: Any = NativeCore
+    _no_copy_why = "a copy would share the cache's handle and mappings, which either copy may close"
 
     def __init__(
         self,
@@ -407,6 +482,7 @@ class MapCache:
         translate: Translate | None = None,
         dummy_on_failure: bool = False,
         lock_limit: int = LOCK_LIMIT_MAX,
+        grants: bool = False,
     ) -> None:
         if not isinstance(ram, (GuestRAM, XenForeignMemory, CallbackBackend)):
             raise TypeError(f"ram must be a GuestRAM, XenForeignMemory or CallbackBackend, not {type(ram).__name__}")
@@ -419,9 +495,14 @@ class MapCache:
         if translate is not None and not callable(translate):
             raise TypeError("translate must be callable")
         lock_limit = as_uint(lock_limit, "lock_limit", LOCK_LIMIT_MAX + 1)
+        if grants and shift != MIN_BUCKET_SHIFT:
+            raise InvalidAddress(f"grants=True needs page-granular entries, bucket_shift=12: {shift}")
         self.bucket_shift = shift
         self.max_size = max_size
-        self._core: Any = self._Core(ram, shift, max_size, translate, bool(dummy_on_failure), lock_limit)
+        self.grants = bool(grants)
+        self._core: Any = self._Core(
+            ram, shift, max_size, translate, bool(dummy_on_failure), lock_limit, grants=self.grants
+        )
         self._ram = ram
         self._closed = False
         registry = getattr(self._core, "registry", None)
@@ -429,36 +510,61 @@ class MapCache:
         fast_paths = getattr(self._core, "fast_paths", None)
         for name, fn in (fast_paths() if fast_paths is not None else {}).items():
             # The builtins stand for MapCache's own methods, never a subclass's.
-            if getattr(type(self), name) is getattr(MapCache, name):
+            # A grant unlock may unmap and fail: the checked method reports it.
+            if getattr(type(self), name) is getattr(MapCache, name) and not (self.grants and name == "unlock"):
                 setattr(self, name, fn)
 
     # -- mapping ---------------------------------------------------------
 
     def map(self, paddr: int, size: int, dma: bool = False, tag: Any = None) -> Mapping:
-        """Map ``[paddr, paddr + size)`` locked; returns a :class:`Mapping`.
+        """Map ``[paddr, paddr + size)`` locked, and return it as a :class:`Mapping`.
 
-        ``tag`` (any object) names it in :meth:`locked` and :meth:`invalidate`.
-        Raises ``InvalidAddress``, ``MappingError``, ``LockOverflow``, or
-        ``MapCacheError`` on a closed cache; a failure keeps no lock.  On the
-        C core (CPython) a builtin serves it: one core call, no Python frame.
+        The mapping stays mapped, and its entry locked, until it is released
+        (``m.release()``, the end of its ``with`` block, or ``cache.unlock``).
+        ``dma=True`` marks it as a DMA transfer: ``invalidate()`` warns about it
+        while it is outstanding.  ``tag`` is any object, reported with it.
+
+        :raises InvalidAddress: a negative ``paddr`` or ``size``, ``paddr + size``
+            past ``2**64``, or ``size`` over ``max_size``.
+        :raises TypeError: ``paddr`` or ``size`` is not an int.
+        :raises MappingError: a page of the range cannot be mapped (a hole, past
+            the end of guest memory, a backend failure) and neither
+            ``translate`` nor dummy mode helped.
+        :raises LockOverflow: the entry's lock count is at ``lock_limit``.
+        :raises MapCacheError: the cache is closed (or was closed meanwhile).
+
+        Cost: on a hit, on the C core under CPython, one builtin call that
+        makes one C call and the :class:`Mapping`, about as much as the raw
+        ``map_ptr(..., lock=True)`` + ``unlock`` pair (see
+        docs/scatter-gather.md); elsewhere a few microseconds of Python.  On
+        a miss, the backend's map of the entry's buckets.  O(1) in the number
+        of locked mappings.
         """
         self._check_open()
         paddr, size = check_range(paddr, size, self.max_size)
         return self._reg.map(paddr, size, bool(dma), tag)  # type: ignore[no-any-return]
 
     def map_sg(self, segments: Iterable[tuple[int, int]], dma: bool = False, tag: Any = None) -> MappingGroup:
-        """Map every ``(paddr, size)`` of ``segments`` locked, in one core call; returns a :class:`MappingGroup`.
+        """Map every ``(paddr, size)`` of ``segments`` locked, in one core call; return a :class:`MappingGroup`.
 
-        Scatter-gather DMA: ``with cache.map_sg(sg, dma=True) as g:
-        os.preadv(fd, g.buffers(), offset)``.  All or nothing: when a segment
-        cannot be mapped, none stays locked and the statistics move only as
-        that segment's failed map would.  Every mapping of the batch carries
-        ``tag`` (:meth:`locked` and :meth:`invalidate` name each by it).
-        Raises ``TypeError`` unless segments are pairs of ints,
-        ``InvalidAddress`` for an empty batch, more than 65,536 segments or a
-        segment out of range (checked before anything is mapped), and what
-        :meth:`map` raises.  On the C core (CPython) a builtin serves a list
-        or tuple of int pairs with no Python frame.
+        Scatter-gather DMA (see docs/scatter-gather.md): ``with
+        cache.map_sg(sg, dma=True) as g: os.preadv(fd, g.buffers(), offset)``.
+        All or nothing: when a segment cannot be mapped, none stays locked,
+        and the statistics move only as that segment's failed :meth:`map`
+        would.  Every mapping of the batch carries ``tag`` (:meth:`locked`
+        and :meth:`invalidate` name each by it) and ``dma``.
+
+        :raises TypeError: a segment is not a pair of ints.
+        :raises InvalidAddress: no segment, more than 65,536, or a segment out
+            of range (checked before anything is mapped).
+        :raises MappingError: a page of a segment cannot be mapped.
+        :raises LockOverflow: an entry's lock count would pass ``lock_limit``.
+        :raises MapCacheError: the cache is closed.
+
+        Cost: one C call (``xmc_map_sg``, one acquisition of the mutex) and
+        one :class:`Mapping` per segment; on the C core under CPython a list
+        or tuple of int pairs is served with no Python frame.  O(n) in the
+        segments, O(1) in the locked mappings.
         """
         self._check_open()
         checked = []
@@ -471,18 +577,47 @@ class MapCache:
         return self._reg.map_sg(checked, bool(dma), tag)  # type: ignore[no-any-return]
 
     def map_ptr(self, paddr: int, size: int = 0, lock: bool = False, dma: bool = False) -> int:
-        """Map like QEMU's ``xen_map_cache``: returns the host address as an int."""
+        """Map like QEMU's ``xen_map_cache``: return the host address of ``paddr`` as an int.
+
+        ``size`` 0 means "within one bucket" (QEMU's usual call).  Unlocked (the
+        default), the address is valid only until the cache next remaps or
+        invalidates that entry: use it at once.  With ``lock=True`` the entry is
+        locked as by :meth:`map`, with no tag (``dma`` marks it DMA), until
+        ``cache.unlock(address)``.
+
+        :raises InvalidAddress: a negative ``paddr`` or ``size``, a range past
+            ``2**64``, or ``size`` over ``max_size``.
+        :raises TypeError: ``paddr`` or ``size`` is not an int.
+        :raises MappingError: a page cannot be mapped.
+        :raises LockOverflow: ``lock=True`` and the entry's lock count is at the limit.
+        :raises MapCacheError: the cache is closed.
+
+        Cost: the fast path.  A hit is one C call that keeps the GIL, under
+        0.1 us on CPython (see docs/performance.md); a miss maps, as :meth:`map`.
+        """
         self._check_open()
         paddr, size = check_range(paddr, size, self.max_size)
         flags = (LOCK if lock else 0) | (DMA if lock and dma else 0)
         return int(self._core.map(paddr, size, flags, RAW))
 
     def unlock(self, address: int) -> None:
-        """Drop one locked mapping at exactly ``address`` (QEMU's invalidate_map_cache_entry).
+        """Drop one locked mapping at exactly ``address`` (QEMU's ``xen_invalidate_map_cache_entry``).
 
-        A raw lock (``map_ptr(..., lock=True)``) first, else the newest
-        :class:`Mapping` there that no view holds (``BufferError`` if every
-        one has views); ``UnknownMapping`` when there is none.
+        Removes the newest raw lock at that address (from ``map_ptr(...,
+        lock=True)``), else releases the newest :class:`Mapping` there that
+        has no view alive.  The entry stays mapped (until a remap or an
+        ``invalidate()``) but is no longer pinned by this lock.
+
+        :raises UnknownMapping: no locked mapping at that exact address
+            (never mapped, or already unlocked).
+        :raises BufferError: every Mapping at that address has views alive.
+        :raises InvalidAddress: a negative ``address`` or one of ``2**64`` or more.
+        :raises TypeError: ``address`` is not an int.
+        :raises MapCacheError: the cache is closed.
+
+        Cost: O(1) in the number of locked mappings for a raw lock (one C
+        call); releasing a :class:`Mapping` by its address scans the live
+        Mappings of the cache.
         """
         self._check_open()
         address = as_uint(address, "address")
@@ -495,26 +630,59 @@ class MapCache:
             raise UnknownMapping(f"no locked mapping at {address:#x}")
 
     def ram_addr(self, address: int) -> int:
-        """The guest-physical address behind a host address inside a mapped entry."""
+        """Return the guest-physical address behind a host address inside a mapped entry.
+
+        Any address inside any live entry resolves, locked or not: the exact
+        address of a mapping, or an interior pointer into it.
+
+        :raises UnknownMapping: the address is in no entry of this cache.
+        :raises InvalidAddress: a negative ``address`` or one of ``2**64`` or more.
+        :raises TypeError: ``address`` is not an int.
+        :raises MapCacheError: the cache is closed.
+
+        Cost: one C call; O(1) for the exact address of a locked mapping,
+        O(log n) in the live entries for any other address.
+        """
         self._check_open()
         return int(self._core.ram_addr(as_uint(address, "address")))
 
     def read(self, paddr: int, n: int) -> bytes:
-        """Read ``n`` bytes of guest memory through the cache (unlocked)."""
+        """Read ``n`` bytes of guest memory at ``paddr`` through the cache, as a new ``bytes``.
+
+        Transient and unlocked: the range may span buckets (it is copied a
+        bucket at a time), and nothing stays locked afterwards.
+
+        :raises MappingError: a page of the range cannot be mapped (then
+            nothing is returned).
+        :raises InvalidAddress: negative values, or ``paddr + n`` past ``2**64``.
+        :raises TypeError: ``paddr`` or ``n`` is not an int.
+        :raises MapCacheError: the cache is closed.
+
+        Cost: one C call per request (the GIL is kept for a hit within a page),
+        plus the copy of ``n`` bytes into the new object; a miss maps the bucket.
+        """
         self._check_open()
         paddr, n = check_range(paddr, n, U64_LIMIT)
         return self._core.read(paddr, n)  # type: ignore[no-any-return]
 
     def readinto(self, paddr: int, buffer: Any) -> int:
-        """Fill the writable ``buffer`` with guest memory from ``paddr``; returns its length in bytes.
+        """Fill the writable ``buffer`` with guest memory from ``paddr``; return its length in bytes.
 
         Any writable C-contiguous buffer: ``bytearray``, ``memoryview``,
-        ``mmap``, a numpy array.  Unlocked, like :meth:`read`, and may span
-        buckets.  On the C core (CPython) a builtin copies straight into the
-        buffer with no allocation (over several buckets, through a bounce
-        buffer, so that a failure leaves ``buffer`` untouched).  Raises
-        ``TypeError`` for a read-only or non-contiguous buffer, and what
-        :meth:`read` raises.
+        ``mmap``, an ``array.array``, a numpy array.  Transient and unlocked,
+        like :meth:`read`; the range may span buckets.  A failure leaves
+        ``buffer`` untouched.
+
+        :raises TypeError: ``paddr`` is not an int, or ``buffer`` is not a
+            writable contiguous buffer.
+        :raises MappingError: a page of the range cannot be mapped.
+        :raises InvalidAddress: a negative ``paddr``, or a range past ``2**64``.
+        :raises MapCacheError: the cache is closed.
+
+        Cost: on the C core under CPython, one builtin call and one C call
+        that copies straight into the buffer, with no allocation (a range
+        over several buckets goes through a bounce buffer); elsewhere, a
+        :meth:`read` and a copy.
         """
         self._check_open()
         with memoryview(buffer) as view:
@@ -526,14 +694,44 @@ class MapCache:
         return n
 
     def write(self, paddr: int, data: bytes | bytearray | memoryview) -> None:
-        """Write ``data`` into guest memory through the cache (unlocked)."""
+        """Write ``data`` (any bytes-like object) into guest memory at ``paddr`` through the cache.
+
+        Transient and unlocked, like :meth:`read`; the range may span buckets.
+        All or nothing: every page is mapped before a byte is written, so a
+        write that would run into a hole writes nothing.
+
+        :raises MappingError: a page of the range cannot be mapped.
+        :raises InvalidAddress: a negative ``paddr``, or a range past ``2**64``.
+        :raises TypeError: ``paddr`` is not an int, or ``data`` not a buffer.
+        :raises MapCacheError: the cache is closed.
+
+        Cost: one C call that releases the GIL, plus the copy of ``data``.
+        """
         self._check_open()
         view = memoryview(data).cast("B")
         paddr, _ = check_range(paddr, len(view), U64_LIMIT)
         self._core.write(paddr, view)
 
     def replace(self, old_paddr: int, new_paddr: int, size: int) -> int:
-        """Remap the entry holding ``old_paddr`` onto ``new_paddr`` in place; returns its host address."""
+        """Remap the entry holding ``old_paddr`` onto ``new_paddr`` in place; return the new host address.
+
+        The entry keeps its host address (it is remapped with ``MAP_FIXED``),
+        so pointers into it stay valid and now show the new guest memory; its
+        locked mappings (and :class:`Mapping` objects) then report the new
+        ``paddr``.  Meant for swapping the dummy mappings of an incoming
+        migration for real ones; valid for any entry, locked or not.
+
+        :raises UnknownMapping: no entry holds ``old_paddr`` with that size.
+        :raises MappingError: the new pages cannot be mapped (the entry is left
+            as it was).
+        :raises InvalidAddress: negative values, ranges past ``2**64``, or
+            ``size`` over ``max_size``.
+        :raises TypeError: an argument is not an int.
+        :raises MapCacheError: the cache is closed.
+
+        Cost: one remap by the backend (a system call), plus a reverse lookup
+        per live :class:`Mapping` of this cache.
+        """
         self._check_open()
         old_paddr, size = check_range(old_paddr, size, self.max_size)
         new_paddr, _ = check_range(new_paddr, size, self.max_size)
@@ -552,12 +750,33 @@ class MapCache:
         return [LockedMapping(address, paddr, size, dma, tags.get(ident)) for address, paddr, size, ident, dma in records]
 
     def locked(self) -> list[LockedMapping]:
-        """Every outstanding locked mapping, oldest first."""
+        """Return every outstanding locked mapping, oldest first, as :class:`LockedMapping` snapshots.
+
+        :raises MapCacheError: the cache is closed.
+
+        Cost: O(n) in the locked mappings; one C call and one object each.
+        """
         self._check_open()
         return self._locked_mappings(self._core.locked())
 
     def invalidate(self) -> list[LockedMapping]:
-        """Unmap every unlocked entry; warn about and return the DMA mappings in flight."""
+        """Unmap every unlocked entry; warn about, and return, the DMA mappings in flight.
+
+        What the hypervisor asks for after ballooning the guest (QEMU's
+        ``xen_invalidate_map_cache``).  Every unlocked entry is unmapped,
+        chained ones included; locked entries stay mapped with their data.  For
+        each DMA mapping still outstanding, a :class:`DMAMappingWarning` is
+        issued through :mod:`warnings` and one summary is logged at WARNING
+        level on the ``xenmapcache`` logger; device-memory locks (not DMA) are
+        kept silently.  Returns the DMA mappings in flight, oldest first.
+
+        :raises MapCacheError: the cache is closed.  (An unmap failure of the
+            backend is logged at ERROR level, not raised: the invalidation has
+            happened.)
+
+        Cost: O(live entries + DMA mappings in flight), independent of the
+        number of hash slots; one C call when no DMA is in flight.
+        """
         self._check_open()
         in_flight = self._locked_mappings(self._core.invalidate())
         for lm in in_flight:
@@ -577,7 +796,12 @@ class MapCache:
         return in_flight
 
     def stats(self) -> Stats:
-        """Hit/miss counters and what is mapped now."""
+        """Return the cache's counters as a :class:`Stats`: hits, misses, and what is mapped now.
+
+        :raises MapCacheError: the cache is closed.
+
+        Cost: one C call; O(1).
+        """
         self._check_open()
         return Stats(*self._core.stats())
 
@@ -589,11 +813,23 @@ class MapCache:
 
     @property
     def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
+        """Whether :meth:`close` was called (every call but ``close`` then raises)."""
         return self._closed
 
     def close(self) -> None:
-        """Unmap everything.  Raises BufferError (and keeps everything) while a view is alive."""
+        """Unmap everything and drop every record; a second call does nothing.
+
+        Every :class:`Mapping` of the cache is released with it.  Other threads
+        inside a call at that moment finish, or fail with ``MapCacheError``;
+        their pointers into the cache must not be used afterwards.
+
+        :raises BufferError: a memoryview of one of its mappings is still alive
+            (then nothing is closed or unmapped).
+        :raises MapCacheError: called from inside a backend callback of this
+            very cache (which runs under its mutex).
+
+        Cost: one unmap per live entry.
+        """
         if self._closed:
             return
         self._reg.close_registry()  # BufferError while a Mapping has views

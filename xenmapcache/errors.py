@@ -1,34 +1,56 @@
-"""Exceptions and warnings of xenmapcache (DESIGN.md section 6)."""
+"""Exceptions and warnings of xenmapcache (docs/contract.md, section 6)."""
 
 from __future__ import annotations
 
 
 class MapCacheError(Exception):
-    """Base class of every error the mapcache raises."""
+    """Base class of every error the mapcache raises.
+
+    Raised as itself for a closed cache, a call from a backend callback into
+    its own cache, and failures that fit no subclass.  A call that raises it
+    (or a subclass) has changed nothing.
+    """
 
 
 class MappingError(MapCacheError):
-    """Guest pages cannot be mapped (a hole, past the end of RAM, a backend failure)."""
+    """Guest pages cannot be mapped: a hole, past the end of RAM, a backend failure.
+
+    Raised after ``translate`` (if any) was tried and when dummy mode is off.
+    An exception from a ``CallbackBackend`` is its ``__cause__``.
+    """
 
 
 class InvalidAddress(MapCacheError, ValueError):
-    """An address or size out of range: negative, past 2**64, or over max_size."""
+    """An address or size out of range: negative, past ``2**64``, or over ``max_size``.
+
+    Also a ``ValueError``; raised before anything reaches the C core.
+    """
 
 
 class UnknownMapping(MapCacheError, LookupError):
-    """A host address that no mapping of this cache accounts for."""
+    """A host address that no mapping of this cache accounts for.
+
+    Also a ``LookupError``: ``unlock`` of an address with no locked mapping
+    (or a second unlock), ``ram_addr`` of an address in no entry, ``replace``
+    of a guest address with no entry.
+    """
 
 
 class LockOverflow(MapCacheError):
-    """An entry's lock count is at the cache's lock_limit."""
+    """An entry's lock count is at the cache's ``lock_limit``: the lock was refused, nothing changed."""
 
 
 class BackendUnavailable(MapCacheError):
-    """The mapping backend cannot be used on this machine."""
+    """The mapping backend cannot be used on this machine; the message says which piece is missing."""
 
 
 class DMAMappingWarning(RuntimeWarning):
-    """A DMA mapping was still in flight when the cache was invalidated."""
+    """A DMA mapping was still in flight when the cache was invalidated.
+
+    A ``RuntimeWarning``, issued once per such mapping by ``invalidate()``; its
+    message names the mapping's tag, guest range and host address.  Device
+    memory (locked, not DMA) never causes one.
+    """
 
 
 # The core's status codes (csrc/xenmapcache.h, checked against it by the tests)

@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from ._nocopy import NoCopy
 from ._validate import as_uint
 from .errors import InvalidAddress, MapCacheError, MappingError
 
@@ -20,13 +21,25 @@ PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 
 
-class GuestRAM:
-    """``size`` bytes of guest RAM in a memfd, with optional holes.
+class GuestRAM(NoCopy):
+    """``size`` bytes of guest RAM in a memfd, with optional holes: the embedded backend.
 
     ``holes`` is an iterable of ``(start, end)`` guest ranges (end exclusive)
-    that are not RAM, a PCI hole for example: a page touching a hole cannot be
-    mapped.  ``size`` must be a positive multiple of 4096.
+    that are not RAM, a PCI hole for example: a page touching a hole, or past
+    ``size``, cannot be mapped (the backend reports it as a per-page error and
+    maps it with no access).  The memory starts zeroed and is allocated by the
+    kernel as it is touched.  Pass it to :class:`MapCache`; the cache keeps
+    the memory alive even after :meth:`close`.  Also a context manager.
+
+    :raises InvalidAddress: ``size`` is zero or not a multiple of 4096, or a
+        hole is empty, negative or not a ``(start, end)`` pair.
+    :raises TypeError: ``size`` or a hole bound is not an int.
+    :raises OSError: the memfd cannot be made (too many open files, say).
+
+    Cost: one memfd (a file descriptor); no memory until pages are touched.
     """
+
+    _no_copy_why = "it owns a memfd; a copy would close it twice, a pickle would carry a bare fd number"
 
     def __init__(self, size: int, holes: Iterable[tuple[int, int]] = ()) -> None:
         size = as_uint(size, "size")
@@ -44,7 +57,15 @@ class GuestRAM:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], holes: Iterable[tuple[int, int]] = ()) -> GuestRAM:
-        """Guest RAM holding a copy of the raw RAM image at ``path``."""
+        """Make guest RAM holding a copy of the raw RAM image at ``path``.
+
+        The size is the image's, rounded up to whole pages (at least one page).
+
+        :raises OSError: the file cannot be read.
+        :raises InvalidAddress: a bad hole (see the class).
+
+        Cost: one copy of the image into the memfd.
+        """
         with open(path, "rb") as image:
             length = os.fstat(image.fileno()).st_size
             ram = cls(max(PAGE_SIZE, -(-length // PAGE_SIZE) * PAGE_SIZE), holes)
@@ -68,12 +89,23 @@ class GuestRAM:
         return self._fd < 0
 
     def fileno(self) -> int:
-        """The memfd holding guest RAM."""
+        """Return the file descriptor of the memfd holding guest RAM (still owned by this object).
+
+        :raises MapCacheError: the guest RAM is closed.
+
+        Cost: O(1).
+        """
         self._check_open()
         return self._fd
 
     def page_error(self, pfn: int) -> int:
-        """0 when guest page ``pfn`` is RAM, else an errno saying why not."""
+        """Return 0 when guest page ``pfn`` is RAM, else an errno saying why not.
+
+        ``ENXIO`` (6) past the end of RAM, ``EFAULT`` (14) in a hole: what the
+        backend reports for that page.  Raises nothing.
+
+        Cost: O(number of holes).
+        """
         start = pfn << PAGE_SHIFT
         if start + PAGE_SIZE > self._size:
             return 6  # ENXIO
@@ -91,7 +123,15 @@ class GuestRAM:
                 raise MappingError(f"[{paddr:#x}, {paddr + n:#x}) touches the hole [{lo:#x}, {hi:#x})")
 
     def read(self, paddr: int, n: int) -> bytes:
-        """Read ``n`` bytes of guest RAM at ``paddr``."""
+        """Read ``n`` bytes of guest RAM at ``paddr``, straight from the memfd (no cache).
+
+        :raises InvalidAddress: negative values, or a range past the end of RAM.
+        :raises MappingError: the range touches a hole.
+        :raises TypeError: ``paddr`` or ``n`` is not an int.
+        :raises MapCacheError: the guest RAM is closed.
+
+        Cost: ``pread`` system calls and a copy of ``n`` bytes.
+        """
         paddr, n = as_uint(paddr, "paddr"), as_uint(n, "n")
         self._check_range(paddr, n)
         chunks = []
@@ -105,7 +145,17 @@ class GuestRAM:
         return b"".join(chunks)
 
     def write(self, paddr: int, data: bytes | bytearray | memoryview) -> None:
-        """Write ``data`` into guest RAM at ``paddr``."""
+        """Write ``data`` into guest RAM at ``paddr``, straight into the memfd (no cache).
+
+        Checked before a byte is written: a range touching a hole writes nothing.
+
+        :raises InvalidAddress: a negative ``paddr``, or a range past the end of RAM.
+        :raises MappingError: the range touches a hole.
+        :raises TypeError: ``paddr`` is not an int, or ``data`` not a buffer.
+        :raises MapCacheError: the guest RAM is closed.
+
+        Cost: ``pwrite`` system calls and a copy of ``data``.
+        """
         paddr = as_uint(paddr, "paddr")
         view = memoryview(data).cast("B")
         self._check_range(paddr, len(view))
@@ -115,7 +165,13 @@ class GuestRAM:
             paddr += done
 
     def close(self) -> None:
-        """Close guest RAM.  Caches built on it keep their own reference."""
+        """Close this handle on guest RAM; a second call does nothing.
+
+        Caches built on it keep their own reference to the memory, which lives
+        until the last of them is closed.  Raises nothing.
+
+        Cost: one ``close`` system call.
+        """
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

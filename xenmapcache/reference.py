@@ -1,7 +1,7 @@
 """The pure-Python reference implementation of the mapcache: the oracle.
 
 ``xenmapcache.reference`` exports the same public names as ``xenmapcache``
-(DESIGN.md section 6), but its ``MapCache`` runs on ``_PyCore``, a line-by-line
+(docs/contract.md, section 6), but its ``MapCache`` runs on ``_PyCore``, a line-by-line
 Python rendering of ``csrc/cache.c`` and of the memfd backend of
 ``csrc/ram.c``.  It needs no compiler and never imports the C extension, so
 it can stand in for the C core anywhere and be compared with it step by step
@@ -64,6 +64,7 @@ __all__ = [
 # Status codes, as in csrc/xenmapcache.h (internal: they become exceptions at the edge).
 OK, ENOMEM, EINVAL, EMAP, ENOENT, EOVERFLOW, EUNAVAIL, ESYS = 0, -1, -2, -3, -4, -5, -6, -7
 EREENTER = -10
+EGRANT = -12
 # The messages of xmc_strerror(); the exception of each code comes from the
 # package's one table (errors.EXCEPTION_OF).
 _MESSAGES: dict[int, str] = {
@@ -75,6 +76,7 @@ _MESSAGES: dict[int, str] = {
     EUNAVAIL: "backend not available",
     ESYS: "system call failed",
     EREENTER: "called from inside one of the cache's own backend callbacks",
+    EGRANT: "not allowed on a grant cache (locked requests only, no replace)",
 }
 
 MAX_SLOTS = 1 << 24  # XMC_MAX_SLOTS
@@ -377,6 +379,7 @@ class _PyCore:
         translate: Callable[[int, int], int] | None,
         dummy: bool,
         lock_limit: int,
+        grants: bool = False,
     ) -> None:
         bucket = 1 << bucket_shift
         slots = max_size // bucket + (max_size % bucket != 0)
@@ -389,6 +392,7 @@ class _PyCore:
         self._translate = translate
         self._dummy = dummy
         self._lock_limit = lock_limit
+        self._grants = grants  # MapCache checked bucket_shift == 12
         self._lock = threading.Lock()
         if isinstance(ram, CallbackBackend):
             backend: _RamBackend | _CallbackAdapter = _CallbackAdapter(ram)
@@ -465,7 +469,7 @@ class _PyCore:
             if e.index == index and e.size == size and e.pages_valid(first, n):
                 st.hits += 1
                 return OK, e
-            if reuse is None and e.lock == 0:
+            if reuse is None and e.lock == 0 and not self._grants:
                 reuse = e
         st.misses += 1
         if reuse is not None:
@@ -476,6 +480,8 @@ class _PyCore:
         if rc != OK or found is None:
             return rc, None
         if not found.pages_valid(first, n):
+            if self._grants:  # a grant entry lives only while locked
+                st.destroy(found)
             return EMAP, None
         return OK, found
 
@@ -510,6 +516,8 @@ class _PyCore:
             return OK, e.vaddr + offset, None
         if not _range_ok(paddr, size) or size > self._max_size:
             return EINVAL, 0, None
+        if self._grants and not lock:
+            return EGRANT, 0, None
         if lock and self._lock_limit == 0:
             return EOVERFLOW, 0, None  # before any lookup: nothing changes
         translated = dummy = False
@@ -542,7 +550,8 @@ class _PyCore:
                 return EOVERFLOW, 0, None
             self._record_add(found, address, size, tag, bool(flags & _cache.DMA))
             found.lock += 1
-        st.last = found
+        if not self._grants:  # a grant entry may go at any unlock
+            st.last = found
         return OK, address, None
 
     # -- records --------------------------------------------------------------
@@ -609,6 +618,8 @@ class _PyCore:
         cache_size, n = bucket, 1
         if not _range_ok(old_paddr, size) or not _range_ok(new_paddr, size) or size > self._max_size:
             return EINVAL, 0
+        if self._grants:  # a grant entry is never remapped in place
+            return EGRANT, 0
         if size:
             cache_size = (offset + size + bucket - 1) & ~(bucket - 1)
             n = ((new_paddr & (PAGE_SIZE - 1)) + size + PAGE_SIZE - 1) >> PAGE_SHIFT
@@ -650,26 +661,43 @@ class _PyCore:
             self._st.chain_append(e, self._nr_slots)
         return OK, e.vaddr + new_offset
 
+    def _copy_chunk(self, paddr: int, n: int) -> int:
+        """``copy_chunk``: the bytes of one bucket (map refuses more than max_size)."""
+        return min(n, self._bucket - (paddr & (self._bucket - 1)), self._max_size)
+
     def _copy_locked(self, paddr: int, n: int, src: memoryview | None, out: list[bytes]) -> tuple[int, BaseException | None]:
+        """``copy_locked``: all or nothing; every chunk mapped and pinned before a byte moves."""
         if not _range_ok(paddr, n):
             return EINVAL, None
-        bucket, done = self._bucket, 0
+        pieces: list[tuple[_Entry, int, int]] = []  # (entry, host address, length)
+        pin = self._copy_chunk(paddr, n) < n  # one chunk alone needs no pin
+        rc, cause = OK, None
         while n:
-            room = bucket - (paddr & (bucket - 1))
-            chunk = min(n, room, self._max_size)  # map refuses more, even in one bucket
+            chunk = self._copy_chunk(paddr, n)
             rc, p, cause = self._map_locked(paddr, chunk, 0, 0)
             if rc != OK:
-                return rc, cause
-            window = memoryview((ctypes.c_ubyte * chunk).from_address(p)).cast("B")
-            if src is not None:
-                window[:] = src[done : done + chunk]
-            else:
-                out.append(bytes(window))
-            window.release()
-            done += chunk
+                break
+            e = self._st.last
+            assert e is not None  # map_locked leaves the entry that served in last
+            if pin:
+                e.lock += 1
+            pieces.append((e, p, chunk))
             paddr += chunk
             n -= chunk
-        return OK, None
+        if rc == OK:
+            done = 0
+            for _, p, chunk in pieces:
+                window = memoryview((ctypes.c_ubyte * chunk).from_address(p)).cast("B")
+                if src is not None:
+                    window[:] = src[done : done + chunk]
+                else:
+                    out.append(bytes(window))
+                window.release()
+                done += chunk
+        if pin and not self._st.closed:  # closed while translate ran: every entry is gone
+            for e, _, _ in pieces:
+                e.lock -= 1
+        return rc, cause
 
     def _check_open(self) -> None:
         if self._st.closed:
@@ -703,7 +731,7 @@ class _PyCore:
                 for a in reversed(done):  # undo, newest first
                     r = self._record_find(a, tag)
                     if r is not None:
-                        self._record_del(r)
+                        self._record_drop(r)  # the batch's own error is the one to report
                 # Only what the failing segment's own attempt moved stays counted.
                 st.hits -= before[0] - start[0]
                 st.misses -= before[1] - start[1]
@@ -736,19 +764,32 @@ class _PyCore:
                 claimed.append(r)
             if rc == OK:
                 for r in claimed:
-                    self._record_del(r)
+                    if self._record_drop(r) != OK:
+                        rc = ESYS  # unlocked all the same: reported once
         if rc != OK:
-            _raise(rc, f"unlock_sg of {len(addresses)} segment(s)")
+            _raise(rc, f"unlock_sg of {len(addresses)} segment(s)", self._take_error() if rc == ESYS else None)
+
+    def _record_drop(self, r: _Rec) -> int:
+        """``record_drop``: ``_record_del``, then the grant rule (an entry whose last lock went is unmapped)."""
+        self._record_del(r)
+        if self._grants and r.entry.lock == 0:
+            return OK if self._st.destroy(r.entry) == OK else ESYS
+        return OK
 
     def unlock(self, address: int, tag: int) -> None:
         """Drop the newest locked mapping at exactly ``address`` that carries ``tag``."""
         with _entered(self._st, self._lock, "unlock"):
             self._check_open()
             r = self._record_find(address, tag)
+            rc = OK
             if r is not None:
                 self._record_del(r)
+                if self._grants and r.entry.lock == 0:  # the last lock: unmap now
+                    rc = OK if self._st.destroy(r.entry) == OK else ESYS
         if r is None:
             _raise(ENOENT, f"unlock {address:#x}")
+        if rc != OK:
+            _raise(rc, f"unlock {address:#x}", self._take_error())
 
     def ram_addr(self, address: int) -> int:
         """Guest address behind a host address inside a live entry."""
@@ -847,6 +888,6 @@ class _PyCore:
 
 
 class MapCache(_cache.MapCache):
-    """The mapcache of DESIGN.md section 6 on the pure-Python reference core."""
+    """The mapcache of docs/contract.md, section 6 on the pure-Python reference core."""
 
     _Core = _PyCore

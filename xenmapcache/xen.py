@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from ._nocopy import NoCopy
 from ._validate import as_uint
 from .errors import BackendUnavailable, MapCacheError
 
@@ -21,14 +22,26 @@ DOMID_LIMIT = 1 << 16
 WHY_SIZE = 512
 
 
-class XenForeignMemory:
+class XenForeignMemory(NoCopy):
     """The memory of Xen domain ``domid``, mapped through libxenforeignmemory.
 
+    Pass it to :class:`MapCache`, which keeps it alive while it needs it.
     ``library`` names the shared library to load (default
     ``libxenforeignmemory.so.1``), for a Xen installed outside the loader's
-    path.  Raises ``BackendUnavailable`` when it cannot be loaded or when
-    ``/dev/xen/privcmd`` is missing (not running in a Xen domain).
+    path.  The library is loaded here, at run time, never at import; its
+    messages are kept out of stderr and end up in the exception.  Also a
+    context manager.
+
+    :raises BackendUnavailable: the library cannot be loaded, or
+        ``/dev/xen/privcmd`` is missing (not running in a Xen domain); the
+        message says which.
+    :raises InvalidAddress: ``domid`` is negative or not below 65536.
+    :raises TypeError: ``domid`` is not an int.
+
+    Cost: a ``dlopen`` and an open of the privcmd device, once.
     """
+
+    _no_copy_why = "it owns a libxenforeignmemory handle, which a copy would close twice"
 
     def __init__(self, domid: int, library: str | os.PathLike[str] | None = None) -> None:
         from ._native import binding, check
@@ -59,7 +72,13 @@ class XenForeignMemory:
         return self._c is None
 
     def close(self) -> None:
-        """Drop this handle.  Caches built on it keep their own reference."""
+        """Drop this handle; a second call does nothing.
+
+        Caches built on it keep their own reference, and the library handle
+        lives until the last of them is closed.  Raises nothing.
+
+        Cost: O(1).
+        """
         if self._c is not None:
             self._ffi.release(self._c)
             self._c = None

@@ -3,8 +3,11 @@
  * calls on a small cache, checked against a model after every call.
  *
  * Setup (first three bytes): bucket shift 12..14, 1..8 slots, lock limit,
- * translate on/off, a second hole, and whether the cache is freed at the end
- * with its locked mappings outstanding (else they are unlocked first).  Guest RAM is 64 pages with a fixed hole
+ * translate on/off, a second hole, whether the cache is freed at the end
+ * with its locked mappings outstanding (else they are unlocked first), and
+ * grant rules (h1 bits 0x1c all set; shift 12): then unlocked requests,
+ * copies and replace must fail with XMC_EGRANT, and the cache must hold no
+ * more entries than locked mappings, none once they are all unlocked.  Guest RAM is 64 pages with a fixed hole
  * at pages [24, 28) and a chosen one; addresses reach past the end and up to
  * the top of the 64-bit space.  The translate callback maps the fixed hole
  * onto pages [4, 8), fails for the chosen hole and answers a wrapping
@@ -106,7 +109,7 @@ static xmc_cache *cache;
 static unsigned shift;
 static uint64_t bucket, max_size;
 static uint32_t lock_limit;
-static bool translate_on, dummy_on, dummy_ever, free_locked;
+static bool translate_on, dummy_on, dummy_ever, free_locked, grants;
 static uint64_t hole2_lo, hole2_hi;
 static uint8_t shadow[RAM_SIZE], initial[RAM_SIZE];
 static bool initial_done;
@@ -511,6 +514,11 @@ static void op_map(unsigned flags)
                  flags, rc);
         return;
     }
+    if (grants && !lock) {
+        if (rc != XMC_EGRANT)
+            FAIL("unlocked map(%#" PRIx64 ") on a grant cache = %d", paddr, rc);
+        return;
+    }
     if (rc == XMC_EOVERFLOW) {
         EXPECT(lock);
         if (held_with_key(paddr, size) < lock_limit &&
@@ -682,6 +690,11 @@ static void op_replace(void)
         EXPECT(rc == XMC_EINVAL);
         return;
     }
+    if (grants) {
+        EXPECT(rc == XMC_EGRANT);
+        check_records(); /* nothing moved */
+        return;
+    }
     if (rc != XMC_OK) {
         EXPECT(rc == XMC_ENOENT || rc == XMC_EINVAL || rc == XMC_EMAP);
         EXPECT(rc != XMC_EMAP || !valid(new, size) || strands_a_lock(old, new, size));
@@ -723,6 +736,10 @@ static void op_copy(bool write)
     TRACE("%s(%#" PRIx64 ", %#" PRIx64 ") = %d\n", write ? "write" : "read", paddr, n, rc);
     if (!range_ok(paddr, n)) {
         EXPECT(rc == XMC_EINVAL);
+        return;
+    }
+    if (grants && n) { /* a copy is an unlocked request */
+        EXPECT(rc == XMC_EGRANT);
         return;
     }
     if (v && rc != XMC_OK)
@@ -768,6 +785,17 @@ static void op_held_write(void)
     }
 }
 
+/* Under grant rules an entry lives only while locked: no more entries than
+ * locked mappings, and each backend mapping is a live entry. */
+static void check_grant_entries(void)
+{
+    xmc_stats st;
+
+    EXPECT(xmc_stats_get(cache, &st) == XMC_OK);
+    EXPECT(st.entries <= nheld && st.remaps == 0);
+    EXPECT(dummy_ever ? ntrack <= st.entries : ntrack == st.entries);
+}
+
 static void run(void)
 {
     while (in_pos < in_len) {
@@ -810,6 +838,8 @@ static void run(void)
         }
         }
         check_records();
+        if (grants)
+            check_grant_entries();
     }
 }
 
@@ -833,8 +863,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     lock_limit = h1 & 0x80 ? UINT32_MAX : 1 + h1 % 4;
     translate_on = h1 & 0x40;
     free_locked = h1 & 0x20; /* end with xmc_cache_free on locked mappings */
-    TRACE("shift %u, max_size %#" PRIx64 ", lock limit %u, translate %d, hole2 page %" PRIu64
-          "\n", shift, max_size, lock_limit, translate_on, (uint64_t)(h2 % RAM_PAGES));
+    grants = (h1 & 0x1c) == 0x1c; /* no older seed sets all three bits */
+    if (grants) {
+        shift = 12;
+        bucket = PAGE;
+        max_size = (1 + (h0 >> 2) % 8) * bucket;
+    }
+    TRACE("shift %u, max_size %#" PRIx64 ", lock limit %u, translate %d, grants %d, hole2 page %" PRIu64
+          "\n", shift, max_size, lock_limit, translate_on, grants, (uint64_t)(h2 % RAM_PAGES));
     dummy_on = dummy_ever = false;
     hole2_lo = (h2 % RAM_PAGES) * PAGE;
     hole2_hi = hole2_lo + (1 + (h2 >> 6)) * PAGE;
@@ -858,8 +894,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     EXPECT(xmc_cache_set_lock_limit(cache, lock_limit) == XMC_OK);
     if (translate_on)
         EXPECT(xmc_cache_set_translate(cache, translate, NULL) == XMC_OK);
+    if (grants)
+        EXPECT(xmc_cache_set_grants(cache, true) == XMC_OK);
 
     run();
+    if (grants) { /* the rules cannot change once the cache has mapped */
+        EXPECT(xmc_stats_get(cache, &st) == XMC_OK);
+        EXPECT(xmc_cache_set_grants(cache, false) == (st.misses ? XMC_EINVAL : XMC_OK));
+        EXPECT(xmc_cache_set_grants(cache, true) == XMC_OK);
+    }
 
     if (free_locked) { /* the cache goes with mappings still locked */
         xmc_cache_free(cache);
@@ -877,6 +920,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     check_records();
     check_ram();
+    if (grants) { /* the last unlocks unmapped every entry already */
+        EXPECT(xmc_stats_get(cache, &st) == XMC_OK);
+        EXPECT(st.entries == 0 && ntrack == 0);
+    }
     EXPECT(xmc_invalidate(cache, NULL, NULL) == XMC_OK);
     EXPECT(xmc_stats_get(cache, &st) == XMC_OK);
     EXPECT(st.entries == 0 && st.mapped_bytes == 0 && st.locked == 0);

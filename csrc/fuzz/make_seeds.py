@@ -23,9 +23,11 @@ DUMMY, LOCK_LIMIT, CHECK_RAM, STATS = 16, 17, 18, 19
 
 
 def header(shift: int = 12, slots: int = 4, lock_limit: int = 0, translate: bool = False,
-           hole2_page: int = 40, hole2_pages: int = 1, free_locked: bool = False) -> bytes:
+           hole2_page: int = 40, hole2_pages: int = 1, free_locked: bool = False,
+           grants: bool = False) -> bytes:
     """Shift 12..14, 1..8 slots, lock limit 1..4 (0 = unlimited), second hole;
-    free_locked: end with xmc_cache_free while mappings are still locked."""
+    free_locked: end with xmc_cache_free while mappings are still locked;
+    grants: grant rules (the shift is then 12)."""
     # h0 % 3 picks the shift, (h0 >> 2) % 8 the number of slots.
     h0 = next(c for c in range(256) if c % 3 == shift - 12 and (c >> 2) % 8 == slots - 1)
     h1 = 0x80 if lock_limit == 0 else (lock_limit - 1)
@@ -33,6 +35,8 @@ def header(shift: int = 12, slots: int = 4, lock_limit: int = 0, translate: bool
         h1 |= 0x40
     if free_locked:
         h1 |= 0x20
+    if grants:
+        h1 |= 0x1c
     h2 = (hole2_page % 64) | ((hole2_pages - 1) << 6)
     return bytes([h0, h1, h2])
 
@@ -116,6 +120,17 @@ def seeds() -> dict[str, bytes]:
         bytes([MAP_LOCK if i % 2 else MAP_DMA]) + page_addr(i % 20, 8 * i) + small(8)
         for i in range(80)
     )
+    s["grants"] = header(slots=4, lock_limit=2, grants=True) + b"".join([
+        bytes([MAP]) + page_addr(1) + size0(),  # refused: unlocked
+        bytes([MAP_LOCK]) + page_addr(1, 0x10) + small(16),
+        bytes([MAP_DMA]) + page_addr(1, 0x20) + small(8),  # the same entry
+        bytes([MAP_LOCK]) + page_addr(5) + size0(),  # slot 1 again: a new entry
+        bytes([MAP_LOCK]) + page_addr(1) + size0(),  # over the lock limit
+        bytes([READ]) + page_addr(1) + struct.pack("<H", 8),
+        bytes([REPLACE]) + page_addr(1) + page_addr(2) + size0() + bytes([0]),
+        bytes([INVALIDATE, UNLOCK, 0, UNLOCK, 0, STATS, UNLOCK_TAG, 0, INVALIDATE]),
+        bytes([MAP_LOCK]) + page_addr(1, 0x10) + small(16),  # mapped anew
+    ])
     return s
 
 

@@ -1,6 +1,6 @@
 /*
  * test_pitfalls.c - one test per pitfall of QEMU's mapcache listed in
- * DESIGN.md section 4, each shown not to be reproduced.
+ * docs/contract.md, section 4, each shown not to be reproduced.
  *
  * Geometry: 64 KiB buckets, four slots, 1 MiB of RAM, the counting backend.
  * Two entries for the same bucket and size are built with the backend's

@@ -1,5 +1,5 @@
 /*
- * test_rules.c - one test per rule of DESIGN.md section 3: map (fast path,
+ * test_rules.c - one test per rule of docs/contract.md, section 3: map (fast path,
  * exact match anywhere in the chain, reuse of unlocked entries only, valid
  * bitmaps, translate, dummy mode, lock counts and records), ram_addr, unlock,
  * invalidate, replace, read/write and the statistics.

@@ -1,6 +1,6 @@
 /*
  * api_user.c - a C11 program written only against the two public headers:
- * the names DESIGN.md section 7 fixes, the QEMU-compatible calls and the Xen
+ * the names docs/contract.md, section 7 fixes, the QEMU-compatible calls and the Xen
  * constructor.  tests/test_c_library.py links it statically and dynamically
  * (and through pkg-config) and runs it; it prints "api_user: OK" and exits 0.
  */
