@@ -895,6 +895,11 @@ static PyObject *xmc_py_group_getitem(PyObject *op, PyObject *key)
     return PyObject_GetItem(((xmc_py_group *)op)->items, key);
 }
 
+static PyObject *xmc_py_group_item(PyObject *op, Py_ssize_t i)
+{
+    return PySequence_GetItem(((xmc_py_group *)op)->items, i);
+}
+
 static PyObject *xmc_py_group_iter(PyObject *op)
 {
     return PyObject_GetIter(((xmc_py_group *)op)->items);
@@ -964,6 +969,7 @@ static PyType_Slot xmc_py_group_slots[] = {
     { Py_tp_methods, xmc_py_group_methods },
     { Py_tp_getset, xmc_py_group_getset },
     { Py_sq_length, xmc_py_group_len },
+    { Py_sq_item, xmc_py_group_item }, /* a sequence of buffers: os.preadv(fd, g, offset) */
     { Py_mp_length, xmc_py_group_len },
     { Py_mp_subscript, xmc_py_group_getitem },
     { 0, NULL },

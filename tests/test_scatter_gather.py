@@ -198,3 +198,18 @@ def test_threads_share_batches(xmc: ModuleType, ram: Any) -> None:
             t.join()
         assert not errors, errors
         assert cache.stats().locked == 0
+
+
+def test_the_group_itself_is_a_sequence_of_buffers(xmc: ModuleType, cache: Any, ram: Any, tmp_path: Any) -> None:
+    image = tmp_path / "disk.img"
+    data = os.urandom(3 * PAGE)
+    image.write_bytes(data)
+    segs = [(0x9000, PAGE), (0x20_0000, PAGE), (0x5000, PAGE)]
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        with cache.map_sg(segs, dma=True) as g:
+            assert os.preadv(fd, g, 0) == len(data)  # each Mapping exports itself for the call
+    finally:
+        os.close(fd)
+    assert g.released  # no export was left behind
+    assert b"".join(ram.read(p, s) for p, s in segs) == data

@@ -24,6 +24,7 @@ import random
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -122,6 +123,23 @@ def with_floor_step(block: _Block, buf: bytearray) -> None:
     """The two ``with`` statements of ``safe_view_step`` with no cache at all."""
     with block, memoryview(buf) as v:
         v[0] = 1
+
+
+def sg_step(cache: Any, segments: list[tuple[int, int]], fd: int) -> int:
+    """A disk model's read: ``with cache.map_sg(sg, dma=True) as g: os.preadv(fd, g.buffers(), 0)``."""
+    with cache.map_sg(segments, dma=True) as g:
+        return os.preadv(fd, g.buffers(), 0)
+
+
+def sg_direct_step(cache: Any, segments: list[tuple[int, int]], fd: int) -> int:
+    """``sg_step`` with the group itself as the sequence of buffers (no memoryview objects)."""
+    with cache.map_sg(segments, dma=True) as g:
+        return os.preadv(fd, g, 0)
+
+
+def preadv_step(buffers: list[bytearray], fd: int) -> int:
+    """The baseline of ``sg_step``: ``os.preadv`` of the same bytes into one preallocated bytearray."""
+    return os.preadv(fd, buffers, 0)
 
 
 def slice_step(mm: mmap.mmap, addresses: Iterator[int]) -> bytes:
@@ -360,6 +378,38 @@ def safe(impl: str, step: Callable[[Any, int], None]) -> Setup:
     return setup
 
 
+SG_SEGMENTS = [(i * 37 * MIB + 0x5000, PAGE) for i in range(16)]  # 16 pages, scattered over 1 GiB
+
+
+def disk_image(res: Resources) -> int:
+    """A 64 KiB file in the page cache, open for reading; closed with the resources."""
+    if "disk" not in res._made:
+        with tempfile.TemporaryFile() as f:
+            f.write(os.urandom(len(SG_SEGMENTS) * PAGE))
+            f.flush()
+            fd = os.dup(f.fileno())
+        res._stack.callback(os.close, fd)
+        os.pread(fd, len(SG_SEGMENTS) * PAGE, 0)  # in the page cache
+        res._made["disk"] = fd
+    fd: int = res._made["disk"]
+    return fd
+
+
+@contextlib.contextmanager
+def sg_read(res: Resources) -> Iterator[Call]:
+    yield sg_step, (res.mapped_cache("c", "safe"), SG_SEGMENTS, disk_image(res))
+
+
+@contextlib.contextmanager
+def sg_direct_read(res: Resources) -> Iterator[Call]:
+    yield sg_direct_step, (res.mapped_cache("c", "safe"), SG_SEGMENTS, disk_image(res))
+
+
+@contextlib.contextmanager
+def preadv_read(res: Resources) -> Iterator[Call]:
+    yield preadv_step, ([bytearray(len(SG_SEGMENTS) * PAGE)], disk_image(res))
+
+
 @contextlib.contextmanager
 def with_floor(res: Resources) -> Iterator[Call]:
     yield with_floor_step, (_Block(), bytearray(4096))
@@ -468,6 +518,15 @@ ROWS = (
         Side("raw pair", safe("c", raw_step)),
         3.0,
         extra=(Side("the two with statements alone", with_floor),),
+    ),
+    Row(
+        "sg-preadv",
+        "with cache.map_sg(16 x 4 KiB, dma=True) as g: os.preadv(fd, g.buffers(), 0)",
+        "vs os.preadv of 64 KiB into one bytearray",
+        Side("map_sg + preadv", sg_read),
+        Side("preadv, one buffer", preadv_read),
+        1.5,
+        extra=(Side("map_sg + preadv(fd, g)", sg_direct_read),),
     ),
     Row(
         "safe-reference",
