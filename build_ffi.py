@@ -22,13 +22,14 @@ HERE = pathlib.Path(__file__).resolve().parent
 CSRC = "csrc"
 SEAM_DIR = "ffi"
 
-# Callbacks from C into Python (translate hooks, Python-side backends).
+# Callbacks from C into Python (translate hooks, Python-side backends, trace hooks).
 CALLBACKS = """
 extern "Python" int _xmc_py_translate(void *, uint64_t, uint64_t, uint64_t *);
 extern "Python" int _xmc_py_map(void *, void *, uint64_t, size_t, int *, void **);
 extern "Python" int _xmc_py_unmap(void *, void *, size_t);
 extern "Python" void _xmc_py_retain(void *);
 extern "Python" void _xmc_py_release(void *);
+extern "Python" void _xmc_py_trace(void *, const xmc_event *);
 """
 
 # The hot-path wrappers of ffi/seam.h: plain integers in and out.

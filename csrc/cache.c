@@ -135,7 +135,7 @@ struct xmc_cache {
     uint64_t nr_slots;
     uint64_t slot_mask; /* nr_slots - 1 when a power of two (the default), else 0 */
     xmc_entry **slots;
-    xmc_entry *last; /* fast path: the entry that served last */
+    xmc_entry *fast; /* the entry that served last; NULL while traced (see set_last) */
     xmc_entry *live; /* live list head */
     xmc_entry *tree; /* treap root, entries by host address */
     record *recs;      /* record array: mmap'd, rec_cap records */
@@ -150,11 +150,64 @@ struct xmc_cache {
     bool dummy;
     bool grants; /* grant rules: locked requests only, unmapped at the last unlock */
     bool closed;
+    bool traced; /* trace != NULL, read on hot paths: on their cache line */
+    bool fast_off; /* grants || traced: the fast path never hits */
     xmc_translate_fn translate;
     void *translate_opaque;
     struct sg_tally *tally; /* the batch holding the mutex, if one does */
     xmc_stats st;
+    /* Off the hot cache lines: */
+    xmc_entry *last; /* while traced, the entry that served last */
+    xmc_trace_fn trace; /* NULL: no hook */
+    void *trace_opaque;
+    /* Set in a forked child when the mutex was held at fork(): its holder is
+     * gone, the cache may be half updated.  Read only when the mutex is busy. */
+    bool forked;
+    struct xmc_cache *fnext; /* every cache of the process, for fork_child() */
+    struct xmc_cache **fpprev;
 };
+
+/* ---- trace events ------------------------------------------------------- */
+
+/* Call the hook; the caller checked that there is one (TRACE does).  Marked
+ * as a callback, so that a call of the hook's into this cache fails with
+ * XMC_EREENTER instead of waiting for itself. */
+XMC_COLD static void trace_emit(xmc_cache *c, uint32_t kind, int rc, unsigned flags,
+                                uint64_t paddr, uint64_t size, uintptr_t address,
+                                uint64_t tag, uint64_t old_paddr)
+{
+    xmc_event ev = { .struct_size = sizeof(ev), .kind = kind, .rc = rc, .flags = flags,
+                     .paddr = paddr, .size = size, .address = address, .tag = tag,
+                     .old_paddr = old_paddr };
+    uintptr_t self = (uintptr_t)pthread_self();
+
+    atomic_store_explicit(&c->callback_thread, self, memory_order_relaxed);
+    c->trace(c->trace_opaque, &ev);
+    atomic_store_explicit(&c->callback_thread, 0, memory_order_relaxed);
+}
+
+#define TRACE(c, ...)                                                         \
+    do {                                                                      \
+        if ((c)->traced)                                                      \
+            trace_emit((c), __VA_ARGS__);                                     \
+    } while (0)
+
+/* Make e the last entry: the fast path's, unless traced; then it is kept
+ * aside and the fast path never hits, so hits are traced on the slow path
+ * and the fast path stays as it was.  A grant cache has no last entry: an
+ * entry may go at any unlock. */
+static inline void set_last(xmc_cache *c, xmc_entry *e)
+{
+    if (!c->fast_off)
+        c->fast = e;
+    else if (!c->grants)
+        c->last = e;
+}
+
+static inline xmc_entry *get_last(const xmc_cache *c)
+{
+    return c->fast_off ? c->last : c->fast;
+}
 
 const char *xmc_strerror(int err)
 {
@@ -171,6 +224,8 @@ const char *xmc_strerror(int err)
     case XMC_EAGAIN: return "the call would have to wait";
     case XMC_EREENTER: return "called from inside one of the cache's own backend callbacks";
     case XMC_EGRANT: return "not allowed on a grant cache (locked requests only, no replace)";
+    case XMC_EFORKED:
+        return "the process forked while another thread was inside the cache; unusable in the child";
     default: return "unknown error";
     }
 }
@@ -357,12 +412,13 @@ static int entry_destroy(xmc_cache *c, xmc_entry *e)
         c->live = e->lnext;
     if (e->lnext)
         e->lnext->lprev = e->lprev;
-    if (c->last == e)
-        c->last = NULL;
+    if (get_last(c) == e)
+        set_last(c, NULL);
     c->st.entries--;
     c->st.mapped_bytes -= e->size;
     tree_delete(c, e);
     rc = entry_unmap(c, e);
+    TRACE(c, XMC_EV_UNMAP, rc, 0, e->index << c->shift, e->size, (uintptr_t)e->vaddr, 0, 0);
     free(e);
     return rc;
 }
@@ -445,6 +501,8 @@ static int entry_new(xmc_cache *c, uint64_t index, uint64_t size, bool dummy,
     c->live = e;
     c->st.entries++;
     c->st.mapped_bytes += size;
+    TRACE(c, dummy ? XMC_EV_DUMMY : XMC_EV_MAP, XMC_OK, 0, index << c->shift, size,
+          (uintptr_t)e->vaddr, 0, 0);
     *out = e;
     return XMC_OK;
 }
@@ -476,6 +534,8 @@ static int entry_remap(xmc_cache *c, xmc_entry **ep, uint64_t index, uint64_t si
         chain_del(e);
         chain_append(c, e);
     }
+    TRACE(c, dummy ? XMC_EV_DUMMY : XMC_EV_REMAP, XMC_OK, 0, index << c->shift, size,
+          (uintptr_t)e->vaddr, 0, 0);
     return XMC_OK;
 }
 
@@ -658,8 +718,11 @@ static void record_del(xmc_cache *c, uint32_t *link)
  * at once (XMC_ESYS when the backend fails to; the lock is gone all the same). */
 static int record_drop(xmc_cache *c, uint32_t *link)
 {
-    xmc_entry *e = rec(c, *link)->e;
+    const record *r = rec(c, *link);
+    xmc_entry *e = r->e;
 
+    TRACE(c, XMC_EV_UNLOCK, XMC_OK, XMC_LOCK | (r->dma ? XMC_DMA : 0),
+          (e->index << c->shift) + (r->addr - (uintptr_t)e->vaddr), r->size, r->addr, r->tag, 0);
     record_del(c, link);
     if (c->grants && e->lock == 0)
         return entry_destroy(c, e) == XMC_OK ? XMC_OK : XMC_ESYS;
@@ -699,6 +762,66 @@ void xmc_records_free(xmc_record *records)
     free(records);
 }
 
+/* ---- fork ----------------------------------------------------------------- */
+
+/*
+ * A child of fork() has one thread, the one that forked.  A cache whose mutex
+ * some other thread held at that moment stays held forever in the child, and
+ * may be half updated: fork_child() marks it, and cache_lock() answers
+ * XMC_EFORKED once it finds the mutex busy (so the hit path pays nothing).
+ * A cache that was idle works in the child as in the parent.
+ */
+static pthread_mutex_t caches_lock = PTHREAD_MUTEX_INITIALIZER;
+static xmc_cache *caches;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static int fork_rc = XMC_ENOMEM;
+
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&caches_lock); /* no cache is added or freed across fork() */
+}
+
+static void fork_parent(void)
+{
+    pthread_mutex_unlock(&caches_lock);
+}
+
+static void fork_child(void)
+{
+    for (xmc_cache *c = caches; c; c = c->fnext)
+        if (atomic_load_explicit(&c->mutex.state, memory_order_relaxed) != 0)
+            c->forked = true;
+    pthread_mutex_unlock(&caches_lock);
+}
+
+static void fork_register(void)
+{
+    fork_rc = pthread_atfork(fork_prepare, fork_parent, fork_child) == 0 ? XMC_OK : XMC_ENOMEM;
+}
+
+static int caches_add(xmc_cache *c)
+{
+    if (pthread_once(&fork_once, fork_register) != 0 || fork_rc != XMC_OK)
+        return XMC_ENOMEM;
+    pthread_mutex_lock(&caches_lock);
+    c->fnext = caches;
+    c->fpprev = &caches;
+    if (caches)
+        caches->fpprev = &c->fnext;
+    caches = c;
+    pthread_mutex_unlock(&caches_lock);
+    return XMC_OK;
+}
+
+static void caches_del(xmc_cache *c)
+{
+    pthread_mutex_lock(&caches_lock);
+    *c->fpprev = c->fnext;
+    if (c->fnext)
+        c->fnext->fpprev = c->fpprev;
+    pthread_mutex_unlock(&caches_lock);
+}
+
 /* ---- cache life ------------------------------------------------------- */
 
 int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_size,
@@ -730,6 +853,11 @@ int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_siz
         free(c);
         return XMC_ENOMEM;
     }
+    if (caches_add(c) != XMC_OK) {
+        free(c->slots);
+        free(c);
+        return XMC_ENOMEM;
+    }
     atomic_init(&c->callback_thread, 0);
     c->be = be;
     c->shift = bucket_shift;
@@ -744,9 +872,17 @@ int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_siz
     return XMC_OK;
 }
 
-/* Drop every record and entry; the cache is then empty but usable. */
-static void drain(xmc_cache *c)
+/* Drop every record and entry; the cache is then empty but usable.  The
+ * first failed unmap, if any (each entry is unmapped once, never retried). */
+static int drain(xmc_cache *c)
 {
+    int rc = XMC_OK;
+
+    /* Closing says nothing (its hook may be half gone): untraced, no last. */
+    c->traced = false;
+    c->fast_off = c->grants;
+    c->trace = NULL;
+    c->last = NULL;
     if (c->recs)
         munmap(c->recs, (size_t)c->rec_cap * sizeof(record));
     c->recs = NULL;
@@ -755,9 +891,13 @@ static void drain(xmc_cache *c)
     free(c->rhash);
     c->rhash = NULL;
     c->rhash_bits = 0;
-    while (c->live)
-        entry_destroy(c, c->live);
+    while (c->live) {
+        int urc = entry_destroy(c, c->live);
+        if (rc == XMC_OK)
+            rc = urc;
+    }
     c->st.locked = c->st.dma_locked = 0;
+    return rc;
 }
 
 void xmc_cache_free(xmc_cache *c)
@@ -766,6 +906,9 @@ void xmc_cache_free(xmc_cache *c)
 
     if (!c)
         return;
+    caches_del(c);
+    if (c->forked)
+        return; /* half updated by a thread that is gone: leak it, touch nothing */
     drain(c);
     free(c->slots);
     be = c->be;
@@ -785,6 +928,8 @@ static inline int cache_lock(xmc_cache *c, bool wait)
 {
     if (mutex_try(&c->mutex))
         return XMC_OK;
+    if (c->forked)
+        return XMC_EFORKED;
     if (atomic_load_explicit(&c->callback_thread, memory_order_relaxed) == this_thread())
         return XMC_EREENTER;
     if (!wait)
@@ -807,11 +952,11 @@ static inline int cache_lock(xmc_cache *c, bool wait)
 
 #define LOCKED_CALL(c, expr) LOCKED_CALL_IF(c, true, expr)
 
+/* Closed even when an unmap fails; that failure is reported (XMC_ESYS). */
 static int close_locked(xmc_cache *c)
 {
-    drain(c);
     c->closed = true;
-    return XMC_OK;
+    return drain(c);
 }
 
 int xmc_cache_close(xmc_cache *c)
@@ -849,12 +994,31 @@ static int set_grants_locked(xmc_cache *c, bool on)
     if ((on && c->shift != XMC_PAGE_SHIFT) || c->st.misses)
         return XMC_EINVAL;
     c->grants = on;
+    c->fast_off = c->traced || c->grants;
     return XMC_OK;
 }
 
 int xmc_cache_set_grants(xmc_cache *c, bool on)
 {
     LOCKED_CALL(c, set_grants_locked(c, on));
+}
+
+static int set_trace_locked(xmc_cache *c, xmc_trace_fn fn, void *opaque)
+{
+    xmc_entry *last = get_last(c);
+
+    c->trace = fn;
+    c->trace_opaque = opaque;
+    c->fast = c->last = NULL;
+    c->traced = fn != NULL;
+    c->fast_off = c->traced || c->grants;
+    set_last(c, last);
+    return XMC_OK;
+}
+
+int xmc_cache_set_trace(xmc_cache *c, xmc_trace_fn fn, void *opaque)
+{
+    LOCKED_CALL(c, set_trace_locked(c, fn, opaque));
 }
 
 static int set_translate_locked(xmc_cache *c, xmc_translate_fn fn, void *opaque)
@@ -872,34 +1036,42 @@ int xmc_cache_set_translate(xmc_cache *c, xmc_translate_fn fn, void *opaque)
 /* ---- map -------------------------------------------------------------- */
 
 /*
- * The counters a batch moved itself (xmc_map_sg), told apart from those of
- * other threads while a translate callback runs without the mutex: `own`
- * holds the batch's share up to the last time it gave the mutex up, and
- * `mark` the counters when it last took it.  c->tally is set only while a
- * batch holds the mutex.
+ * The counters a batch (xmc_map_sg) moved itself, told apart from those of
+ * other threads while a translate callback runs without the mutex.  While the
+ * batch holds the mutex the tally holds its share minus c->st's counters, so
+ * that adding c->st gives its share; while it waits, its share.  c->tally is
+ * set only while a batch holds the mutex.
  */
 typedef struct sg_tally {
-    xmc_stats own;
-    xmc_stats mark;
+    uint64_t hits, misses, remaps;
 } sg_tally;
 
+/* The batch t has taken the mutex, or taken it back. */
 static void tally_resume(xmc_cache *c, sg_tally *t)
 {
     c->tally = t;
-    if (t)
-        t->mark = c->st;
+    if (t) {
+        t->hits -= c->st.hits;
+        t->misses -= c->st.misses;
+        t->remaps -= c->st.remaps;
+    }
 }
 
-/* Fold what the batch holding the mutex moved into its share; it is about to
- * give the mutex up.  Returns that batch (or NULL) for tally_resume(). */
+/* What the batch t, holding the mutex, has moved so far. */
+static sg_tally tally_now(const xmc_cache *c, const sg_tally *t)
+{
+    return (sg_tally){ t->hits + c->st.hits, t->misses + c->st.misses,
+                       t->remaps + c->st.remaps };
+}
+
+/* The mutex is about to be given up: the batch holding it (returned, or
+ * NULL, for tally_resume) keeps what it moved so far. */
 static sg_tally *tally_pause(xmc_cache *c)
 {
     sg_tally *t = c->tally;
 
     if (t) {
-        t->own.hits += c->st.hits - t->mark.hits;
-        t->own.misses += c->st.misses - t->mark.misses;
-        t->own.remaps += c->st.remaps - t->mark.remaps;
+        *t = tally_now(c, t);
         c->tally = NULL;
     }
     return t;
@@ -939,9 +1111,9 @@ static int translate_unlocked(xmc_cache *c, uint64_t paddr, uint64_t size,
  * paddr's bucket and its page is valid.  Small enough to inline into
  * xmc_map(), so that a hit costs the mutex and a few loads.
  */
-static inline bool hit_locked(xmc_cache *c, uint64_t paddr, void **out)
+static inline bool hit_locked(xmc_cache *c, const xmc_entry *e, uint64_t paddr,
+                              void **out)
 {
-    const xmc_entry *e = c->last;
     uint64_t offset = paddr & (c->bucket_size - 1);
 
     if (!e || e->index != paddr >> c->shift ||
@@ -965,7 +1137,7 @@ XMC_NOINLINE static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size,
 
     if (!xmc_range_ok(paddr, size) || size > c->max_size)
         return XMC_EINVAL;
-    if (c->grants && !lock)
+    if (!lock && c->grants)
         return XMC_EGRANT;
     if (lock && c->lock_limit == 0)
         return XMC_EOVERFLOW; /* before any lookup: nothing changes */
@@ -980,12 +1152,14 @@ XMC_NOINLINE static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size,
                          flags & MAP_NOWAIT, &e);
         if (rc != XMC_EMAP)
             break;
-        c->last = NULL;
+        set_last(c, NULL);
         if (!translated && (c->translate || c->be->translate)) {
             uint64_t np;
             rc = translate_unlocked(c, paddr, size, &np);
             if (rc != XMC_OK)
                 return rc;
+            TRACE(c, XMC_EV_TRANSLATE, XMC_OK, flags & (XMC_LOCK | XMC_DMA), np, size, 0,
+                  lock ? tag : 0, paddr);
             translated = true;
             paddr = np;
             index = paddr >> c->shift;
@@ -1014,10 +1188,39 @@ XMC_NOINLINE static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size,
         }
         e->lock++;
     }
-    if (!c->grants) /* a grant entry may go at any unlock: never the fast path's */
-        c->last = e;
+    set_last(c, e);
     *out = e->vaddr + offset;
     return XMC_OK;
+}
+
+/* map_locked(), and its events when traced: a hit of the fast path (which
+ * is off while traced), then a hit, a miss, a lock overflow or a refusal. */
+XMC_NOINLINE static int map_slow(xmc_cache *c, uint64_t paddr, uint64_t size,
+                                 unsigned flags, uint64_t tag, void **out)
+{
+    unsigned ev_flags = flags & (XMC_LOCK | XMC_DMA);
+    uint64_t misses = c->st.misses;
+    uint32_t kind = 0;
+    int rc;
+
+    if (!c->traced) /* (the hook went while translate ran: copy_locked) */
+        return map_locked(c, paddr, size, flags, tag, out);
+    if (!(flags & XMC_LOCK) && !size && hit_locked(c, get_last(c), paddr, out))
+        rc = XMC_OK;
+    else
+        rc = map_locked(c, paddr, size, flags, tag, out);
+    if (rc == XMC_EGRANT)
+        kind = XMC_EV_REFUSED;
+    else if (rc == XMC_EOVERFLOW)
+        kind = XMC_EV_LOCK_OVERFLOW;
+    else if (c->st.misses != misses)
+        kind = XMC_EV_MISS;
+    else if (rc == XMC_OK)
+        kind = XMC_EV_HIT;
+    if (kind && c->traced) /* translate may have run: the hook may be gone */
+        trace_emit(c, kind, rc, ev_flags, paddr, size, rc == XMC_OK ? (uintptr_t)*out : 0,
+                   flags & XMC_LOCK ? tag : 0, 0);
+    return rc;
 }
 
 static inline int map_call(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
@@ -1030,8 +1233,10 @@ static inline int map_call(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned
     if ((rc = cache_lock(c, !(flags & MAP_NOWAIT))) != XMC_OK)
         return rc;
     /* A closed cache has no entries, so no last entry: it never hits. */
-    if ((flags & XMC_LOCK) || size || !hit_locked(c, paddr, out))
-        rc = c->closed ? XMC_ECLOSED : map_locked(c, paddr, size, flags, tag, out);
+    if ((flags & XMC_LOCK) || size || !hit_locked(c, c->fast, paddr, out))
+        rc = c->closed  ? XMC_ECLOSED
+             : c->traced ? map_slow(c, paddr, size, flags, tag, out)
+                        : map_locked(c, paddr, size, flags, tag, out);
     mutex_unlock(&c->mutex);
     return rc;
 }
@@ -1051,14 +1256,20 @@ int xmc_map_nowait(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
 
 /* ---- batches ------------------------------------------------------------ */
 
-#define SG_ON_STACK 64
+#define SG_ON_STACK 64 /* addresses a batch keeps on the stack; more are allocated */
 
+/*
+ * Map segments 0..n-1 as locked map_locked() calls into addrs[].  When one
+ * fails, undo the records of those before it and take back what they moved
+ * of hits, misses and remaps (kept apart from other threads' counts by the
+ * tally); the entries they mapped stay, unlocked (on a grant cache they go
+ * with their last lock, as record_drop() does).
+ */
 static int map_sg_locked(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags,
                          uint64_t tag, void **addrs)
 {
-    xmc_entry *last = c->last;
-    sg_tally t = { 0 };
-    xmc_stats before = { 0 }; /* the batch's share before the failing segment */
+    xmc_entry *last = get_last(c);
+    sg_tally t = { 0 }, before = { 0 }; /* before: what segments 0..i-1 moved */
     size_t i;
     int rc = XMC_OK;
 
@@ -1067,10 +1278,8 @@ static int map_sg_locked(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned fl
             return XMC_EINVAL;
     tally_resume(c, &t);
     for (i = 0; i < n; i++) {
-        tally_pause(c);
-        tally_resume(c, &t);
-        before = t.own;
-        rc = map_locked(c, segs[i].paddr, segs[i].size, flags | XMC_LOCK, tag, &addrs[i]);
+        before = tally_now(c, &t);
+        rc = map_slow(c, segs[i].paddr, segs[i].size, flags | XMC_LOCK, tag, &addrs[i]);
         if (rc != XMC_OK)
             break;
     }
@@ -1089,7 +1298,7 @@ static int map_sg_locked(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned fl
     c->st.misses -= before.misses;
     c->st.remaps -= before.remaps;
     if (flags & MAP_NOWAIT) /* nothing was mapped or dropped: last is still live */
-        c->last = last;
+        set_last(c, last);
     return rc;
 }
 
@@ -1196,15 +1405,19 @@ static int unlock_locked(xmc_cache *c, uintptr_t addr, bool by_tag, uint64_t tag
                          uint64_t *tag_out, bool nowait)
 {
     uint32_t *link = record_find(c, addr, by_tag, tag);
+    const record *r;
     xmc_entry *e;
 
-    if (!link)
+    if (!link) {
+        TRACE(c, XMC_EV_UNLOCK_UNKNOWN, XMC_ENOENT, 0, 0, 0, addr, tag, 0);
         return XMC_ENOENT;
-    e = rec(c, *link)->e;
+    }
+    r = rec(c, *link);
+    e = r->e;
     if (nowait && c->grants && e->lock == 1)
         return XMC_EAGAIN;
     if (tag_out)
-        *tag_out = rec(c, *link)->tag;
+        *tag_out = r->tag;
     return record_drop(c, link);
 }
 
@@ -1228,8 +1441,10 @@ static int ram_addr_locked(xmc_cache *c, const void *addr, uint64_t *out)
     uint32_t *link = record_find(c, (uintptr_t)addr, false, 0);
     const xmc_entry *e = link ? rec(c, *link)->e : tree_find(c, (uintptr_t)addr);
 
-    if (!e)
+    if (!e) {
+        TRACE(c, XMC_EV_RAM_ADDR_UNKNOWN, XMC_ENOENT, 0, 0, 0, (uintptr_t)addr, 0, 0);
         return XMC_ENOENT;
+    }
     *out = entry_paddr(c, e, (uintptr_t)addr);
     return XMC_OK;
 }
@@ -1250,6 +1465,19 @@ int xmc_ram_addr_nowait(xmc_cache *c, const void *addr, uint64_t *out)
 
 /* ---- invalidate --------------------------------------------------------- */
 
+/* The invalidate event, then one per DMA mapping in flight, oldest first. */
+XMC_COLD static void trace_invalidate(xmc_cache *c)
+{
+    TRACE(c, XMC_EV_INVALIDATE, XMC_OK, 0, 0, c->st.dma_locked, 0, 0, 0);
+    for (uint32_t id = c->oldest; id && c->traced; id = rec(c, id)->newer) {
+        const record *r = rec(c, id);
+
+        if (r->dma)
+            trace_emit(c, XMC_EV_DMA_IN_FLIGHT, XMC_OK, XMC_LOCK | XMC_DMA,
+                       entry_paddr(c, r->e, r->addr), r->size, r->addr, r->tag, 0);
+    }
+}
+
 static int invalidate_locked(xmc_cache *c, xmc_record **dma_out, size_t *n_dma)
 {
     int rc = XMC_OK;
@@ -1259,6 +1487,8 @@ static int invalidate_locked(xmc_cache *c, xmc_record **dma_out, size_t *n_dma)
         if (rc != XMC_OK)
             return rc;
     }
+    if (c->traced)
+        trace_invalidate(c);
     for (xmc_entry *e = c->live, *next; e; e = next) {
         next = e->lnext;
         if (e->lock == 0) {
@@ -1267,7 +1497,7 @@ static int invalidate_locked(xmc_cache *c, xmc_record **dma_out, size_t *n_dma)
                 rc = urc;
         }
     }
-    c->last = NULL;
+    set_last(c, NULL);
     c->st.invalidations++;
     return rc;
 }
@@ -1375,12 +1605,22 @@ static int replace_locked(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
     return XMC_OK;
 }
 
+static int replace_traced(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
+                          uint64_t size, void **out)
+{
+    int rc = replace_locked(c, old_paddr, new_paddr, size, out);
+
+    TRACE(c, XMC_EV_REPLACE, rc, 0, new_paddr, size, rc == XMC_OK ? (uintptr_t)*out : 0, 0,
+          old_paddr);
+    return rc;
+}
+
 int xmc_replace(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
                 uint64_t size, void **out)
 {
     if (!out)
         return XMC_EINVAL;
-    LOCKED_CALL(c, replace_locked(c, old_paddr, new_paddr, size, out));
+    LOCKED_CALL(c, replace_traced(c, old_paddr, new_paddr, size, out));
 }
 
 /* ---- listing, copying, statistics --------------------------------------- */
@@ -1417,6 +1657,7 @@ static int copy_locked(xmc_cache *c, uint64_t paddr, uint8_t *buf, size_t n,
         stack[PIECES_ON_STACK];
     struct piece *pieces = stack;
     size_t count = 0, pinned = 0, chunk;
+    xmc_entry *e;
     void *p;
     int rc = XMC_OK;
 
@@ -1430,7 +1671,7 @@ static int copy_locked(xmc_cache *c, uint64_t paddr, uint8_t *buf, size_t n,
     if ((flags & MAP_NOWAIT) && chunk < n)
         return XMC_EAGAIN;
     if (chunk == n) { /* the common case: one map, nothing to pin */
-        if ((rc = map_locked(c, paddr, n, flags, 0, &p)) != XMC_OK)
+        if ((rc = map_slow(c, paddr, n, flags, 0, &p)) != XMC_OK)
             return rc;
         memcpy(to_guest ? p : buf, to_guest ? buf : p, n);
         return XMC_OK;
@@ -1442,14 +1683,15 @@ static int copy_locked(xmc_cache *c, uint64_t paddr, uint8_t *buf, size_t n,
 again:
     for (uint64_t at = paddr, left = n; left; at += chunk, left -= chunk) {
         chunk = copy_chunk(c, at, (size_t)left);
-        if ((rc = map_locked(c, at, chunk, flags, 0, &p)) != XMC_OK)
+        if ((rc = map_slow(c, at, chunk, flags, 0, &p)) != XMC_OK)
             break;
-        if (c->last->lock == UINT32_MAX) { /* no room to pin it */
+        e = get_last(c); /* the entry that served this chunk */
+        if (e->lock == UINT32_MAX) { /* no room to pin it */
             rc = XMC_EOVERFLOW;
             break;
         }
-        c->last->lock++;
-        pieces[pinned++] = (struct piece){ c->last, p, chunk, c->last->index, c->last->flags };
+        e->lock++;
+        pieces[pinned++] = (struct piece){ e, p, chunk, e->index, e->flags };
     }
     /* translate runs with the mutex dropped: meanwhile another thread may
      * have replaced a pinned entry (moved it to other guest pages).  Then

@@ -46,6 +46,7 @@ extern "C" {
 #define XMC_EAGAIN -9    /* a _nowait call would have had to wait; nothing was done */
 #define XMC_EREENTER -10 /* called from inside the cache's own backend callback */
 #define XMC_EGRANT -12   /* not allowed on a grant cache: an unlocked request, replace */
+#define XMC_EFORKED -11  /* inherited through fork() while a thread was inside the cache */
 
 /* Limits: pages are 4 KiB; a bucket is 2**12 to 2**32 bytes; at most 16 Mi slots. */
 #define XMC_PAGE_SHIFT 12
@@ -237,7 +238,7 @@ int xmc_cache_set_translate(xmc_cache *c, xmc_translate_fn fn, void *opaque);
  * Unlocking the last lock of an entry unmaps it through the backend: when
  * that unmap fails the lock is gone all the same (the entry too, never
  * retried) and xmc_unlock() returns XMC_ESYS; the _nowait unlock returns
- * XMC_EAGAIN instead of unmapping.
+ * XMC_EAGAIN instead of unmapping.  Cost: O(1).
  */
 int xmc_cache_set_grants(xmc_cache *c, bool on); /* grant rules on any backend */
 
@@ -313,29 +314,35 @@ void xmc_records_free(xmc_record *records);
 int xmc_read(xmc_cache *c, uint64_t paddr, void *buf, size_t n);
 int xmc_write(xmc_cache *c, uint64_t paddr, const void *buf, size_t n);
 /*
- * Batches (scatter-gather): n locked mappings, or n unlocks, for one call and
- * one acquisition of the cache's mutex.  n is 1 to XMC_SG_MAX (else
- * XMC_EINVAL, as for NULL pointers).
+ * Batches (scatter-gather): n locked mappings, or n unlocks, for the price of
+ * one call and one acquisition of the cache's mutex.  n is 1 to XMC_SG_MAX;
+ * n == 0, a larger n, NULL pointers and unknown flags are XMC_EINVAL.
  *
  * xmc_map_sg() maps segment i as xmc_map(c, segs[i].paddr, segs[i].size,
- * XMC_LOCK | flags, tag) would, in order, and stores its host address in
- * out[i].  The lock is implied: flags may be XMC_DMA and XMC_LOCK (redundant),
- * nothing else.  All or nothing: when a segment fails (its error is returned)
- * the locks of the segments before it are undone and out[] is left as it
- * was; hits, misses and remaps are back to their values before the batch plus
- * what the failing segment's own attempt moved, as a failed xmc_map() of that
- * segment would move them.  Entries mapped on the way may stay cached,
- * unlocked (entries, mapped_bytes), as after a failed xmc_map().  Every
- * segment's range is checked before anything is looked up: a bad one anywhere
- * changes nothing.  Cost: that of n xmc_map() calls less n - 1 mutex round
- * trips; n > 64 allocates n pointers.  The mutex is given up only while a
- * translate callback runs, as in xmc_map().
+ * XMC_LOCK | flags, tag, &out[i]) would (size 0 included), in order: the
+ * lock is implied, and flags may hold XMC_DMA and XMC_LOCK, nothing else.
+ * Every mapping of the batch carries the same tag.  All or nothing: when a
+ * segment fails, its error is returned, the locks of the segments before it
+ * are undone and out[] is left as it was.  Hits, misses and remaps then
+ * differ from their values before the call by what the failing segment's own
+ * attempt moved, exactly as after a failed xmc_map() of that segment; locked
+ * and dma_locked are unchanged.  Entries mapped on the way may stay cached,
+ * unlocked (entries, mapped_bytes), as after a failed xmc_map(); on a grant
+ * cache they go with their last lock.  Every
+ * segment's range (paddr + size within 2**64, size <= max_size) is checked
+ * before anything is looked up, so a bad one anywhere changes nothing.
+ * Cost: that of n locked xmc_map() calls less n - 1 mutex round trips; a
+ * batch of more than 64 segments allocates n pointers (XMC_ENOMEM before
+ * anything is done).  The mutex is given up only while a translate callback
+ * runs, as in xmc_map(); other threads' calls may then land mid-batch.
  *
  * xmc_unlock_sg() drops, for each address, the newest locked mapping at
  * exactly addrs[i] that carries tag, as n xmc_unlock_tag() calls would.  All
- * or nothing: it first finds a record for every address (an address listed k
+ * or nothing: it first finds a record for every address (an address given k
  * times needs k records), and when one is missing returns XMC_ENOENT having
- * unlocked nothing.  O(n) hash lookups, no allocation.
+ * unlocked nothing.  On a grant cache an entry whose last lock goes is
+ * unmapped; if that fails the locks are gone all the same and it returns
+ * XMC_ESYS.  O(n) hash lookups, no allocation.
  */
 #define XMC_SG_MAX 65536
 typedef struct xmc_sg {
@@ -360,7 +367,8 @@ int xmc_unlock_sg(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag);
 int xmc_map_nowait(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
                    uint64_t tag, void **out);
 int xmc_unlock_tag_nowait(xmc_cache *c, const void *addr, uint64_t tag);
-/* All or nothing here too: XMC_EAGAIN when any segment would miss. */
+/* All or nothing too: XMC_EAGAIN, nothing changed, when any segment would miss;
+ * the batch unlock on a grant cache always leaves the work to the waiting call. */
 int xmc_map_sg_nowait(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags,
                       uint64_t tag, void **out);
 int xmc_unlock_sg_nowait(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag);
@@ -372,6 +380,53 @@ int xmc_read_nowait(xmc_cache *c, uint64_t paddr, void *buf, size_t n);
  */
 int xmc_stats_get(xmc_cache *c, xmc_stats *out);
 int xmc_memory_get(xmc_cache *c, xmc_memory *out);
+
+/*
+ * Trace events: what the cache does, as QEMU's mapcache reports it through
+ * its trace points.  xmc_cache_set_trace(c, fn, opaque) calls fn(opaque, ev)
+ * for each event (fn NULL: none, the default).  The hook runs in the calling
+ * thread, under the cache's mutex and in order: it may record, count or
+ * print, but must not call into the same cache (that fails with
+ * XMC_EREENTER) nor wait for a thread that does; *ev lives only during the
+ * call.  Closing and freeing the cache emit nothing.  Errors: the common
+ * ones.  Cost: O(1) to set; while no hook is set a hit costs nothing more
+ * (hits are traced off the fast path, which is taken only while no hook is
+ * set), and every other call one test of a flag per event.
+ *
+ * The struct may grow at its end, and kinds may be added (numbers are never
+ * reused): read ev->struct_size before a field added later, and ignore
+ * kinds you do not know.
+ */
+#define XMC_EV_HIT 1        /* a request served by a mapped entry */
+#define XMC_EV_MISS 2       /* a request that had to map (rc: its outcome) */
+#define XMC_EV_MAP 3        /* an entry mapped from the backend (paddr/size/address: the entry) */
+#define XMC_EV_REMAP 4      /* an unlocked entry mapped over for another bucket */
+#define XMC_EV_UNMAP 5      /* an entry unmapped (rc: the backend's answer) */
+#define XMC_EV_DUMMY 6      /* anonymous memory mapped in place of guest memory */
+#define XMC_EV_TRANSLATE 7  /* pages not mappable: old_paddr translated to paddr */
+#define XMC_EV_LOCK_OVERFLOW 8 /* a lock refused: the entry's count is at the limit */
+#define XMC_EV_UNLOCK 9     /* a locked mapping dropped */
+#define XMC_EV_UNLOCK_UNKNOWN 10 /* an unlock of an address with no locked mapping */
+#define XMC_EV_RAM_ADDR_UNKNOWN 11 /* a reverse lookup of an address in no entry */
+#define XMC_EV_INVALIDATE 12 /* invalidate: size = the DMA mappings in flight */
+#define XMC_EV_DMA_IN_FLIGHT 13 /* one per DMA mapping in flight at an invalidate */
+#define XMC_EV_REPLACE 14   /* an entry remapped onto new_paddr (rc: the outcome) */
+#define XMC_EV_REFUSED 15   /* a request refused by the grant rules (unlocked) */
+
+typedef struct xmc_event {
+    uint32_t struct_size; /* sizeof(xmc_event) of the library that filled it */
+    uint32_t kind;        /* XMC_EV_* */
+    int32_t rc;           /* XMC_OK, or the error of the call or the backend */
+    uint32_t flags;       /* XMC_LOCK, XMC_DMA of the request or mapping */
+    uint64_t paddr;       /* guest address */
+    uint64_t size;        /* bytes asked for, or of the entry */
+    uintptr_t address;    /* host address (0 when none) */
+    uint64_t tag;         /* the locked mapping's tag (0 otherwise) */
+    uint64_t old_paddr;   /* REPLACE: where it was; TRANSLATE: what was asked */
+} xmc_event;
+
+typedef void (*xmc_trace_fn)(void *opaque, const xmc_event *ev);
+int xmc_cache_set_trace(xmc_cache *c, xmc_trace_fn fn, void *opaque);
 
 /* cdef-end */
 

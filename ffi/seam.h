@@ -163,6 +163,8 @@ typedef struct xmc_py_cache {
     PyObject *fail;     /* fail(rc, what, paddr, size): raises */
     PyObject *checked[XMC_PY_NCHECKED];
     struct xmc_py_mapping *first, *last; /* the live Mappings, oldest first */
+    PyObject *after_free; /* called once the core is freed (in no cycle: never cleared) */
+    int traced;           /* a trace hook is set: batches skip their _nowait try */
     uint64_t next_id;
     uint64_t max_size;
     uint64_t bucket_size;
@@ -186,6 +188,14 @@ typedef struct xmc_py_group {
     PyObject *items; /* tuple of its Mappings */
     uint64_t id;     /* the tag of all their core records */
 } xmc_py_group;
+
+/* Py_XSETREF is not in the limited API. */
+#define Py_XSETREF_COMPAT(dst, src)                                           \
+    do {                                                                      \
+        PyObject *old_ = (PyObject *)(dst);                                   \
+        (dst) = (src);                                                        \
+        Py_XDECREF(old_);                                                     \
+    } while (0)
 
 static PyTypeObject *xmc_py_cache_type;
 static PyTypeObject *xmc_py_mapping_type;
@@ -521,6 +531,12 @@ static void xmc_py_register(xmc_py_cache *cache, xmc_py_mapping *m)
     Py_INCREF(m);
 }
 
+/* Whether m is on the cache's list. */
+static int xmc_py_linked(const xmc_py_cache *cache, const xmc_py_mapping *m)
+{
+    return m->prev || m->next || cache->first == m;
+}
+
 /* Take m off the list; the caller gets the list's reference. */
 static void xmc_py_unregister(xmc_py_cache *cache, xmc_py_mapping *m)
 {
@@ -560,15 +576,19 @@ static PyObject *xmc_py_mapping_release(PyObject *op, PyObject *unused)
                      m->exports);
         return NULL;
     }
+    /* Released, but on the list until the core call returns: its trace
+     * event finds its tag there.  close() may take it off meanwhile. */
     m->released = 1;
-    xmc_py_unregister(cache, m); /* its reference is ours until the end */
     Py_INCREF(cache);
+    Py_INCREF(m);
     rc = xmc_py_unlock_mapping(cache, m, m->id);
     if (rc != XMC_OK && rc != XMC_ESYS && !cache->closed) {
         /* Still locked (a call from a backend callback, say): as it was.
          * XMC_ESYS: unlocked, but a grant entry failed to unmap (reported once). */
         m->released = 0;
-        xmc_py_register(cache, m);
+    } else if (xmc_py_linked(cache, m)) {
+        xmc_py_unregister(cache, m);
+        Py_DECREF(m); /* the list's reference */
     }
     Py_DECREF(m);
     if (rc != XMC_OK && !cache->closed) {
@@ -816,12 +836,12 @@ static PyObject *xmc_py_group_release(PyObject *op, PyObject *unused)
         return PyErr_NoMemory();
     held = (xmc_py_mapping **)(addrs + live);
     live = 0;
-    for (Py_ssize_t i = 0; i < n; i++) { /* released and off the list: their references are ours */
+    for (Py_ssize_t i = 0; i < n; i++) { /* released; on the list until the call returns */
         xmc_py_mapping *m = (xmc_py_mapping *)PyTuple_GetItem(g->items, i);
         if (m->released)
             continue;
         m->released = 1;
-        xmc_py_unregister(cache, m);
+        Py_INCREF(m);
         addrs[live] = (void *)(uintptr_t)m->address;
         held[live++] = m;
     }
@@ -833,7 +853,9 @@ static PyObject *xmc_py_group_release(PyObject *op, PyObject *unused)
     for (Py_ssize_t i = 0; i < live; i++) {
         if (rc != XMC_OK && rc != XMC_ESYS) { /* nothing was unlocked: as it was */
             held[i]->released = 0;
-            xmc_py_register(cache, held[i]);
+        } else if (xmc_py_linked(cache, held[i])) {
+            xmc_py_unregister(cache, held[i]);
+            Py_DECREF(held[i]); /* the list's reference */
         }
         Py_DECREF(held[i]);
     }
@@ -1066,7 +1088,10 @@ static PyObject *xmc_py_map_sg_fast(PyObject *op, PyObject *const *args, Py_ssiz
         m->released = 0;
         xmc_py_register(self, m);
     }
-    XMC_PY_CALL(rc, xmc_map_sg_nowait(self->c, segs, (size_t)n, dma ? XMC_DMA : 0u, id, out),
+    /* A traced batch goes straight to the waiting call: a _nowait try that
+     * gives up half-way has already traced its first segments. */
+    XMC_PY_CALL(rc, self->traced ? XMC_EAGAIN
+                                 : xmc_map_sg_nowait(self->c, segs, (size_t)n, dma ? XMC_DMA : 0u, id, out),
                 xmc_map_sg(self->c, segs, (size_t)n, dma ? XMC_DMA : 0u, id, out));
     if (rc == XMC_OK && self->closed)
         rc = XMC_ECLOSED; /* closed while we mapped: unmapped already */
@@ -1107,6 +1132,19 @@ out:
 }
 
 /* ---- NativeCache: the registry ----------------------------------------------- */
+
+/* tag_of(id) -> the tag of a live Mapping with that tag id, or None (for trace events) */
+static PyObject *xmc_py_tag_of(PyObject *op, PyObject *arg)
+{
+    unsigned long long id = PyLong_AsUnsignedLongLong(arg);
+
+    if (id == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    for (xmc_py_mapping *m = ((xmc_py_cache *)op)->first; m; m = m->next)
+        if (m->id == id)
+            return Py_NewRef(m->tag);
+    Py_RETURN_NONE;
+}
 
 /* tags() -> {tag id: tag} of the live Mappings (for locked() and invalidate()) */
 static PyObject *xmc_py_tags(PyObject *op, PyObject *unused)
@@ -1179,6 +1217,23 @@ static PyObject *xmc_py_mappings(PyObject *op, PyObject *unused)
     return out;
 }
 
+/* set_traced(): a trace hook is set on the core */
+static PyObject *xmc_py_set_traced(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    ((xmc_py_cache *)op)->traced = 1;
+    Py_RETURN_NONE;
+}
+
+/* set_after_free(fn): fn() is called once the core is freed */
+static PyObject *xmc_py_set_after_free(PyObject *op, PyObject *fn)
+{
+    xmc_py_cache *self = (xmc_py_cache *)op;
+
+    Py_XSETREF_COMPAT(self->after_free, Py_NewRef(fn));
+    Py_RETURN_NONE;
+}
+
 /* set_paddr(mapping, paddr): replace() moved the entry under it */
 static PyObject *xmc_py_set_paddr(PyObject *op, PyObject *const *args, Py_ssize_t n)
 {
@@ -1204,6 +1259,26 @@ static void xmc_py_forget_all(xmc_py_cache *self)
         xmc_py_unregister(self, m);
         Py_DECREF(m);
     }
+}
+
+/*
+ * detach(): drop the list's references to the Mappings, leaving them as they
+ * are.  Called when the MapCache itself is gone: the Mappings nobody holds
+ * then go, and with them the cache (each holds it), at once instead of at
+ * the garbage collector's next full pass.  One a caller still holds keeps
+ * the cache, and its memory, alive, and can still be released.
+ */
+static PyObject *xmc_py_detach(PyObject *op, PyObject *unused)
+{
+    xmc_py_cache *self = (xmc_py_cache *)op;
+    xmc_py_mapping *m;
+
+    (void)unused;
+    while ((m = self->first)) {
+        xmc_py_unregister(self, m);
+        Py_DECREF(m);
+    }
+    Py_RETURN_NONE;
 }
 
 /*
@@ -1289,10 +1364,20 @@ static void xmc_py_cache_dealloc(PyObject *op)
     PyTypeObject *tp = Py_TYPE(op);
     xmc_py_cache *self = (xmc_py_cache *)op;
 
+    PyObject *after = self->after_free, *exc, *r;
+
     PyObject_GC_UnTrack(op);
     xmc_py_cache_clear(op);
+    exc = PyErr_GetRaisedException();
     if (self->c)
         xmc_cache_free(self->c); /* may call a CallbackBackend: the GIL is held */
+    if (after) { /* say what a backend's unmap raised meanwhile */
+        if (!(r = PyObject_CallNoArgs(after)))
+            PyErr_WriteUnraisable(after);
+        Py_XDECREF(r);
+        Py_DECREF(after);
+    }
+    PyErr_SetRaisedException(exc);
     PyObject_GC_Del(op);
     Py_DECREF(tp);
 }
@@ -1322,12 +1407,20 @@ static PyMethodDef xmc_py_cache_methods[] = {
     { "map_sg", (PyCFunction)(void (*)(void))xmc_py_map_sg_fast, XMC_PY_FAST,
       "map_sg(segments, dma=False, tag=None)\n--\n\n"
       "Map every ``(paddr, size)`` of ``segments`` locked, in one call; all or nothing." },
+    { "set_traced", xmc_py_set_traced, METH_NOARGS,
+      "set_traced()\n--\n\nA trace hook is set: batches skip their _nowait try." },
+    { "set_after_free", xmc_py_set_after_free, METH_O,
+      "set_after_free(fn)\n--\n\nCall fn() once the core is freed." },
+    { "tag_of", xmc_py_tag_of, METH_O,
+      "tag_of(id)\n--\n\nThe tag of a live Mapping with that tag id, or None." },
     { "tags", xmc_py_tags, METH_NOARGS, "tags()\n--\n\n{tag id: tag} of the live Mappings." },
     { "release_at", xmc_py_release_at, METH_O,
       "release_at(address)\n--\n\nRelease the newest idle Mapping at address; False if none." },
     { "mappings", xmc_py_mappings, METH_NOARGS, "mappings()\n--\n\nThe live Mappings." },
     { "set_paddr", (PyCFunction)(void (*)(void))xmc_py_set_paddr, METH_FASTCALL,
       "set_paddr(mapping, paddr)\n--\n\nrecord that replace() moved a Mapping." },
+    { "detach", xmc_py_detach, METH_NOARGS,
+      "detach()\n--\n\nDrop the references to the Mappings (the MapCache is gone)." },
     { "close_registry", xmc_py_close_registry, METH_NOARGS,
       "close_registry()\n--\n\nRelease every Mapping (BufferError while views live)." },
     { "bind", xmc_py_bind, METH_VARARGS,

@@ -14,6 +14,7 @@ Code blocks and examples are run by tests/test_readme.py and tests/test_examples
 
 from __future__ import annotations
 
+import builtins
 import importlib.util
 import inspect
 import re
@@ -139,16 +140,28 @@ def number(cell: str) -> float:
 def test_the_performance_table_is_consistent() -> None:
     rows = perf_table()
     text = (DOCS / "performance.md").read_text()
-    m = re.search(r"All (\d+) rows meet their target", text)
-    assert m and int(m.group(1)) == len(rows)
+    # A row that missed its target in the run is shown as such, never dropped.
+    m = re.search(r"(\d+) of (\d+) rows meet their target", text)
+    assert m and int(m.group(2)) == len(rows)
+    assert int(m.group(1)) == sum(r[6].startswith("pass") for r in rows)
     for path, measured_as, measured, baseline, ratio, _target, verdict in rows:
-        assert verdict.startswith("pass"), path
+        assert verdict.startswith(("pass", "miss")), path
         if baseline:
             a, b = number(measured), number(baseline)
             # the cells are rounded to 0.1 (times) and 0.01 (ratios): allow for that
             expected = a / b
             slack = expected * (0.05 / a + 0.05 / b) + 0.005
             assert abs(expected - number(ratio)) <= slack, (path, measured_as, expected, ratio)
+
+
+def test_the_performance_table_has_the_rows_and_targets_of_the_bench_command() -> None:
+    from xenmapcache import bench
+
+    python_rows = [r for r in perf_table() if not r[0].startswith(("C:", "memory"))]
+    assert len(python_rows) == len(bench.ROWS)
+    for row, cells in zip(bench.ROWS, python_rows, strict=True):
+        assert cells[0].replace("`", "").startswith(row.path), (row.path, cells[0])
+        assert cells[5] == row.target_text, (row.path, cells[5])
 
 
 def test_the_readme_figures_come_from_the_table() -> None:
@@ -164,8 +177,10 @@ def test_the_readme_figures_come_from_the_table() -> None:
     assert f"{round(number(mixed[4]))}x faster than the pure-Python reference" in readme
     qemu = re.search(r"FIFO unlock with 10,000 in flight ([\d.]+ us)", (DOCS / "performance.md").read_text())
     assert qemu and f"QEMU's list walk takes {qemu.group(1)} there" in readme
-    no_op = rows[("fast-path hit from Python, `map_ptr(p)`", "vs a cffi no-op call with the same argument list")]
-    assert number(no_op[4]) < 0.5 and "less than half a cffi no-op call" in readme
+    no_op = rows[("fast-path hit from Python, `map_ptr(p)`", "vs a no-op builtin of the binding, same argument list")]
+    assert f"`map_ptr(p)` costs {number(no_op[4]):.1f}x a no-op builtin" in readme
+    safe = rows[("`m = cache.map(p, 4096, dma=True); m.release()`", "vs `a = map_ptr(p, 4096, True, True); unlock(a)`")]
+    assert f"{number(safe[4]):.2f}x the raw" in readme
 
 
 def test_the_code_cites_the_contract_by_its_sections() -> None:
@@ -181,3 +196,21 @@ def test_the_code_cites_the_contract_by_its_sections() -> None:
                 assert n in sections, f"{path} cites section {n} of docs/contract.md, which has no such section"
                 cited += 1
     assert cited >= 10
+
+
+def contract_section(n: int) -> str:
+    text = (DOCS / "contract.md").read_text()
+    return text.split(f"(contract-{n})=", 1)[1].split(f"(contract-{n + 1})=", 1)[0]
+
+
+def test_the_fixed_names_of_the_contract_exist() -> None:
+    python = contract_section(6)
+    names = set(re.findall(r"\bxmc\.(\w+)", python)) | set(re.findall(r"`(\w+(?:Error|Mapping|Address|Overflow|Unavailable|Warning))`", python))
+    assert {"GuestRAM", "MapCache", "MappingError", "DMAMappingWarning"} <= names
+    for name in names - set(dir(builtins)):
+        assert name in xenmapcache.__all__, name
+    for method in re.findall(r"\bcache\.(\w+)\(", python):
+        assert callable(getattr(xenmapcache.MapCache, method)), method
+    header = (REPO / "csrc" / "xenmapcache.h").read_text()
+    for name in re.findall(r"\b(xmc_\w+)\(", contract_section(7)):
+        assert re.search(rf"\b{name}\(", header), name

@@ -75,8 +75,10 @@ def test_reads_of_every_size_match_ram(cache: Any, ram: Any, n: int) -> None:
     ram.write(MIB - 7, data[:n])
     got = cache.read(MIB - 7, n)  # crosses a bucket boundary
     assert type(got) is bytes and got == data[:n]
-    if n:
-        assert cache.read(MIB - 7, n) is not got  # a fresh object each time
+    if n and type(cache).__module__ == "xenmapcache.cache":
+        # The C core fills a new object in place: never a shared one (the
+        # reference may hand out CPython's cached one-byte objects).
+        assert cache.read(MIB - 7, n) is not got
 
 
 def test_the_fast_paths_take_the_same_inputs(xmc: ModuleType, cache: Any) -> None:

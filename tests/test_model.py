@@ -8,8 +8,9 @@ tags), map_sg batches and their release, map_ptr, unlock, Mapping.release, memor
 reads and writes, ram_addr (exact, interior and foreign pointers), invalidate,
 replace and close/reopen, on small caches (bucket_shift 12..14, one to four
 slots, so chains collide), with holes, a small lock_limit, dummy mode,
-translate callbacks and grant rules (``grants=True``: locked requests only,
-entries unmapped at their last unlock).
+translate callbacks, grant rules (``grants=True``: locked requests only,
+entries unmapped at their last unlock) and trace hooks (half the caches: then
+both must have emitted the same events, host addresses aside, at every step).
 
 After every step both must have given the same results or the same exception
 types; host addresses differ between the two, so records are compared by guest
@@ -69,7 +70,7 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
     print_blob=True,
 )
-COUNTS = {"checks": 0, "setups": 0, "calls": 0}
+COUNTS = {"checks": 0, "setups": 0, "calls": 0, "events": 0}
 OUTCOMES: Counter[str] = Counter()  # "rule: ok" or "rule: ExceptionType", printed at the end
 
 
@@ -121,6 +122,7 @@ class Config:
     dummy: bool
     translate: str | None
     grants: bool = False
+    traced: bool = False
 
     @property
     def bucket(self) -> int:
@@ -128,15 +130,17 @@ class Config:
 
 
 configs = st.builds(
-    lambda shift, slots, trim, lock_limit, dummy, translate, grants: Config(
+    lambda shift, slots, trim, lock_limit, dummy, translate, grants, traced: Config(
         12 if grants else shift,
         max(PAGE, slots * (1 << (12 if grants else shift)) - trim),
         lock_limit,
         dummy,
         translate,
         grants,
+        traced,
     ),
     grants=st.sampled_from([False, False, False, True]),
+    traced=st.booleans(),
     shift=st.integers(12, 14),
     slots=st.integers(1, 4),
     trim=st.sampled_from([0, 0, PAGE]),
@@ -165,6 +169,7 @@ class System:
         self.ram = xmc.GuestRAM(RAM_SIZE, holes=ram_holes)
         os.pwrite(self.ram.fileno(), contents, 0)  # holes included: they must never leak
         self.log: list[tuple[int, int]] = []
+        self.events: list[Any] = []  # trace events, when traced
         self.cache: Any = None
 
     def open(self, cfg: Config) -> None:
@@ -177,6 +182,7 @@ class System:
             dummy_on_failure=cfg.dummy,
             lock_limit=cfg.lock_limit,
             grants=cfg.grants,
+            trace=self.events.append if cfg.traced else None,
         )
 
     def memory(self) -> bytes:
@@ -720,6 +726,12 @@ class CacheModel(RuleBasedStateMachine):
             return
         COUNTS["checks"] += 1  # after every rule, the set-up included
         c, py = self.systems()
+        # The same events (host addresses differ: only whether there was one).
+        traces = [[(e.name, e.paddr, e.size, e.tag, e.dma, e.ok, e.old_paddr, e.address != 0) for e in s.events] for s in (c, py)]
+        c.events.clear()
+        py.events.clear()
+        assert traces[0] == traces[1], f"C traced {traces[0]}, reference {traces[1]}"
+        COUNTS["events"] += len(traces[0])
         stats = self.same(lambda s: s.cache.stats())
         assert c.log == py.log, "translate was called differently"
         records = self.both(lambda s: s.cache.locked(), reads_only=True)
@@ -776,13 +788,13 @@ class CacheModel(RuleBasedStateMachine):
 
 def test_c_core_agrees_with_the_reference() -> None:
     """Run the state machine under the selected profile and check how far it got."""
-    COUNTS.update(checks=0, setups=0, calls=0)
+    COUNTS.update(checks=0, setups=0, calls=0, events=0)
     OUTCOMES.clear()
     run_state_machine_as_test(CacheModel, settings=SETTINGS)
     steps = COUNTS["checks"] - COUNTS["setups"]
     print(
         f"\nmodel profile {PROFILE_NAME!r}: {COUNTS['setups']} sequences, {steps} steps checked, "
-        f"{COUNTS['calls']} calls compared"
+        f"{COUNTS['calls']} calls compared, {COUNTS['events']} trace events compared"
     )
     for what, n in sorted(OUTCOMES.items()):
         print(f"  {n:8d}  {what}")

@@ -7,7 +7,7 @@ Blocks are told apart by the language of their fence:
   against ``csrc/libxenmapcache.a`` and run, and must exit 0; a block with no
   ``#include`` is a list of declarations, compiled after the two public
   headers, so it must agree with them;
-- ``sh``, or no language: shell commands, checked to be the project's real
+- ``sh`` (or ``bash``, ``shell``, or no language): shell commands, checked to be the project's real
   ones (a script that exists, a make target the Makefile has, a subcommand and
   options ``python -m xenmapcache`` takes, paths that exist); not run, since
   they install and build (the suite runs those paths itself);
@@ -48,12 +48,15 @@ def ids(found: list[tuple[str, int, str]]) -> list[str]:
     return [f"{page}#{n}" for page, n, _ in found]
 
 
-PYTHON, C, SHELL = blocks("python"), blocks("c"), blocks("sh") + blocks("")
+SHELL_LANGS = ("sh", "bash", "shell", "")
+PYTHON, C, SHELL = blocks("python"), blocks("c"), [b for lang in SHELL_LANGS for b in blocks(lang)]
 
 
 def test_every_block_is_run_checked_or_marked_as_text() -> None:
     langs = {m.group(1) for page in PAGES for m in FENCE.finditer(page.read_text())}
-    assert langs <= {"python", "c", "sh", "", "text"} | {"{toctree}", "{eval-rst}", "{literalinclude}", "{c-header}"}
+    directives = {"{toctree}", "{eval-rst}", "{literalinclude}", "{c-header}", "{note}", "{warning}"}
+    unknown = langs - {"python", "c", "text", *SHELL_LANGS, *directives}
+    assert not unknown, f"blocks neither run nor checked: {unknown}; mark them ```text if they are not code"
 
 
 def test_the_readme_shows_the_two_commands() -> None:

@@ -6,8 +6,15 @@ Every test runs on both implementations (the C core and the reference).
 from __future__ import annotations
 
 import copy
+import ctypes
+import gc
+import logging
+import mmap
 import os
 import pickle
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -79,3 +86,252 @@ def test_a_write_into_a_hole_writes_nothing(xmc: ModuleType) -> None:
             assert os.pread(ram.fileno(), hole - 0x100, 0x100) == b"\x5a" * (hole - 0x100)
             cache.invalidate()
             assert cache.stats().entries == 0  # nothing stays pinned
+
+
+# -- no error lost or misplaced ------------------------------------------------------
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+
+
+class Flaky:
+    """Anonymous memory as guest memory; the next map, unmap or translate can be made to raise."""
+
+    def __init__(self) -> None:
+        self.fail: set[str] = set()
+        self.live: dict[int, int] = {}
+
+    def map(self, first_pfn: int, nr_pages: int, fixed: int | None) -> tuple[int, list[int]]:
+        if "map" in self.fail:
+            self.fail.discard("map")
+            raise OSError("map refused")
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (0x10 if fixed else 0)  # 0x10: MAP_FIXED
+        base = libc.mmap(fixed, nr_pages * PAGE, mmap.PROT_READ | mmap.PROT_WRITE, flags, -1, 0)
+        self.live[base] = nr_pages * PAGE
+        return base, [0] * nr_pages
+
+    def unmap(self, address: int, length: int) -> None:
+        del self.live[address]  # never retried: a second unmap would fail here
+        libc.munmap(address, length)
+        if "unmap" in self.fail:
+            self.fail.discard("unmap")
+            raise RuntimeError("unmap refused")
+
+    def translate(self, paddr: int, size: int) -> int:
+        if "translate" in self.fail:
+            self.fail.discard("translate")
+            raise LookupError("translate refused")
+        return paddr
+
+    def cache(self, xmc: ModuleType, **kwargs: Any) -> Any:
+        return xmc.MapCache(xmc.CallbackBackend(self.map, self.unmap), bucket_shift=16, max_size=2 << 16, **kwargs)
+
+
+def unrelated_failure_has_no_cause(xmc: ModuleType) -> None:
+    """A failure on another cache, in the same thread, after the callback errors."""
+    with xmc.GuestRAM(MIB, holes=[(0, PAGE)]) as ram, xmc.MapCache(ram) as other:
+        for call in (lambda: other.read(0, 8), lambda: other.map(0, 8), lambda: other.map_ptr(0)):
+            with pytest.raises(xmc.MappingError) as info:
+                call()
+            assert info.value.__cause__ is None, f"a stale callback error became the cause: {info.value.__cause__!r}"
+
+
+def test_a_failed_map_callback_is_the_cause_of_that_map_only(xmc: ModuleType) -> None:
+    flaky = Flaky()
+    with flaky.cache(xmc) as cache:
+        flaky.fail.add("map")
+        with pytest.raises(xmc.MappingError) as info:
+            cache.map_ptr(0)
+        assert isinstance(info.value.__cause__, OSError)
+        unrelated_failure_has_no_cause(xmc)
+        cache.map_ptr(0)  # works again
+
+
+def test_a_failed_translate_is_the_cause_of_that_map_only(xmc: ModuleType) -> None:
+    flaky = Flaky()
+    with xmc.GuestRAM(MIB, holes=[(0, PAGE)]) as ram, xmc.MapCache(ram, translate=flaky.translate) as cache:
+        flaky.fail.add("translate")
+        with pytest.raises(xmc.MappingError) as info:
+            cache.read(0, 8)
+        assert isinstance(info.value.__cause__, LookupError)
+        unrelated_failure_has_no_cause(xmc)
+
+
+def test_a_failed_unmap_during_a_map_fails_that_map(xmc: ModuleType) -> None:
+    flaky = Flaky()
+    with flaky.cache(xmc) as cache:
+        cache.map_ptr(0)  # one bucket, in slot 0 of 2
+        flaky.fail.add("unmap")
+        with pytest.raises(xmc.MapCacheError) as info:
+            cache.map_ptr(2 << 16, (1 << 16) + 1)  # slot 0, two buckets: the old entry is unmapped first
+        assert isinstance(info.value.__cause__, RuntimeError)
+        unrelated_failure_has_no_cause(xmc)
+    assert flaky.live == {}
+
+
+def test_a_failed_unmap_during_invalidate_is_logged_there(xmc: ModuleType, caplog: pytest.LogCaptureFixture) -> None:
+    flaky = Flaky()
+    with flaky.cache(xmc) as cache:
+        cache.map_ptr(0)
+        flaky.fail.add("unmap")
+        with caplog.at_level(logging.ERROR, logger="xenmapcache"):
+            cache.invalidate()
+        assert "unmap refused" in caplog.text
+        unrelated_failure_has_no_cause(xmc)
+    assert flaky.live == {}
+
+
+def test_a_failed_map_during_replace_is_the_cause_of_that_replace(xmc: ModuleType) -> None:
+    flaky = Flaky()
+    with flaky.cache(xmc) as cache:
+        cache.map_ptr(0)
+        flaky.fail.add("map")
+        with pytest.raises(xmc.MappingError) as info:
+            cache.replace(0, 1 << 16, 0)
+        assert isinstance(info.value.__cause__, OSError)
+        unrelated_failure_has_no_cause(xmc)
+    assert flaky.live == {}
+
+
+def test_a_failed_unmap_during_close_raises_from_close(xmc: ModuleType) -> None:
+    flaky = Flaky()
+    cache = flaky.cache(xmc)
+    cache.map_ptr(0)
+    flaky.fail.add("unmap")
+    with pytest.raises(xmc.MapCacheError) as info:
+        cache.close()
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert cache.closed and flaky.live == {}  # closed, and everything unmapped once
+    cache.close()  # a second close does nothing
+    unrelated_failure_has_no_cause(xmc)
+
+
+def test_a_failed_unmap_during_garbage_collection_is_logged_there(xmc: ModuleType, caplog: pytest.LogCaptureFixture) -> None:
+    flaky = Flaky()
+    cache = flaky.cache(xmc)
+    cache.map_ptr(0)
+    flaky.fail.add("unmap")
+    with caplog.at_level(logging.ERROR, logger="xenmapcache"):
+        del cache
+        gc.collect()
+    assert "unmap refused" in caplog.text and "collected cache" in caplog.text
+    assert flaky.live == {}
+    unrelated_failure_has_no_cause(xmc)
+
+
+# -- fork ------------------------------------------------------------------------------
+
+CHILD_PRELUDE = """
+import ctypes, mmap, multiprocessing, os, signal, sys, threading, warnings
+import {module} as xmc
+
+warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads: on purpose here
+libc = ctypes.CDLL(None)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+entered, go = threading.Event(), threading.Event()
+
+def parked_map(first_pfn, nr_pages, fixed):
+    # Bucket 1 parks inside the cache's lock until the test lets it go.
+    if first_pfn == 16 and not entered.is_set():
+        entered.set()
+        go.wait(60)
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (0x10 if fixed else 0)  # 0x10: MAP_FIXED
+    return libc.mmap(fixed, nr_pages * 4096, 3, flags, -1, 0), [0] * nr_pages
+
+def park(cache):
+    thread = threading.Thread(target=cache.map_ptr, args=(0x10000,))
+    thread.start()
+    assert entered.wait(60)
+    return thread
+"""
+
+
+def run_script(xmc: ModuleType, body: str) -> list[str]:
+    """Run ``body`` after CHILD_PRELUDE in a fresh interpreter (a hang fails, by timeout); its stdout lines."""
+    script = CHILD_PRELUDE.format(module=xmc.__name__) + textwrap.dedent(body)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.splitlines()
+
+
+def test_fork_while_a_callback_is_parked_fails_in_the_child_and_spares_the_parent(xmc: ModuleType) -> None:
+    lines = run_script(
+        xmc,
+        """
+        busy = xmc.MapCache(xmc.CallbackBackend(parked_map, lambda a, n: libc.munmap(a, n)), bucket_shift=16)
+        busy.map_ptr(0)
+        ram = xmc.GuestRAM(1 << 20)
+        idle = xmc.MapCache(ram)
+        idle.write(0x100, b"parent")
+        thread = park(busy)
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(20)  # a hang dies of SIGALRM, and the parent sees it
+            out = []
+            for name, call in (("map_ptr", lambda: busy.map_ptr(0)), ("read", lambda: busy.read(0, 8)),
+                               ("map", lambda: busy.map(0, 8)), ("stats", busy.stats)):
+                try:
+                    call()
+                    out.append(name + ": worked")
+                except xmc.MapCacheError as exc:
+                    out.append(name + (": forked" if "forked" in str(exc) else ": " + repr(exc)))
+            assert idle.read(0x100, 6) == b"parent"
+            idle.write(0x200, b"child")
+            out.append("idle: works")
+            del busy  # collected in the child: leaked, not touched
+            print("\\n".join(out), flush=True)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("child exit", os.waitstatus_to_exitcode(status))
+        go.set()
+        thread.join(60)
+        assert not thread.is_alive()
+        assert busy.read(0x10000, 4) == bytes(4)  # the parent's cache is undisturbed
+        assert idle.read(0x200, 5) == b"child"  # guest RAM is shared with the child
+        busy.close()
+        idle.close()
+        print("parent: works")
+        """,
+    )
+    assert lines == ["map_ptr: forked", "read: forked", "map: forked", "stats: forked", "idle: works", "child exit 0", "parent: works"]
+
+
+def test_multiprocessing_fork_workers_use_an_inherited_cache(xmc: ModuleType) -> None:
+    lines = run_script(
+        xmc,
+        """
+        ram = xmc.GuestRAM(1 << 20)
+        cache = xmc.MapCache(ram, bucket_shift=16, max_size=1 << 17)
+        busy = xmc.MapCache(xmc.CallbackBackend(parked_map, lambda a, n: libc.munmap(a, n)), bucket_shift=16)
+        busy.map_ptr(0)
+
+        def work(i):
+            cache.write(i * 0x11000, bytes([i + 1]) * 0x2000)  # across buckets
+            try:
+                busy.map_ptr(0)
+                return cache.read(i * 0x11000, 0x2000), "busy worked"
+            except xmc.MapCacheError as exc:
+                return cache.read(i * 0x11000, 0x2000), type(exc).__name__
+
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(2) as pool:  # forked while the caches are idle
+            got = pool.map(work, range(8))
+        assert [data for data, _ in got] == [bytes([i + 1]) * 0x2000 for i in range(8)]
+        print("idle:", sorted(set(what for _, what in got)))
+        thread = park(busy)
+        with ctx.Pool(2) as pool:  # forked while a thread is inside busy
+            got = pool.map(work, range(8, 12))
+        assert [data for data, _ in got] == [bytes([i + 1]) * 0x2000 for i in range(8, 12)]
+        print("busy:", sorted(set(what for _, what in got)))
+        go.set()
+        thread.join(60)
+        assert cache.read(0, 0x2000) == bytes([1]) * 0x2000  # the workers wrote shared guest RAM
+        busy.close()
+        cache.close()
+        """,
+    )
+    assert lines == ["idle: ['busy worked']", "busy: ['MapCacheError']"]

@@ -21,6 +21,7 @@ from .errors import (
 )
 from ._version import __version__
 from .ram import GuestRAM
+from .trace import TraceEvent
 from .xen import XenForeignMemory
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "MappingGroup",
     "MappingError",
     "Stats",
+    "TraceEvent",
     "UnknownMapping",
     "XenForeignMemory",
     "__version__",

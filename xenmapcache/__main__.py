@@ -1,4 +1,4 @@
-"""Command line: ``python -m xenmapcache demo`` and ``python -m xenmapcache bench``."""
+"""Command line: ``python -m xenmapcache demo``, ``bench`` and ``soak``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ def main(argv: list[str] | None = None) -> int:
         add_help=False,  # its own options: python -m xenmapcache bench --help
         help="measure the performance table (ratio vs target per row; --plot FILE.png for curves)",
     )
+    sub.add_parser(
+        "soak",
+        add_help=False,  # its own options: python -m xenmapcache soak --help
+        help="mixed traffic for --seconds N, failing on any drift or differing byte (--plot FILE.png)",
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
         if rest:
@@ -26,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import bench
 
         return bench.main(rest)
+    if args.command == "soak":
+        from . import soak
+
+        return soak.main(rest)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

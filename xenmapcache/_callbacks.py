@@ -1,8 +1,13 @@
 """C-to-Python callbacks (``extern "Python"`` in build_ffi.py), registered once.
 
 An exception raised by a user callback cannot cross C; it is kept in
-``pending.error`` for the calling thread, and the caller chains it onto the
-error the core returns.
+``pending.error`` for the calling thread, as ``(key, exception)`` where
+``key`` names the backend or translate callback that raised, and the caller
+chains it onto the error the core returns (``_NativeCore._fail``).  A cache
+takes only its own callbacks' errors, so an error can never become the cause
+of a failure on another cache; every path that can leave one (a failed call,
+an invalidate or close whose unmap failed, the garbage collection of a cache)
+takes it at once.  A trace hook's error is logged (see xenmapcache.trace).
 
 Python backends are found through ``backends``, keyed by the integer the C
 core holds as its opaque pointer; the core's retain/release hooks count its
@@ -13,6 +18,8 @@ order the garbage collector frees things in.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
@@ -35,6 +42,8 @@ class PyBackend(Protocol):
 # opaque id -> [backend, its xmc_backend struct, number of C caches using it]
 backends: dict[int, list[Any]] = {}
 _registry_lock = threading.Lock()
+# A thread that held it at fork() is gone from the child: free it there.
+os.register_at_fork(after_in_child=_registry_lock._at_fork_reinit)  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager
@@ -67,15 +76,23 @@ def _drop(key: int) -> None:
             del backends[key]
 
 
-def _stash(exc: Exception) -> int:
-    pending.error = exc
-    return int(lib.XMC_EMAP)
+def _stash(key: int, exc: Exception, rc: int) -> int:
+    pending.error = (key, exc)
+    return rc
+
+
+def take(keys: tuple[int, ...]) -> Exception | None:
+    """This thread's pending callback error if one of ``keys`` raised it (once)."""
+    got = getattr(pending, "error", None)
+    pending.error = None
+    return got[1] if got is not None and got[0] in keys else None
 
 
 @ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
 def _xmc_py_map(opaque: Any, fixed: Any, first_pfn: int, nr_pages: int, errs: Any, out: Any) -> int:
+    key = int(ffi.cast("uintptr_t", opaque))
     try:
-        backend = backends[int(ffi.cast("uintptr_t", opaque))][0]
+        backend = backends[key][0]
         want = int(ffi.cast("uintptr_t", fixed)) or None
         address, errors = backend._map_pages(first_pfn, nr_pages, want)
         errors = list(errors)
@@ -84,7 +101,7 @@ def _xmc_py_map(opaque: Any, fixed: Any, first_pfn: int, nr_pages: int, errs: An
         if type(address) is not int or address <= 0 or (want is not None and address != want):
             raise ValueError(f"map returned a bad address {address!r} (fixed={want!r})")
     except Exception as exc:  # handed to the caller, see the module docstring
-        return _stash(exc)
+        return _stash(key, exc, int(lib.XMC_EMAP))
     for i, e in enumerate(errors):
         errs[i] = e
     out[0] = ffi.cast("void *", address)
@@ -93,11 +110,11 @@ def _xmc_py_map(opaque: Any, fixed: Any, first_pfn: int, nr_pages: int, errs: An
 
 @ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
 def _xmc_py_unmap(opaque: Any, address: Any, length: int) -> int:
+    key = int(ffi.cast("uintptr_t", opaque))
     try:
-        backends[int(ffi.cast("uintptr_t", opaque))][0]._unmap(int(ffi.cast("uintptr_t", address)), length)
-    except Exception as exc:
-        pending.error = exc
-        return int(lib.XMC_ESYS)
+        backends[key][0]._unmap(int(ffi.cast("uintptr_t", address)), length)
+    except Exception as exc:  # handed to the caller, see the module docstring
+        return _stash(key, exc, int(lib.XMC_ESYS))
     return 0
 
 
@@ -113,13 +130,22 @@ def _xmc_py_release(opaque: Any) -> None:
 
 
 @ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
+def _xmc_py_trace(opaque: Any, ev: Any) -> None:
+    # The sink (xenmapcache.trace.make_sink) logs what the user's hook raises;
+    # nothing may cross back into C, which holds the cache's mutex here.
+    try:
+        ffi.from_handle(opaque)(ev.kind, ev.rc, ev.flags, ev.paddr, ev.size, ev.address, ev.tag, ev.old_paddr)
+    except Exception:
+        logging.getLogger("xenmapcache").exception("trace event lost")
+
+
+@ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
 def _xmc_py_translate(opaque: Any, paddr: int, size: int, out: Any) -> int:
     try:
         new = ffi.from_handle(opaque)(paddr, size)
         if type(new) is not int or not 0 <= new < U64_LIMIT:
             raise TypeError(f"translate must return an int in [0, 2**64), not {new!r}")
     except Exception as exc:  # handed to the caller, see the module docstring
-        pending.error = exc
-        return -1
+        return _stash(int(ffi.cast("uintptr_t", opaque)), exc, -1)
     out[0] = new
     return 0

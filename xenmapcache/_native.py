@@ -126,32 +126,45 @@ class NativeCore:
         dummy: bool,
         lock_limit: int,
         grants: bool = False,
+        trace: Callable[..., None] | None = None,
     ) -> None:
+        from . import _callbacks
+
         self._ffi, self._lib = ffi, lib = binding()
         out = ffi.new("xmc_cache **")
         with ram._c_backend() as backend:
             check(lib.xmc_cache_new(backend, bucket_shift, max_size, out), "MapCache")
+            # Which pending callback errors are this cache's (see _callbacks).
+            self._keys: tuple[int, ...] = (int(ffi.cast("uintptr_t", backend.opaque)),)
+        self._take = _callbacks.take
+        if translate is not None:  # its key before anything can fail through it
+            self._translate = ffi.new_handle(translate)
+            self._keys += (int(ffi.cast("uintptr_t", self._translate)),)
+        after_free = functools.partial(_collected, _callbacks.take, self._keys)
         types = native_types()
         self._native: Any = None
         if types is not None and lib.xmc_py_adopt(out[0]) == lib.XMC_OK:
             self._native = types.adopted()  # owns the cache: frees it when it goes
+            self._native.set_after_free(after_free)
             self._c = out[0]  # used only while self, and so _native, is alive
         else:
-            self._c = ffi.gc(out[0], lib.xmc_cache_free)
+            self._c = ffi.gc(out[0], functools.partial(_collect, lib.xmc_cache_free, after_free))
         check(lib.xmc_cache_set_lock_limit(self._c, lock_limit), "lock_limit")
         check(lib.xmc_cache_set_dummy(self._c, dummy), "dummy_on_failure")
         check(lib.xmc_cache_set_grants(self._c, grants), "grants")
-        self._translate = None
-        from . import _callbacks
-
-        self._pending = _callbacks.pending
         if translate is not None:
-            self._translate = ffi.new_handle(translate)
             check(lib.xmc_cache_set_translate(self._c, lib._xmc_py_translate, self._translate), "translate")
+        else:
+            self._translate = None
+        self._trace = None
+        if trace is not None:  # kept here: the core calls it until it is freed
+            self._trace = ffi.new_handle(trace)
+            check(lib.xmc_cache_set_trace(self._c, lib._xmc_py_trace, self._trace), "trace")
+            if self._native is not None:
+                self._native.set_traced()
 
     def _fail(self, rc: int, what: str) -> NoReturn:
-        cause = getattr(self._pending, "error", None)  # from a Python callback
-        self._pending.error = None
+        cause = self._take(self._keys)  # from one of this cache's Python callbacks
         try:
             raise_for(rc, what)
         except MapCacheError as exc:
@@ -246,8 +259,7 @@ class NativeCore:
         if rc == lib.XMC_ESYS:
             # The invalidation happened; an entry failed to unmap and is gone
             # all the same (never retried).  Say so once and keep the records.
-            cause = getattr(self._pending, "error", None)
-            self._pending.error = None
+            cause = self._take(self._keys)
             logger.error("invalidate: unmapping an entry failed: %s", cause or "system call failed")
         elif rc:
             self._fail(rc, "invalidate")
@@ -301,3 +313,19 @@ class NativeCore:
         rc = self._lib.xmc_cache_close(self._c)
         if rc:
             self._fail(rc, "close")
+
+
+def _collected(take: Callable[[tuple[int, ...]], BaseException | None], keys: tuple[int, ...]) -> None:
+    """After a cache's C handle was freed by the garbage collector: an unmap
+    that failed meanwhile is logged here, as an error of the ``xenmapcache``
+    logger (it belongs to no later call)."""
+    cause = take(keys)
+    if cause is not None:
+        logger.error("a collected cache failed to unmap an entry: %r", cause, exc_info=cause)
+
+
+def _collect(free: Callable[[Any], None], after_free: Callable[[], None], handle: Any) -> None:
+    """Free a cache's C handle (the garbage collector's side of ``close``), where
+    ``ffi.gc`` owns it (no ``NativeCache``)."""
+    free(handle)
+    after_free()

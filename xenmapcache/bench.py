@@ -387,10 +387,10 @@ def disk_image(res: Resources) -> int:
         with tempfile.TemporaryFile() as f:
             f.write(os.urandom(len(SG_SEGMENTS) * PAGE))
             f.flush()
-            fd = os.dup(f.fileno())
-        res._stack.callback(os.close, fd)
-        os.pread(fd, len(SG_SEGMENTS) * PAGE, 0)  # in the page cache
-        res._made["disk"] = fd
+            dup = os.dup(f.fileno())
+        res._stack.callback(os.close, dup)
+        os.pread(dup, len(SG_SEGMENTS) * PAGE, 0)  # in the page cache
+        res._made["disk"] = dup
     fd: int = res._made["disk"]
     return fd
 

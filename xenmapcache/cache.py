@@ -18,9 +18,11 @@ from __future__ import annotations
 import collections.abc
 import itertools
 import logging
+import os
 import sys
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,6 +33,7 @@ from ._validate import U64_LIMIT, as_uint, check_range
 from .backends import CallbackBackend
 from .errors import DMAMappingWarning, InvalidAddress, MapCacheError, MappingError, UnknownMapping
 from .ram import GuestRAM
+from .trace import Trace, TraceEvent, emit, make_sink
 from .xen import XenForeignMemory
 
 logger = logging.getLogger("xenmapcache")
@@ -357,8 +360,11 @@ class _PyRegistry:
             if m._exports:
                 raise BufferError(f"{m._exports} memoryview(s) of the mapping are still alive")
             m._released = True
-            self._mappings.pop(m, None)
-        self.core.unlock(m.address, m._id)
+        try:  # still registered meanwhile: the core's trace event names its tag
+            self.core.unlock(m.address, m._id)
+        finally:
+            with self.lock:
+                self._mappings.pop(m, None)
 
     def map_sg(self, segments: list[tuple[int, int]], dma: bool, tag: Any) -> MappingGroup:
         ident = next(self._ids)  # one tag id for the batch, as the core's batch takes
@@ -393,18 +399,26 @@ class _PyRegistry:
                 return
             for m in live:
                 m._released = True
-                self._mappings.pop(m, None)
         # As release(): an error (a grant entry failing to unmap) is reported
         # with the locks gone.
-        self.core.unlock_sg([m.address for m in live], g._id)
+        try:
+            self.core.unlock_sg([m.address for m in live], g._id)
+        finally:
+            with self.lock:
+                for m in live:
+                    self._mappings.pop(m, None)
 
     def tags(self) -> dict[int, Any]:
         with self.lock:
             return {m._id: m.tag for m in self._mappings}
 
+    def tag_of(self, ident: int) -> Any:
+        with self.lock:
+            return next((m.tag for m in self._mappings if m._id == ident), None)
+
     def release_at(self, address: int) -> bool:
         with self.lock:
-            holders = [m for m in self._mappings if m.address == address]
+            holders = [m for m in self._mappings if m.address == address and not m._released]
             idle = [m for m in holders if not m._exports]
         if idle:
             idle[-1].release()
@@ -420,6 +434,11 @@ class _PyRegistry:
     def set_paddr(self, m: _PyMapping, paddr: int) -> None:
         m.paddr = paddr
 
+    def detach(self) -> None:
+        """Drop the references to the Mappings (the MapCache is gone); see ffi/seam.h."""
+        with self.lock:
+            self._mappings.clear()
+
     def close_registry(self) -> None:
         with self.lock:
             busy = [m for m in self._mappings if m._exports]
@@ -429,6 +448,28 @@ class _PyRegistry:
             for m in self._mappings:
                 m._released = True
             self._mappings.clear()
+
+
+# Every live MapCache, for the fork handler below.
+_caches: weakref.WeakSet[MapCache] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    """In a forked child, free the Python-side locks a parent thread may have held.
+
+    A :class:`_PyRegistry`'s lock (shared with its Mappings) guards only the
+    registry of Mappings, never a C call; a thread that held it at fork() is
+    gone from the child, and the child would wait for it forever.  (The
+    binding's C registry needs none: the GIL is its lock.)  The C core
+    answers for its own mutex (XMC_EFORKED).
+    """
+    for cache in list(_caches):
+        lock = getattr(cache._reg, "lock", None)
+        if lock is not None:
+            lock._at_fork_reinit()  # the stdlib's own way (logging, threading)
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class MapCache(NoCopy):
@@ -451,16 +492,22 @@ class MapCache(NoCopy):
     else ``InvalidAddress``), each entry unmapped as soon as its last lock is
     released; an unlocked request, ``read``, ``write`` and ``replace`` raise
     ``MapCacheError`` and map nothing.
+    ``trace(event)`` is called with a :class:`~xenmapcache.trace.TraceEvent`
+    for everything the cache does (see :mod:`xenmapcache.trace`); what it
+    raises is logged, never passed on.
 
     Every method is safe to call from any thread: the C core serialises the
     calls on one cache with its own mutex, and no thread waits for it while
     holding the GIL.  Every call on a closed cache raises ``MapCacheError``, and
     a call that raises has changed nothing.  Also a context manager, which
     closes the cache.  A cache that is never closed is cleaned up by the
-    garbage collector.
+    garbage collector.  It cannot be pickled or copied (``TypeError``).
+
+    Attributes (read them, do not change them): ``bucket_shift``,
+    ``max_size`` (as resolved: an int, never None) and ``grants``.
 
     :raises TypeError: ``ram`` is not a backend, a value is not an int, or
-        ``translate`` is not callable.
+        ``translate`` or ``trace`` is not callable.
     :raises InvalidAddress: ``bucket_shift`` out of range, ``max_size`` zero
         or too large, ``lock_limit`` over ``2**32 - 1``.
     :raises MapCacheError: the backend is closed.
@@ -483,6 +530,7 @@ class MapCache(NoCopy):
         dummy_on_failure: bool = False,
         lock_limit: int = LOCK_LIMIT_MAX,
         grants: bool = False,
+        trace: Trace | None = None,
     ) -> None:
         if not isinstance(ram, (GuestRAM, XenForeignMemory, CallbackBackend)):
             raise TypeError(f"ram must be a GuestRAM, XenForeignMemory or CallbackBackend, not {type(ram).__name__}")
@@ -494,14 +542,24 @@ class MapCache(NoCopy):
             raise InvalidAddress("max_size must be positive")
         if translate is not None and not callable(translate):
             raise TypeError("translate must be callable")
+        if trace is not None and not callable(trace):
+            raise TypeError("trace must be callable")
         lock_limit = as_uint(lock_limit, "lock_limit", LOCK_LIMIT_MAX + 1)
         if grants and shift != MIN_BUCKET_SHIFT:
             raise InvalidAddress(f"grants=True needs page-granular entries, bucket_shift=12: {shift}")
         self.bucket_shift = shift
         self.max_size = max_size
         self.grants = bool(grants)
+        self._trace = trace
         self._core: Any = self._Core(
-            ram, shift, max_size, translate, bool(dummy_on_failure), lock_limit, grants=self.grants
+            ram,
+            shift,
+            max_size,
+            translate,
+            bool(dummy_on_failure),
+            lock_limit,
+            grants=self.grants,
+            trace=None if trace is None else make_sink(self, trace),
         )
         self._ram = ram
         self._closed = False
@@ -511,8 +569,17 @@ class MapCache(NoCopy):
         for name, fn in (fast_paths() if fast_paths is not None else {}).items():
             # The builtins stand for MapCache's own methods, never a subclass's.
             # A grant unlock may unmap and fail: the checked method reports it.
-            if getattr(type(self), name) is getattr(MapCache, name) and not (self.grants and name == "unlock"):
-                setattr(self, name, fn)
+            # Traced, the methods report unknown addresses (once per call).
+            if getattr(type(self), name) is not getattr(MapCache, name):
+                continue
+            if (self.grants and name == "unlock") or (trace is not None and name in ("unlock", "ram_addr")):
+                continue
+            setattr(self, name, fn)
+        _caches.add(self)
+        # The registry and its Mappings refer to each other; once the
+        # MapCache is gone, nothing else can use the registry: break that
+        # cycle then, so that a forgotten cache is unmapped at once.
+        weakref.finalize(self, self._reg.detach)
 
     # -- mapping ---------------------------------------------------------
 
@@ -627,6 +694,7 @@ class MapCache(NoCopy):
         except UnknownMapping:
             pass
         if not self._reg.release_at(address):
+            self._trace_unknown("unlock_unknown", address)
             raise UnknownMapping(f"no locked mapping at {address:#x}")
 
     def ram_addr(self, address: int) -> int:
@@ -644,7 +712,12 @@ class MapCache(NoCopy):
         O(log n) in the live entries for any other address.
         """
         self._check_open()
-        return int(self._core.ram_addr(as_uint(address, "address")))
+        address = as_uint(address, "address")
+        try:
+            return int(self._core.ram_addr(address))
+        except UnknownMapping:
+            self._trace_unknown("ram_addr_unknown", address)
+            raise
 
     def read(self, paddr: int, n: int) -> bytes:
         """Read ``n`` bytes of guest memory at ``paddr`` through the cache, as a new ``bytes``.
@@ -807,6 +880,19 @@ class MapCache(NoCopy):
 
     # -- lifetime -------------------------------------------------------------
 
+    def _trace_tag(self, ident: int, unlocking: bool) -> Any:
+        """The tag object of the Mapping with tag id ``ident``, for a trace event.
+
+        A Mapping stays in the registry until its core unlock returns, so its
+        own unlock event finds it too (``unlocking`` is not needed here).
+        """
+        return self._reg.tag_of(ident)
+
+    def _trace_unknown(self, name: str, address: int) -> None:
+        """Trace a lookup of an unknown address: here, once per call (the core may be asked twice)."""
+        if self._trace is not None:
+            emit(self._trace, TraceEvent(name, 0, 0, address, None, False, False))
+
     def _check_open(self) -> None:
         if self._closed:
             raise MapCacheError("the cache is closed")
@@ -827,6 +913,10 @@ class MapCache(NoCopy):
             (then nothing is closed or unmapped).
         :raises MapCacheError: called from inside a backend callback of this
             very cache (which runs under its mutex).
+
+        :raises MapCacheError: a backend unmap failed (its exception as the
+            cause), raised after everything else is unmapped; the cache is
+            closed all the same.
 
         Cost: one unmap per live entry.
         """

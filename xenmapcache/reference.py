@@ -45,6 +45,8 @@ from .errors import *  # noqa: F403 - the very exception classes of the package
 from .errors import BackendUnavailable, InvalidAddress, LockOverflow, MapCacheError, MappingError, UnknownMapping
 from ._version import __version__
 from .ram import PAGE_SHIFT, PAGE_SIZE, GuestRAM
+from .trace import EVENT_NUMBERS as _EV
+from .trace import Sink, TraceEvent
 from .xen import XenForeignMemory
 
 # The same public names as the package (tests/test_reference.py checks it).
@@ -57,14 +59,14 @@ __all__ = [
     "Mapping",
     "MappingGroup",
     "Stats",
+    "TraceEvent",
     "XenForeignMemory",
     "__version__",
 ]
 
 # Status codes, as in csrc/xenmapcache.h (internal: they become exceptions at the edge).
 OK, ENOMEM, EINVAL, EMAP, ENOENT, EOVERFLOW, EUNAVAIL, ESYS = 0, -1, -2, -3, -4, -5, -6, -7
-EREENTER = -10
-EGRANT = -12
+EREENTER, EFORKED, EGRANT = -10, -11, -12
 # The messages of xmc_strerror(); the exception of each code comes from the
 # package's one table (errors.EXCEPTION_OF).
 _MESSAGES: dict[int, str] = {
@@ -77,6 +79,7 @@ _MESSAGES: dict[int, str] = {
     ESYS: "system call failed",
     EREENTER: "called from inside one of the cache's own backend callbacks",
     EGRANT: "not allowed on a grant cache (locked requests only, no replace)",
+    EFORKED: "the process forked while another thread was inside the cache; unusable in the child",
 }
 
 MAX_SLOTS = 1 << 24  # XMC_MAX_SLOTS
@@ -283,12 +286,29 @@ class _State:
         self.live: dict[_Entry, None] = {}  # insertion order; C pushes at the head
         self.starts: list[int] = []  # sorted host start addresses of live entries
         self.by_start: dict[int, _Entry] = {}
+        self.shift = 0  # the cache's bucket shift, for trace events
         self.rev: dict[int, list[_Rec]] = {}  # host address -> records, newest last
         self.age: dict[_Rec, None] = {}  # oldest first
         self.last: _Entry | None = None
         self.hits = self.misses = self.remaps = self.entries = 0
         self.locked = self.dma_locked = self.mapped_bytes = self.invalidations = 0
         self.closed = False
+        self.forked = False  # inherited through fork() with its lock held (see _after_fork)
+        self.sink: Sink | None = None  # the trace hook
+        self.tracing: set[int] = set()  # threads inside it, holding the cache's lock
+
+    def trace(
+        self, kind: str, rc: int, flags: int, paddr: int, size: int, address: int, tag: int = 0, old: int = 0
+    ) -> None:
+        """Emit a trace event (``trace_emit``): the hook runs holding the cache's lock."""
+        if self.sink is None:
+            return
+        me = threading.get_ident()
+        self.tracing.add(me)
+        try:
+            self.sink(_EV[kind], rc, flags, paddr, size, address, tag, old)
+        finally:
+            self.tracing.discard(me)
 
     def unmap_entry(self, e: _Entry) -> int:
         if e.flags & ENTRY_ANON:
@@ -334,38 +354,72 @@ class _State:
         if e.size:  # size 0: a failed remap left nothing mapped or indexed
             self.tree_del(e)
             rc = self.unmap_entry(e)
+            self.trace("unmap", rc, 0, e.index << self.shift, e.size, e.vaddr)
         return rc
 
-    def free(self) -> None:
-        """``xmc_cache_free``: drop every record, unmap every entry, close the fd."""
+    def free(self) -> int:
+        """``xmc_cache_close``: drop every record, unmap every entry, close the fd;
+        the first failed unmap (every entry is unmapped once all the same)."""
         if self.closed:
-            return
+            return OK
         self.closed = True
+        self.sink = None  # closing says nothing, as in C
         self.rev.clear()
         self.age.clear()
+        rc = OK
         for e in list(self.live):
             if e.size:
-                self.unmap_entry(e)
+                urc = self.unmap_entry(e)
+                rc = urc if rc == OK else rc
         self.live.clear()
         self.slots.clear()
         self.starts.clear()
         self.by_start.clear()
         self.last = None
         self.be.close()
+        return rc
 
 
 def _free(state: _State, lock: threading.Lock) -> None:
+    """The garbage collector's close: a failed unmap is logged, it belongs to no later call."""
+    if state.forked:
+        return  # half updated by a thread that is gone: leak it, touch nothing
     with _entered(state, lock, "close"):
-        state.free()
+        rc = state.free()
+    if rc != OK:
+        cause, state.be.error = state.be.error, None
+        _cache.logger.error("a collected cache failed to unmap an entry: %r", cause, exc_info=cause)
 
 
 def _entered(state: _State, lock: threading.Lock, what: str) -> threading.Lock:
     """``lock``, unless this thread is inside one of the cache's backend
-    callbacks: it holds the lock already, and would wait for itself."""
+    callbacks (it holds the lock already, and would wait for itself) or the
+    cache was inherited through fork() while another thread held it."""
+    if state.forked:
+        _raise(EFORKED, what)
     inside = state.be.inside
-    if inside and threading.get_ident() in inside:
+    if (inside and threading.get_ident() in inside) or (state.tracing and threading.get_ident() in state.tracing):
         _raise(EREENTER, what)
     return lock
+
+
+# Every live reference cache, for the fork handler.
+_caches: weakref.WeakSet[_PyCore] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    """In a forked child: a cache whose lock a thread held at fork() is unusable
+    (that thread is gone, and left it half updated); ``fork_child`` in C.  A
+    free lock is reset too: a thread parked on it at fork() can leave it marked
+    as waited for, and the child's first acquire would then wait forever."""
+    for core in list(_caches):
+        if core._lock.locked():
+            core._st.forked = True
+        else:
+            core._lock._at_fork_reinit()  # type: ignore[attr-defined]  # the stdlib's own way
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class _PyCore:
@@ -380,6 +434,7 @@ class _PyCore:
         dummy: bool,
         lock_limit: int,
         grants: bool = False,
+        trace: Sink | None = None,
     ) -> None:
         bucket = 1 << bucket_shift
         slots = max_size // bucket + (max_size % bucket != 0)
@@ -401,7 +456,10 @@ class _PyCore:
         else:
             raise TypeError(f"the reference core maps GuestRAM or CallbackBackend, not {type(ram).__name__}")
         self._st = _State(backend)
+        self._st.shift = bucket_shift
+        self._st.sink = trace
         self._finalizer = weakref.finalize(self, _free, self._st, self._lock)
+        _caches.add(self)
 
     # -- mapping internals (the caller holds self._lock) ---------------------
 
@@ -443,6 +501,7 @@ class _PyCore:
         st.live[e] = None
         st.entries += 1
         st.mapped_bytes += size
+        st.trace("dummy" if dummy else "map", OK, 0, index << self._shift, size, e.vaddr)
         return OK, e
 
     def _entry_remap(self, e: _Entry, index: int, size: int, dummy: bool) -> tuple[int, _Entry | None]:
@@ -460,6 +519,7 @@ class _PyCore:
         if index % self._nr_slots != old_slot:
             st.chain_del(e)
             st.chain_append(e, self._nr_slots)
+        st.trace("dummy" if dummy else "remap", OK, 0, index << self._shift, size, e.vaddr)
         return OK, e
 
     def _find_or_map(self, index: int, size: int, first: int, n: int, dummy: bool) -> tuple[int, _Entry | None]:
@@ -531,9 +591,11 @@ class _PyCore:
                 break
             st.last = None
             if not translated and self._translate is not None:
+                asked = paddr
                 rc, paddr, cause = self._call_translate(paddr, size)
                 if rc != OK:
                     return rc, 0, cause
+                st.trace("translate", OK, flags & 3, paddr, size, 0, tag if lock else 0, asked)
                 translated = True
                 index = paddr >> shift
                 offset = paddr & (bucket - 1)
@@ -553,6 +615,27 @@ class _PyCore:
         if not self._grants:  # a grant entry may go at any unlock
             st.last = found
         return OK, address, None
+
+    def _map_traced(self, paddr: int, size: int, flags: int, tag: int) -> tuple[int, int, BaseException | None]:
+        """``map_slow``: ``_map_locked`` and its hit, miss, lock overflow or refusal event."""
+        st = self._st
+        if st.sink is None:
+            return self._map_locked(paddr, size, flags, tag)
+        misses = st.misses
+        rc, address, cause = self._map_locked(paddr, size, flags, tag)
+        kind = None
+        if rc == EGRANT:
+            kind = "refused"
+        elif rc == EOVERFLOW:
+            kind = "lock_overflow"
+        elif st.misses != misses:
+            kind = "miss"
+        elif rc == OK:
+            kind = "hit"
+        if kind is not None:
+            lock = flags & _cache.LOCK
+            st.trace(kind, rc, flags & 3, paddr, size, address if rc == OK else 0, tag if lock else 0)
+        return rc, address, cause
 
     # -- records --------------------------------------------------------------
 
@@ -674,7 +757,7 @@ class _PyCore:
         rc, cause = OK, None
         while n:
             chunk = self._copy_chunk(paddr, n)
-            rc, p, cause = self._map_locked(paddr, chunk, 0, 0)
+            rc, p, cause = self._map_traced(paddr, chunk, 0, 0)
             if rc != OK:
                 break
             e = self._st.last
@@ -709,7 +792,7 @@ class _PyCore:
         """Host address of ``paddr``; flags LOCK and DMA; a locked map keeps ``tag``."""
         with _entered(self._st, self._lock, "map"):
             self._check_open()
-            rc, address, cause = self._map_locked(paddr, size, flags, tag)
+            rc, address, cause = self._map_traced(paddr, size, flags, tag)
         if rc != OK:
             _raise(rc, f"map {paddr:#x}+{size:#x}", cause or self._take_error())
         return address
@@ -726,7 +809,7 @@ class _PyCore:
         done: list[int] = []
         for paddr, size in segs:
             before = (st.hits, st.misses, st.remaps)
-            rc, address, cause = self._map_locked(paddr, size, flags | _cache.LOCK, tag)
+            rc, address, cause = self._map_traced(paddr, size, flags | _cache.LOCK, tag)
             if rc != OK:
                 for a in reversed(done):  # undo, newest first
                     r = self._record_find(a, tag)
@@ -770,7 +853,10 @@ class _PyCore:
             _raise(rc, f"unlock_sg of {len(addresses)} segment(s)", self._take_error() if rc == ESYS else None)
 
     def _record_drop(self, r: _Rec) -> int:
-        """``record_drop``: ``_record_del``, then the grant rule (an entry whose last lock went is unmapped)."""
+        """``record_drop``: its unlock event, ``_record_del``, then the grant rule
+        (an entry whose last lock went is unmapped)."""
+        flags = _cache.LOCK | (_cache.DMA if r.dma else 0)
+        self._st.trace("unlock", OK, flags, self._entry_paddr(r.entry, r.addr), r.size, r.addr, r.tag)
         self._record_del(r)
         if self._grants and r.entry.lock == 0:
             return OK if self._st.destroy(r.entry) == OK else ESYS
@@ -782,7 +868,11 @@ class _PyCore:
             self._check_open()
             r = self._record_find(address, tag)
             rc = OK
-            if r is not None:
+            if r is None:
+                self._st.trace("unlock_unknown", ENOENT, 0, 0, 0, address, tag)
+            else:
+                flags = _cache.LOCK | (_cache.DMA if r.dma else 0)
+                self._st.trace("unlock", OK, flags, self._entry_paddr(r.entry, address), r.size, address, r.tag)
                 self._record_del(r)
                 if self._grants and r.entry.lock == 0:  # the last lock: unmap now
                     rc = OK if self._st.destroy(r.entry) == OK else ESYS
@@ -798,6 +888,8 @@ class _PyCore:
             r = self._record_find(address, None)
             e = r.entry if r is not None else self._st.tree_find(address)
             paddr = None if e is None else self._entry_paddr(e, address)
+            if e is None:
+                self._st.trace("ram_addr_unknown", ENOENT, 0, 0, 0, address)
         if paddr is None:
             _raise(ENOENT, f"ram_addr {address:#x}")
         return paddr
@@ -808,6 +900,9 @@ class _PyCore:
             self._check_open()
             st = self._st
             in_flight = self._records(True)
+            st.trace("invalidate", OK, 0, 0, len(in_flight), 0)
+            for address, paddr, size, tag, _ in in_flight:
+                st.trace("dma_in_flight", OK, _cache.LOCK | _cache.DMA, paddr, size, address, tag)
             rc = OK
             for e in reversed(list(st.live)):
                 if e.lock == 0:
@@ -840,6 +935,7 @@ class _PyCore:
         with _entered(self._st, self._lock, "replace"):
             self._check_open()
             rc, address = self._replace_locked(old, new, size)
+            self._st.trace("replace", rc, 0, new, size, address if rc == OK else 0, 0, old)
         if rc != OK:
             _raise(rc, f"replace {old:#x} -> {new:#x}", self._take_error())
         return address
@@ -883,8 +979,13 @@ class _PyCore:
         return memoryview((ctypes.c_ubyte * size).from_address(address)).cast("B")
 
     def close(self) -> None:
-        """Unmap everything and close the cache's handle on guest RAM."""
-        self._finalizer()
+        """Unmap everything and close the cache's handle on guest RAM; a failed unmap raises."""
+        if not self._finalizer.detach():
+            return
+        with _entered(self._st, self._lock, "close"):
+            rc = self._st.free()
+        if rc != OK:
+            _raise(rc, "close", self._take_error())
 
 
 class MapCache(_cache.MapCache):

@@ -14,16 +14,19 @@
  * address just past the end of RAM.
  *
  * Then each op is one byte plus operands: map (unlocked, locked, DMA, bad
- * flags), unlock by address and by tag, unlock of foreign and interior
- * pointers, ram_addr of exact/interior/foreign pointers, invalidate, replace,
- * read, write, writes through held mappings, dummy mode, lock limit, stats.
+ * flags), a batch of locked maps (xmc_map_sg), unlock by address, by tag and
+ * by batch (xmc_unlock_sg), unlock of foreign and interior pointers, ram_addr
+ * of exact/interior/foreign pointers, invalidate, replace, read, write,
+ * writes through held mappings, dummy mode, lock limit, stats.
  *
  * Invariants checked: every status code is one the model allows; a pointer
  * handed out resolves back to the guest address asked for (or its
  * translation) and holds the guest data; stats.locked and dma_locked equal
  * the mappings held, and xmc_locked() lists exactly them, oldest first;
  * invalidate returns exactly the held DMA mappings; guest RAM equals a
- * shadow; every mapping the backend handed out is unmapped exactly once.
+ * shadow; every mapping the backend handed out is unmapped exactly once.  A
+ * refused batch leaves the held mappings, out[] and (beyond what one failed
+ * map may move) the statistics as they were.
  *
  * Where dummy mode may have left anonymous entries, whether a pointer is
  * guest memory is read from /proc/self/maps (only then: it is slow).
@@ -355,8 +358,10 @@ static void check_records(void)
         const held *h = &hold[i];
         if (r[i].tag != h->tag || r[i].address != (uintptr_t)h->ptr ||
             r[i].paddr != h->paddr || r[i].size != h->size || r[i].dma != h->dma)
-            FAIL("record %zu: tag %#" PRIx64 " paddr %#" PRIx64 ", held tag %#" PRIx64
-                 " paddr %#" PRIx64, i, r[i].tag, r[i].paddr, h->tag, h->paddr);
+            FAIL("record %zu: tag %#" PRIx64 " paddr %#" PRIx64 " size %#" PRIx64
+                 " at %#" PRIxPTR " dma %d, held tag %#" PRIx64 " paddr %#" PRIx64
+                 " size %#" PRIx64 " at %p dma %d", i, r[i].tag, r[i].paddr, r[i].size,
+                 r[i].address, r[i].dma, h->tag, h->paddr, h->size, (void *)h->ptr, h->dma);
     }
     xmc_records_free(r);
     EXPECT(st.mapped_bytes % bucket == 0);
@@ -377,6 +382,24 @@ static long newest_at(const void *p)
         if (hold[i].ptr == p)
             return (long)i;
     return -1;
+}
+
+/* Newest held mapping at exactly p with tag (a batch's share one), or -1. */
+static long newest_tagged(const void *p, uint64_t tag)
+{
+    for (size_t i = nheld; i-- > 0;)
+        if (hold[i].ptr == p && hold[i].tag == tag)
+            return (long)i;
+    return -1;
+}
+
+/* Make room for n more held mappings: unlock the oldest. */
+static void make_room(size_t n)
+{
+    while (nheld + n > MAX_HELD) {
+        EXPECT(xmc_unlock_tag(cache, hold[0].ptr, hold[0].tag) == XMC_OK);
+        forget((size_t)newest_tagged(hold[0].ptr, hold[0].tag));
+    }
 }
 
 /* ---- operands ------------------------------------------------------------ */
@@ -490,6 +513,35 @@ static int read_hot(uint64_t paddr, uint8_t *buf, size_t n)
     return xmc_read(cache, paddr, buf, n);
 }
 
+/* A pointer came back: it resolves to what was asked (off RAM, maybe to its
+ * translation tp) and holds the guest data.  Returns the address it maps. */
+static uint64_t check_pointer(uint8_t *p, uint64_t paddr, uint64_t size, bool v, uint64_t tp)
+{
+    uint64_t back;
+
+    EXPECT(xmc_ram_addr(cache, p, &back) == XMC_OK);
+    if (v ? back != paddr : back != paddr && back != tp)
+        FAIL("ram_addr(map(%#" PRIx64 ")) = %#" PRIx64, paddr, back);
+    if (size) {
+        uint64_t last;
+        EXPECT(xmc_ram_addr(cache, p + size - 1, &last) == XMC_OK);
+        EXPECT(last == back + size - 1);
+    }
+    if (valid(back, size) && is_guest(p))
+        check_data(p, back, size ? size : 1);
+    return back;
+}
+
+static void hold_add(uint8_t *p, uint64_t paddr, uint64_t size, uint64_t tag, bool dma)
+{
+    held *h;
+
+    EXPECT(nheld < MAX_HELD);
+    h = &hold[nheld++];
+    *h = (held){ .ptr = p, .paddr = paddr, .size = size, .tag = tag, .dma = dma };
+    classify(h);
+}
+
 static void op_map(unsigned flags)
 {
     uint64_t paddr = gen_paddr(), size = gen_size(), tag = next_tag++, back, tp;
@@ -500,10 +552,8 @@ static void op_map(unsigned flags)
     uint8_t *p = NULL;
     int rc;
 
-    if (lock && nheld == MAX_HELD) { /* make room: drop the oldest */
-        EXPECT(xmc_unlock_tag(cache, hold[0].ptr, hold[0].tag) == XMC_OK);
-        forget(0);
-    }
+    if (lock)
+        make_room(1);
     tp = translate_on ? translate_model(paddr, &trc) : paddr;
     rc = map_hot(paddr, size, flags, tag, (void **)&p);
     TRACE("map(%#" PRIx64 ", %#" PRIx64 ", %u) tag %" PRIu64 " = %d %p\n", paddr, size,
@@ -541,26 +591,9 @@ static void op_map(unsigned flags)
         FAIL("map(%#" PRIx64 ", %#" PRIx64 "): unexpected %s", paddr, size,
              xmc_strerror(rc));
     }
-    /* A pointer came back: it resolves to what was asked (or its translation). */
-    EXPECT(xmc_ram_addr(cache, p, &back) == XMC_OK);
-    if (v ? back != paddr : back != paddr && back != tp)
-        FAIL("ram_addr(map(%#" PRIx64 ")) = %#" PRIx64, paddr, back);
-    if (size) {
-        uint64_t last;
-        EXPECT(xmc_ram_addr(cache, p + size - 1, &last) == XMC_OK);
-        EXPECT(last == back + size - 1);
-    }
-    if (valid(back, size) && is_guest(p))
-        check_data(p, back, size ? size : 1);
-    if (lock) {
-        held *h;
-
-        EXPECT(nheld < MAX_HELD);
-        h = &hold[nheld++];
-        *h = (held){ .ptr = p, .paddr = back, .size = size, .tag = tag,
-                     .dma = flags & XMC_DMA };
-        classify(h);
-    }
+    back = check_pointer(p, paddr, size, v, tp);
+    if (lock)
+        hold_add(p, back, size, tag, flags & XMC_DMA);
 }
 
 static void op_unlock(bool by_tag)
@@ -574,6 +607,7 @@ static void op_unlock(bool by_tag)
     i = (long)(get8() % nheld);
     if (by_tag) {
         EXPECT(xmc_unlock_tag(cache, hold[i].ptr, hold[i].tag) == XMC_OK);
+        i = newest_tagged(hold[i].ptr, hold[i].tag);
         forget((size_t)i);
         EXPECT(xmc_unlock_tag(cache, hold[i < (long)nheld ? i : 0].ptr, ~UINT64_C(0)) ==
                XMC_ENOENT);
@@ -785,6 +819,149 @@ static void op_held_write(void)
     }
 }
 
+/*
+ * A batch of 1..8 segments (now and then 0 or SIZE_MAX of them, or bad
+ * flags), some repeating the one before.  Segments on RAM whose entry has
+ * room for their lock must map; after a refusal nothing may have changed
+ * but what one failed map may move: a hit (an allocation failure after the
+ * lookup) and up to three misses (the address, its translation, dummy).
+ */
+#define SG_OPS 8
+static void op_map_sg(void)
+{
+    xmc_sg segs[SG_OPS];
+    uint64_t tps[SG_OPS], tag = next_tag++;
+    uint8_t *out[SG_OPS];
+    uint8_t sel = get8();
+    size_t n = sel == 255 ? 0 : sel == 254 ? SIZE_MAX : 1 + sel % SG_OPS;
+    size_t nseg = n >= 1 && n <= SG_OPS ? n : 1; /* segments in the input */
+    unsigned flags = get8() & 7;
+    bool ok_args = n >= 1 && n <= SG_OPS && !(flags & ~3u), sure = ok_args;
+    xmc_stats before, after;
+    int rc, trc;
+
+    for (size_t i = 0; i < nseg; i++) {
+        if (i && get8() < 64) {
+            segs[i] = segs[i - 1];
+        } else {
+            segs[i].paddr = gen_paddr();
+            segs[i].size = gen_size();
+        }
+        out[i] = (uint8_t *)&segs; /* a sentinel: untouched on failure */
+        tps[i] = translate_on ? translate_model(segs[i].paddr, &trc) : segs[i].paddr;
+        if (!range_ok(segs[i].paddr, segs[i].size) || segs[i].size > max_size)
+            ok_args = sure = false;
+        /* Sure to map: RAM, and room for one more lock on its entry. */
+        size_t same = held_with_key(segs[i].paddr, segs[i].size);
+        for (size_t j = 0; j < i; j++) {
+            uint64_t a, b, c, d;
+            key(segs[i].paddr, segs[i].size, &a, &b);
+            key(segs[j].paddr, segs[j].size, &c, &d);
+            same += a == c && b == d;
+        }
+        sure = sure && valid(segs[i].paddr, segs[i].size) && same < lock_limit;
+    }
+    if (ok_args)
+        make_room(n);
+    EXPECT(xmc_stats_get(cache, &before) == XMC_OK);
+    rc = XMC_EAGAIN;
+    if (hot_calls++ & 1) {
+        rc = xmc_map_sg_nowait(cache, segs, n, flags, tag, (void **)out);
+        if (rc == XMC_EAGAIN)
+            refused_unchanged(&before);
+    }
+    if (rc == XMC_EAGAIN)
+        rc = xmc_map_sg(cache, segs, n, flags, tag, (void **)out);
+    TRACE("map_sg(%zu segments, %u) tag %" PRIu64 " = %d\n", n, flags, tag, rc);
+    EXPECT(xmc_stats_get(cache, &after) == XMC_OK);
+    if (!ok_args) {
+        EXPECT(rc == XMC_EINVAL);
+        EXPECT(memcmp(&before, &after, sizeof(after)) == 0);
+    }
+    if (rc != XMC_OK) {
+        if (sure)
+            FAIL("map_sg of %zu segments sure to map: %s", n, xmc_strerror(rc));
+        EXPECT(rc == XMC_EINVAL || rc == XMC_EMAP || rc == XMC_EOVERFLOW);
+        for (size_t i = 0; i < nseg; i++)
+            EXPECT(out[i] == (uint8_t *)&segs);
+        if (after.hits > before.hits + 1 || after.misses > before.misses + 3 ||
+            after.remaps - before.remaps > after.misses - before.misses)
+            FAIL("a refused batch moved hits %" PRIu64 " -> %" PRIu64 ", misses %" PRIu64
+                 " -> %" PRIu64, before.hits, after.hits, before.misses, after.misses);
+        EXPECT(after.locked == before.locked && after.dma_locked == before.dma_locked);
+        return; /* run() then checks that the held mappings are as they were */
+    }
+    for (size_t i = 0; i < n; i++) {
+        bool v = valid(segs[i].paddr, segs[i].size);
+        uint64_t back;
+
+        if (!v) {
+            translate_model(segs[i].paddr, &trc);
+            EXPECT(dummy_ever || (translate_on && trc == XMC_OK));
+        }
+        back = check_pointer(out[i], segs[i].paddr, segs[i].size, v, tps[i]);
+        hold_add(out[i], back, segs[i].size, tag, flags & XMC_DMA);
+    }
+}
+
+/*
+ * Unlock a batch of held mappings sharing one tag (a map_sg batch's, or a
+ * single one's), sometimes one too many times or with a foreign pointer: it
+ * succeeds only when each address has a record per mention, and then drops
+ * the newest ones, as that many xmc_unlock_tag calls would.
+ */
+static void op_unlock_sg(void)
+{
+    uint8_t *addrs[SG_OPS];
+    size_t n = 1 + get8() % SG_OPS, pick[SG_OPS];
+    uint64_t tag;
+    bool ok = true, nowait;
+    int rc;
+
+    if (!nheld)
+        return;
+    tag = hold[get8() % nheld].tag;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t sel = get8();
+        size_t h = (size_t)get8() % nheld;
+
+        addrs[i] = sel < 16 ? gen_ptr() : hold[h].ptr;
+    }
+    /* The model: each mention takes the newest unpicked record at its address. */
+    for (size_t i = 0; i < n && ok; i++) {
+        long found = -1;
+        for (size_t j = nheld; j-- > 0 && found < 0;) {
+            bool taken = false;
+            for (size_t k = 0; k < i; k++)
+                taken |= pick[k] == j;
+            if (!taken && hold[j].ptr == addrs[i] && hold[j].tag == tag)
+                found = (long)j;
+        }
+        ok = found >= 0;
+        pick[i] = (size_t)found;
+    }
+    nowait = hot_calls++ & 1;
+    rc = nowait ? xmc_unlock_sg_nowait(cache, (void *const *)addrs, n, tag) : XMC_EAGAIN;
+    if (rc == XMC_EAGAIN) { /* a grant cache leaves its unlocks to the waiting call */
+        EXPECT(grants || !nowait);
+        rc = xmc_unlock_sg(cache, (void *const *)addrs, n, tag);
+    }
+    TRACE("unlock_sg(%zu addresses) tag %" PRIu64 " = %d\n", n, tag, rc);
+    if (!ok) {
+        EXPECT(rc == XMC_ENOENT); /* and run() checks that nothing was unlocked */
+        return;
+    }
+    EXPECT(rc == XMC_OK);
+    for (size_t i = n; i-- > 0;) { /* forget them, highest index first */
+        size_t top = 0;
+        for (size_t k = 0; k < n; k++)
+            if (pick[k] != SIZE_MAX && (pick[top] == SIZE_MAX || pick[k] > pick[top]))
+                top = k;
+        forget(pick[top]);
+        pick[top] = SIZE_MAX;
+    }
+}
+
 /* Under grant rules an entry lives only while locked: no more entries than
  * locked mappings, and each backend mapping is a live entry. */
 static void check_grant_entries(void)
@@ -805,7 +982,7 @@ static void run(void)
         maps_fresh = false; /* this op may map or unmap */
         switch (op % 20) {
         case 0: op_map(0); break;
-        case 1: op_map(0); break;
+        case 1: op_map_sg(); break;
         case 2: op_map(XMC_LOCK); break;
         case 3: op_map(XMC_LOCK | XMC_DMA); break;
         case 4: op_map(get8() & 7); break;
@@ -813,7 +990,7 @@ static void run(void)
         case 6: op_unlock(true); break;
         case 7: op_unlock_foreign(); break;
         case 8: op_ram_addr(); break;
-        case 9: op_ram_addr(); break;
+        case 9: op_unlock_sg(); break;
         case 10: op_invalidate(); break;
         case 11: op_replace(); break;
         case 12: op_copy(false); break;

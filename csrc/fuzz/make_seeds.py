@@ -16,8 +16,8 @@ import struct
 CORPUS = pathlib.Path(__file__).resolve().parent / "corpus"
 
 # Opcodes (byte % 20) of fuzz_cache.c's run().
-MAP, MAP_LOCK, MAP_DMA, MAP_FLAGS = 0, 2, 3, 4
-UNLOCK, UNLOCK_TAG, UNLOCK_FOREIGN, RAM_ADDR = 5, 6, 7, 8
+MAP, MAP_SG, MAP_LOCK, MAP_DMA, MAP_FLAGS = 0, 1, 2, 3, 4
+UNLOCK, UNLOCK_TAG, UNLOCK_FOREIGN, RAM_ADDR, UNLOCK_SG = 5, 6, 7, 8, 9
 INVALIDATE, REPLACE, READ, WRITE, HELD_WRITE = 10, 11, 12, 13, 14
 DUMMY, LOCK_LIMIT, CHECK_RAM, STATS = 16, 17, 18, 19
 
@@ -63,6 +63,20 @@ def small(n: int) -> bytes:
 
 def sized(n: int) -> bytes:
     return bytes([200]) + struct.pack("<H", n - 1)
+
+
+def map_sg(flags: int, *segments: bytes) -> bytes:
+    """A batch: each segment is address + size bytes, or b"" to repeat the one before."""
+    body = b"".join(
+        (b"" if i == 0 else bytes([10]) if not seg else bytes([200])) + seg
+        for i, seg in enumerate(segments)
+    )
+    return bytes([MAP_SG, len(segments) - 1, flags]) + body
+
+
+def unlock_sg(tag_of: int, *held: int) -> bytes:
+    """Unlock held mappings (indexes) under the tag of held mapping tag_of."""
+    return bytes([UNLOCK_SG, len(held) - 1, tag_of]) + b"".join(bytes([100, h]) for h in held)
 
 
 def seeds() -> dict[str, bytes]:
@@ -120,6 +134,19 @@ def seeds() -> dict[str, bytes]:
         bytes([MAP_LOCK if i % 2 else MAP_DMA]) + page_addr(i % 20, 8 * i) + small(8)
         for i in range(80)
     )
+    s["batches"] = header(shift=13, slots=2, lock_limit=3, translate=True, hole2_page=40) + b"".join([
+        map_sg(2, page_addr(1, 0x10) + small(16), page_addr(1, 0x20) + small(8), b"",
+               page_addr(9) + size0()),
+        map_sg(0, page_addr(12, 0x800) + sized(0x3000), hole_addr(0x10) + small(8)),
+        map_sg(2, page_addr(3) + small(4), page_addr(40) + small(4)),  # the second fails
+        map_sg(0, page_addr(1) + small(4), b"", b""),  # a lock too many
+        map_sg(6, page_addr(1) + small(4)),  # bad flags
+        bytes([MAP_SG, 254, 0]) + page_addr(1) + small(4),  # SIZE_MAX segments
+        unlock_sg(0, 0, 1, 2),
+        unlock_sg(0, 0, 0),  # once too often
+        unlock_sg(1, 1, 2),
+        bytes([INVALIDATE, STATS]),
+    ])
     s["grants"] = header(slots=4, lock_limit=2, grants=True) + b"".join([
         bytes([MAP]) + page_addr(1) + size0(),  # refused: unlocked
         bytes([MAP_LOCK]) + page_addr(1, 0x10) + small(16),
@@ -130,6 +157,16 @@ def seeds() -> dict[str, bytes]:
         bytes([REPLACE]) + page_addr(1) + page_addr(2) + size0() + bytes([0]),
         bytes([INVALIDATE, UNLOCK, 0, UNLOCK, 0, STATS, UNLOCK_TAG, 0, INVALIDATE]),
         bytes([MAP_LOCK]) + page_addr(1, 0x10) + small(16),  # mapped anew
+    ])
+    s["grant_batches"] = header(slots=4, lock_limit=3, grants=True) + b"".join([
+        map_sg(2, page_addr(1, 0x10) + small(16), page_addr(2) + sized(0x1800), b""),
+        map_sg(0, page_addr(3) + small(4), page_addr(24) + small(4)),  # a hole: undone
+        map_sg(0, page_addr(1) + small(4), b"", b""),  # a lock too many on page 1
+        map_sg(0, page_addr(1) + small(4), b""),
+        unlock_sg(0, 0, 1),
+        unlock_sg(0, 2),  # another batch's address
+        unlock_sg(1, 1, 2),
+        bytes([STATS, INVALIDATE]),
     ])
     return s
 

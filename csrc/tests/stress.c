@@ -13,7 +13,9 @@
  * thread is writing is a race by definition) and checks every record it
  * sees against its tag.  Reads through a translated hole exercise the callback,
  * which runs with the cache mutex dropped.  The lock limit is small, so
- * XMC_EOVERFLOW happens too.  Half the hot calls go the way the Python
+ * XMC_EOVERFLOW happens too, to batches (xmc_map_sg) as well, which must
+ * then hold nothing; batches are unlocked whole (xmc_unlock_sg), once in a
+ * while with an address too many, which must unlock nothing.  Half the hot calls go the way the Python
  * binding makes them: the _nowait twin first, the waiting call only when it
  * answers XMC_EAGAIN (the mutex busy, or a miss), which must change nothing.
  *
@@ -81,7 +83,7 @@ typedef struct worker {
     unsigned long ops_per_round;
     held held[MAX_HELD];
     size_t nheld;
-    unsigned long ops, overflows, translated, nowait_done;
+    unsigned long ops, overflows, translated, nowait_done, batches;
     uint64_t next_tag;
 } worker;
 
@@ -128,6 +130,9 @@ static uint64_t tag_paddr(uint64_t tag)
     return tag & 0xffffffffu;
 }
 
+/* A batch's mappings share its tag, which holds the first one's address. */
+#define BATCH_TAG (UINT64_C(1) << 48)
+
 /* A random byte range inside one of w's pages. */
 static void own_range(worker *w, uint64_t *paddr, uint64_t *len)
 {
@@ -162,6 +167,7 @@ static void verify(const uint8_t *src, uint64_t paddr, uint64_t len, const char 
 static void drop_held(worker *w, size_t i)
 {
     held *h = &w->held[i];
+    uint8_t *ptr = h->ptr;
     uint64_t tag = 0;
     int rc;
 
@@ -176,7 +182,7 @@ static void drop_held(worker *w, size_t i)
     if (rc != XMC_OK)
         FAIL("unlock: %s", xmc_strerror(rc));
     for (size_t j = 0; j < w->nheld; j++)
-        if (w->held[j].tag == tag) {
+        if (w->held[j].tag == tag && w->held[j].ptr == ptr) {
             w->held[j] = w->held[--w->nheld];
             return;
         }
@@ -212,6 +218,80 @@ static void op_lock(worker *w)
              xmc_ram_addr(cache, h->ptr + len - 1, &back));
     if (rc != XMC_OK || back != paddr + len - 1)
         FAIL("ram_addr of a locked mapping's last byte");
+}
+
+/* Up to three of w's ranges (distinct addresses) locked by one xmc_map_sg. */
+static void op_batch(worker *w)
+{
+    size_t n = 1 + rnd(&w->rng) % 3;
+    bool dma = rnd(&w->rng) & 1;
+    xmc_sg segs[3];
+    void *out[3];
+    uint64_t tag;
+    int rc;
+
+    while (w->nheld + n > MAX_HELD)
+        drop_held(w, 0);
+    for (size_t i = 0; i < n; i++) {
+        bool again;
+        do {
+            own_range(w, &segs[i].paddr, &segs[i].size);
+            again = false;
+            for (size_t j = 0; j < i; j++)
+                again |= segs[j].paddr == segs[i].paddr;
+        } while (again);
+    }
+    tag = make_tag(w, segs[0].paddr) | BATCH_TAG;
+    HOT_CALL(w, rc, xmc_map_sg_nowait(cache, segs, n, dma ? XMC_DMA : 0, tag, out),
+             xmc_map_sg(cache, segs, n, dma ? XMC_DMA : 0, tag, out));
+    if (rc == XMC_EOVERFLOW) { /* all or nothing: check_quiet() sees no record */
+        w->overflows++;
+        return;
+    }
+    if (rc != XMC_OK)
+        FAIL("batch of %zu: %s", n, xmc_strerror(rc));
+    for (size_t i = 0; i < n; i++) {
+        held *h = &w->held[w->nheld++];
+
+        *h = (held){ .ptr = out[i], .paddr = segs[i].paddr, .size = segs[i].size,
+                     .tag = tag, .dma = dma };
+        verify(h->ptr, h->paddr, h->size, "fresh batch mapping");
+        fill(w, h->ptr, h->paddr, h->size);
+    }
+    w->batches++;
+}
+
+/* Unlock every mapping of one of w's batches with one xmc_unlock_sg. */
+static void op_unlock_batch(worker *w)
+{
+    void *addrs[MAX_HELD + 1];
+    size_t n = 0;
+    uint64_t tag = 0;
+    int rc;
+
+    for (size_t i = 0; i < w->nheld && !tag; i++)
+        if (w->held[i].tag & BATCH_TAG)
+            tag = w->held[i].tag;
+    if (!tag)
+        return;
+    for (size_t i = 0; i < w->nheld; i++)
+        if (w->held[i].tag == tag) {
+            verify(w->held[i].ptr, w->held[i].paddr, w->held[i].size, "batch before unlock");
+            addrs[n++] = w->held[i].ptr;
+        }
+    if (rnd(&w->rng) % 8 == 0) { /* one address too many: nothing is unlocked */
+        addrs[n] = addrs[0];
+        rc = xmc_unlock_sg(cache, addrs, n + 1, tag);
+        if (rc != XMC_ENOENT)
+            FAIL("unlock_sg with an address too many: %s", xmc_strerror(rc));
+    }
+    HOT_CALL(w, rc, xmc_unlock_sg_nowait(cache, addrs, n, tag),
+             xmc_unlock_sg(cache, addrs, n, tag));
+    if (rc != XMC_OK)
+        FAIL("unlock_sg of %zu: %s", n, xmc_strerror(rc));
+    for (size_t i = w->nheld; i-- > 0;)
+        if (w->held[i].tag == tag)
+            w->held[i] = w->held[--w->nheld];
 }
 
 static void op_copy(worker *w, bool write)
@@ -276,8 +356,12 @@ static void *work(void *arg)
         for (unsigned long i = 0; i < w->ops_per_round; i++) {
             unsigned r = (unsigned)(rnd(&w->rng) % 100);
 
-            if (r < 30)
+            if (r < 24)
                 op_lock(w);
+            else if (r < 30)
+                op_batch(w);
+            else if (r < 33)
+                op_unlock_batch(w);
             else if (r < 45) {
                 if (w->nheld)
                     drop_held(w, rnd(&w->rng) % w->nheld);
@@ -304,7 +388,7 @@ static void *work(void *arg)
 
 static void check_record(const xmc_record *r, bool want_dma)
 {
-    EXPECT(r->paddr == tag_paddr(r->tag));
+    EXPECT(r->paddr == tag_paddr(r->tag) || (r->tag & BATCH_TAG));
     EXPECT((r->tag >> 56) < NTHREADS);
     EXPECT(r->paddr % PAGE + r->size <= PAGE);
     EXPECT((r->paddr / PAGE) % NTHREADS == (r->tag >> 56));
@@ -397,8 +481,7 @@ static void check_quiet(void)
         check_record(&recs[i], false);
         for (size_t j = 0; j < w->nheld; j++) {
             const held *h = &w->held[j];
-            if (h->tag == recs[i].tag) {
-                EXPECT((uintptr_t)h->ptr == recs[i].address);
+            if (h->tag == recs[i].tag && (uintptr_t)h->ptr == recs[i].address) {
                 EXPECT(h->paddr == recs[i].paddr && h->size == recs[i].size);
                 EXPECT(h->dma == recs[i].dma);
                 found = true;
@@ -440,7 +523,7 @@ static void *hammer(void *arg)
         int rc;
 
         own_range(w, &paddr, &len);
-        switch (i % 4) {
+        switch (i % 5) {
         case 0:
             rc = xmc_map(cache, paddr, len, XMC_LOCK | XMC_DMA, 0, &p);
             if (rc == XMC_OK) {
@@ -455,6 +538,16 @@ static void *hammer(void *arg)
         case 2:
             rc = xmc_write(cache, paddr, buf, len < sizeof(buf) ? len : sizeof(buf));
             break;
+        case 3: {
+            xmc_sg seg = { paddr, len };
+            rc = xmc_map_sg(cache, &seg, 1, XMC_DMA, 0, &p);
+            if (rc == XMC_OK) {
+                int urc = xmc_unlock_sg(cache, &p, 1, 0);
+                if (urc != XMC_OK && urc != XMC_ECLOSED)
+                    FAIL("close race: unlock_sg: %s", xmc_strerror(urc));
+            }
+            break;
+        }
         default:
             rc = xmc_invalidate(cache, NULL, NULL);
             break;
@@ -496,7 +589,7 @@ static double now(void)
 int main(int argc, char **argv)
 {
     unsigned long total = argc > 1 ? strtoul(argv[1], NULL, 10) : 160000;
-    unsigned long ops = 0, overflows = 0, translated = 0, nowait_done = 0;
+    unsigned long ops = 0, overflows = 0, translated = 0, nowait_done = 0, batches = 0;
     pthread_t inv;
     xmc_stats st;
     double t0 = now();
@@ -543,9 +636,11 @@ int main(int argc, char **argv)
         overflows += workers[t].overflows;
         translated += workers[t].translated;
         nowait_done += workers[t].nowait_done;
+        batches += workers[t].batches;
     }
     EXPECT(pthread_join(inv, NULL) == 0);
     EXPECT(nowait_done > 0); /* the _nowait calls were answered, not all refused */
+    EXPECT(batches > 0);
 
     /* Everything unlocked: one invalidate leaves nothing mapped. */
     EXPECT(xmc_stats_get(cache, &st) == XMC_OK && st.locked == 0);
@@ -554,11 +649,13 @@ int main(int argc, char **argv)
     EXPECT(st.entries == 0 && st.mapped_bytes == 0);
     close_race();
     printf("stress: %d threads, %lu operations on colliding addresses (%lu lock "
-           "overflows, %lu translated reads, %lu answered without waiting), invalidator: %lu operations, %lu "
+           "overflows, %lu translated reads, %lu answered without waiting, %lu batches), "
+           "invalidator: %lu operations, %lu "
            "invalidations, %lu in-place replaces, %lu records checked; "
            "hits %" PRIu64 ", misses %" PRIu64 ", remaps %" PRIu64 "; closed under "
            "%d threads; %.1f s\n",
-           NTHREADS, ops, overflows, translated, nowait_done, inv_ops, invalidations, replaces,
+           NTHREADS, ops, overflows, translated, nowait_done, batches, inv_ops, invalidations,
+           replaces,
            records_seen, st.hits, st.misses, st.remaps, NTHREADS, now() - t0);
     xmc_cache_free(cache);
     xmc_ram_free(ram);

@@ -9,6 +9,10 @@
  */
 #include "fault_backend.h"
 
+#include <pthread.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #define SHIFT 16
 #define B (UINT64_C(1) << SHIFT)
 
@@ -79,9 +83,133 @@ TEST(write_spanning_many_buckets_pins_without_locking)
     fx_teardown();
 }
 
+/* ---- fork ------------------------------------------------------------------ */
+
+/*
+ * Run fn in a forked child (with a watchdog: a hang fails): did it get to the
+ * end?  The child says so through a pipe rather than its exit status, which
+ * valgrind would turn into a failure for what the child leaks on purpose.
+ */
+static bool in_child(void (*fn)(void))
+{
+    int fds[2], status;
+    char done = 0;
+    pid_t pid;
+
+    CHECK(pipe(fds) == 0);
+    pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        alarm(20);
+        fn();
+        if (write(fds[1], "k", 1) != 1)
+            _exit(1);
+        _exit(0);
+    }
+    CHECK(pid > 0);
+    close(fds[1]);
+    if (read(fds[0], &done, 1) != 1)
+        done = 0;
+    close(fds[0]);
+    CHECK(waitpid(pid, &status, 0) == pid);
+    return done == 'k';
+}
+
+static int (*real_map)(void *, void *, uint64_t, size_t, int *, void **);
+static xmc_cache *idle;
+
+static int gated_map(void *opaque, void *fixed, uint64_t pfn, size_t n, int *errs, void **out)
+{
+    xt_gate_pass();
+    return real_map(opaque, fixed, pfn, n, errs, out);
+}
+
+static void *miss(void *arg)
+{
+    void *p;
+
+    (void)arg;
+    return xmc_map(C, 0x30000, 0, 0, 0, &p) == XMC_OK ? p : NULL;
+}
+
+static void child_of_a_busy_cache(void)
+{
+    xmc_stats st;
+    uint8_t bytes[16];
+    void *p;
+
+    F->be.map = real_map; /* the child's copy of the backend: no gate here */
+    CHECK_EQ(xmc_map(C, 0x10000, 0, 0, 0, &p), XMC_EFORKED); /* at once, no hang */
+    CHECK_EQ(xmc_map_nowait(C, 0x10000, 0, 0, 0, &p), XMC_EFORKED);
+    CHECK_EQ(xmc_read(C, 0x10000, bytes, sizeof(bytes)), XMC_EFORKED);
+    CHECK_EQ(xmc_stats_get(C, &st), XMC_EFORKED);
+    CHECK_EQ(xmc_cache_close(C), XMC_EFORKED);
+    xmc_cache_free(C); /* leaks it, touches nothing */
+    /* A cache that was idle at fork() works as in the parent. */
+    p = MAPC(idle, 0x10000, 0, 0);
+    CHECK(xt_has_pattern(p, 0x10000, 64));
+    p = MAPC(idle, 0x50000, 0x10, XMC_LOCK);
+    CHECK(xt_has_pattern(p, 0x50000, 0x10));
+    OK(xmc_unlock(idle, p, NULL));
+    xmc_cache_free(idle);
+}
+
+TEST(fork_while_a_thread_is_inside_a_cache_fails_in_the_child_only)
+{
+    pthread_t th;
+    void *ret;
+
+    fx_setup(MIB, SHIFT, 4 * B);
+    OK(xmc_cache_new(&F->be, SHIFT, 4 * B, &idle));
+    MAPC(idle, 0x10000, 0, 0);
+    real_map = F->be.map;
+    F->be.map = gated_map; /* both caches call through &F->be */
+    CHECK(pthread_create(&th, NULL, miss, NULL) == 0);
+    xt_gate_wait_inside(); /* the other thread holds C's mutex, in the backend */
+    CHECK(in_child(child_of_a_busy_cache));
+    xt_gate_open(); /* the parent's thread goes on undisturbed */
+    CHECK(pthread_join(th, &ret) == 0);
+    CHECK(ret != NULL && xt_has_pattern(ret, 0x30000, 64));
+    F->be.map = real_map;
+    MAP(0x10000, 0, 0);
+    xmc_cache_free(idle);
+    fx_teardown();
+}
+
+static void child_of_an_idle_cache(void)
+{
+    static const uint8_t hello[] = "from the child";
+    uint8_t back[sizeof(hello)];
+    uint8_t *p = MAP(0x20000, sizeof(hello), XMC_LOCK);
+
+    OK(xmc_write(C, 0x20000, hello, sizeof(hello)));
+    OK(xmc_read(C, 0x20000, back, sizeof(back)));
+    CHECK(memcmp(back, hello, sizeof(hello)) == 0 && memcmp(p, hello, sizeof(hello)) == 0);
+    OK(xmc_unlock(C, p, NULL));
+    OK(xmc_invalidate(C, NULL, NULL));
+    xmc_cache_free(C);
+}
+
+TEST(fork_of_an_idle_cache_works_in_the_child_on_shared_guest_ram)
+{
+    static const uint8_t hello[] = "from the child";
+    uint8_t back[sizeof(hello)], *held;
+
+    fx_setup(MIB, SHIFT, 4 * B);
+    held = MAP(0x20000, 0x10, XMC_LOCK | XMC_DMA);
+    CHECK(in_child(child_of_an_idle_cache));
+    OK(xmc_read(C, 0x20000, back, sizeof(back))); /* guest RAM is shared */
+    CHECK(memcmp(back, hello, sizeof(hello)) == 0);
+    CHECK_EQ(xt_stats(C).locked, 1); /* the parent's own state is its own */
+    OK(xmc_unlock(C, held, NULL));
+    fx_teardown();
+}
+
 const xt_test xt_reliability_tests[] = {
     XT(write_into_a_hole_writes_nothing),
     XT(read_into_a_hole_fills_nothing),
     XT(write_spanning_many_buckets_pins_without_locking),
+    XT(fork_while_a_thread_is_inside_a_cache_fails_in_the_child_only),
+    XT(fork_of_an_idle_cache_works_in_the_child_on_shared_guest_ram),
     XT_END,
 };

@@ -390,6 +390,43 @@ TEST(sg_failure_keeps_the_counts_of_calls_made_during_a_translate)
     fx_teardown();
 }
 
+/* A translate callback that waits until the main thread closed the cache. */
+static int waiting_translate(void *opaque, uint64_t paddr, uint64_t size, uint64_t *out)
+{
+    (void)opaque, (void)size;
+    xt_gate_pass();
+    *out = paddr - 0x60000 + 0x50000; /* to RAM that maps fine */
+    return XMC_OK;
+}
+
+static void *batch_through_translate(void *arg)
+{
+    static const xmc_sg segs[] = { { 0x20000, 0x10 }, { 0x60000, 0x10 } };
+    static int rc;
+
+    rc = xmc_map_sg(C, segs, 2, XMC_DMA, TAG, arg);
+    return &rc;
+}
+
+TEST(sg_close_while_a_batch_waits_in_translate_fails_the_batch)
+{
+    void *out[2] = { UNSET, UNSET }, *ret;
+    pthread_t th;
+
+    setup();
+    fb_bad_pages(F, 0x60, 0x70);
+    OK(xmc_cache_set_translate(C, waiting_translate, NULL));
+    CHECK(pthread_create(&th, NULL, batch_through_translate, out) == 0);
+    xt_gate_wait_inside(); /* segment 0 is locked; segment 1 is in translate */
+    OK(xmc_cache_close(C)); /* drops segment 0's record and entry */
+    xt_gate_open();
+    CHECK(pthread_join(th, &ret) == 0);
+    CHECK_EQ(*(int *)ret, XMC_ECLOSED);
+    CHECK(all_unset(out, 2));
+    CHECK_EQ(fb_live(F), 0);
+    fx_teardown();
+}
+
 TEST(sg_batches_beyond_the_stack_buffer_and_at_the_limit)
 {
     xmc_sg *segs = calloc(XMC_SG_MAX, sizeof(*segs));
@@ -566,6 +603,7 @@ const xt_test xt_sg_tests[] = {
     XT(sg_unlock_with_one_unknown_address_unlocks_nothing),
     XT(sg_failure_at_segment_k_undoes_the_batch),
     XT(sg_failure_keeps_the_counts_of_calls_made_during_a_translate),
+    XT(sg_close_while_a_batch_waits_in_translate_fails_the_batch),
     XT(sg_batches_beyond_the_stack_buffer_and_at_the_limit),
     XT(sg_hostile_arguments_are_refused_and_change_nothing),
     XT(sg_nowait_serves_hits_and_refuses_a_miss_changing_nothing),

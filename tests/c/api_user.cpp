@@ -58,6 +58,12 @@ int main()
     expect(xmc_read(cache.get(), (hwaddr)2 << 16, back, sizeof back) == XMC_OK &&
                std::strcmp(back, "c++") == 0,
            "data written through a DMA mapping");
+    const std::vector<xmc_sg> segs = {{(hwaddr)2 << 16, 3}, {(hwaddr)5 << 16, 4096}};
+    std::vector<void *> out(segs.size());
+    expect(xmc_map_sg(cache.get(), segs.data(), segs.size(), XMC_DMA, 9, out.data()) == XMC_OK &&
+               std::memcmp(out[0], "c++", 3) == 0,
+           "a batch of two locked mappings");
+    expect(xmc_unlock_sg(cache.get(), out.data(), out.size(), 9) == XMC_OK, "the batch unlocked");
     xmc_stats st{};
     expect(xmc_stats_get(cache.get(), &st) == XMC_OK && st.locked == 0, "all unlocked");
     xen_map_cache_use(nullptr);

@@ -1,0 +1,179 @@
+"""Trace events (``MapCache(..., trace=fn)``) on both implementations.
+
+Which events each call emits, with the caller's own tag objects; a hook that
+raises is logged and changes nothing; a hook calling its own cache gets an
+error instead of a hang; unknown lookups are reported once per call, through
+the fast paths too.  (tests/test_model.py compares every event of the C core
+with the reference's; csrc/tests/test_trace.c checks the C fields.)
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+PAGE = 4096
+MIB = 1 << 20
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def __call__(self, event: Any) -> None:
+        self.events.append(event)
+
+    def take(self) -> list[str]:
+        names = [e.name for e in self.events]
+        self.events.clear()
+        return names
+
+
+@pytest.fixture
+def rec() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def traced(xmc: ModuleType, ram: Any, rec: Recorder) -> Iterator[Any]:
+    c = xmc.MapCache(ram, trace=rec)
+    yield c
+    c.close()
+
+
+def test_trace_must_be_callable(xmc: ModuleType, ram: Any) -> None:
+    with pytest.raises(TypeError, match="trace"):
+        xmc.MapCache(ram, trace="print")
+
+
+def test_map_hit_miss_with_the_callers_tag(traced: Any, rec: Recorder, xmc: ModuleType) -> None:
+    p = traced.map_ptr(0x1010)
+    first = rec.events[:]
+    assert rec.take() == ["map", "miss"]
+    assert (first[0].paddr, first[0].size, first[0].address) == (0, MIB, p - 0x1010)
+    assert (first[1].paddr, first[1].size, first[1].address, first[1].ok) == (0x1010, 0, p, True)
+    assert traced.map_ptr(0x1020) == p + 0x10  # the fast path's hit, traced
+    assert rec.take() == ["hit"]
+    tag = object()
+    m = traced.map(0x2000, 64, dma=True, tag=tag)
+    (hit,) = rec.events
+    assert (hit.name, hit.tag, hit.dma, hit.paddr, hit.size, hit.address) == ("hit", tag, True, 0x2000, 64, m.address)
+    rec.take()
+    m.release()
+    (unlock,) = rec.events
+    assert (unlock.name, unlock.tag, unlock.dma, unlock.address) == ("unlock", tag, True, m.address)
+    assert traced.stats().hits == 2
+
+
+def test_invalidate_traces_each_dma_mapping_in_flight(traced: Any, rec: Recorder) -> None:
+    traced.map_ptr(0)
+    dev = traced.map(MIB, 0, tag="vram")
+    dma = traced.map(2 * MIB + 8, 16, dma=True, tag="disk read #1")
+    rec.take()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced.invalidate()
+    names = [(e.name, e.tag, e.size) for e in rec.events]
+    assert names == [("invalidate", None, 1), ("dma_in_flight", "disk read #1", 16), ("unmap", None, MIB)]
+    assert rec.events[1].address == dma.address
+    rec.take()
+    dev.release()
+    dma.release()
+    assert rec.take() == ["unlock", "unlock"]
+
+
+def test_unknown_lookups_are_traced_once_per_call(traced: Any, rec: Recorder, xmc: ModuleType) -> None:
+    with pytest.raises(xmc.UnknownMapping):
+        traced.unlock(12345)
+    with pytest.raises(xmc.UnknownMapping):
+        traced.ram_addr(12345)
+    assert [(e.name, e.address, e.ok) for e in rec.events] == [
+        ("unlock_unknown", 12345, False),
+        ("ram_addr_unknown", 12345, False),
+    ]
+
+
+def test_remap_replace_translate_and_lock_overflow(xmc: ModuleType, ram: Any, rec: Recorder) -> None:
+    hole = 32 * MIB  # the fixture's hole: translate moves it to 1 MiB
+    with xmc.MapCache(ram, max_size=4 * MIB, translate=lambda p, s: p - hole + MIB, lock_limit=1, trace=rec) as c:
+        c.map_ptr(0)
+        c.map_ptr(4 * MIB)  # slot 0 again: the unlocked entry is remapped
+        assert rec.take() == ["map", "miss", "remap", "miss"]
+        c.map_ptr(hole + 0x10)
+        kinds = [(e.name, e.paddr, e.old_paddr) for e in rec.events]
+        assert ("translate", MIB + 0x10, hole + 0x10) in kinds
+        rec.take()
+        m = c.map(2 * MIB, 0)
+        with pytest.raises(xmc.LockOverflow):
+            c.map(2 * MIB, 0, tag="second")
+        assert [(e.name, e.tag, e.ok) for e in rec.events][-1] == ("lock_overflow", "second", False)
+        rec.take()
+        c.replace(2 * MIB, 3 * MIB, 0)
+        (replace,) = rec.events
+        assert (replace.name, replace.paddr, replace.old_paddr, replace.ok) == ("replace", 3 * MIB, 2 * MIB, True)
+        m.release()
+
+
+def test_grant_refusal_and_unmap_at_last_unlock(xmc: ModuleType, ram: Any, rec: Recorder) -> None:
+    with xmc.MapCache(ram, bucket_shift=12, grants=True, trace=rec) as c:
+        with pytest.raises(xmc.MapCacheError):
+            c.map_ptr(0x3000)
+        assert [(e.name, e.ok) for e in rec.events] == [("refused", False)]
+        rec.take()
+        with c.map(0x3000, 8, tag="ring"):
+            pass
+        assert rec.take() == ["map", "miss", "unlock", "unmap"]
+
+
+def test_a_raising_hook_is_logged_and_changes_nothing(
+    xmc: ModuleType, ram: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    def hook(event: Any) -> None:
+        raise RuntimeError(f"hook failed on {event.name}")
+
+    with caplog.at_level(logging.ERROR, logger="xenmapcache"), xmc.MapCache(ram, trace=hook) as c:
+        p = c.map_ptr(0x1000)
+        c.write(0x1000, b"ok")
+        assert c.read(0x1000, 2) == b"ok"
+        assert c.ram_addr(p) == 0x1000
+        with c.map(0x5000, 4, tag="t") as m:
+            assert bytes(memoryview(m)) == c.read(0x5000, 4)
+        assert c.stats().locked == 0
+    failures = [r for r in caplog.records if r.name == "xenmapcache" and "trace callback" in r.getMessage()]
+    assert failures and all(r.exc_info and isinstance(r.exc_info[1], RuntimeError) for r in failures)
+    assert "hook failed on miss" in caplog.text
+
+
+def test_a_hook_calling_its_own_cache_gets_an_error(xmc: ModuleType, ram: Any, caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[BaseException] = []
+    box: list[Any] = []
+
+    def hook(event: Any) -> None:
+        try:
+            box[0].stats()
+        except xmc.MapCacheError as exc:
+            seen.append(exc)
+
+    with xmc.MapCache(ram, trace=hook) as c:
+        box.append(c)
+        c.map_ptr(0x1000)
+        c.map_ptr(0x1000)
+        assert len(seen) == 3  # map, miss, hit: each refused, none hung
+        assert c.stats().hits == 1
+
+
+def test_no_hook_no_events_and_close_is_silent(xmc: ModuleType, ram: Any, rec: Recorder) -> None:
+    c = xmc.MapCache(ram, trace=rec)
+    c.map_ptr(0)
+    rec.take()
+    c.close()
+    assert rec.take() == []
+    with xmc.MapCache(ram) as plain:
+        plain.map_ptr(0)
+        plain.map_ptr(0x10)
+        assert plain.stats().hits == 1

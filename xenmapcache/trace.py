@@ -1,0 +1,106 @@
+"""Trace events: what a cache does, as QEMU's mapcache reports through its trace points.
+
+``MapCache(..., trace=fn)`` calls ``fn(event)`` with a :class:`TraceEvent` for
+every event of the C core's ``xmc_cache_set_trace`` (the reference core emits
+the same events in the same order).  See docs/trace-and-grants.md.
+
+The core calls in with the cache's mutex held: ``fn`` must not call the same
+cache (that raises ``MapCacheError``).  An exception raised by ``fn`` is
+logged on the ``xenmapcache`` logger (with its traceback) and the call that
+emitted the event carries on: a trace hook never changes what the cache does.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .cache import MapCache
+
+logger = logging.getLogger("xenmapcache")
+
+# XMC_EV_* of csrc/xenmapcache.h, by number.
+EVENT_NAMES = {
+    1: "hit",
+    2: "miss",
+    3: "map",
+    4: "remap",
+    5: "unmap",
+    6: "dummy",
+    7: "translate",
+    8: "lock_overflow",
+    9: "unlock",
+    10: "unlock_unknown",
+    11: "ram_addr_unknown",
+    12: "invalidate",
+    13: "dma_in_flight",
+    14: "replace",
+    15: "refused",
+}
+EVENT_NUMBERS = {name: number for number, name in EVENT_NAMES.items()}
+# Reported by MapCache itself, once per call that raises UnknownMapping: the
+# core may be asked more than once for one call (a fast path, then the method).
+PYTHON_LEVEL = frozenset({10, 11})
+XMC_DMA = 2
+
+Trace = Callable[["TraceEvent"], object]
+# What a core calls: (kind, rc, flags, paddr, size, address, tag id, old_paddr).
+Sink = Callable[[int, int, int, int, int, int, int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEvent:
+    """One trace event.
+
+    ``name``: what happened (``"hit"``, ``"miss"``, ``"map"``, ``"remap"``,
+    ``"unmap"``, ``"dummy"``, ``"translate"``, ``"lock_overflow"``,
+    ``"unlock"``, ``"unlock_unknown"``, ``"ram_addr_unknown"``,
+    ``"invalidate"``, ``"dma_in_flight"``, ``"replace"``, ``"refused"``);
+    ``paddr`` and ``size``: the guest range (of the request, or of the entry
+    for map, remap, dummy and unmap; for invalidate, ``size`` counts the DMA
+    mappings in flight); ``address``: the host address (0 when none);
+    ``tag``: the locked mapping's tag, as given to ``map`` (None otherwise);
+    ``dma``: whether the request or mapping is DMA; ``ok``: whether it
+    succeeded; ``old_paddr``: for replace the old guest address, for
+    translate the one asked for (0 otherwise).
+    """
+
+    name: str
+    paddr: int
+    size: int
+    address: int
+    tag: Any
+    dma: bool
+    ok: bool = True
+    old_paddr: int = 0
+
+
+def make_sink(cache: MapCache, fn: Trace) -> Sink:
+    """The callback a core emits into: builds a :class:`TraceEvent` for ``fn``.
+
+    Tags travel through the core as ids; they are turned back into the
+    caller's objects here.  The cache is held weakly: the core holds the sink.
+    """
+    owner = weakref.ref(cache)
+
+    def sink(kind: int, rc: int, flags: int, paddr: int, size: int, address: int, tag: int, old: int) -> None:
+        if kind in PYTHON_LEVEL:
+            return
+        c = owner()
+        tag_object = c._trace_tag(tag, kind == EVENT_NUMBERS["unlock"]) if c is not None and tag else None
+        emit(fn, TraceEvent(EVENT_NAMES.get(kind, f"event {kind}"), paddr, size, address, tag_object,
+                            bool(flags & XMC_DMA), rc == 0, old))
+
+    return sink
+
+
+def emit(fn: Trace, event: TraceEvent) -> None:
+    """Call ``fn(event)``; log what it raises."""
+    try:
+        fn(event)
+    except Exception:
+        logger.exception("trace callback %r raised on %s", fn, event)
