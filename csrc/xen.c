@@ -12,13 +12,12 @@
  */
 #include "xmc_internal.h"
 
-#include "xmc_xenfm.h"
+#include "xmc_xtl.h"
 
 #define PFNS_ON_STACK 256 /* one default 1 MiB bucket */
-#define LOG_SIZE 160
 
 struct xmc_xen {
-    xmc_xtl_logger logger; /* first: the library is given &logger */
+    xmc_quiet_logger logger;
     xmc_backend be;
     atomic_uint refs;
     uint32_t domid;
@@ -27,67 +26,7 @@ struct xmc_xen {
     xmc_fm_map2_fn *fm_map2;
     xmc_fm_unmap_fn *fm_unmap;
     struct xenforeignmemory_handle *fmem;
-    char *log; /* while opening: the library's last message goes here */
 };
-
-#if defined(__GNUC__)
-__attribute__((format(printf, 3, 4)))
-#endif
-static void say(char *why, size_t why_size, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (!why || !why_size)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(why, why_size, fmt, ap);
-    va_end(ap);
-}
-
-/* ---- the quiet logger --------------------------------------------------- */
-
-static void log_vmessage(struct xentoollog_logger *logger, unsigned level,
-                         int errnoval, const char *context, const char *format,
-                         va_list al)
-{
-    xmc_xen *xen = (xmc_xen *)(void *)logger;
-    size_t used;
-
-    (void)context;
-    if (!xen->log || !format || level < XMC_XTL_WARN)
-        return;
-#if defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wformat-nonliteral"
-#endif
-    vsnprintf(xen->log, LOG_SIZE, format, al);
-#if defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
-    used = strlen(xen->log);
-    if (errnoval > 0 && used < LOG_SIZE) {
-        char buf[64];
-        snprintf(xen->log + used, LOG_SIZE - used, ": %s",
-                 strerror_r(errnoval, buf, sizeof(buf)));
-    }
-}
-
-static void log_progress(struct xentoollog_logger *logger, const char *context,
-                         const char *doing_what, int percent, unsigned long done,
-                         unsigned long total)
-{
-    (void)logger;
-    (void)context;
-    (void)doing_what;
-    (void)percent;
-    (void)done;
-    (void)total;
-}
-
-static void log_destroy(struct xentoollog_logger *logger)
-{
-    (void)logger; /* the logger is part of xmc_xen, freed with it */
-}
 
 /* ---- the backend -------------------------------------------------------- */
 
@@ -159,8 +98,8 @@ static int resolve(xmc_xen *xen, const char *library, const char *name, void *fn
     void *sym = dlsym(xen->dl, name);
 
     if (!sym) {
-        say(why, why_size, "%s has no %s: not libxenforeignmemory, or older than Xen 4.10",
-            library, name);
+        xmc_say(why, why_size, "%s has no %s: not libxenforeignmemory, or older than Xen 4.10",
+                library, name);
         return XMC_EUNAVAIL;
     }
     memcpy(fn, &sym, sizeof(sym)); /* object pointer to function pointer */
@@ -176,9 +115,9 @@ static int load_library(xmc_xen *xen, const char *library, char *why, size_t why
     if (!xen->dl) {
         const char *detail = dlerror();
 
-        say(why, why_size,
-            "%s cannot be loaded (Xen's libxenforeignmemory is not installed?): %s",
-            library, detail ? detail : "unknown error");
+        xmc_say(why, why_size,
+                "%s cannot be loaded (Xen's libxenforeignmemory is not installed?): %s",
+                library, detail ? detail : "unknown error");
         return XMC_EUNAVAIL;
     }
     if ((rc = resolve(xen, library, "xenforeignmemory_open", fm_open, why, why_size)) ||
@@ -195,24 +134,24 @@ static int load_library(xmc_xen *xen, const char *library, char *why, size_t why
 static int open_privcmd(xmc_xen *xen, xmc_fm_open_fn *fm_open, char *why,
                         size_t why_size)
 {
-    char log[LOG_SIZE] = "";
+    char log[XMC_XTL_LOG_SIZE] = "";
     char buf[64];
     int err;
 
-    xen->log = log;
-    xen->fmem = fm_open((struct xentoollog_logger *)(void *)&xen->logger, 0);
+    xen->logger.log = log;
+    xen->fmem = fm_open(xmc_xtl(&xen->logger), 0);
     err = errno;
-    xen->log = NULL;
+    xen->logger.log = NULL;
     if (xen->fmem)
         return XMC_OK;
     if (err == ENOENT)
-        say(why, why_size,
-            "/dev/xen/privcmd is missing: this is not a Xen domain with the privcmd "
-            "driver (libxenforeignmemory: %s)",
-            log[0] ? log : "xenforeignmemory_open failed");
+        xmc_say(why, why_size,
+                "/dev/xen/privcmd is missing: this is not a Xen domain with the privcmd "
+                "driver (libxenforeignmemory: %s)",
+                log[0] ? log : "xenforeignmemory_open failed");
     else
-        say(why, why_size, "xenforeignmemory_open failed: %s (libxenforeignmemory: %s)",
-            strerror_r(err, buf, sizeof(buf)), log[0] ? log : "no message");
+        xmc_say(why, why_size, "xenforeignmemory_open failed: %s (libxenforeignmemory: %s)",
+                strerror_r(err, buf, sizeof(buf)), log[0] ? log : "no message");
     return XMC_EUNAVAIL;
 }
 
@@ -223,12 +162,12 @@ int xmc_xen_open(uint32_t domid, const char *library, char *why, size_t why_size
     xmc_xen *xen;
     int rc;
 
-    say(why, why_size, "%s", "");
+    xmc_say(why, why_size, "%s", "");
     if (!out)
         return XMC_EINVAL;
     *out = NULL;
     if (domid > UINT16_MAX) {
-        say(why, why_size, "domid %" PRIu32 " is not a Xen domain id (0..65535)", domid);
+        xmc_say(why, why_size, "domid %" PRIu32 " is not a Xen domain id (0..65535)", domid);
         return XMC_EINVAL;
     }
     if (!library)
@@ -236,8 +175,7 @@ int xmc_xen_open(uint32_t domid, const char *library, char *why, size_t why_size
     xen = calloc(1, sizeof(*xen));
     if (!xen)
         return XMC_ENOMEM;
-    xen->logger = (xmc_xtl_logger){ .vmessage = log_vmessage, .progress = log_progress,
-                                    .destroy = log_destroy };
+    xmc_quiet_logger_init(&xen->logger);
     xen->domid = domid;
     atomic_init(&xen->refs, 1);
     xen->be = (xmc_backend){ .opaque = xen, .map = xen_map, .unmap = xen_unmap,

@@ -62,6 +62,7 @@ extern "C" {
 typedef struct xmc_cache xmc_cache;
 typedef struct xmc_ram xmc_ram;
 typedef struct xmc_xen xmc_xen;
+typedef struct xmc_gnttab xmc_gnttab;
 
 /*
  * The foreign-memory side.  map() maps nr_pages guest pages starting at
@@ -190,6 +191,26 @@ int xmc_xen_open(uint32_t domid, const char *library, char *why, size_t why_size
                  xmc_xen **out);
 const xmc_backend *xmc_xen_backend(xmc_xen *xen);
 void xmc_xen_free(xmc_xen *xen); /* caches using it keep it alive */
+
+/*
+ * Pages the Xen domain `domid` granted us, through libxengnttab (loaded at
+ * run time): the backend's page numbers are grant references, mapped all or
+ * nothing, read-only unless `writable`, never at a fixed address (use it in a
+ * cache with xmc_cache_set_grants on).  library NULL: "libxengnttab.so.1";
+ * the library's logger is replaced by a quiet one.  xmc_gnttab_backend()
+ * returns the backend for xmc_cache_new() (NULL for NULL); xmc_gnttab_free()
+ * drops the caller's reference (caches keep the handle).  Errors:
+ * XMC_EUNAVAIL when the library cannot be loaded or /dev/xen/gntdev is
+ * missing, with the reason in why[why_size]; XMC_EINVAL (a NULL out-pointer,
+ * a domid past 65535), XMC_ENOMEM; the backend's map fails with XMC_EMAP
+ * (a reference not granted), XMC_EINVAL (a fixed address, references past
+ * 2**32).  Cost: a dlopen and an open of the gntdev device, once per handle;
+ * each miss of a cache is one xengnttab_map_domain_grant_refs call.
+ */
+int xmc_gnttab_open(uint32_t domid, bool writable, const char *library, char *why,
+                    size_t why_size, xmc_gnttab **out);
+const xmc_backend *xmc_gnttab_backend(xmc_gnttab *g);
+void xmc_gnttab_free(xmc_gnttab *g); /* caches using it keep it alive */
 
 /*
  * A cache over `be` (which must outlive the cache unless it has retain and
@@ -343,6 +364,10 @@ int xmc_write(xmc_cache *c, uint64_t paddr, const void *buf, size_t n);
  * unlocked nothing.  On a grant cache an entry whose last lock goes is
  * unmapped; if that fails the locks are gone all the same and it returns
  * XMC_ESYS.  O(n) hash lookups, no allocation.
+ *
+ * Traced (xmc_cache_set_trace), a batch reports each segment as xmc_map()
+ * does, the undo of a failed batch as unlocks, and a refused unlock batch as
+ * one unknown unlock: its first address without a record.
  */
 #define XMC_SG_MAX 65536
 typedef struct xmc_sg {

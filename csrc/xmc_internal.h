@@ -36,4 +36,8 @@ static inline int xmc_range_ok(uint64_t a, uint64_t b)
     return b == 0 || a <= UINT64_MAX - (b - 1);
 }
 
+/* The cache chosen with xen_map_cache_use() (qemu_legacy.c); qemu.c's
+ * reverse lookup, unlock, invalidate and replace search it too. */
+extern xmc_cache *_Atomic xmc_qemu_legacy;
+
 #endif /* XMC_INTERNAL_H */

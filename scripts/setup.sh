@@ -3,8 +3,9 @@
 #   scripts/setup.sh        install the package (what the demo needs)
 #   scripts/setup.sh test   editable install with the test extras, and the
 #                           system tools the C tests use (gcc, g++, make,
-#                           pkg-config, and libxen-dev: Xen's real headers and
-#                           libxenforeignmemory, which the Xen backend tests use;
+#                           pkg-config, and libxen-dev: Xen's real headers,
+#                           libxenforeignmemory and libxengnttab, which the Xen
+#                           backend tests use;
 #                           clang with libFuzzer and valgrind for the fuzz and
 #                           memcheck runs), apt-installed when missing
 set -euo pipefail
@@ -50,7 +51,7 @@ command -v make >/dev/null || need+=(make)
 if [ "${1:-}" = test ]; then
     command -v c++ >/dev/null || need+=(g++)
     command -v pkg-config >/dev/null || need+=(pkg-config)
-    [ -f /usr/include/xenforeignmemory.h ] || need+=(libxen-dev)
+    [ -f /usr/include/xenforeignmemory.h ] && [ -f /usr/include/xengnttab.h ] || need+=(libxen-dev)
 fi
 if [ ${#need[@]} -gt 0 ]; then
     apt_install "${need[@]}"

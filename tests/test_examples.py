@@ -1,4 +1,4 @@
-"""The Python examples under examples/ run as a user runs them (emulator.c: tests/test_c_library.py).
+"""The Python examples under examples/ run as a user runs them (the C ones: tests/test_qemu_api.py).
 
 Every ``examples/*.py`` must run and exit 0; the tour and the device model
 are also checked for what they show.

@@ -109,9 +109,9 @@ def makefile_targets() -> set[str]:
     return set(re.findall(r"^([\w.-]+):", text, re.M))
 
 
-def bench_help() -> str:
+def bench_help(sub: str = "bench") -> str:
     return subprocess.run(
-        [sys.executable, "-m", "xenmapcache", "bench", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "xenmapcache", sub, "--help"], capture_output=True, text=True, timeout=60
     ).stdout
 
 
@@ -126,11 +126,13 @@ def check_command(command: str) -> None:
         assert (REPO / head).is_file() and args in ([], ["test"]), command
     elif head == ".venv/bin/python" and args[:2] == ["-m", "xenmapcache"]:
         sub, options = args[2], args[3:]
-        assert sub in ("demo", "bench"), command
-        if sub == "bench":
-            help_text = bench_help()
+        assert sub in ("demo", "bench", "soak"), command
+        if sub in ("bench", "soak"):
+            help_text = bench_help(sub)
             for option in options:
                 assert not option.startswith("-") or option in help_text, (option, command)
+    elif head == ".venv/bin/python" and args and args[0].startswith("scripts/"):
+        assert (REPO / args[0]).is_file(), command
     elif head == ".venv/bin/python" and args[:2] == ["-m", "pytest"]:
         for arg in args[2:]:
             assert arg.startswith("-") or (REPO / arg).exists(), command

@@ -130,7 +130,7 @@ def test_domid_out_of_range(fake_library: Path, domid: int) -> None:
 
 
 def test_mapcache_takes_only_backends() -> None:
-    with pytest.raises(TypeError, match="GuestRAM, XenForeignMemory or CallbackBackend"):
+    with pytest.raises(TypeError, match="GuestRAM, XenForeignMemory, XenGrantTable or CallbackBackend"):
         xmc.MapCache(object())  # type: ignore[arg-type]
 
 
@@ -210,3 +210,12 @@ def test_the_declaration_check_catches_a_drift(tmp_path: Path) -> None:
     proc = run([CC, "-std=c11", f"-I{tmp_path}", f"-I{CSRC}", "-fsyntax-only", source], expect_ok=False)
     assert "xmc_fm_open_fn differs from xenforeignmemory_open" in proc.stderr
 
+
+
+@needs_xen_headers
+def test_the_declaration_check_catches_a_grant_table_drift(tmp_path: Path) -> None:
+    drifted = (CSRC / "xmc_gnttab.h").read_text().replace("uint32_t *refs, int prot", "const uint32_t *refs, int prot")
+    (tmp_path / "xmc_gnttab.h").write_text(drifted)
+    source = CSRC / "tests" / "xen_decls_check.c"
+    proc = run([CC, "-std=c11", f"-I{tmp_path}", f"-I{CSRC}", "-fsyntax-only", source], expect_ok=False)
+    assert "xmc_gt_map_refs_fn differs from xengnttab_map_domain_grant_refs" in proc.stderr

@@ -22,7 +22,7 @@ from .errors import (
 from ._version import __version__
 from .ram import GuestRAM
 from .trace import TraceEvent
-from .xen import XenForeignMemory
+from .xen import XenForeignMemory, XenGrantTable
 
 __all__ = [
     "BackendUnavailable",
@@ -41,5 +41,6 @@ __all__ = [
     "TraceEvent",
     "UnknownMapping",
     "XenForeignMemory",
+    "XenGrantTable",
     "__version__",
 ]

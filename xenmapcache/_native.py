@@ -140,7 +140,13 @@ class NativeCore:
         if translate is not None:  # its key before anything can fail through it
             self._translate = ffi.new_handle(translate)
             self._keys += (int(ffi.cast("uintptr_t", self._translate)),)
-        after_free = functools.partial(_collected, _callbacks.take, self._keys)
+        else:
+            self._translate = None
+        # The core calls the trace and translate hooks until it is freed,
+        # which may be after this object is gone (a Mapping or a builtin
+        # holds the C handle's owner): what frees the handle keeps them.
+        self._trace = None if trace is None else ffi.new_handle(trace)
+        after_free = functools.partial(_collected, _callbacks.take, self._keys, keep=(self._trace, self._translate))
         types = native_types()
         self._native: Any = None
         if types is not None and lib.xmc_py_adopt(out[0]) == lib.XMC_OK:
@@ -152,13 +158,9 @@ class NativeCore:
         check(lib.xmc_cache_set_lock_limit(self._c, lock_limit), "lock_limit")
         check(lib.xmc_cache_set_dummy(self._c, dummy), "dummy_on_failure")
         check(lib.xmc_cache_set_grants(self._c, grants), "grants")
-        if translate is not None:
+        if self._translate is not None:
             check(lib.xmc_cache_set_translate(self._c, lib._xmc_py_translate, self._translate), "translate")
-        else:
-            self._translate = None
-        self._trace = None
-        if trace is not None:  # kept here: the core calls it until it is freed
-            self._trace = ffi.new_handle(trace)
+        if self._trace is not None:
             check(lib.xmc_cache_set_trace(self._c, lib._xmc_py_trace, self._trace), "trace")
             if self._native is not None:
                 self._native.set_traced()
@@ -178,6 +180,7 @@ class NativeCore:
             return None
         from .cache import MapCache
 
+        lib = self._lib
         owner = weakref.ref(cache)
 
         def fail(rc: int, what: str, paddr: int, size: int) -> NoReturn:
@@ -186,6 +189,8 @@ class NativeCore:
             if live is None:
                 raise MapCacheError("the cache is gone")
             live._check_open()
+            if what == "ram_addr" and rc == lib.XMC_ENOENT:  # once per call, as the method does
+                live._trace_unknown("ram_addr_unknown", paddr)
             if what in ("map_sg", "unlock_sg"):  # paddr is the number of segments
                 where = f"of {paddr} segment(s)"
             else:
@@ -315,10 +320,14 @@ class NativeCore:
             self._fail(rc, "close")
 
 
-def _collected(take: Callable[[tuple[int, ...]], BaseException | None], keys: tuple[int, ...]) -> None:
+def _collected(
+    take: Callable[[tuple[int, ...]], BaseException | None], keys: tuple[int, ...], keep: object = None
+) -> None:
     """After a cache's C handle was freed by the garbage collector: an unmap
     that failed meanwhile is logged here, as an error of the ``xenmapcache``
-    logger (it belongs to no later call)."""
+    logger (it belongs to no later call).  ``keep`` (the trace and translate
+    hooks' handles) lives as long as this function's partial, so as long as
+    the C handle."""
     cause = take(keys)
     if cause is not None:
         logger.error("a collected cache failed to unmap an entry: %r", cause, exc_info=cause)

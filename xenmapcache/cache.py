@@ -34,7 +34,7 @@ from .backends import CallbackBackend
 from .errors import DMAMappingWarning, InvalidAddress, MapCacheError, MappingError, UnknownMapping
 from .ram import GuestRAM
 from .trace import Trace, TraceEvent, emit, make_sink
-from .xen import XenForeignMemory
+from .xen import XenForeignMemory, XenGrantTable
 
 logger = logging.getLogger("xenmapcache")
 
@@ -48,7 +48,7 @@ LOCK_LIMIT_MAX = 2**32 - 1
 Translate = Callable[[int, int], int]
 # What a cache maps through: each has ``_c_backend()``, a context manager
 # yielding an ``xmc_backend *`` that a C cache retains.
-Backend = GuestRAM | XenForeignMemory | CallbackBackend
+Backend = GuestRAM | XenForeignMemory | XenGrantTable | CallbackBackend
 # A raw record (map_ptr with lock=True) carries this tag id; Mappings get their own.
 RAW = 0
 SG_MAX = 65536  # XMC_SG_MAX: segments in one map_sg
@@ -532,8 +532,10 @@ class MapCache(NoCopy):
         grants: bool = False,
         trace: Trace | None = None,
     ) -> None:
-        if not isinstance(ram, (GuestRAM, XenForeignMemory, CallbackBackend)):
-            raise TypeError(f"ram must be a GuestRAM, XenForeignMemory or CallbackBackend, not {type(ram).__name__}")
+        if not isinstance(ram, (GuestRAM, XenForeignMemory, XenGrantTable, CallbackBackend)):
+            raise TypeError(
+                f"ram must be a GuestRAM, XenForeignMemory, XenGrantTable or CallbackBackend, not {type(ram).__name__}"
+            )
         shift = as_uint(bucket_shift, "bucket_shift")
         if not MIN_BUCKET_SHIFT <= shift <= MAX_BUCKET_SHIFT:
             raise InvalidAddress(f"bucket_shift must be in [{MIN_BUCKET_SHIFT}, {MAX_BUCKET_SHIFT}]: {shift}")
@@ -569,10 +571,7 @@ class MapCache(NoCopy):
         for name, fn in (fast_paths() if fast_paths is not None else {}).items():
             # The builtins stand for MapCache's own methods, never a subclass's.
             # A grant unlock may unmap and fail: the checked method reports it.
-            # Traced, the methods report unknown addresses (once per call).
-            if getattr(type(self), name) is not getattr(MapCache, name):
-                continue
-            if (self.grants and name == "unlock") or (trace is not None and name in ("unlock", "ram_addr")):
+            if getattr(type(self), name) is not getattr(MapCache, name) or (self.grants and name == "unlock"):
                 continue
             setattr(self, name, fn)
         _caches.add(self)
@@ -912,11 +911,11 @@ class MapCache(NoCopy):
         :raises BufferError: a memoryview of one of its mappings is still alive
             (then nothing is closed or unmapped).
         :raises MapCacheError: called from inside a backend callback of this
-            very cache (which runs under its mutex).
-
-        :raises MapCacheError: a backend unmap failed (its exception as the
-            cause), raised after everything else is unmapped; the cache is
-            closed all the same.
+            very cache (which runs under its mutex); or a backend unmap failed
+            (its exception is the cause): everything else is unmapped, and the
+            cache is closed all the same.  In a child process forked while
+            another thread was inside the cache: that cache cannot be used
+            there (``XMC_EFORKED``).
 
         Cost: one unmap per live entry.
         """

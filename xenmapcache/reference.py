@@ -47,7 +47,7 @@ from ._version import __version__
 from .ram import PAGE_SHIFT, PAGE_SIZE, GuestRAM
 from .trace import EVENT_NUMBERS as _EV
 from .trace import Sink, TraceEvent
-from .xen import XenForeignMemory
+from .xen import XenForeignMemory, XenGrantTable
 
 # The same public names as the package (tests/test_reference.py checks it).
 __all__ = [
@@ -61,6 +61,7 @@ __all__ = [
     "Stats",
     "TraceEvent",
     "XenForeignMemory",
+    "XenGrantTable",
     "__version__",
 ]
 

@@ -5,6 +5,7 @@
  * documented status code, never a crash, and changes nothing.
  */
 #include "fault_backend.h"
+#define XMC_QEMU_LEGACY_API 1 /* QEMU's mapcache calls before 9.1 */
 #include "xenmapcache_qemu.h"
 
 #include <limits.h>

@@ -5,6 +5,7 @@
  * once, the QEMU shim, RAM images, and clean-up of everything on free.
  */
 #include "fault_backend.h"
+#define XMC_QEMU_LEGACY_API 1 /* QEMU's mapcache calls before 9.1 */
 #include "xenmapcache_qemu.h"
 
 #include <fcntl.h>

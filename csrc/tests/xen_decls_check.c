@@ -1,15 +1,17 @@
 /*
- * xen_decls_check.c - compiles only if csrc/xmc_xenfm.h, our copy of what we
- * use from libxenforeignmemory, agrees with Xen's own headers (Debian's
- * libxen-dev).  tests/test_xen.py compiles it with -fsyntax-only; there is
+ * xen_decls_check.c - compiles only if csrc/xmc_xenfm.h and csrc/xmc_gnttab.h,
+ * our copies of what we use from libxenforeignmemory and libxengnttab, agree
+ * with Xen's own headers (Debian's libxen-dev).  tests/test_xen.py compiles it with -fsyntax-only; there is
  * nothing to run.  Every check is a static assertion, so a drift is an error
  * whatever the warning flags.
  */
 #include <stddef.h>
 
 #include <xenforeignmemory.h>
+#include <xengnttab.h>
 #include <xentoollog.h>
 
+#include "xmc_gnttab.h"
 #include "xmc_xenfm.h"
 
 #define SAME_TYPE(a, b) __builtin_types_compatible_p(a, b)
@@ -39,3 +41,15 @@ _Static_assert(sizeof(xmc_xtl_logger) == sizeof(struct xentoollog_logger),
 SAME_MEMBER(vmessage);
 SAME_MEMBER(progress);
 SAME_MEMBER(destroy);
+
+/* libxengnttab: xengnttab_handle is struct xengntdev_handle. */
+_Static_assert(SAME_TYPE(xengnttab_handle, struct xengntdev_handle),
+               "xengnttab_handle is not struct xengntdev_handle");
+_Static_assert(SAME_TYPE(xmc_gt_open_fn, __typeof__(xengnttab_open)),
+               "xmc_gt_open_fn differs from xengnttab_open");
+_Static_assert(SAME_TYPE(xmc_gt_close_fn, __typeof__(xengnttab_close)),
+               "xmc_gt_close_fn differs from xengnttab_close");
+_Static_assert(SAME_TYPE(xmc_gt_map_refs_fn, __typeof__(xengnttab_map_domain_grant_refs)),
+               "xmc_gt_map_refs_fn differs from xengnttab_map_domain_grant_refs");
+_Static_assert(SAME_TYPE(xmc_gt_unmap_fn, __typeof__(xengnttab_unmap)),
+               "xmc_gt_unmap_fn differs from xengnttab_unmap");

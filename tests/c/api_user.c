@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "xenmapcache.h"
+#define XMC_QEMU_LEGACY_API 1 /* QEMU's mapcache calls before 9.1 */
 #include "xenmapcache_qemu.h"
 
 static int failures;

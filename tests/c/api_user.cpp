@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "xenmapcache.h"
+#define XMC_QEMU_LEGACY_API 1 // QEMU's mapcache calls before 9.1
 #include "xenmapcache_qemu.h"
 
 namespace {

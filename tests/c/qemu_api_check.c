@@ -1,5 +1,6 @@
 /*
- * qemu_api_check.c - xenmapcache_qemu.h is QEMU's mapcache API, to the letter.
+ * qemu_api_check.c - xenmapcache_qemu.h with XMC_QEMU_LEGACY_API is QEMU's
+ * mapcache API before QEMU 9.1, to the letter (qemu_today_check.c: today's).
  *
  * Below are QEMU's own declarations (include/sysemu/xen-mapcache.h of the
  * QEMU that introduced the `dma` flag, with hwaddr and ram_addr_t as its Xen
@@ -24,6 +25,7 @@ typedef uint64_t ram_addr_t;              /* include/exec/cpu-common.h, CONFIG_X
 #define XMC_HAVE_QEMU_TYPES 1
 #endif
 
+#define XMC_QEMU_LEGACY_API 1
 #include "xenmapcache_qemu.h"
 
 #ifdef __cplusplus
