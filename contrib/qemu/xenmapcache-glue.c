@@ -23,8 +23,13 @@
 #include "sysemu/runstate.h"
 #include "sysemu/xen-mapcache.h"
 
+/* Declaring QEMU's functions a second time is the point: QEMU's -Werror builds
+ * would refuse it under -Wredundant-decls, while conflicting types stay errors. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wredundant-decls"
 #define XMC_HAVE_QEMU_TYPES
 #include "../../csrc/xenmapcache_qemu.h" /* no -I: nothing else recompiles */
+#pragma GCC diagnostic pop
 
 void __real_xen_map_cache_init(phys_offset_to_gaddr_t f, void *opaque);
 void __wrap_xen_map_cache_init(phys_offset_to_gaddr_t f, void *opaque);
