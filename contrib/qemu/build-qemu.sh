@@ -54,6 +54,21 @@ else
     echo "applied $(basename "$PATCH")"
 fi
 
+step "check: only meson files patched, QEMU's callers and QEMU's header unchanged"
+if git -C "$SRC" rev-parse --git-dir >/dev/null 2>&1; then
+    echo "QEMU commit $(git -C "$SRC" rev-parse HEAD)"
+    changed=$(git -C "$SRC" diff --name-only HEAD | sort | tr '\n' ' ')
+    [ "$changed" = "$(echo $PATCHED | tr ' ' '\n' | sort | tr '\n' ' ')" ] \
+        || fail "git diff lists '$changed', not just '$PATCHED'"
+    echo "git diff --name-only: $changed"
+fi
+if [ -n "$BEFORE" ]; then
+    changed=$({ diff <(echo "$BEFORE") <(sums) || true; } | awk '/^>/ {print $3}' | sort | tr '\n' ' ')
+    [ "$changed" = "$(echo $PATCHED | tr ' ' '\n' | sort | tr '\n' ' ')" ] \
+        || fail "checksums changed for '$changed', not just '$PATCHED'"
+    echo "sha256 of $(echo $CALLERS) unchanged by the patch"
+fi
+
 step "libxenmapcache.a"
 make -s -C "$ROOT/csrc" libxenmapcache.a
 ls -l "$LIB"
@@ -74,23 +89,11 @@ fi
 echo "built in $(($(date +%s) - start)) s"
 QEMU=$BUILD/qemu-system-i386
 
-step "check: QEMU's callers and QEMU's header unchanged, only meson files patched"
-if git -C "$SRC" rev-parse --git-dir >/dev/null 2>&1; then
-    echo "QEMU commit $(git -C "$SRC" rev-parse HEAD)"
-    changed=$(git -C "$SRC" diff --name-only HEAD | sort | tr '\n' ' ')
-    [ "$changed" = "$(echo $PATCHED | tr ' ' '\n' | sort | tr '\n' ' ')" ] \
-        || fail "git diff lists '$changed', not just '$PATCHED'"
-    echo "git diff --name-only: $changed"
-fi
-if [ -n "$BEFORE" ]; then
-    diff <(echo "$BEFORE") <(sums) | grep '^>' | awk '{print $3}' | sort | tr '\n' ' ' >"$BUILD/xmc-changed"
-    [ "$(cat "$BUILD/xmc-changed")" = "$(echo $PATCHED | tr ' ' '\n' | sort | tr '\n' ' ')" ] \
-        || fail "checksums changed for '$(cat "$BUILD/xmc-changed")'"
-    echo "sha256 of $(echo $CALLERS) unchanged by the patch"
-fi
-
 step "check: the link uses libxenmapcache.a, not xen-mapcache.c"
-link=$(cd "$BUILD" && ninja -t commands qemu-system-i386 | tail -1)
+# The link statement of build.ninja: inputs and LINK_ARGS (ninja links through
+# a response file, so `ninja -t commands` would show only its name).
+link=$(awk '/^build qemu-system-i386:/ {on = 1; print; next} on && /^ / {print; next} {on = 0}' \
+    "$BUILD/build.ninja")
 case $link in *xen-mapcache.c.o*) fail "xen-mapcache.c.o is linked" ;; esac
 case $link in *"$LIB"*) ;; *) fail "$LIB is not on the link line" ;; esac
 case $link in *xenmapcache-glue.c.o*) ;; *) fail "the glue is not linked" ;; esac
@@ -135,7 +138,8 @@ if [ -n "${STOCK_QEMU:-}" ]; then
     stock=$(xenfv "$STOCK_QEMU"); src=$?
     set -e
     [ "$src" -eq "$rc" ] || fail "stock QEMU exits $src, ours $rc"
-    [ "$(echo "$stock" | sed "s|$STOCK_QEMU|QEMU|g")" = "$(echo "$out" | sed "s|$QEMU|QEMU|g")" ] \
+    # QEMU prefixes its messages with the basename of its binary.
+    [ "$(echo "$stock" | sed "s|$(basename "$STOCK_QEMU")|QEMU|g")" = "$(echo "$out" | sed "s|$(basename "$QEMU")|QEMU|g")" ] \
         || fail "stock QEMU says: $stock"
     echo "identical to $STOCK_QEMU (same text, same exit status)"
 fi
