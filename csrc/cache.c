@@ -151,7 +151,9 @@ struct xmc_cache {
     bool grants; /* grant rules: locked requests only, unmapped at the last unlock */
     bool closed;
     bool traced; /* trace != NULL, read on hot paths: on their cache line */
-    bool fast_off; /* grants || traced: the fast path never hits */
+    /* closed || grants || traced: the fast path never hits, and map and
+     * unlock leave their usual paths (one test of one byte for all three) */
+    bool unusual;
     xmc_translate_fn translate;
     void *translate_opaque;
     struct sg_tally *tally; /* the batch holding the mutex, if one does */
@@ -192,13 +194,19 @@ XMC_COLD static void trace_emit(xmc_cache *c, uint32_t kind, int rc, unsigned fl
             trace_emit((c), __VA_ARGS__);                                     \
     } while (0)
 
+/* An unlock or a reverse lookup of an address that nothing holds. */
+XMC_COLD static void trace_unknown(xmc_cache *c, uint32_t kind, uintptr_t addr, uint64_t tag)
+{
+    TRACE(c, kind, XMC_ENOENT, 0, 0, 0, addr, tag, 0);
+}
+
 /* Make e the last entry: the fast path's, unless traced; then it is kept
  * aside and the fast path never hits, so hits are traced on the slow path
  * and the fast path stays as it was.  A grant cache has no last entry: an
- * entry may go at any unlock. */
+ * entry may go at any unlock.  (A closed cache has no entries at all.) */
 static inline void set_last(xmc_cache *c, xmc_entry *e)
 {
-    if (!c->fast_off)
+    if (!c->unusual)
         c->fast = e;
     else if (!c->grants)
         c->last = e;
@@ -206,7 +214,17 @@ static inline void set_last(xmc_cache *c, xmc_entry *e)
 
 static inline xmc_entry *get_last(const xmc_cache *c)
 {
-    return c->fast_off ? c->last : c->fast;
+    return c->unusual ? c->last : c->fast;
+}
+
+/* Recompute c->unusual; the last entry moves to where get_last() finds it. */
+static void set_unusual(xmc_cache *c)
+{
+    xmc_entry *last = get_last(c);
+
+    c->fast = c->last = NULL;
+    c->unusual = c->closed || c->grants || c->traced;
+    set_last(c, last);
 }
 
 const char *xmc_strerror(int err)
@@ -714,15 +732,22 @@ static void record_del(xmc_cache *c, uint32_t *link)
     c->free_ids = id;
 }
 
+/* The unlock event of the record r. */
+XMC_COLD static void trace_unlock(xmc_cache *c, const record *r)
+{
+    TRACE(c, XMC_EV_UNLOCK, XMC_OK, XMC_LOCK | (r->dma ? XMC_DMA : 0),
+          (r->e->index << c->shift) + (r->addr - (uintptr_t)r->e->vaddr), r->size, r->addr,
+          r->tag, 0);
+}
+
 /* record_del(), then the grant rule: an entry whose last lock went is unmapped
  * at once (XMC_ESYS when the backend fails to; the lock is gone all the same). */
 static int record_drop(xmc_cache *c, uint32_t *link)
 {
-    const record *r = rec(c, *link);
-    xmc_entry *e = r->e;
+    xmc_entry *e = rec(c, *link)->e;
 
-    TRACE(c, XMC_EV_UNLOCK, XMC_OK, XMC_LOCK | (r->dma ? XMC_DMA : 0),
-          (e->index << c->shift) + (r->addr - (uintptr_t)e->vaddr), r->size, r->addr, r->tag, 0);
+    if (c->unusual)
+        trace_unlock(c, rec(c, *link));
     record_del(c, link);
     if (c->grants && e->lock == 0)
         return entry_destroy(c, e) == XMC_OK ? XMC_OK : XMC_ESYS;
@@ -880,9 +905,8 @@ static int drain(xmc_cache *c)
 
     /* Closing says nothing (its hook may be half gone): untraced, no last. */
     c->traced = false;
-    c->fast_off = c->grants;
     c->trace = NULL;
-    c->last = NULL;
+    set_unusual(c);
     if (c->recs)
         munmap(c->recs, (size_t)c->rec_cap * sizeof(record));
     c->recs = NULL;
@@ -956,7 +980,7 @@ static inline int cache_lock(xmc_cache *c, bool wait)
 static int close_locked(xmc_cache *c)
 {
     c->closed = true;
-    return drain(c);
+    return drain(c); /* which makes the cache unusual: closed */
 }
 
 int xmc_cache_close(xmc_cache *c)
@@ -994,7 +1018,7 @@ static int set_grants_locked(xmc_cache *c, bool on)
     if ((on && c->shift != XMC_PAGE_SHIFT) || c->st.misses)
         return XMC_EINVAL;
     c->grants = on;
-    c->fast_off = c->traced || c->grants;
+    set_unusual(c);
     return XMC_OK;
 }
 
@@ -1005,14 +1029,10 @@ int xmc_cache_set_grants(xmc_cache *c, bool on)
 
 static int set_trace_locked(xmc_cache *c, xmc_trace_fn fn, void *opaque)
 {
-    xmc_entry *last = get_last(c);
-
     c->trace = fn;
     c->trace_opaque = opaque;
-    c->fast = c->last = NULL;
     c->traced = fn != NULL;
-    c->fast_off = c->traced || c->grants;
-    set_last(c, last);
+    set_unusual(c);
     return XMC_OK;
 }
 
@@ -1234,9 +1254,9 @@ static inline int map_call(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned
         return rc;
     /* A closed cache has no entries, so no last entry: it never hits. */
     if ((flags & XMC_LOCK) || size || !hit_locked(c, c->fast, paddr, out))
-        rc = c->closed  ? XMC_ECLOSED
-             : c->traced ? map_slow(c, paddr, size, flags, tag, out)
-                        : map_locked(c, paddr, size, flags, tag, out);
+        rc = !c->unusual ? map_locked(c, paddr, size, flags, tag, out)
+             : c->closed ? XMC_ECLOSED
+                         : map_slow(c, paddr, size, flags, tag, out);
     mutex_unlock(&c->mutex);
     return rc;
 }
@@ -1368,6 +1388,7 @@ static int unlock_sg_locked(xmc_cache *c, void *const *addrs, size_t n, uint64_t
         rec(c, *link)->claimed = 1;
     }
     if (i < n) { /* give the claims back */
+        TRACE(c, XMC_EV_UNLOCK_UNKNOWN, XMC_ENOENT, 0, 0, 0, (uintptr_t)addrs[i], tag, 0);
         while (i--) {
             uint32_t *link;
             while ((link = record_find_claimed(c, (uintptr_t)addrs[i], tag, true)))
@@ -1401,15 +1422,16 @@ int xmc_unlock_sg_nowait(xmc_cache *c, void *const *addrs, size_t n, uint64_t ta
 /* Under grant rules the last unlock of an entry unmaps it: then XMC_ESYS
  * when the backend fails to (the lock is gone all the same), or, when
  * `nowait`, XMC_EAGAIN with nothing done, since the backend would run. */
-static int unlock_locked(xmc_cache *c, uintptr_t addr, bool by_tag, uint64_t tag,
-                         uint64_t *tag_out, bool nowait)
+static inline int unlock_locked(xmc_cache *c, uintptr_t addr, bool by_tag, uint64_t tag,
+                                uint64_t *tag_out, bool nowait)
 {
     uint32_t *link = record_find(c, addr, by_tag, tag);
     const record *r;
     xmc_entry *e;
 
     if (!link) {
-        TRACE(c, XMC_EV_UNLOCK_UNKNOWN, XMC_ENOENT, 0, 0, 0, addr, tag, 0);
+        if (c->unusual)
+            trace_unknown(c, XMC_EV_UNLOCK_UNKNOWN, addr, tag);
         return XMC_ENOENT;
     }
     r = rec(c, *link);
@@ -1442,7 +1464,8 @@ static int ram_addr_locked(xmc_cache *c, const void *addr, uint64_t *out)
     const xmc_entry *e = link ? rec(c, *link)->e : tree_find(c, (uintptr_t)addr);
 
     if (!e) {
-        TRACE(c, XMC_EV_RAM_ADDR_UNKNOWN, XMC_ENOENT, 0, 0, 0, (uintptr_t)addr, 0, 0);
+        if (c->unusual)
+            trace_unknown(c, XMC_EV_RAM_ADDR_UNKNOWN, (uintptr_t)addr, 0);
         return XMC_ENOENT;
     }
     *out = entry_paddr(c, e, (uintptr_t)addr);

@@ -364,6 +364,10 @@ int xmc_write(xmc_cache *c, uint64_t paddr, const void *buf, size_t n);
  * unlocked nothing.  On a grant cache an entry whose last lock goes is
  * unmapped; if that fails the locks are gone all the same and it returns
  * XMC_ESYS.  O(n) hash lookups, no allocation.
+ *
+ * Traced (xmc_cache_set_trace), a batch reports each segment as xmc_map()
+ * does, the undo of a failed batch as unlocks, and a refused unlock batch as
+ * one unknown unlock: its first address without a record.
  */
 #define XMC_SG_MAX 65536
 typedef struct xmc_sg {

@@ -78,7 +78,7 @@ def test_c_unit_tests_under_asan_ubsan_lsan() -> None:
     summary = re.findall(r"^(\d+) passed, (\d+) failed$", output, re.M)
     assert summary, output[-5000:]
     passed, failed = map(int, summary[-1])
-    assert failed == 0 and passed >= 70, output[-5000:]
+    assert failed == 0, output[-5000:]
     assert passed == c_test_count(), "the runner and docs/_ext/facts.py (the docs' count) disagree"
     print(f"C unit tests: {passed} passed under ASan/UBSan/LSan")
 
@@ -100,7 +100,7 @@ def test_c_stress_under_asan() -> None:
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
 def test_c_unit_tests_under_valgrind() -> None:
     output = make("valgrind", timeout=900)
-    assert re.search(r"^\d+ passed, 0 failed$", output, re.M), output[-5000:]
+    assert re.search(rf"^{c_test_count()} passed, 0 failed$", output, re.M), output[-5000:]
 
 
 def test_c_fuzz_smoke() -> None:

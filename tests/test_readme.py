@@ -109,10 +109,17 @@ def makefile_targets() -> set[str]:
     return set(re.findall(r"^([\w.-]+):", text, re.M))
 
 
-def bench_help() -> str:
+def cli_help(*command: str) -> str:
+    """What ``python -m xenmapcache COMMAND --help`` prints."""
     return subprocess.run(
-        [sys.executable, "-m", "xenmapcache", "bench", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "xenmapcache", *command, "--help"], capture_output=True, text=True, timeout=60
     ).stdout
+
+
+def subcommands() -> set[str]:
+    m = re.search(r"\{([\w,-]+)\}", cli_help())
+    assert m, cli_help()
+    return set(m.group(1).split(","))
 
 
 def check_command(command: str) -> None:
@@ -128,11 +135,13 @@ def check_command(command: str) -> None:
         assert (REPO / head).is_file(), command
     elif head == ".venv/bin/python" and args[:2] == ["-m", "xenmapcache"]:
         sub, options = args[2], args[3:]
-        assert sub in ("demo", "bench"), command
-        if sub == "bench":
-            help_text = bench_help()
+        assert sub in subcommands(), command
+        if options:
+            help_text = cli_help(sub)
             for option in options:
-                assert not option.startswith("-") or option in help_text, (option, command)
+                assert not option.startswith("-") or option.split("=")[0] in help_text, (option, command)
+    elif head == ".venv/bin/python" and args and args[0].startswith("scripts/"):
+        assert (REPO / args[0]).is_file(), command
     elif head == ".venv/bin/python" and args[:2] == ["-m", "pytest"]:
         for arg in args[2:]:
             assert arg.startswith("-") or (REPO / arg).exists(), command

@@ -15,6 +15,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import types
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -335,3 +336,47 @@ def test_multiprocessing_fork_workers_use_an_inherited_cache(xmc: ModuleType) ->
         """,
     )
     assert lines == ["idle: ['busy worked']", "busy: ['MapCacheError']"]
+
+
+# -- tests a planted bug must fail at once ----------------------------------------------
+
+B = 1 << 16
+
+
+def test_invalidate_clears_the_fast_path_even_at_a_locked_multi_bucket_entry(xmc: ModuleType) -> None:
+    with xmc.GuestRAM(MIB) as ram, xmc.MapCache(ram, bucket_shift=16) as cache:
+        m = cache.map(2 * B, B + 1)  # two buckets, locked: invalidate keeps the entry
+        assert cache.map_ptr(2 * B + 0x10) == m.address + 0x10  # the fast path serves it
+        before = cache.stats()
+        cache.invalidate()
+        # No last entry now: a size-0 request looks up a one-bucket entry, a miss.
+        assert cache.map_ptr(2 * B + 0x10) != m.address + 0x10
+        after = cache.stats()
+        assert (after.hits, after.misses) == (before.hits, before.misses + 1)
+        m.release()
+
+
+def test_a_span_ending_on_the_bad_page_of_a_partly_mapped_entry_fails(xmc: ModuleType) -> None:
+    with xmc.GuestRAM(MIB, holes=[(21 * PAGE, 22 * PAGE)]) as ram, xmc.MapCache(ram, bucket_shift=16) as cache:
+        cache.map_ptr(16 * PAGE)  # bucket 1 (pages 16..31), partly mapped, is the last entry
+        calls: list[Callable[[], object]] = [
+            lambda: cache.map_ptr(21 * PAGE),  # the fast path
+            lambda: cache.map_ptr(20 * PAGE, 2 * PAGE),  # the span's last page
+            lambda: cache.map(20 * PAGE + 0x800, PAGE),
+            lambda: cache.read(20 * PAGE, PAGE + 1),
+            lambda: cache.map_ptr(22 * PAGE - 1, 2),  # the span's first page
+        ]
+        for call in calls:
+            with pytest.raises(xmc.MappingError):
+                call()
+        cache.map_ptr(20 * PAGE, PAGE)  # the page before is fine
+        assert cache.stats().locked == 0
+
+
+@pytest.mark.skipif(sys.implementation.name != "cpython", reason="the builtins are CPython's (ffi/seam.h)")
+def test_the_hot_methods_are_the_builtins_on_cpython() -> None:
+    # A failed install falls back to Python closures silently, and every other
+    # test still passes: this one says so.
+    with xenmapcache.GuestRAM(MIB) as ram, xenmapcache.MapCache(ram) as cache:
+        for name in ("map_ptr", "read", "ram_addr", "unlock"):
+            assert type(getattr(cache, name)) is types.BuiltinFunctionType, name

@@ -32,6 +32,11 @@ def test_drift_is_caught() -> None:
     assert [d.split(":")[0] for d in soak.drift(leaking)] == ["maps_lines"]
     growing = [dict(s, rss_mib=50.0 + s["t"]) for s in flat]
     assert [d.split(":")[0] for d in soak.drift(growing)] == ["rss_mib"]
+    # Caches left to the garbage collector: a sawtooth of mappings is no drift, a rising one is.
+    sawtooth = [dict(s, maps_lines=200.0 + 50 * (int(s["t"]) % 10)) for s in flat]
+    assert soak.drift(sawtooth) == []
+    rising = [dict(s, maps_lines=s["maps_lines"] + 4 * s["t"]) for s in sawtooth]
+    assert [d.split(":")[0] for d in soak.drift(rising)] == ["maps_lines"]
 
 
 @pytest.mark.parametrize("argv", [["--threads", "0"], ["--seconds", "0"]])

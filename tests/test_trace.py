@@ -177,3 +177,35 @@ def test_no_hook_no_events_and_close_is_silent(xmc: ModuleType, ram: Any, rec: R
         plain.map_ptr(0)
         plain.map_ptr(0x10)
         assert plain.stats().hits == 1
+
+
+def test_a_fast_path_kept_past_its_cache_still_reaches_a_live_hook(tmp_path: Any) -> None:
+    """The C handle outlives the cache while a fast-path closure holds it: the
+    hook's handle must live as long (else a traced call would reach freed memory)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import gc
+        import xenmapcache as xmc
+
+        events = []
+        ram = xmc.GuestRAM(16 << 20)
+        cache = xmc.MapCache(ram, trace=events.append)
+        ram_addr, unlock, map_ptr = cache.ram_addr, cache.unlock, cache.map_ptr
+        del cache
+        gc.collect()
+        for call in (ram_addr, unlock):  # the core reports to the hook, which drops these
+            try:
+                call(12345)
+            except xmc.MapCacheError:
+                pass
+        map_ptr(0x1000)
+        print([e.name for e in events])
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['map', 'miss']"

@@ -208,11 +208,17 @@ class _NativeCore:
         from . import _callbacks
 
         out = ffi.new("xmc_cache **")
+        # The core calls the trace hook until it is freed, which may be after
+        # this object is gone (fast-path closures hold the handle): the C
+        # handle's destructor keeps it.
+        self._trace = None if trace is None else ffi.new_handle(trace)
         with ram._c_backend() as backend:
             check(lib.xmc_cache_new(backend, bucket_shift, max_size, out), "MapCache")
             # Which pending callback errors are this cache's (see _callbacks).
             self._keys: tuple[int, ...] = (int(ffi.cast("uintptr_t", backend.opaque)),)
-        self._c = ffi.gc(out[0], functools.partial(_collect, lib.xmc_cache_free, _callbacks.take, self._keys))
+        self._c = ffi.gc(
+            out[0], functools.partial(_collect, lib.xmc_cache_free, _callbacks.take, self._keys, keep=self._trace)
+        )
         check(lib.xmc_cache_set_lock_limit(self._c, lock_limit), "lock_limit")
         check(lib.xmc_cache_set_dummy(self._c, dummy), "dummy_on_failure")
         check(lib.xmc_cache_set_grants(self._c, grants), "grants")
@@ -222,9 +228,7 @@ class _NativeCore:
             self._translate = ffi.new_handle(translate)
             self._keys += (int(ffi.cast("uintptr_t", self._translate)),)
             check(lib.xmc_cache_set_translate(self._c, lib._xmc_py_translate, self._translate), "translate")
-        self._trace = None
-        if trace is not None:  # kept here: the core calls it until it is freed
-            self._trace = ffi.new_handle(trace)
+        if self._trace is not None:
             check(lib.xmc_cache_set_trace(self._c, lib._xmc_py_trace, self._trace), "trace")
 
     def _fail(self, rc: int, what: str) -> None:
@@ -437,12 +441,18 @@ class _NativeCore:
 
 
 def _collect(
-    free: Callable[[Any], None], take: Callable[[tuple[int, ...]], BaseException | None], keys: tuple[int, ...], handle: Any
+    free: Callable[[Any], None],
+    take: Callable[[tuple[int, ...]], BaseException | None],
+    keys: tuple[int, ...],
+    handle: Any,
+    keep: object = None,
 ) -> None:
     """Free a cache's C handle (the garbage collector's side of ``close``).
 
     An unmap that fails meanwhile is logged here, as an error of the
-    ``xenmapcache`` logger: it belongs to no later call.
+    ``xenmapcache`` logger: it belongs to no later call.  ``keep`` (the
+    trace hook's handle) lives as long as this destructor, so as long as
+    the C handle.
     """
     free(handle)
     cause = take(keys)
@@ -876,11 +886,11 @@ class MapCache(NoCopy):
         :raises BufferError: a memoryview of one of its mappings is still alive
             (then nothing is closed or unmapped).
         :raises MapCacheError: called from inside a backend callback of this
-            very cache (which runs under its mutex).
-
-        :raises MapCacheError: a backend unmap failed (its exception as the
-            cause), raised after everything else is unmapped; the cache is
-            closed all the same.
+            very cache (which runs under its mutex); or a backend unmap failed
+            (its exception is the cause): everything else is unmapped, and the
+            cache is closed all the same.  In a child process forked while
+            another thread was inside the cache: that cache cannot be used
+            there (``XMC_EFORKED``).
 
         Cost: one unmap per live entry.
         """

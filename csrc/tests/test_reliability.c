@@ -83,6 +83,47 @@ TEST(write_spanning_many_buckets_pins_without_locking)
     fx_teardown();
 }
 
+/* ---- tests a planted bug must fail at once ------------------------------- */
+
+TEST(invalidate_clears_the_fast_path_even_at_a_locked_multi_bucket_entry)
+{
+    uint8_t *l;
+    xmc_stats before;
+    void *p;
+
+    fx_setup(MIB, SHIFT, 4 * B);
+    l = MAP(2 * B, B + 1, XMC_LOCK); /* two buckets, locked: invalidate keeps it */
+    OK(xmc_map(C, 2 * B + 0x10, 0, 0, 0, &p));
+    CHECK(p == l + 0x10); /* the fast path serves it, as the last entry */
+    before = xt_stats(C);
+    OK(xmc_invalidate(C, NULL, NULL));
+    /* No last entry now: a size-0 request looks up a one-bucket entry, a miss. */
+    OK(xmc_map(C, 2 * B + 0x10, 0, 0, 0, &p));
+    CHECK(p != l + 0x10);
+    CHECK_EQ(xt_stats(C).misses, before.misses + 1);
+    CHECK_EQ(xt_stats(C).hits, before.hits);
+    OK(xmc_unlock(C, l, NULL));
+    fx_teardown();
+}
+
+TEST(a_span_ending_on_the_bad_page_of_a_partly_mapped_entry_fails)
+{
+    uint8_t buf[PAGE + 1];
+    void *p;
+
+    fx_setup(MIB, SHIFT, 4 * B);
+    fb_bad_pages(F, 21, 22); /* page 21 of bucket 1 (pages 16..31) */
+    MAP(16 * PAGE, 0, 0);    /* the entry of bucket 1, partly mapped, is the last */
+    CHECK_EQ(xmc_map(C, 21 * PAGE, 0, 0, 0, &p), XMC_EMAP);      /* the fast path */
+    CHECK_EQ(xmc_map(C, 20 * PAGE, 2 * PAGE, 0, 0, &p), XMC_EMAP); /* its last page */
+    CHECK_EQ(xmc_map(C, 20 * PAGE + 0x800, PAGE, XMC_LOCK, 0, &p), XMC_EMAP);
+    CHECK_EQ(xmc_read(C, 20 * PAGE, buf, PAGE + 1), XMC_EMAP);
+    CHECK_EQ(xmc_map(C, 22 * PAGE - 1, 2, 0, 0, &p), XMC_EMAP); /* its first page */
+    MAP(20 * PAGE, PAGE, 0); /* the page before is fine */
+    CHECK_EQ(xt_stats(C).locked, 0);
+    fx_teardown();
+}
+
 /* ---- fork ------------------------------------------------------------------ */
 
 /*
@@ -209,6 +250,8 @@ const xt_test xt_reliability_tests[] = {
     XT(write_into_a_hole_writes_nothing),
     XT(read_into_a_hole_fills_nothing),
     XT(write_spanning_many_buckets_pins_without_locking),
+    XT(invalidate_clears_the_fast_path_even_at_a_locked_multi_bucket_entry),
+    XT(a_span_ending_on_the_bad_page_of_a_partly_mapped_entry_fails),
     XT(fork_while_a_thread_is_inside_a_cache_fails_in_the_child_only),
     XT(fork_of_an_idle_cache_works_in_the_child_on_shared_guest_ram),
     XT_END,

@@ -499,6 +499,53 @@ TEST(sg_hostile_arguments_are_refused_and_change_nothing)
     fx_teardown();
 }
 
+/* ---- trace events ------------------------------------------------------------ */
+
+static char events[64];
+static size_t nevents;
+
+static void trace_letters(void *opaque, const xmc_event *e)
+{
+    static const char letters[] = "?hmMRxdtoUlaIDrG"; /* by XMC_EV_* number */
+
+    (void)opaque;
+    if (nevents < sizeof(events) - 1)
+        events[nevents++] = e->kind < sizeof(letters) - 1 ? letters[e->kind] : '!';
+    if (e->kind == XMC_EV_UNLOCK_UNKNOWN)
+        CHECK(e->tag == TAG && e->address == (uintptr_t)UNSET && e->rc == XMC_ENOENT);
+}
+
+/* The events since the last call, as letters (h hit, m miss, M map, t
+ * translate, o lock overflow, U unlock, l unknown unlock). */
+static const char *take_events(void)
+{
+    events[nevents] = 0;
+    nevents = 0;
+    return events;
+}
+
+TEST(sg_traced_batches_report_each_segment_and_their_undo)
+{
+    const xmc_sg segs[] = { { 0x20000, 0x10 }, { 0x30000, 0x10 }, { 0x20100, 0x10 } };
+    const xmc_sg failing[] = { { 0x20000, 0x10 }, { 0x60000, 0x10 } };
+    void *out[3], *bad[2];
+
+    setup();
+    OK(xmc_cache_set_trace(C, trace_letters, NULL));
+    OK(xmc_map_sg(C, segs, 3, XMC_DMA, TAG, out));
+    CHECK(strcmp(take_events(), "MmMmh") == 0); /* as three locked maps */
+    fb_bad_pages(F, 0x60, 0x61);
+    CHECK_EQ(xmc_map_sg(C, failing, 2, 0, TAG, out), XMC_EMAP);
+    /* a hit, a miss through translate (the fb backend's: no change), the undo */
+    CHECK(strcmp(take_events(), "hMtRmU") == 0);
+    bad[0] = out[0], bad[1] = UNSET;
+    CHECK_EQ(xmc_unlock_sg(C, bad, 2, TAG), XMC_ENOENT);
+    CHECK(strcmp(take_events(), "l") == 0);
+    OK(xmc_unlock_sg(C, out, 3, TAG));
+    CHECK(strcmp(take_events(), "UUU") == 0);
+    fx_teardown();
+}
+
 /* ---- the _nowait twins ----------------------------------------------------- */
 
 TEST(sg_nowait_serves_hits_and_refuses_a_miss_changing_nothing)
@@ -606,6 +653,7 @@ const xt_test xt_sg_tests[] = {
     XT(sg_close_while_a_batch_waits_in_translate_fails_the_batch),
     XT(sg_batches_beyond_the_stack_buffer_and_at_the_limit),
     XT(sg_hostile_arguments_are_refused_and_change_nothing),
+    XT(sg_traced_batches_report_each_segment_and_their_undo),
     XT(sg_nowait_serves_hits_and_refuses_a_miss_changing_nothing),
     XT(sg_nowait_does_not_wait_and_callbacks_get_ereenter),
     XT_END,
