@@ -131,6 +131,8 @@ def check_command(command: str) -> None:
     head, args = argv[0], argv[1:]
     if head.startswith("scripts/"):
         assert (REPO / head).is_file() and args in ([], ["test"]), command
+    elif head.startswith("contrib/"):
+        assert (REPO / head).is_file(), command
     elif head == ".venv/bin/python" and args[:2] == ["-m", "xenmapcache"]:
         sub, options = args[2], args[3:]
         assert sub in subcommands(), command

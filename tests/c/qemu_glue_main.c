@@ -1,0 +1,117 @@
+/*
+ * qemu_glue_main.c - plays QEMU around contrib/qemu/xenmapcache-glue.c, for
+ * tests/test_qemu_build.py: QEMU's globals (xen_domid, xen_grants) and the
+ * QEMU functions the glue calls (error_report, runstate_check,
+ * qemu_add_vm_change_state_handler), then the mapcache calls QEMU makes, in
+ * QEMU's order: xen_map_cache_init() from xen-hvm-common.c (linked with
+ * -Wl,--wrap=xen_map_cache_init, as QEMU is), then map, reverse lookup,
+ * unlock and invalidate as system/physmem.c does.
+ *
+ * Run with tests/c/fake_xenforeignmemory.c and fake_xengnttab.c installed as
+ * libxenforeignmemory.so.1 and libxengnttab.so.1 on LD_LIBRARY_PATH (domain
+ * 7).  Environment: QEMU_INMIGRATE set: QEMU is in RUN_STATE_INMIGRATE until
+ * the run-state handler is called.  Prints what it checked; exits 0 when
+ * every check holds, 1 (through the glue's exit) when the glue cannot build
+ * the caches, 3 on a failed check.
+ */
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "exec/memory.h"
+#include "sysemu/runstate.h"
+#include "sysemu/xen-mapcache.h"
+
+#define XMC_HAVE_QEMU_TYPES
+#include "xenmapcache_qemu.h"
+
+uint32_t xen_domid = 7; /* FAKE_DOMID of the fake libraries */
+MemoryRegion xen_memory = { "xen.ram" }, xen_grants = { "xen.grants" };
+
+static RunState state = RUN_STATE_RUNNING;
+static VMChangeStateHandler *handler;
+static void *handler_opaque;
+
+void error_report(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+bool runstate_check(RunState s)
+{
+    return state == s;
+}
+
+VMChangeStateEntry *qemu_add_vm_change_state_handler(VMChangeStateHandler *cb, void *opaque)
+{
+    handler = cb;
+    handler_opaque = opaque;
+    return (VMChangeStateEntry *)&handler;
+}
+
+#define CHECK(cond)                                                         \
+    do {                                                                    \
+        if (!(cond)) {                                                      \
+            fprintf(stderr, "check failed, line %d: %s\n", __LINE__, #cond); \
+            exit(3);                                                        \
+        }                                                                   \
+    } while (0)
+
+static uint64_t first_word(const uint8_t *p)
+{
+    uint64_t v;
+
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+int main(void)
+{
+    bool dummy;
+
+    if (getenv("QEMU_INMIGRATE"))
+        state = RUN_STATE_INMIGRATE;
+    CHECK(!xen_map_cache_enabled());
+
+    /* hw/xen/xen-hvm-common.c; the glue builds the caches first. */
+    xen_map_cache_init(NULL, NULL);
+    CHECK(xen_map_cache_enabled());
+    CHECK(handler != NULL);
+    for (unsigned i = XMC_QEMU_FOREIGN; i <= XMC_QEMU_GRANTS_RW; i++)
+        CHECK(xmc_qemu_cache(i) != NULL);
+    /* Past the fake's 4000 pages nothing maps: but in dummy mode, anonymous memory. */
+    dummy = xen_map_cache(&xen_memory, 5000 * 4096, 8, 0, 0, false, false) != NULL;
+    CHECK(dummy == (state == RUN_STATE_INMIGRATE));
+    printf("caches built for domain %u, dummy mode %s\n", xen_domid, dummy ? "on" : "off");
+
+    /* system/physmem.c: guest RAM (page p of the fake starts with p)... */
+    uint8_t *ram = xen_map_cache(&xen_memory, 5 * 4096 + 16, 64, 0, 1, true, false);
+    CHECK(ram != NULL && first_word(ram - 16) == 5);
+    CHECK(xen_ram_addr_from_mapcache(ram + 8) == 5 * 4096 + 24);
+    /* ...and a grant: page p of the request is grant reference p. */
+    uint8_t *grant = xen_map_cache(&xen_grants, 3 * 4096, 4096, 0, 1, true, true);
+    CHECK(grant != NULL && first_word(grant) == 0x4752414e54000000ull + 3);
+    CHECK(xen_ram_addr_from_mapcache(grant) == 3 * 4096);
+    CHECK(xen_map_cache(&xen_grants, 0, 4096, 0, 0, false, false) == NULL);
+    printf("foreign and grant mappings made, reverse lookups exact\n");
+    xen_invalidate_map_cache_entry(grant);
+    xen_invalidate_map_cache_entry(ram);
+    xen_invalidate_map_cache();
+    CHECK(xen_ram_addr_from_mapcache(ram) == RAM_ADDR_INVALID);
+
+    /* The incoming migration ends: QEMU calls the run-state handlers. */
+    state = RUN_STATE_RUNNING;
+    handler(handler_opaque, true, state);
+    CHECK(xen_map_cache(&xen_memory, 6000 * 4096, 8, 0, 0, false, false) == NULL);
+    printf("dummy mode off once running\n");
+    xmc_qemu_shutdown();
+    return 0;
+}

@@ -1,0 +1,10 @@
+/* Stand-in for QEMU's qemu/osdep.h: the C library headers QEMU code relies on. */
+#ifndef STUB_QEMU_OSDEP_H
+#define STUB_QEMU_OSDEP_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#endif
