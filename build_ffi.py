@@ -44,6 +44,7 @@ int64_t xmc_py_invalidate(xmc_cache *c);
 size_t xmc_py_records_count(void);
 xmc_record *xmc_py_records_take(void);
 int xmc_py_fast_install(void);
+int xmc_py_adopt(xmc_cache *c);
 """
 
 # The version the module is built for, compared at import (a stale .so fails).

@@ -35,3 +35,30 @@ def test_bench_plot(tmp_path: Path) -> None:
     proc = run("--plot", str(out))
     assert proc.returncode in (0, 1), proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_missing_row_fails_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+    import io
+    from collections.abc import Iterator
+
+    @contextlib.contextmanager
+    def unavailable(res: bench.Resources) -> Iterator[bench.Call]:
+        raise bench.Unavailable("not here")
+        yield  # pragma: no cover
+
+    side = bench.Side("x", unavailable)
+    monkeypatch.setattr(bench, "ROWS", (bench.Row("g", "a row that cannot run", "x", side, side, 1.0),))
+    out = io.StringIO()
+    assert bench.main(["--quick", "--rounds", "1", "--no-c"], out=out) == 1
+    assert "missing: not here" in out.getvalue()
+
+
+def test_a_failed_c_benchmark_fails_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    monkeypatch.setattr(bench, "ROWS", bench.ROWS[:1])  # the hit row: quick
+    monkeypatch.setattr(bench, "run_c", lambda quick, scaling: ([], [], "the C benchmark failed:\nboom"))
+    out = io.StringIO()
+    assert bench.main(["--quick", "--rounds", "1"], out=out) == 1
+    assert "the C rows are missing" in out.getvalue()

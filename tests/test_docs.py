@@ -140,10 +140,12 @@ def number(cell: str) -> float:
 def test_the_performance_table_is_consistent() -> None:
     rows = perf_table()
     text = (DOCS / "performance.md").read_text()
-    m = re.search(r"All (\d+) rows meet their target", text)
-    assert m and int(m.group(1)) == len(rows)
+    # A row that missed its target in the run is shown as such, never dropped.
+    m = re.search(r"(\d+) of (\d+) rows meet their target", text)
+    assert m and int(m.group(2)) == len(rows)
+    assert int(m.group(1)) == sum(r[6].startswith("pass") for r in rows)
     for path, measured_as, measured, baseline, ratio, _target, verdict in rows:
-        assert verdict.startswith("pass"), path
+        assert verdict.startswith(("pass", "miss")), path
         if baseline:
             a, b = number(measured), number(baseline)
             # the cells are rounded to 0.1 (times) and 0.01 (ratios): allow for that
@@ -175,8 +177,10 @@ def test_the_readme_figures_come_from_the_table() -> None:
     assert f"{round(number(mixed[4]))}x faster than the pure-Python reference" in readme
     qemu = re.search(r"FIFO unlock with 10,000 in flight ([\d.]+ us)", (DOCS / "performance.md").read_text())
     assert qemu and f"QEMU's list walk takes {qemu.group(1)} there" in readme
-    no_op = rows[("fast-path hit from Python, `map_ptr(p)`", "vs a cffi no-op call with the same argument list")]
-    assert number(no_op[4]) < 0.5 and "less than half a cffi no-op call" in readme
+    no_op = rows[("fast-path hit from Python, `map_ptr(p)`", "vs a no-op builtin of the binding, same argument list")]
+    assert f"`map_ptr(p)` costs {number(no_op[4]):.1f}x a no-op builtin" in readme
+    safe = rows[("`m = cache.map(p, 4096, dma=True); m.release()`", "vs `a = map_ptr(p, 4096, True, True); unlock(a)`")]
+    assert f"{number(safe[4]):.2f}x the raw" in readme
 
 
 def test_the_code_cites_the_contract_by_its_sections() -> None:

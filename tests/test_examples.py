@@ -44,3 +44,17 @@ def test_the_device_model_warns_about_dma_in_flight_only() -> None:
     assert len(warned) == 3 and not any("VRAM" in line for line in warned)
     assert "6 transfers verified in guest RAM, 3 warned about" in proc.stdout
     assert "3 DMA mapping(s) in flight" in proc.stderr  # the summary on the xenmapcache logger
+
+
+def test_the_virtio_blk_model_warns_about_exactly_the_requests_in_flight() -> None:
+    proc = run("virtio_blk.py")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert "balloon: invalidate() with 3 requests in flight" in out
+    warned = [line for line in out if line.startswith("warning: DMA mapping")]
+    assert len(warned) == 3 and all("in flight" in line for line in warned)
+    buffers = sum(int(line.split("in flight (", 1)[1].split()[0]) for line in warned)
+    assert f"{buffers} buffers warned about" in out[-2]
+    assert "40 requests served" in out[-2]
+    assert out[-1] == "guest RAM and disk image verified byte for byte"
+    assert f"{buffers} DMA mapping(s) in flight" in proc.stderr  # the summary on the xenmapcache logger

@@ -20,8 +20,10 @@ U64 = 2**64
 def test_out_of_range_addresses_are_invalid(cache: Any, xmc: ModuleType, paddr: int) -> None:
     for call in (
         lambda: cache.map(paddr, 16),
+        lambda: cache.map_sg([(0, 16), (paddr, 16)]),
         lambda: cache.map_ptr(paddr),
         lambda: cache.read(paddr, 1),
+        lambda: cache.readinto(paddr, bytearray(1)),
         lambda: cache.write(paddr, b"x"),
         lambda: cache.replace(paddr, 0, 16),
         lambda: cache.replace(0, paddr, 16),
@@ -39,7 +41,17 @@ def test_wrap_around_and_oversized_requests(cache: Any, xmc: ModuleType) -> None
     with pytest.raises(xmc.InvalidAddress):
         cache.map(0, cache.max_size + 1)
     with pytest.raises(xmc.InvalidAddress):
+        cache.map_sg([(0, 16), (U64 - 16, 32)])
+    with pytest.raises(xmc.InvalidAddress):
+        cache.map_sg([(0, cache.max_size + 1)])
+    with pytest.raises(xmc.MappingError):
+        cache.map_sg([(0, 16), (U64 - 16, 16)])  # in range, but not RAM: the first is undone
+    with pytest.raises(xmc.InvalidAddress):
         cache.read(U64 - 1, 2)
+    with pytest.raises(xmc.InvalidAddress):
+        cache.readinto(U64 - 1, bytearray(2))
+    with pytest.raises(xmc.MappingError):
+        cache.readinto(U64 - 2, bytearray(2))  # in range, but not RAM
     with pytest.raises(xmc.MappingError):
         cache.map(U64 - 16, 16)  # in range, but not RAM
     with pytest.raises(xmc.MappingError):
@@ -52,8 +64,13 @@ def test_wrong_types_are_type_errors(cache: Any, bad: Any) -> None:
     for call in (
         lambda: cache.map(bad, 16),
         lambda: cache.map(0, bad),
+        lambda: cache.map_sg([(0, 16), (bad, 16)]),
+        lambda: cache.map_sg([(0, bad)]),
+        lambda: cache.map_sg(bad),
         lambda: cache.map_ptr(bad),
         lambda: cache.read(bad, 1),
+        lambda: cache.readinto(bad, bytearray(1)),
+        lambda: cache.readinto(0, bad),  # not a writable buffer
         lambda: cache.ram_addr(bad),
         lambda: cache.unlock(bad),
     ):
@@ -123,8 +140,10 @@ def test_a_closed_cache_refuses_everything(xmc: ModuleType, ram: Any) -> None:
     m.release()  # nothing to do
     for call in (
         lambda: cache.map(0, 8),
+        lambda: cache.map_sg([(0, 8)]),
         lambda: cache.map_ptr(0),
         lambda: cache.read(0, 1),
+        lambda: cache.readinto(0, bytearray(1)),
         lambda: cache.write(0, b"x"),
         lambda: cache.ram_addr(m.address),
         lambda: cache.unlock(m.address),
@@ -151,3 +170,14 @@ def test_foreign_and_interior_pointers(cache: Any, xmc: ModuleType) -> None:
         cache.unlock(m.address + 1)  # interior: resolvable, but not a locked mapping
     assert cache.ram_addr(m.address + 1) == 0x1001
     m.release()
+
+
+def test_readinto_refuses_buffers_it_cannot_fill(cache: Any, xmc: ModuleType) -> None:
+    import array
+
+    for bad in (b"read-only", memoryview(bytearray(8)).toreadonly(), memoryview(bytearray(16))[::2], "text", 5):
+        with pytest.raises(TypeError):
+            cache.readinto(0, bad)
+    words = array.array("I", [7, 7])
+    assert cache.readinto(0x10, words) == 8 and list(words) == [0, 0]
+    assert cache.readinto(0x10, bytearray()) == 0

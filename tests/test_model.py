@@ -4,7 +4,7 @@ A hypothesis ``RuleBasedStateMachine`` drives two caches with one
 configuration, one over the C core (``xenmapcache``) and one over the reference
 (``xenmapcache.reference``), each on its own ``GuestRAM`` with the same size,
 holes and contents, through random sequences of map (locked or not, DMA,
-tags), map_ptr, unlock, Mapping.release, memoryview reads and writes, cache
+tags), map_sg batches and their release, map_ptr, unlock, Mapping.release, memoryview reads and writes, cache
 reads and writes, ram_addr (exact, interior and foreign pointers), invalidate,
 replace and close/reopen, on small caches (bucket_shift 12..14, one to four
 slots, so chains collide), with holes, a small lock_limit, dummy mode,
@@ -225,6 +225,7 @@ class CacheModel(RuleBasedStateMachine):
         self.tainted: set[int] = set()  # pages whose guest RAM the shadow cannot vouch for
         self.mappings: list[Held] = []  # Mapping objects
         self.raw: list[Held] = []  # map_ptr(lock=True) addresses
+        self.groups: list[tuple[Any, Any]] = []  # map_sg results (their members are in mappings)
         self.view: tuple[memoryview, memoryview, Held] | None = None
         self.error: type[BaseException] | None = None  # of the last call that failed on both
         self.recent: list[int] = [0]  # guest addresses asked for lately: reuse makes hits
@@ -433,6 +434,37 @@ class CacheModel(RuleBasedStateMachine):
         if kind == "ram":
             assert actual == where
         self.mappings.append(Held(mc, mp, *self.entry_of(actual, size), size))
+
+    @precondition(lambda self: len(self.mappings) <= MAX_HELD - 4)
+    @rule(data=st.data(), dma=st.booleans(), tag=st.sampled_from([None, "sg", 9]))
+    def map_sg(self, data: st.DataObject, dma: bool, tag: Any) -> None:
+        """A scatter-gather batch: all of it mapped in both, or none in either."""
+        n = data.draw(st.integers(1, 4), label="segments")
+        segs = [(self.paddrs(data), self.sizes(data)) for _ in range(n)]
+        for paddr, size in segs:
+            if paddr + size <= TOP and size <= self.cfg.max_size:
+                self.land(paddr, size)  # in dummy mode: where dummy memory may stand in
+        got = self.both(lambda s: s.cache.map_sg(segs, dma=dma, tag=tag))
+        if got is None:
+            return  # same_state then checks that nothing stayed locked and the books agree
+        gc, gp = got
+        assert len(gc) == len(gp) == n
+        for mc, mp, (paddr, size) in zip(gc, gp, segs, strict=True):
+            assert (mc.paddr, mc.size, mc.dma, mc.tag) == (mp.paddr, mp.size, mp.dma, mp.tag) == (paddr, size, dma, tag)
+            actual = int(self.same(lambda s: s.cache.ram_addr((mc if s is self.c else mp).address)))
+            self.mappings.append(Held(mc, mp, *self.entry_of(actual, size), size))
+        self.groups.append((gc, gp))
+
+    @precondition(lambda self: self.groups)
+    @rule(data=st.data())
+    def release_group(self, data: st.DataObject) -> None:
+        gc, gp = data.draw(st.sampled_from(self.groups), label="group")
+        self.both(lambda s: (gc if s is self.c else gp).release())
+        assert gc.released == gp.released
+        assert [m.released for m in gc] == [m.released for m in gp]
+        if gc.released:
+            self.groups.remove((gc, gp))
+            self.mappings = [h for h in self.mappings if not h.c.released]
 
     def expect_failure(self, kind: str, where: Any) -> None:
         """A map failed on both: was that the failure land() foresaw?"""
@@ -672,8 +704,10 @@ class CacheModel(RuleBasedStateMachine):
         assert c.cache.closed and py.cache.closed
         assert all(h.c.released and h.py.released for h in self.mappings)
         assert self.both(lambda s: s.cache.read(0, 1)) is None  # a closed cache refuses work
+        assert all(gc.released and gp.released for gc, gp in self.groups)
         self.mappings.clear()
         self.raw.clear()
+        self.groups.clear()
         # No dummy memory is left: what guest RAM holds now is the truth.
         memory = c.memory()
         assert memory == py.memory()

@@ -100,7 +100,7 @@ def test_same_public_names_as_the_package() -> None:
         assert getattr(reference, name) is getattr(xenmapcache, name), name
     assert issubclass(reference.MapCache, xenmapcache.cache.MapCache)
     assert reference.MapCache._Core is reference._PyCore
-    assert xenmapcache.MapCache._Core is xenmapcache.cache._NativeCore
+    assert xenmapcache.MapCache._Core is xenmapcache._native.NativeCore
 
 
 def test_reference_maps_real_host_memory_shared_with_guest_ram() -> None:

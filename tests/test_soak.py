@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +38,19 @@ def test_drift_is_caught() -> None:
     assert soak.drift(sawtooth) == []
     rising = [dict(s, maps_lines=s["maps_lines"] + 4 * s["t"]) for s in sawtooth]
     assert [d.split(":")[0] for d in soak.drift(rising)] == ["maps_lines"]
+
+
+def test_soak_plot_draws_its_curves(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "soak.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "xenmapcache", "soak", "--seconds", "3", "--threads", "1", "--plot", str(png)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("argv", [["--threads", "0"], ["--seconds", "0"]])

@@ -9,7 +9,7 @@ See docs/getting-started.md for the tour and docs/contract.md for the contract.
 """
 
 from .backends import CallbackBackend
-from .cache import LockedMapping, MapCache, Mapping, Stats
+from .cache import LockedMapping, MapCache, Mapping, MappingGroup, Stats
 from .errors import (
     BackendUnavailable,
     DMAMappingWarning,
@@ -35,6 +35,7 @@ __all__ = [
     "MapCache",
     "MapCacheError",
     "Mapping",
+    "MappingGroup",
     "MappingError",
     "Stats",
     "TraceEvent",

@@ -1,28 +1,29 @@
-"""The one module that touches the compiled core: ``ffi``, ``lib``, ``check``.
+"""The binding: the one module that touches the compiled core.
 
-Every other module goes through here, never through ``_core`` directly.  The
-core is imported on first use, so the pure-Python parts of the package (the
-reference implementation, GuestRAM) import without a compiler.
+It holds ``binding()`` (``ffi`` and ``lib``), the status-code check, and
+``NativeCore``, the C core behind ``MapCache``, with its fast paths (the
+builtins of ffi/seam.h); ``cache.py`` is the API alone.  Every other module
+goes through here, never through ``_core`` directly.  The core is imported on
+first use, so the pure-Python parts of the package (the reference
+implementation, GuestRAM) import without a compiler.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import sys
+import sysconfig
+import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from ._version import __version__
-from .errors import (
-    BackendUnavailable,
-    InvalidAddress,
-    LockOverflow,
-    MapCacheError,
-    MappingError,
-    UnknownMapping,
-)
+from . import _version
+from .errors import MapCacheError, exception_for
+
+logger = logging.getLogger("xenmapcache")
 
 
 @functools.cache
@@ -67,48 +68,273 @@ def installed_core() -> Any:
 
 
 @functools.cache
-def fast_bind() -> Callable[..., tuple[Callable[..., Any], ...]] | None:
-    """The builtin binder of ffi/seam.h, or None where there is none (not CPython)."""
+def native_types() -> Any:
+    """The ``_core`` module with the binding's own types (ffi/seam.h), or None.
+
+    On CPython the compiled module gets ``NativeCache`` (one cache's hot calls
+    and its registry of Mappings) and ``Mapping``; elsewhere (no stable ABI,
+    or a free-threaded build) there are none, and the cache runs on plain
+    cffi calls and the Python ``Mapping``.
+    """
     _, lib = binding()
-    if sys.implementation.name != "cpython" or lib.xmc_py_fast_install() != 0:
+    if sys.implementation.name != "cpython" or sysconfig.get_config_var("Py_GIL_DISABLED"):
+        return None
+    if lib.xmc_py_fast_install() != 0:
         return None
     from . import _core
 
-    bind: Callable[..., tuple[Callable[..., Any], ...]] | None = getattr(_core, "fast_bind", None)
-    return bind
+    return _core
 
 
 def check_stamp(built_for: str, path: str | None) -> None:
     """Refuse a compiled core built for another version of the package (a stale .so)."""
-    if built_for != __version__:
+    if built_for != _version.__version__:  # read now: a test moves it on
         raise ImportError(
-            f"xenmapcache {__version__} found a C core built for version {built_for} at {path}: "
+            f"xenmapcache {_version.__version__} found a C core built for version {built_for} at {path}: "
             "it is stale; rebuild it with 'pip install .' (or 'pip install -e .')"
         )
 
 
-@functools.cache
-def _error_table() -> dict[int, type[Exception]]:
-    _, lib = binding()
-    return {
-        lib.XMC_ENOMEM: MemoryError,
-        lib.XMC_EINVAL: InvalidAddress,
-        lib.XMC_EMAP: MappingError,
-        lib.XMC_ENOENT: UnknownMapping,
-        lib.XMC_EOVERFLOW: LockOverflow,
-        lib.XMC_EUNAVAIL: BackendUnavailable,
-        lib.XMC_ESYS: MapCacheError,
-    }
-
-
-def raise_for(rc: int, what: str) -> None:
+def raise_for(rc: int, what: str) -> NoReturn:
     """Raise the exception for the core's status code ``rc`` (non-zero)."""
     ffi, lib = binding()
-    message = ffi.string(lib.xmc_strerror(rc)).decode()
-    raise _error_table().get(rc, MapCacheError)(f"{what}: {message}")
+    raise exception_for(rc, f"{what}: {ffi.string(lib.xmc_strerror(rc)).decode()}")
 
 
 def check(rc: int, what: str) -> None:
     """Raise unless ``rc`` is XMC_OK."""
     if rc:
         raise_for(rc, what)
+
+
+class NativeCore:
+    """The C core behind a ``MapCache``: one ``xmc_cache *``.
+
+    Its methods are the checked path: the caller (``MapCache``) has validated
+    every argument, and each method makes one core call through cffi.  On
+    CPython the cache is owned by a ``NativeCache`` of ffi/seam.h, whose
+    builtins serve the common case of the hot methods and the Mappings;
+    elsewhere by ``ffi.gc``.
+    """
+
+    def __init__(
+        self,
+        ram: Any,
+        bucket_shift: int,
+        max_size: int,
+        translate: Callable[[int, int], int] | None,
+        dummy: bool,
+        lock_limit: int,
+        grants: bool = False,
+        trace: Callable[..., None] | None = None,
+    ) -> None:
+        from . import _callbacks
+
+        self._ffi, self._lib = ffi, lib = binding()
+        out = ffi.new("xmc_cache **")
+        with ram._c_backend() as backend:
+            check(lib.xmc_cache_new(backend, bucket_shift, max_size, out), "MapCache")
+            # Which pending callback errors are this cache's (see _callbacks).
+            self._keys: tuple[int, ...] = (int(ffi.cast("uintptr_t", backend.opaque)),)
+        self._take = _callbacks.take
+        if translate is not None:  # its key before anything can fail through it
+            self._translate = ffi.new_handle(translate)
+            self._keys += (int(ffi.cast("uintptr_t", self._translate)),)
+        else:
+            self._translate = None
+        # The core calls the trace and translate hooks until it is freed,
+        # which may be after this object is gone (a Mapping or a builtin
+        # holds the C handle's owner): what frees the handle keeps them.
+        self._trace = None if trace is None else ffi.new_handle(trace)
+        after_free = functools.partial(_collected, _callbacks.take, self._keys, keep=(self._trace, self._translate))
+        types = native_types()
+        self._native: Any = None
+        if types is not None and lib.xmc_py_adopt(out[0]) == lib.XMC_OK:
+            self._native = types.adopted()  # owns the cache: frees it when it goes
+            self._native.set_after_free(after_free)
+            self._c = out[0]  # used only while self, and so _native, is alive
+        else:
+            self._c = ffi.gc(out[0], functools.partial(_collect, lib.xmc_cache_free, after_free))
+        check(lib.xmc_cache_set_lock_limit(self._c, lock_limit), "lock_limit")
+        check(lib.xmc_cache_set_dummy(self._c, dummy), "dummy_on_failure")
+        check(lib.xmc_cache_set_grants(self._c, grants), "grants")
+        if self._translate is not None:
+            check(lib.xmc_cache_set_translate(self._c, lib._xmc_py_translate, self._translate), "translate")
+        if self._trace is not None:
+            check(lib.xmc_cache_set_trace(self._c, lib._xmc_py_trace, self._trace), "trace")
+            if self._native is not None:
+                self._native.set_traced()
+
+    def _fail(self, rc: int, what: str) -> NoReturn:
+        cause = self._take(self._keys)  # from one of this cache's Python callbacks
+        try:
+            raise_for(rc, what)
+        except MapCacheError as exc:
+            raise exc from cause
+
+    def registry(self, cache: Any) -> Any:
+        """The registry of ``cache``'s Mappings: the ``NativeCache`` itself, bound
+        to ``cache`` and its checked methods, or None (the cache keeps its own)."""
+        native = self._native
+        if native is None:
+            return None
+        from .cache import MapCache
+
+        lib = self._lib
+        owner = weakref.ref(cache)
+
+        def fail(rc: int, what: str, paddr: int, size: int) -> NoReturn:
+            # Holds the cache weakly, and the core only through it: no cycle.
+            live = owner()
+            if live is None:
+                raise MapCacheError("the cache is gone")
+            live._check_open()
+            if what == "ram_addr" and rc == lib.XMC_ENOENT:  # once per call, as the method does
+                live._trace_unknown("ram_addr_unknown", paddr)
+            if what in ("map_sg", "unlock_sg"):  # paddr is the number of segments
+                where = f"of {paddr} segment(s)"
+            else:
+                where = f"{paddr:#x}+{size:#x}" if what in ("map", "read") else f"{paddr:#x}"
+            core: NativeCore = live._core
+            core._fail(rc, f"{what} {where}")
+
+        checked = (
+            MapCache.map_ptr, MapCache.read, MapCache.readinto, MapCache.ram_addr, MapCache.unlock, MapCache.map,
+            MapCache.map_sg,
+        )
+        native.bind(owner, fail, cache.max_size, 1 << cache.bucket_shift, *checked)
+        return native
+
+    def fast_paths(self) -> dict[str, Callable[..., Any]]:
+        """The builtins of the hot methods (empty without ``NativeCache``)."""
+        native = self._native
+        if native is None:
+            return {}
+        return {name: getattr(native, name) for name in ("map_ptr", "read", "readinto", "ram_addr", "unlock", "map", "map_sg")}
+
+    def map(self, paddr: int, size: int, flags: int, tag: int) -> int:
+        # The address comes back as the return value: nothing shared between threads.
+        address: int = self._lib.xmc_py_map(self._c, paddr, size, flags, tag)
+        if not address:
+            self._fail(self._lib.xmc_py_last_error(), f"map {paddr:#x}+{size:#x}")
+        return address
+
+    def map_sg(self, segments: list[tuple[int, int]], flags: int, tag: int) -> list[int]:
+        """One locked mapping per ``(paddr, size)``, all or nothing; their host addresses."""
+        ffi, n = self._ffi, len(segments)
+        segs, out = ffi.new("xmc_sg[]", segments), ffi.new("void *[]", n)
+        rc = self._lib.xmc_map_sg(self._c, segs, n, flags, tag, out)
+        if rc:
+            self._fail(rc, f"map_sg of {n} segment(s)")
+        return [int(ffi.cast("uintptr_t", p)) for p in out]
+
+    def unlock_sg(self, addresses: list[int], tag: int) -> None:
+        """Unlock one mapping with ``tag`` at each address, all or nothing."""
+        ffi, n = self._ffi, len(addresses)
+        addrs = ffi.new("void *[]", [ffi.cast("void *", a) for a in addresses])
+        rc = self._lib.xmc_unlock_sg(self._c, addrs, n, tag)
+        if rc:
+            self._fail(rc, f"unlock_sg of {n} segment(s)")
+
+    def unlock(self, address: int, tag: int) -> None:
+        rc = self._lib.xmc_py_unlock(self._c, address, tag)
+        if rc:
+            self._fail(rc, f"unlock {address:#x}")
+
+    def ram_addr(self, address: int) -> int:
+        out = self._ffi.new("uint64_t *")
+        rc = self._lib.xmc_ram_addr(self._c, self._ffi.cast("void *", address), out)
+        if rc:
+            self._fail(rc, f"ram_addr {address:#x}")
+        return int(out[0])
+
+    def _take_records(self, arr: Any, n: int) -> list[tuple[int, int, int, int, bool]]:
+        """The records of a C array, which is then freed."""
+        try:
+            return [(r.address, r.paddr, r.size, r.tag, bool(r.dma)) for r in arr[0:n]] if n else []
+        finally:
+            self._lib.xmc_records_free(arr)
+
+    def invalidate(self) -> list[tuple[int, int, int, int, bool]]:
+        lib = self._lib
+        got = lib.xmc_py_invalidate(self._c)  # one call when no DMA is in flight
+        count = got if got > 0 else lib.xmc_py_records_count() if got < 0 else 0
+        records = self._take_records(lib.xmc_py_records_take(), count) if count else []
+        rc = min(got, 0)
+        if rc == lib.XMC_ESYS:
+            # The invalidation happened; an entry failed to unmap and is gone
+            # all the same (never retried).  Say so once and keep the records.
+            cause = self._take(self._keys)
+            logger.error("invalidate: unmapping an entry failed: %s", cause or "system call failed")
+        elif rc:
+            self._fail(rc, "invalidate")
+        return records
+
+    def locked(self) -> list[tuple[int, int, int, int, bool]]:
+        arr, n = self._ffi.new("xmc_record **"), self._ffi.new("size_t *")
+        rc = self._lib.xmc_locked(self._c, arr, n)
+        if rc:
+            self._fail(rc, "locked")
+        return self._take_records(arr[0], n[0])
+
+    def replace(self, old: int, new: int, size: int) -> int:
+        out = self._ffi.new("void **")
+        rc = self._lib.xmc_replace(self._c, old, new, size, out)
+        if rc:
+            self._fail(rc, f"replace {old:#x} -> {new:#x}")
+        return int(self._ffi.cast("uintptr_t", out[0]))
+
+    def read(self, paddr: int, n: int) -> bytes:
+        buf = bytearray(n)  # never a bytes object written through cffi
+        rc = self._lib.xmc_read(self._c, paddr, self._ffi.from_buffer(buf), n)
+        if rc:
+            self._fail(rc, f"read {paddr:#x}+{n:#x}")
+        return bytes(buf)
+
+    def write(self, paddr: int, data: Any) -> None:
+        # Release the export before raising: a traceback kept in a reference
+        # cycle would hold it until the GC, whose tp_clear of the exporting
+        # memoryview ignores exports and then crashes when they are released.
+        with self._ffi.from_buffer(data) as src:
+            n = len(src)
+            rc = self._lib.xmc_write(self._c, paddr, src, n)
+        if rc:
+            self._fail(rc, f"write {paddr:#x}+{n:#x}")
+
+    def stats(self) -> tuple[int, ...]:
+        st = self._ffi.new("xmc_stats *")
+        rc = self._lib.xmc_stats_get(self._c, st)
+        if rc:
+            self._fail(rc, "stats")
+        return (st.hits, st.misses, st.remaps, st.entries, st.locked, st.dma_locked, st.mapped_bytes, st.invalidations)
+
+    def view(self, address: int, size: int) -> memoryview:
+        return memoryview(self._ffi.buffer(self._ffi.cast("char *", address), size))
+
+    def close(self) -> None:
+        # Unmap now; the handle itself is freed once no thread is inside a
+        # call (a call holds a reference to it), so a racing call fails with
+        # a clean error instead of touching freed memory.
+        rc = self._lib.xmc_cache_close(self._c)
+        if rc:
+            self._fail(rc, "close")
+
+
+def _collected(
+    take: Callable[[tuple[int, ...]], BaseException | None], keys: tuple[int, ...], keep: object = None
+) -> None:
+    """After a cache's C handle was freed by the garbage collector: an unmap
+    that failed meanwhile is logged here, as an error of the ``xenmapcache``
+    logger (it belongs to no later call).  ``keep`` (the trace and translate
+    hooks' handles) lives as long as this function's partial, so as long as
+    the C handle."""
+    cause = take(keys)
+    if cause is not None:
+        logger.error("a collected cache failed to unmap an entry: %r", cause, exc_info=cause)
+
+
+def _collect(free: Callable[[Any], None], after_free: Callable[[], None], handle: Any) -> None:
+    """Free a cache's C handle (the garbage collector's side of ``close``), where
+    ``ffi.gc`` owns it (no ``NativeCache``)."""
+    free(handle)
+    after_free()

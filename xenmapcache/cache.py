@@ -4,15 +4,18 @@
 ``xenmapcache.reference``) what belongs to Python: input checks, ``Mapping``
 objects with buffer export counting, tags, the DMA warnings, and lifetimes.
 A core exposes: map, unlock, ram_addr, invalidate, replace, locked, read,
-write, stats, view and close (see ``_NativeCore``).  A core may also offer
-``fast_paths(cache)``: closures that the cache installs over its own
-``map_ptr``, ``read``, ``ram_addr`` and ``unlock`` so that the common case
-costs one C call and no Python object besides the result.
+write, stats, view and close (see ``NativeCore`` in ``_native.py``, the
+binding).  A core may also offer ``registry(cache)``, which keeps the cache's
+Mappings (else a :class:`_PyRegistry` does), and ``fast_paths()``: builtins
+that the cache installs over its own ``map_ptr``, ``read``, ``readinto``,
+``ram_addr``, ``unlock`` and ``map`` (unless a subclass overrides them), so
+that the common case costs one C call and no Python frame; anything else
+they hand straight to the method here, which checks and raises.
 """
 
 from __future__ import annotations
 
-import functools
+import collections.abc
 import itertools
 import logging
 import os
@@ -20,16 +23,17 @@ import sys
 import threading
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ._native import NativeCore
 from ._nocopy import NoCopy
 from ._validate import U64_LIMIT, as_uint, check_range
 from .backends import CallbackBackend
 from .errors import DMAMappingWarning, InvalidAddress, MapCacheError, MappingError, UnknownMapping
 from .ram import GuestRAM
-from .trace import Sink, Trace, TraceEvent, emit, make_sink
+from .trace import Trace, TraceEvent, emit, make_sink
 from .xen import XenForeignMemory, XenGrantTable
 
 logger = logging.getLogger("xenmapcache")
@@ -47,10 +51,7 @@ Translate = Callable[[int, int], int]
 Backend = GuestRAM | XenForeignMemory | XenGrantTable | CallbackBackend
 # A raw record (map_ptr with lock=True) carries this tag id; Mappings get their own.
 RAW = 0
-# cache.read fills a fresh bytes object in place (one copy instead of two) on
-# CPython, where cffi passes a bytes object to C as a pointer to its own data.
-FILL_BYTES = sys.implementation.name == "cpython"
-FAST_READ_MAX = 1 << 24  # larger reads take the checked path: the copy dominates
+SG_MAX = 65536  # XMC_SG_MAX: segments in one map_sg
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,18 +104,19 @@ class Stats:
 class Mapping(NoCopy):
     """A locked mapping of guest memory: ``memoryview(m)`` reads and writes it.
 
-    Made by :meth:`MapCache.map`, never directly.  The mapping stays locked
-    until :meth:`release` (or the end of its ``with`` block): its entry is
-    neither unmapped nor reused, and ``invalidate()`` keeps it (and warns about
-    it when ``dma`` is true).  ``memoryview(m)`` is writable, one-dimensional,
-    of format ``'B'`` and ``size`` bytes long, and reads and writes guest memory
-    in place (no copy).  The mapping counts the views exported from it (PEP
-    688, slices included): while one is alive, releasing the mapping, or
-    closing its cache, raises ``BufferError`` and leaves it mapped, so a view
-    never outlives the host mapping behind it.  After release, taking a new
-    view raises ``BufferError``.
+    Made by :meth:`MapCache.map` (or :meth:`MapCache.map_sg`), never directly.
+    The mapping stays locked until :meth:`release` (or the end of its
+    ``with`` block): its entry is neither unmapped nor reused, and
+    ``invalidate()`` keeps it (and warns about it when ``dma`` is true).
+    ``memoryview(m)`` is writable, one-dimensional, of format ``'B'`` and
+    ``size`` bytes long, and reads and writes guest memory in place (no copy).
+    The mapping counts the views exported from it (PEP 688, slices included):
+    while one is alive, releasing the mapping, or closing its cache, raises
+    ``BufferError`` and leaves it mapped, so a view never outlives the host
+    mapping behind it.  After release, taking a new view raises
+    ``BufferError``.
 
-    Attributes (read them, do not change them):
+    Attributes (read-only):
 
     - ``address``: the host address of ``paddr``;
     - ``paddr``: the guest-physical address (follows ``cache.replace()``);
@@ -122,14 +124,128 @@ class Mapping(NoCopy):
     - ``dma``: whether the mapping is for DMA;
     - ``tag``: any object given to ``cache.map()``, reported by ``locked()``,
       ``invalidate()`` and the ``DMAMappingWarning``.
+
+    This class is the type the mappings of every implementation share.  On
+    the C core under CPython they are instances of a subclass written in the
+    binding's own C (``xenmapcache._core.Mapping``, ffi/seam.h): it exports
+    the host memory itself and counts exports without a Python frame, and
+    its registry lives in C.  Elsewhere, and in the reference, a Python
+    subclass does the same.
     """
 
-    __slots__ = ("address", "paddr", "size", "dma", "tag", "_cache", "_lock", "_id", "_exports", "_released")
+    __slots__ = ()
     _no_copy_why = "a copy would unlock the same locked mapping a second time"
 
-    def __init__(self, cache: MapCache, ident: int, paddr: int, size: int, dma: bool, tag: Any) -> None:
-        self._cache = cache
-        self._lock = cache._lock  # its own reference: the GC may clear the cache first
+    address: int
+    paddr: int
+    size: int
+    dma: bool
+    tag: Any
+
+    @property
+    def released(self) -> bool:
+        """Whether the mapping was released (or its cache closed)."""
+        raise NotImplementedError
+
+    if TYPE_CHECKING:
+
+        def __buffer__(self, flags: int, /) -> memoryview:
+            """A writable 1-D view (format 'B', len == size) of the mapped memory."""
+
+    def release(self) -> None:
+        """Unlock the mapping: drop its reverse record and its lock on the entry.
+
+        A second call, or a call after the cache was closed, does nothing.
+
+        :raises BufferError: a memoryview of the mapping is still alive (the
+            mapping stays locked; release the views first).
+        :raises MapCacheError: the C core refused (it cannot, short of a bug).
+
+        Cost: O(1), one C call, whatever the number of locked mappings; on
+        the C core under CPython, no Python frame either.
+        """
+        raise NotImplementedError
+
+    def __enter__(self) -> Mapping:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class MappingGroup(NoCopy):
+    """The Mappings of one :meth:`MapCache.map_sg` call: a sequence of :class:`Mapping`.
+
+    ``len(g)``, ``g[i]``, iteration; :meth:`buffers` gives one writable
+    memoryview per mapping for vectored I/O (``os.preadv``, ``os.pwritev``,
+    ``socket.recvmsg_into``, ``socket.sendmsg``); :meth:`release` (or the end
+    of a ``with`` block) unlocks them all in one core call, all or nothing.
+    Each mapping can also be released on its own.  Every buffer rule of
+    :class:`Mapping` holds for every view: :meth:`release` raises
+    ``BufferError``, releasing none, while a view of any of them is alive
+    (the list :meth:`buffers` returns holds one view each until it goes).
+    """
+
+    __slots__ = ()
+    _no_copy_why = "a copy would unlock the same locked mappings a second time"
+
+    if TYPE_CHECKING:
+
+        def __len__(self) -> int: ...
+
+        def __getitem__(self, index: int) -> Mapping: ...
+
+        def __iter__(self) -> Iterator[Mapping]: ...
+
+    @property
+    def released(self) -> bool:
+        """Whether every mapping of the group was released (or its cache closed): then all are unmapped for us."""
+        raise NotImplementedError
+
+    def buffers(self) -> list[memoryview]:
+        """Return one writable 1-D memoryview (format ``'B'``) per mapping, in order.
+
+        Each is an export of its mapping: release the views (or drop the
+        list) before :meth:`release`.
+
+        :raises BufferError: a mapping of the group was released.
+
+        Cost: one memoryview per mapping (no copy); on the C core under
+        CPython, one call with no Python frame.
+        """
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Unlock every mapping of the group still locked, in one core call.
+
+        A second call, or a call after the cache was closed, does nothing.
+
+        :raises BufferError: a memoryview of one of them is still alive (then
+            none is released).
+        :raises MapCacheError: the C core refused (it cannot, short of a bug).
+
+        Cost: one C call (``xmc_unlock_sg``) for the whole group: O(n) in its
+        mappings, O(1) in the other locked mappings of the cache.
+        """
+        raise NotImplementedError
+
+    def __enter__(self) -> MappingGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+collections.abc.Sequence.register(MappingGroup)
+
+
+class _PyMapping(Mapping):
+    """The Python ``Mapping``, kept by a :class:`_PyRegistry` (PEP 688 buffer)."""
+
+    __slots__ = ("address", "paddr", "size", "dma", "tag", "_reg", "_id", "_exports", "_released")
+
+    def __init__(self, reg: _PyRegistry, ident: int, paddr: int, size: int, dma: bool, tag: Any) -> None:
+        self._reg = reg
         self._id = ident
         self.address = 0
         self.paddr = paddr
@@ -141,323 +257,197 @@ class Mapping(NoCopy):
 
     @property
     def released(self) -> bool:
-        """Whether the mapping was released (or its cache closed): then it is unmapped for us."""
+        """Whether the mapping was released (or its cache closed)."""
         return self._released
 
     def __buffer__(self, flags: int) -> memoryview:
-        with self._lock:
+        with self._reg.lock:
             if self._released:
                 raise BufferError("the mapping was released")
             self._exports += 1
-        return self._cache._core.view(self.address, self.size)
+        view: memoryview = self._reg.core.view(self.address, self.size)
+        return view
 
     def __release_buffer__(self, view: memoryview) -> None:
         view.release()
-        with self._lock:
+        with self._reg.lock:
             self._exports -= 1
 
     def release(self) -> None:
-        """Unlock the mapping: drop its reverse record and its lock on the entry.
-
-        A second call, or a call after the cache was closed, does nothing.
-
-        :raises BufferError: a memoryview of the mapping is still alive (the
-            mapping stays locked; release the views first).
-        :raises MapCacheError: the C core refused (it cannot, short of a bug).
-
-        Cost: O(1), one C call, whatever the number of locked mappings.
-        """
-        with self._lock:
-            if self._released:
-                return
-            if self._exports:
-                raise BufferError(f"{self._exports} memoryview(s) of the mapping are still alive")
-            self._released = True
-            self._cache._forget(self)
-        self._cache._core.unlock(self.address, self._id)
-
-    def __enter__(self) -> Mapping:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+        """Unlock the mapping; a second call does nothing (BufferError while views live)."""
+        self._reg.release(self)
 
     def __repr__(self) -> str:
         state = "released" if self._released else f"at {self.address:#x}"
         return f"<Mapping paddr={self.paddr:#x} size={self.size:#x} dma={self.dma} tag={self.tag!r} {state}>"
 
 
-class _NativeCore:
-    """The C core behind a ``MapCache``: one ``xmc_cache *``."""
+class _PyMappingGroup(MappingGroup):
+    """The Python ``MappingGroup``, kept by a :class:`_PyRegistry`."""
 
-    def __init__(
-        self,
-        ram: Backend,
-        bucket_shift: int,
-        max_size: int,
-        translate: Translate | None,
-        dummy: bool,
-        lock_limit: int,
-        grants: bool = False,
-        trace: Sink | None = None,
-    ) -> None:
-        from ._native import binding, check
+    __slots__ = ("_reg", "_items", "_id")
 
-        self._ffi, self._lib = ffi, lib = binding()
-        self._check = check
-        from . import _callbacks
+    def __init__(self, reg: _PyRegistry, items: tuple[_PyMapping, ...], ident: int) -> None:
+        self._reg = reg
+        self._items = items
+        self._id = ident
 
-        out = ffi.new("xmc_cache **")
-        # The core calls the trace hook until it is freed, which may be after
-        # this object is gone (fast-path closures hold the handle): the C
-        # handle's destructor keeps it.
-        self._trace = None if trace is None else ffi.new_handle(trace)
-        with ram._c_backend() as backend:
-            check(lib.xmc_cache_new(backend, bucket_shift, max_size, out), "MapCache")
-            # Which pending callback errors are this cache's (see _callbacks).
-            self._keys: tuple[int, ...] = (int(ffi.cast("uintptr_t", backend.opaque)),)
-        self._c = ffi.gc(
-            out[0], functools.partial(_collect, lib.xmc_cache_free, _callbacks.take, self._keys, keep=self._trace)
-        )
-        check(lib.xmc_cache_set_lock_limit(self._c, lock_limit), "lock_limit")
-        check(lib.xmc_cache_set_dummy(self._c, dummy), "dummy_on_failure")
-        check(lib.xmc_cache_set_grants(self._c, grants), "grants")
-        self._translate = None
-        self._take = _callbacks.take
-        if translate is not None:
-            self._translate = ffi.new_handle(translate)
-            self._keys += (int(ffi.cast("uintptr_t", self._translate)),)
-            check(lib.xmc_cache_set_translate(self._c, lib._xmc_py_translate, self._translate), "translate")
-        if self._trace is not None:
-            check(lib.xmc_cache_set_trace(self._c, lib._xmc_py_trace, self._trace), "trace")
+    def __len__(self) -> int:
+        return len(self._items)
 
-    def _fail(self, rc: int, what: str) -> None:
-        cause = self._take(self._keys)  # from one of this cache's Python callbacks
-        try:
-            self._check(rc, what)
-        except MapCacheError as exc:
-            raise exc from cause
+    def __getitem__(self, index: Any) -> Any:
+        return self._items[index]
 
-    def _fail_last(self, what: str) -> None:
-        """Raise for this thread's last map that returned 0 (see ffi/seam.h)."""
-        self._fail(self._lib.xmc_py_last_error(), what)
+    def __iter__(self) -> Iterator[Mapping]:
+        return iter(self._items)
 
-    def map(self, paddr: int, size: int, flags: int, tag: int) -> int:
-        # The address comes back as the return value: nothing shared between threads.
-        address: int = self._lib.xmc_py_map(self._c, paddr, size, flags, tag)
-        if not address:
-            self._fail_last(f"map {paddr:#x}+{size:#x}")
-        return address
+    @property
+    def released(self) -> bool:
+        """Whether every mapping of the group was released (or its cache closed)."""
+        return all(m._released for m in self._items)
 
-    def unlock(self, address: int, tag: int) -> None:
-        rc = self._lib.xmc_py_unlock(self._c, address, tag)
-        if rc:
-            self._fail(rc, f"unlock {address:#x}")
+    def buffers(self) -> list[memoryview]:
+        """One writable memoryview per mapping, in order."""
+        return [memoryview(m) for m in self._items]
 
-    def ram_addr(self, address: int) -> int:
-        paddr: int = self._lib.xmc_py_ram_addr(self._c, address)
-        if paddr != U64_LIMIT - 1:
-            return paddr
-        out = self._ffi.new("uint64_t *")  # an error, or really the last byte of guest space
-        self._check(self._lib.xmc_ram_addr(self._c, self._ffi.cast("void *", address), out), f"ram_addr {address:#x}")
-        return int(out[0])
+    def release(self) -> None:
+        """Unlock every mapping still locked, all or nothing (BufferError while views live)."""
+        self._reg.release_group(self)
 
-    def _take_records(self, arr: Any, n: int) -> list[tuple[int, int, int, int, bool]]:
-        """The records of a C array, which is then freed."""
-        try:
-            return [(r.address, r.paddr, r.size, r.tag, bool(r.dma)) for r in arr[0:n]] if n else []
-        finally:
-            self._lib.xmc_records_free(arr)
-
-    def invalidate(self) -> list[tuple[int, int, int, int, bool]]:
-        lib = self._lib
-        got = lib.xmc_py_invalidate(self._c)  # one call when no DMA is in flight
-        count = got if got > 0 else lib.xmc_py_records_count() if got < 0 else 0
-        records = self._take_records(lib.xmc_py_records_take(), count) if count else []
-        rc = min(got, 0)
-        if rc == lib.XMC_ESYS:
-            # The invalidation happened; an entry failed to unmap and is gone
-            # all the same (never retried).  Say so once and keep the records.
-            cause = self._take(self._keys)
-            logger.error("invalidate: unmapping an entry failed: %s", cause or "system call failed")
-        elif rc:
-            self._fail(rc, "invalidate")
-        return records
-
-    def locked(self) -> list[tuple[int, int, int, int, bool]]:
-        arr, n = self._ffi.new("xmc_record **"), self._ffi.new("size_t *")
-        rc = self._lib.xmc_locked(self._c, arr, n)
-        if rc:
-            self._fail(rc, "locked")
-        return self._take_records(arr[0], n[0])
-
-    def replace(self, old: int, new: int, size: int) -> int:
-        out = self._ffi.new("void **")
-        rc = self._lib.xmc_replace(self._c, old, new, size, out)
-        if rc:
-            self._fail(rc, f"replace {old:#x} -> {new:#x}")
-        return int(self._ffi.cast("uintptr_t", out[0]))
-
-    def read(self, paddr: int, n: int) -> bytes:
-        if FILL_BYTES and n > 1:
-            buf = bytes(n)  # fresh, private, never the shared b"" or 1-byte objects
-            rc = self._lib.xmc_read(self._c, paddr, buf, n)
-            if rc:
-                self._fail(rc, f"read {paddr:#x}+{n:#x}")
-            return buf
-        ba = bytearray(n)
-        rc = self._lib.xmc_read(self._c, paddr, self._ffi.from_buffer(ba), n)
-        if rc:
-            self._fail(rc, f"read {paddr:#x}+{n:#x}")
-        return bytes(ba)
-
-    def write(self, paddr: int, data: Any) -> None:
-        # Release the export before raising: a traceback kept in a reference
-        # cycle would hold it until the GC, whose tp_clear of the exporting
-        # memoryview ignores exports and then crashes when they are released.
-        with self._ffi.from_buffer(data) as src:
-            n = len(src)
-            rc = self._lib.xmc_write(self._c, paddr, src, n)
-        if rc:
-            self._fail(rc, f"write {paddr:#x}+{n:#x}")
-
-    def stats(self) -> tuple[int, ...]:
-        st = self._ffi.new("xmc_stats *")
-        self._check(self._lib.xmc_stats_get(self._c, st), "stats")
-        return (st.hits, st.misses, st.remaps, st.entries, st.locked, st.dma_locked, st.mapped_bytes, st.invalidations)
-
-    def view(self, address: int, size: int) -> memoryview:
-        return memoryview(self._ffi.buffer(self._ffi.cast("char *", address), size))
-
-    def fast_paths(self, cache: MapCache) -> dict[str, Callable[..., Any]]:
-        """Closures for ``cache.map_ptr``, ``read``, ``ram_addr`` and ``unlock``.
-
-        Each does the common case in one C call with the cache handle in a
-        closure cell: no bound method, no attribute lookups, no validation
-        beyond an exact ``int`` check (cffi itself rejects negative and
-        too-large values with OverflowError).  Anything unusual (another
-        type, an out-of-range value, an error) goes to the cache's own
-        method, which validates and raises as documented.  After ``close()``
-        the core refuses every call (XMC_ECLOSED) and the handle is freed
-        only with the last reference, which the closures hold: a closure kept
-        past ``close()`` raises, it never touches freed memory.  The cache is
-        held weakly: the closures live in its ``__dict__``.  On CPython the
-        closures are in turn wrapped by builtins (see ffi/seam.h).
-        """
-        from ._native import fast_bind
-
-        lib, core = self._lib, self
-        handle = self._c
-        owner_ref = weakref.ref(cache)
-        cls = type(cache)
-        map_ptr_c, read_c, ram_addr_c, unlock_c = lib.xmc_py_map_ptr, lib.xmc_read, lib.xmc_py_ram_addr, lib.xmc_py_unlock
-        no_paddr, fail = U64_LIMIT - 1, self._fail_last
-
-        def owner() -> MapCache:
-            c = owner_ref()
-            if c is None:
-                raise MapCacheError("the cache is gone")
-            return c
-
-        def map_ptr(paddr: int, size: int = 0, lock: bool = False, dma: bool = False) -> int:
-            if type(paddr) is int and type(size) is int:
-                try:
-                    address: int = map_ptr_c(handle, paddr, size, lock, dma)
-                except (OverflowError, TypeError):
-                    pass
-                else:
-                    if address:
-                        return address
-                    owner()._check_open()
-                    fail(f"map {paddr:#x}+{size:#x}")
-            return cls.map_ptr(owner(), paddr, size, lock, dma)
-
-        def read(paddr: int, n: int) -> bytes:
-            if type(paddr) is int and type(n) is int and 1 < n <= FAST_READ_MAX:
-                buf = bytes(n)  # fresh and private: the core fills it in place
-                try:
-                    rc = read_c(handle, paddr, buf, n)
-                except OverflowError:
-                    pass
-                else:
-                    if not rc:
-                        return buf
-                    owner()._check_open()
-                    core._fail(rc, f"read {paddr:#x}+{n:#x}")  # not again: translate ran once
-            return cls.read(owner(), paddr, n)
-
-        def ram_addr(address: int) -> int:
-            if type(address) is int:
-                try:
-                    paddr: int = ram_addr_c(handle, address)
-                except OverflowError:
-                    pass
-                else:
-                    if paddr != no_paddr:
-                        return paddr
-            return cls.ram_addr(owner(), address)
-
-        def unlock(address: int) -> None:
-            if type(address) is int:
-                try:
-                    rc = unlock_c(handle, address, RAW)
-                except OverflowError:
-                    pass
-                else:
-                    if not rc:
-                        return
-            cls.unlock(owner(), address)  # Mappings at that address, or the error
-
-        for fn, method in ((map_ptr, cls.map_ptr), (read, cls.read), (ram_addr, cls.ram_addr), (unlock, cls.unlock)):
-            fn.__doc__ = method.__doc__
-        paths: dict[str, Callable[..., Any]] = {"map_ptr": map_ptr, "ram_addr": ram_addr, "unlock": unlock}
-        if FILL_BYTES:
-            paths["read"] = read
-        bind = fast_bind()
-        if bind is None:
-            return paths
-
-        # On CPython, builtins of ffi/seam.h do the common case without a
-        # Python frame; they hand anything else to the closures above, and
-        # a failed core call to these, which raise (nothing is done twice).
-        def failure(what: str) -> Callable[[int, int, int], None]:
-            def fail(rc: int, paddr: int, size: int) -> None:
-                owner()._check_open()
-                core._fail(rc, f"{what} {paddr:#x}+{size:#x}")
-
-            return fail
-
-        address = int(self._ffi.cast("uintptr_t", handle))
-        built = bind(address, handle, map_ptr, read, ram_addr, unlock, failure("map"), failure("read"))
-        return dict(zip(("map_ptr", "read", "ram_addr", "unlock"), built, strict=True))
-
-    def close(self) -> None:
-        # Unmap now; the handle itself is freed by the GC once no thread is
-        # inside a call (a call holds a reference to it), so a racing call
-        # fails with a clean error instead of touching freed memory.
-        rc = self._lib.xmc_cache_close(self._c)
-        if rc:
-            self._fail(rc, "close")
+    def __repr__(self) -> str:
+        return f"<MappingGroup of {len(self._items)}: {self._items!r}>"
 
 
-def _collect(
-    free: Callable[[Any], None],
-    take: Callable[[tuple[int, ...]], BaseException | None],
-    keys: tuple[int, ...],
-    handle: Any,
-    keep: object = None,
-) -> None:
-    """Free a cache's C handle (the garbage collector's side of ``close``).
+class _PyRegistry:
+    """The live Mappings of one cache, in Python (the reference core, and the
+    C core where the binding has no types of its own: not CPython).
 
-    An unmap that fails meanwhile is logged here, as an error of the
-    ``xenmapcache`` logger: it belongs to no later call.  ``keep`` (the
-    trace hook's handle) lives as long as this destructor, so as long as
-    the C handle.
+    The same interface as ``NativeCache`` of ffi/seam.h: ``map``, ``tags``,
+    ``release_at``, ``mappings``, ``set_paddr``, ``close_registry``.  Its lock
+    guards exports and the registry, never held across a core call: the core
+    serialises the cache itself.
     """
-    free(handle)
-    cause = take(keys)
-    if cause is not None:
-        logger.error("a collected cache failed to unmap an entry: %r", cause, exc_info=cause)
+
+    def __init__(self, core: Any) -> None:
+        self.core = core
+        self.lock = threading.Lock()
+        self._mappings: dict[_PyMapping, None] = {}  # the live Mappings, oldest first
+        self._ids = itertools.count(1)
+        self._closed = False
+
+    def map(self, paddr: int, size: int, dma: bool, tag: Any) -> Mapping:
+        m = _PyMapping(self, next(self._ids), paddr, size, dma, tag)
+        with self.lock:
+            if self._closed:
+                raise MapCacheError("the cache is closed")
+            self._mappings[m] = None  # before the call: invalidate() may list it at once
+        try:
+            m.address = self.core.map(paddr, size, LOCK | (DMA if dma else 0), m._id)
+        except BaseException:
+            with self.lock:
+                self._mappings.pop(m, None)
+            raise
+        with self.lock:
+            if self._closed:  # closed while we mapped: the core has unmapped it
+                m._released = True
+                raise MapCacheError("the cache was closed")
+        return m
+
+    def release(self, m: _PyMapping) -> None:
+        with self.lock:
+            if m._released:
+                return
+            if m._exports:
+                raise BufferError(f"{m._exports} memoryview(s) of the mapping are still alive")
+            m._released = True
+        try:  # still registered meanwhile: the core's trace event names its tag
+            self.core.unlock(m.address, m._id)
+        finally:
+            with self.lock:
+                self._mappings.pop(m, None)
+
+    def map_sg(self, segments: list[tuple[int, int]], dma: bool, tag: Any) -> MappingGroup:
+        ident = next(self._ids)  # one tag id for the batch, as the core's batch takes
+        items = tuple(_PyMapping(self, ident, paddr, size, dma, tag) for paddr, size in segments)
+        with self.lock:
+            if self._closed:
+                raise MapCacheError("the cache is closed")
+            self._mappings.update(dict.fromkeys(items))
+        try:
+            addresses = self.core.map_sg(segments, LOCK | (DMA if dma else 0), ident)
+        except BaseException:
+            with self.lock:
+                for m in items:
+                    self._mappings.pop(m, None)
+            raise
+        for m, address in zip(items, addresses, strict=True):
+            m.address = address
+        with self.lock:
+            if self._closed:  # closed while we mapped: the core has unmapped them
+                for m in items:
+                    m._released = True
+                raise MapCacheError("the cache was closed")
+        return _PyMappingGroup(self, items, ident)
+
+    def release_group(self, g: _PyMappingGroup) -> None:
+        with self.lock:
+            live = [m for m in g._items if not m._released]
+            busy = sum(1 for m in live if m._exports)
+            if busy:
+                raise BufferError(f"memoryviews of {busy} mapping(s) of the group are still alive")
+            if not live:
+                return
+            for m in live:
+                m._released = True
+        # As release(): an error (a grant entry failing to unmap) is reported
+        # with the locks gone.
+        try:
+            self.core.unlock_sg([m.address for m in live], g._id)
+        finally:
+            with self.lock:
+                for m in live:
+                    self._mappings.pop(m, None)
+
+    def tags(self) -> dict[int, Any]:
+        with self.lock:
+            return {m._id: m.tag for m in self._mappings}
+
+    def tag_of(self, ident: int) -> Any:
+        with self.lock:
+            return next((m.tag for m in self._mappings if m._id == ident), None)
+
+    def release_at(self, address: int) -> bool:
+        with self.lock:
+            holders = [m for m in self._mappings if m.address == address and not m._released]
+            idle = [m for m in holders if not m._exports]
+        if idle:
+            idle[-1].release()
+            return True
+        if holders:
+            raise BufferError(f"every mapping at {address:#x} still has memoryviews alive")
+        return False
+
+    def mappings(self) -> list[Mapping]:
+        with self.lock:
+            return list(self._mappings)
+
+    def set_paddr(self, m: _PyMapping, paddr: int) -> None:
+        m.paddr = paddr
+
+    def detach(self) -> None:
+        """Drop the references to the Mappings (the MapCache is gone); see ffi/seam.h."""
+        with self.lock:
+            self._mappings.clear()
+
+    def close_registry(self) -> None:
+        with self.lock:
+            busy = [m for m in self._mappings if m._exports]
+            if busy:
+                raise BufferError(f"{len(busy)} mapping(s) still have memoryviews alive")
+            self._closed = True
+            for m in self._mappings:
+                m._released = True
+            self._mappings.clear()
 
 
 # Every live MapCache, for the fork handler below.
@@ -467,13 +457,16 @@ _caches: weakref.WeakSet[MapCache] = weakref.WeakSet()
 def _after_fork() -> None:
     """In a forked child, free the Python-side locks a parent thread may have held.
 
-    ``MapCache._lock`` (shared with its Mappings) guards only the registry
-    of Mappings, never a C call; a thread that held it at fork() is gone from
-    the child, and the child would wait for it forever.  The C core answers
-    for its own mutex (XMC_EFORKED).
+    A :class:`_PyRegistry`'s lock (shared with its Mappings) guards only the
+    registry of Mappings, never a C call; a thread that held it at fork() is
+    gone from the child, and the child would wait for it forever.  (The
+    binding's C registry needs none: the GIL is its lock.)  The C core
+    answers for its own mutex (XMC_EFORKED).
     """
     for cache in list(_caches):
-        cache._lock._at_fork_reinit()  # type: ignore[attr-defined]  # the stdlib's own way (logging, threading)
+        lock = getattr(cache._reg, "lock", None)
+        if lock is not None:
+            lock._at_fork_reinit()  # the stdlib's own way (logging, threading)
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -525,7 +518,7 @@ class MapCache(NoCopy):
     guest memory is mapped until the first request.
     """
 
-    _Core: Any = _NativeCore
+    _Core: Any = NativeCore
     _no_copy_why = "a copy would share the cache's handle and mappings, which either copy may close"
 
     def __init__(
@@ -560,8 +553,7 @@ class MapCache(NoCopy):
         self.max_size = max_size
         self.grants = bool(grants)
         self._trace = trace
-        self._gone: dict[int, Any] = {}  # tags of Mappings being released, for their unlock events
-        self._core: _NativeCore = self._Core(
+        self._core: Any = self._Core(
             ram,
             shift,
             max_size,
@@ -571,21 +563,22 @@ class MapCache(NoCopy):
             grants=self.grants,
             trace=None if trace is None else make_sink(self, trace),
         )
-        fast_paths = getattr(self._core, "fast_paths", None)
-        if fast_paths is not None:  # instance attributes: they shadow the methods below
-            paths = fast_paths(self)
-            if self.grants:  # a grant unlock may unmap and fail: the method reports it
-                paths.pop("unlock", None)
-            vars(self).update(paths)
         self._ram = ram
-        self._mappings: dict[int, Mapping] = {}
-        self._by_address: dict[int, list[Mapping]] = {}
-        self._ids = itertools.count(1)
         self._closed = False
-        # Guards buffer exports and the registry, never held across a C call:
-        # the C core serialises the cache itself.
-        self._lock = threading.Lock()
+        registry = getattr(self._core, "registry", None)
+        self._reg: Any = (registry(self) if registry is not None else None) or _PyRegistry(self._core)
+        fast_paths = getattr(self._core, "fast_paths", None)
+        for name, fn in (fast_paths() if fast_paths is not None else {}).items():
+            # The builtins stand for MapCache's own methods, never a subclass's.
+            # A grant unlock may unmap and fail: the checked method reports it.
+            if getattr(type(self), name) is not getattr(MapCache, name) or (self.grants and name == "unlock"):
+                continue
+            setattr(self, name, fn)
         _caches.add(self)
+        # The registry and its Mappings refer to each other; once the
+        # MapCache is gone, nothing else can use the registry: break that
+        # cycle then, so that a forgotten cache is unmapped at once.
+        weakref.finalize(self, self._reg.detach)
 
     # -- mapping ---------------------------------------------------------
 
@@ -606,27 +599,48 @@ class MapCache(NoCopy):
         :raises LockOverflow: the entry's lock count is at ``lock_limit``.
         :raises MapCacheError: the cache is closed (or was closed meanwhile).
 
-        Cost: on a hit, one C call plus the :class:`Mapping` and its
-        bookkeeping in Python (a few microseconds; ``map_ptr(..., lock=True)``
-        is the cheap raw form); on a miss, the backend's map of the entry's
-        buckets (a system call for a memfd, a hypercall on Xen).  O(1) in the
-        number of locked mappings.
+        Cost: on a hit, on the C core under CPython, one builtin call that
+        makes one C call and the :class:`Mapping`, about as much as the raw
+        ``map_ptr(..., lock=True)`` + ``unlock`` pair (see
+        docs/scatter-gather.md); elsewhere a few microseconds of Python.  On
+        a miss, the backend's map of the entry's buckets.  O(1) in the number
+        of locked mappings.
         """
         self._check_open()
         paddr, size = check_range(paddr, size, self.max_size)
-        m = Mapping(self, next(self._ids), paddr, size, bool(dma), tag)
-        self._mappings[m._id] = m  # before the call: invalidate() may list it at once
-        try:
-            m.address = self._core.map(paddr, size, LOCK | (DMA if dma else 0), m._id)
-        except BaseException:
-            self._mappings.pop(m._id, None)
-            raise
-        with self._lock:
-            if self._closed:  # closed while we mapped: the core has unmapped it
-                m._released = True
-                raise MapCacheError("the cache was closed")
-            self._by_address.setdefault(m.address, []).append(m)
-        return m
+        return self._reg.map(paddr, size, bool(dma), tag)  # type: ignore[no-any-return]
+
+    def map_sg(self, segments: Iterable[tuple[int, int]], dma: bool = False, tag: Any = None) -> MappingGroup:
+        """Map every ``(paddr, size)`` of ``segments`` locked, in one core call; return a :class:`MappingGroup`.
+
+        Scatter-gather DMA (see docs/scatter-gather.md): ``with
+        cache.map_sg(sg, dma=True) as g: os.preadv(fd, g.buffers(), offset)``.
+        All or nothing: when a segment cannot be mapped, none stays locked,
+        and the statistics move only as that segment's failed :meth:`map`
+        would.  Every mapping of the batch carries ``tag`` (:meth:`locked`
+        and :meth:`invalidate` name each by it) and ``dma``.
+
+        :raises TypeError: a segment is not a pair of ints.
+        :raises InvalidAddress: no segment, more than 65,536, or a segment out
+            of range (checked before anything is mapped).
+        :raises MappingError: a page of a segment cannot be mapped.
+        :raises LockOverflow: an entry's lock count would pass ``lock_limit``.
+        :raises MapCacheError: the cache is closed.
+
+        Cost: one C call (``xmc_map_sg``, one acquisition of the mutex) and
+        one :class:`Mapping` per segment; on the C core under CPython a list
+        or tuple of int pairs is served with no Python frame.  O(n) in the
+        segments, O(1) in the locked mappings.
+        """
+        self._check_open()
+        checked = []
+        for segment in segments:
+            if not isinstance(segment, tuple | list) or len(segment) != 2:
+                raise TypeError(f"a segment must be a (paddr, size) pair, not {segment!r}")
+            checked.append(check_range(segment[0], segment[1], self.max_size))
+        if not 0 < len(checked) <= SG_MAX:
+            raise InvalidAddress(f"map_sg takes 1 to {SG_MAX} segments, not {len(checked)}")
+        return self._reg.map_sg(checked, bool(dma), tag)  # type: ignore[no-any-return]
 
     def map_ptr(self, paddr: int, size: int = 0, lock: bool = False, dma: bool = False) -> int:
         """Map like QEMU's ``xen_map_cache``: return the host address of ``paddr`` as an int.
@@ -667,8 +681,9 @@ class MapCache(NoCopy):
         :raises TypeError: ``address`` is not an int.
         :raises MapCacheError: the cache is closed.
 
-        Cost: O(1) in the number of locked mappings; one C call (the reverse
-        records are hashed by host address).
+        Cost: O(1) in the number of locked mappings for a raw lock (one C
+        call); releasing a :class:`Mapping` by its address scans the live
+        Mappings of the cache.
         """
         self._check_open()
         address = as_uint(address, "address")
@@ -677,14 +692,7 @@ class MapCache(NoCopy):
             return
         except UnknownMapping:
             pass
-        with self._lock:
-            holders = self._by_address.get(address, [])
-            idle = [m for m in holders if not m._exports]
-        if idle:
-            idle[-1].release()
-        elif holders:
-            raise BufferError(f"every mapping at {address:#x} still has memoryviews alive")
-        else:
+        if not self._reg.release_at(address):
             self._trace_unknown("unlock_unknown", address)
             raise UnknownMapping(f"no locked mapping at {address:#x}")
 
@@ -705,7 +713,7 @@ class MapCache(NoCopy):
         self._check_open()
         address = as_uint(address, "address")
         try:
-            return self._core.ram_addr(address)
+            return int(self._core.ram_addr(address))
         except UnknownMapping:
             self._trace_unknown("ram_addr_unknown", address)
             raise
@@ -727,7 +735,35 @@ class MapCache(NoCopy):
         """
         self._check_open()
         paddr, n = check_range(paddr, n, U64_LIMIT)
-        return self._core.read(paddr, n)
+        return self._core.read(paddr, n)  # type: ignore[no-any-return]
+
+    def readinto(self, paddr: int, buffer: Any) -> int:
+        """Fill the writable ``buffer`` with guest memory from ``paddr``; return its length in bytes.
+
+        Any writable C-contiguous buffer: ``bytearray``, ``memoryview``,
+        ``mmap``, an ``array.array``, a numpy array.  Transient and unlocked,
+        like :meth:`read`; the range may span buckets.  A failure leaves
+        ``buffer`` untouched.
+
+        :raises TypeError: ``paddr`` is not an int, or ``buffer`` is not a
+            writable contiguous buffer.
+        :raises MappingError: a page of the range cannot be mapped.
+        :raises InvalidAddress: a negative ``paddr``, or a range past ``2**64``.
+        :raises MapCacheError: the cache is closed.
+
+        Cost: on the C core under CPython, one builtin call and one C call
+        that copies straight into the buffer, with no allocation (a range
+        over several buckets goes through a bounce buffer); elsewhere, a
+        :meth:`read` and a copy.
+        """
+        self._check_open()
+        with memoryview(buffer) as view:
+            if view.readonly:
+                raise TypeError("readinto needs a writable buffer")
+            with view.cast("B") as flat:  # TypeError unless contiguous
+                paddr, n = check_range(paddr, len(flat), U64_LIMIT)
+                flat[:] = self._core.read(paddr, n)
+        return n
 
     def write(self, paddr: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` (any bytes-like object) into guest memory at ``paddr`` through the cache.
@@ -772,19 +808,18 @@ class MapCache(NoCopy):
         old_paddr, size = check_range(old_paddr, size, self.max_size)
         new_paddr, _ = check_range(new_paddr, size, self.max_size)
         address = self._core.replace(old_paddr, new_paddr, size)
-        for m in list(self._mappings.values()):  # Mappings follow their entry
+        for m in self._reg.mappings():  # Mappings follow their entry
             try:
-                m.paddr = self._core.ram_addr(m.address)
+                self._reg.set_paddr(m, self._core.ram_addr(m.address))
             except UnknownMapping:  # released meanwhile, or not mapped yet
                 pass
-        return address
+        return int(address)
 
     # -- bulk operations ---------------------------------------------------
 
-    def _locked_mapping(self, record: tuple[int, int, int, int, bool]) -> LockedMapping:
-        address, paddr, size, ident, dma = record
-        holder = self._mappings.get(ident)
-        return LockedMapping(address, paddr, size, dma, holder.tag if holder else None)
+    def _locked_mappings(self, records: list[tuple[int, int, int, int, bool]]) -> list[LockedMapping]:
+        tags = self._reg.tags() if records else {}
+        return [LockedMapping(address, paddr, size, dma, tags.get(ident)) for address, paddr, size, ident, dma in records]
 
     def locked(self) -> list[LockedMapping]:
         """Return every outstanding locked mapping, oldest first, as :class:`LockedMapping` snapshots.
@@ -794,7 +829,7 @@ class MapCache(NoCopy):
         Cost: O(n) in the locked mappings; one C call and one object each.
         """
         self._check_open()
-        return [self._locked_mapping(r) for r in self._core.locked()]
+        return self._locked_mappings(self._core.locked())
 
     def invalidate(self) -> list[LockedMapping]:
         """Unmap every unlocked entry; warn about, and return, the DMA mappings in flight.
@@ -815,7 +850,7 @@ class MapCache(NoCopy):
         number of hash slots; one C call when no DMA is in flight.
         """
         self._check_open()
-        in_flight = [self._locked_mapping(r) for r in self._core.invalidate()]
+        in_flight = self._locked_mappings(self._core.invalidate())
         for lm in in_flight:
             warnings.warn(
                 DMAMappingWarning(
@@ -845,27 +880,17 @@ class MapCache(NoCopy):
     # -- lifetime -------------------------------------------------------------
 
     def _trace_tag(self, ident: int, unlocking: bool) -> Any:
-        """The tag object of the Mapping with id ``ident``, for a trace event."""
-        m = self._mappings.get(ident)
-        if m is not None:
-            return m.tag
-        return self._gone.pop(ident, None) if unlocking else self._gone.get(ident)
+        """The tag object of the Mapping with tag id ``ident``, for a trace event.
+
+        A Mapping stays in the registry until its core unlock returns, so its
+        own unlock event finds it too (``unlocking`` is not needed here).
+        """
+        return self._reg.tag_of(ident)
 
     def _trace_unknown(self, name: str, address: int) -> None:
         """Trace a lookup of an unknown address: here, once per call (the core may be asked twice)."""
         if self._trace is not None:
             emit(self._trace, TraceEvent(name, 0, 0, address, None, False, False))
-
-    def _forget(self, m: Mapping) -> None:
-        """Drop ``m`` from the registry; the caller holds ``self._lock``."""
-        if self._trace is not None:
-            self._gone[m._id] = m.tag
-        self._mappings.pop(m._id, None)
-        holders = self._by_address.get(m.address)
-        if holders is not None:
-            holders.remove(m)
-            if not holders:
-                del self._by_address[m.address]
 
     def _check_open(self) -> None:
         if self._closed:
@@ -894,18 +919,10 @@ class MapCache(NoCopy):
 
         Cost: one unmap per live entry.
         """
-        with self._lock:
-            if self._closed:
-                return
-            busy = [m for m in self._mappings.values() if m._exports]
-            if busy:
-                raise BufferError(f"{len(busy)} mapping(s) still have memoryviews alive")
-            self._closed = True
-            for m in self._mappings.values():
-                m._released = True
-            self._mappings.clear()
-            self._by_address.clear()
-            self._gone.clear()
+        if self._closed:
+            return
+        self._reg.close_registry()  # BufferError while a Mapping has views
+        self._closed = True
         self._core.close()
 
     def __enter__(self) -> MapCache:
@@ -915,5 +932,5 @@ class MapCache(NoCopy):
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self._mappings)} mapping(s)"
+        state = "closed" if self._closed else f"{len(self._reg.mappings())} mapping(s)"
         return f"<{type(self).__name__} bucket_shift={self.bucket_shift} max_size={self.max_size:#x} {state}>"

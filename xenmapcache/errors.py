@@ -53,6 +53,25 @@ class DMAMappingWarning(RuntimeWarning):
     """
 
 
+# The core's status codes (csrc/xenmapcache.h, checked against it by the tests)
+# and the exception each becomes: one table for both implementations.  The
+# C core names each code with xmc_strerror(); the reference keeps a copy of
+# those messages.
+EXCEPTION_OF: dict[int, type[Exception]] = {
+    -1: MemoryError,  # XMC_ENOMEM
+    -2: InvalidAddress,  # XMC_EINVAL
+    -3: MappingError,  # XMC_EMAP
+    -4: UnknownMapping,  # XMC_ENOENT
+    -5: LockOverflow,  # XMC_EOVERFLOW
+    -6: BackendUnavailable,  # XMC_EUNAVAIL
+}
+
+
+def exception_for(rc: int, message: str) -> Exception:
+    """The exception for the core's status code ``rc``: ``MapCacheError`` for any code not in the table."""
+    return EXCEPTION_OF.get(rc, MapCacheError)(message)
+
+
 __all__ = [
     "BackendUnavailable",
     "DMAMappingWarning",

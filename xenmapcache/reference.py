@@ -40,7 +40,7 @@ from typing import Any, NoReturn
 from . import cache as _cache
 from .backends import CallbackBackend
 from . import errors as _errors
-from .cache import LockedMapping, Mapping, Stats
+from .cache import LockedMapping, Mapping, MappingGroup, Stats
 from .errors import *  # noqa: F403 - the very exception classes of the package
 from .errors import BackendUnavailable, InvalidAddress, LockOverflow, MapCacheError, MappingError, UnknownMapping
 from ._version import __version__
@@ -57,6 +57,7 @@ __all__ = [
     "LockedMapping",
     "MapCache",
     "Mapping",
+    "MappingGroup",
     "Stats",
     "TraceEvent",
     "XenForeignMemory",
@@ -67,20 +68,23 @@ __all__ = [
 # Status codes, as in csrc/xenmapcache.h (internal: they become exceptions at the edge).
 OK, ENOMEM, EINVAL, EMAP, ENOENT, EOVERFLOW, EUNAVAIL, ESYS = 0, -1, -2, -3, -4, -5, -6, -7
 EREENTER, EFORKED, EGRANT = -10, -11, -12
-_ERRORS: dict[int, tuple[type[Exception], str]] = {
-    ENOMEM: (MemoryError, "out of memory"),
-    EINVAL: (InvalidAddress, "invalid argument or address"),
-    EMAP: (MappingError, "guest pages cannot be mapped"),
-    ENOENT: (UnknownMapping, "no such mapping"),
-    EOVERFLOW: (LockOverflow, "lock count at its limit"),
-    EUNAVAIL: (BackendUnavailable, "backend not available"),
-    ESYS: (MapCacheError, "system call failed"),
-    EREENTER: (MapCacheError, "called from inside one of the cache's own backend callbacks"),
-    EGRANT: (MapCacheError, "not allowed on a grant cache (locked requests only, no replace)"),
-    EFORKED: (MapCacheError, "the process forked while another thread was inside the cache; unusable in the child"),
+# The messages of xmc_strerror(); the exception of each code comes from the
+# package's one table (errors.EXCEPTION_OF).
+_MESSAGES: dict[int, str] = {
+    ENOMEM: "out of memory",
+    EINVAL: "invalid argument or address",
+    EMAP: "guest pages cannot be mapped",
+    ENOENT: "no such mapping",
+    EOVERFLOW: "lock count at its limit",
+    EUNAVAIL: "backend not available",
+    ESYS: "system call failed",
+    EREENTER: "called from inside one of the cache's own backend callbacks",
+    EGRANT: "not allowed on a grant cache (locked requests only, no replace)",
+    EFORKED: "the process forked while another thread was inside the cache; unusable in the child",
 }
 
 MAX_SLOTS = 1 << 24  # XMC_MAX_SLOTS
+SG_MAX = 65536  # XMC_SG_MAX
 U64_MAX = (1 << 64) - 1
 PFN_LIMIT = 1 << (64 - PAGE_SHIFT)  # pages in the 64-bit guest-physical space
 
@@ -120,8 +124,7 @@ def _sys_munmap(addr: int, length: int) -> int:
 
 
 def _raise(rc: int, what: str, cause: BaseException | None = None) -> NoReturn:
-    kind, message = _ERRORS.get(rc, (MapCacheError, "unknown error"))
-    raise kind(f"{what}: {message}") from cause
+    raise _errors.exception_for(rc, f"{what}: {_MESSAGES.get(rc, 'unknown error')}") from cause
 
 
 def _range_ok(a: int, b: int) -> bool:
@@ -421,7 +424,7 @@ os.register_at_fork(after_in_child=_after_fork)
 
 
 class _PyCore:
-    """The reference core: ``csrc/cache.c`` in Python, with the interface of ``_NativeCore``."""
+    """The reference core: ``csrc/cache.c`` in Python, with the interface of ``_native.NativeCore``."""
 
     def __init__(
         self,
@@ -768,12 +771,12 @@ class _PyCore:
         if rc == OK:
             done = 0
             for _, p, chunk in pieces:
-                window = memoryview((ctypes.c_ubyte * chunk).from_address(p)).cast("B")
+                # One libc memmove per chunk, no ctypes array built per call:
+                # the comparator of the speed-up rows copies as fast as Python can.
                 if src is not None:
-                    window[:] = src[done : done + chunk]
+                    ctypes.memmove(p, src[done : done + chunk].tobytes(), chunk)
                 else:
-                    out.append(bytes(window))
-                window.release()
+                    out.append(ctypes.string_at(p, chunk))
                 done += chunk
         if pin and not self._st.closed:  # closed while translate ran: every entry is gone
             for e, _, _ in pieces:
@@ -784,7 +787,7 @@ class _PyCore:
         if self._st.closed:
             raise MapCacheError("the cache is closed")
 
-    # -- the core interface (see cache._NativeCore) -------------------------------
+    # -- the core interface (see _native.NativeCore) -------------------------------
 
     def map(self, paddr: int, size: int, flags: int, tag: int) -> int:
         """Host address of ``paddr``; flags LOCK and DMA; a locked map keeps ``tag``."""
@@ -794,6 +797,71 @@ class _PyCore:
         if rc != OK:
             _raise(rc, f"map {paddr:#x}+{size:#x}", cause or self._take_error())
         return address
+
+    def _map_sg_locked(self, segs: list[tuple[int, int]], flags: int, tag: int) -> tuple[int, list[int], BaseException | None]:
+        """``map_sg_locked``: every segment as ``_map_locked`` would, all or nothing."""
+        if not 0 < len(segs) <= SG_MAX:
+            return EINVAL, [], None
+        for paddr, size in segs:
+            if not _range_ok(paddr, size) or size > self._max_size:
+                return EINVAL, [], None
+        st = self._st
+        start = (st.hits, st.misses, st.remaps)
+        done: list[int] = []
+        for paddr, size in segs:
+            before = (st.hits, st.misses, st.remaps)
+            rc, address, cause = self._map_traced(paddr, size, flags | _cache.LOCK, tag)
+            if rc != OK:
+                for a in reversed(done):  # undo, newest first
+                    r = self._record_find(a, tag)
+                    if r is not None:
+                        self._record_drop(r)  # the batch's own error is the one to report
+                # Only what the failing segment's own attempt moved stays counted.
+                st.hits -= before[0] - start[0]
+                st.misses -= before[1] - start[1]
+                st.remaps -= before[2] - start[2]
+                return rc, [], cause
+            done.append(address)
+        return OK, done, None
+
+    def map_sg(self, segments: list[tuple[int, int]], flags: int, tag: int) -> list[int]:
+        """One locked mapping per ``(paddr, size)``, all or nothing; their host addresses."""
+        with _entered(self._st, self._lock, "map_sg"):
+            self._check_open()
+            rc, addresses, cause = self._map_sg_locked(segments, flags, tag)
+        if rc != OK:
+            _raise(rc, f"map_sg of {len(segments)} segment(s)", cause or self._take_error())
+        return addresses
+
+    def unlock_sg(self, addresses: list[int], tag: int) -> None:
+        """Unlock the newest mapping with ``tag`` at each address, all or nothing
+        (an address listed k times needs k of them)."""
+        with _entered(self._st, self._lock, "unlock_sg"):
+            self._check_open()
+            rc = EINVAL if not 0 < len(addresses) <= SG_MAX else OK
+            claimed: list[_Rec] = []
+            for a in addresses if rc == OK else ():
+                r = next((r for r in reversed(self._st.rev.get(a, ())) if r.tag == tag and r not in claimed), None)
+                if r is None:
+                    rc = ENOENT
+                    break
+                claimed.append(r)
+            if rc == OK:
+                for r in claimed:
+                    if self._record_drop(r) != OK:
+                        rc = ESYS  # unlocked all the same: reported once
+        if rc != OK:
+            _raise(rc, f"unlock_sg of {len(addresses)} segment(s)", self._take_error() if rc == ESYS else None)
+
+    def _record_drop(self, r: _Rec) -> int:
+        """``record_drop``: its unlock event, ``_record_del``, then the grant rule
+        (an entry whose last lock went is unmapped)."""
+        flags = _cache.LOCK | (_cache.DMA if r.dma else 0)
+        self._st.trace("unlock", OK, flags, self._entry_paddr(r.entry, r.addr), r.size, r.addr, r.tag)
+        self._record_del(r)
+        if self._grants and r.entry.lock == 0:
+            return OK if self._st.destroy(r.entry) == OK else ESYS
+        return OK
 
     def unlock(self, address: int, tag: int) -> None:
         """Drop the newest locked mapping at exactly ``address`` that carries ``tag``."""

@@ -514,6 +514,9 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
         f"{totals['child_ops']} operations in them",
         file=out,
     )
+    if args.plot:
+        plot(samples, args.plot)
+        print(f"curves drawn in {args.plot}", file=out)
     for f in failures:
         print(f"FAIL {f}", file=out)
     print("soak: " + ("FAILED" if failures else "ok, nothing drifted and every byte matched"), file=out)

@@ -1,0 +1,294 @@
+"""The safe path: Mapping, readinto, and one checked path behind the fast one.
+
+On CPython the C core's ``Mapping`` is a type of the binding's own C
+(ffi/seam.h) and its cache's hot methods are builtins that hand anything
+unusual straight to ``MapCache``'s checked methods.  These tests hold both
+implementations (and, where it matters, the C core without its builtins) to
+the same contract.
+"""
+
+from __future__ import annotations
+
+import array
+import copy
+import gc
+import mmap
+import pickle
+import sys
+import threading
+import tracemalloc
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+PAGE = 4096
+MIB = 1 << 20
+U64 = 2**64
+
+
+@pytest.fixture(params=["builtins", "cffi"])
+def arrangement(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Caches with the binding's types and builtins (CPython), or with plain cffi calls alone."""
+    if request.param == "cffi":
+        import xenmapcache._native
+
+        monkeypatch.setattr(xenmapcache._native, "native_types", lambda: None)
+    yield request.param
+
+
+# -- one status-code table, one message per failure ----------------------------------
+
+
+def test_one_status_table_serves_both_implementations() -> None:
+    import xenmapcache.reference as ref
+    from xenmapcache import _native, errors
+
+    ffi, lib = _native.binding()
+    names = {"ENOMEM": ref.ENOMEM, "EINVAL": ref.EINVAL, "EMAP": ref.EMAP, "ENOENT": ref.ENOENT}
+    names |= {"EOVERFLOW": ref.EOVERFLOW, "EUNAVAIL": ref.EUNAVAIL, "ESYS": ref.ESYS, "EREENTER": ref.EREENTER}
+    names |= {"EFORKED": ref.EFORKED, "EGRANT": ref.EGRANT}
+    for name, code in names.items():
+        assert getattr(lib, f"XMC_{name}") == code, name
+        # the reference's copy of the messages is the C core's own
+        assert ref._MESSAGES[code] == ffi.string(lib.xmc_strerror(code)).decode(), name
+    for code, kind in errors.EXCEPTION_OF.items():
+        assert isinstance(errors.exception_for(code, "x"), kind)
+        assert code in names.values()
+    assert type(errors.exception_for(lib.XMC_ECLOSED, "x")) is errors.MapCacheError
+
+
+@pytest.mark.parametrize("call", ["read", "readinto", "map", "map_ptr", "ram_addr", "unlock"])
+def test_a_failure_gives_one_message_whatever_path_raised_it(ram: Any, call: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import xenmapcache
+    import xenmapcache._native
+    import xenmapcache.reference
+
+    args: dict[str, tuple[Any, ...]] = {
+        "read": (U64 - 2, 4096),  # wraps: refused before any core call
+        "readinto": (33 * MIB, bytearray(64)),  # the hole: a failed core call
+        "map": (33 * MIB, 64),
+        "map_ptr": (33 * MIB, 64, True),
+        "ram_addr": (12345,),
+        "unlock": (12345,),
+    }
+    messages = []
+    for module, types in ((xenmapcache, True), (xenmapcache, False), (xenmapcache.reference, False)):
+        if not types:
+            monkeypatch.setattr(xenmapcache._native, "native_types", lambda: None)
+        with module.MapCache(module.GuestRAM(64 * MIB, holes=[(32 * MIB, 40 * MIB)])) as cache:
+            with pytest.raises(module.MapCacheError) as info:
+                getattr(cache, call)(*args[call])
+            messages.append((type(info.value), str(info.value)))
+    assert messages[0] == messages[1] == messages[2], messages
+
+
+def test_a_subclass_override_is_never_shadowed(xmc: ModuleType, ram: Any) -> None:
+    seen = []
+
+    class Counting(xmc.MapCache):  # type: ignore[misc,name-defined]
+        def map_ptr(self, paddr: int, size: int = 0, lock: bool = False, dma: bool = False) -> int:
+            seen.append(paddr)
+            return int(super().map_ptr(paddr, size, lock, dma))
+
+        def map(self, paddr: int, size: int, dma: bool = False, tag: Any = None) -> Any:
+            seen.append(-paddr)
+            return super().map(paddr, size, dma, tag)
+
+    with Counting(ram) as cache:
+        assert cache.map_ptr(0x5000) == cache.map_ptr(0x5000)
+        cache.map(0x6000, 8).release()
+        assert seen == [0x5000, 0x5000, -0x6000]
+        assert cache.read(0x5000, 2) == b"\0\0"  # not overridden: the fast one
+
+
+def test_the_compiled_module_takes_no_raw_address() -> None:
+    from xenmapcache import _core, _native
+
+    assert _native.native_types() is _core
+    assert not hasattr(_core, "fast_bind")
+    with pytest.raises(LookupError):
+        _core.adopted()  # nothing handed over by this thread
+    for kind in (_core.NativeCache, _core.Mapping):
+        with pytest.raises(TypeError):
+            kind()
+
+
+# -- Mapping ------------------------------------------------------------------------
+
+
+def test_mappings_are_of_the_public_type(xmc: ModuleType, cache: Any) -> None:
+    with cache.map(0x2000, 100, dma=True, tag=("disk", 1)) as m:
+        assert isinstance(m, xmc.Mapping)
+        assert (m.paddr, m.size, m.dma, m.tag, m.released) == (0x2000, 100, True, ("disk", 1), False)
+        assert cache.ram_addr(m.address) == 0x2000
+        assert "paddr=0x2000" in repr(m) and "disk" in repr(m)
+    assert m.released and "released" in repr(m)
+
+
+def test_mappings_cannot_be_pickled_or_copied(cache: Any) -> None:
+    with cache.map(0x2000, 8) as m:
+        for how in (pickle.dumps, copy.copy, copy.deepcopy):
+            with pytest.raises(TypeError):
+                how(m)
+
+
+def test_views_write_guest_memory_in_place(cache: Any, ram: Any) -> None:
+    with cache.map(MIB - 8, 16, tag="edge") as m, memoryview(m) as v:  # spans two buckets
+        v[:] = bytes(range(16))
+        assert bytes(v[4:6]) == b"\x04\x05"
+    assert ram.read(MIB - 8, 16) == bytes(range(16))
+
+
+def test_an_exception_in_the_with_block_still_releases(cache: Any) -> None:
+    with pytest.raises(KeyError):
+        with cache.map(0, 8) as m:
+            raise KeyError("boom")
+    assert m.released and cache.stats().locked == 0
+
+
+def test_a_failed_map_keeps_nothing(xmc: ModuleType, cache: Any, arrangement: str) -> None:
+    before = cache.stats()
+    with pytest.raises(xmc.MappingError):
+        cache.map(33 * MIB, 64, dma=True, tag="hole")
+    assert cache.locked() == [] and cache.stats().locked == before.locked == 0
+
+
+def test_lock_overflow_keeps_nothing(xmc: ModuleType, ram: Any, arrangement: str) -> None:
+    with xmc.MapCache(ram, lock_limit=2) as cache:
+        held = [cache.map(0x1000, 8, tag=i) for i in range(2)]
+        with pytest.raises(xmc.LockOverflow):
+            cache.map(0x1000, 8, tag="third")
+        assert [lm.tag for lm in cache.locked()] == [0, 1]
+        for m in held:
+            m.release()
+
+
+def test_replace_moves_mappings(cache: Any, ram: Any, arrangement: str) -> None:
+    m = cache.map(0x10_0010, 16, tag="moving")
+    ram.write(0x20_0010, b"new home")
+    cache.replace(0x10_0000, 0x20_0000, 0)
+    assert m.paddr == 0x20_0010 and cache.locked()[0].paddr == 0x20_0010
+    with memoryview(m) as v:
+        assert bytes(v[:8]) == b"new home"
+    m.release()
+
+
+def test_a_forgotten_cache_with_mappings_is_collected(xmc: ModuleType, ram: Any) -> None:
+    def maps() -> int:
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+
+    gc.collect()
+    before = maps()
+    for _ in range(50):
+        cache = xmc.MapCache(ram)
+        cache.map(0x1000, 64, dma=True, tag="forgotten")
+        cache.map(0x20_0000, 8)
+        del cache
+    gc.collect()
+    assert maps() <= before + 2
+
+
+def test_threads_map_view_and_release_while_others_list(xmc: ModuleType, ram: Any) -> None:
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    with xmc.MapCache(ram, bucket_shift=16, max_size=4 * MIB) as cache:
+
+        def worker(seed: int) -> None:
+            try:
+                for i in range(1500):
+                    p = ((seed * 7919 + i * 104729) % (30 * MIB)) & ~7
+                    with cache.map(p, 8, dma=bool(i & 1), tag=(seed, i)) as m, memoryview(m) as v:
+                        v[:8] = p.to_bytes(8, "little")
+                        assert cache.read(p, 8) == bytes(v)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        def lister() -> None:
+            try:
+                while not stop.is_set():
+                    for lm in cache.locked():
+                        assert lm.tag is None or isinstance(lm.tag, tuple)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+        listing = threading.Thread(target=lister)
+        listing.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stop.set()
+        listing.join()
+        assert not errors, errors
+        assert cache.stats().locked == 0 and cache.locked() == []
+
+
+def test_the_safe_path_leaks_nothing(xmc: ModuleType, cache: Any) -> None:
+    def work(n: int) -> None:
+        buf = bytearray(512)
+        for i in range(n):
+            with cache.map((i % 4096) * PAGE, 64, dma=True, tag="t") as m, memoryview(m) as v:
+                v[0] = i & 0xFF
+            cache.readinto((i % 4096) * 64, buf)
+            m2 = cache.map(0x1000, 8)
+            m2.release()
+            if i % 16 == 0:
+                with pytest.raises(xmc.MappingError):
+                    cache.map(33 * MIB, 8)
+
+    work(1000)
+    gc.collect()
+    refs = sys.getrefcount(cache)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    work(5000)
+    gc.collect()
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 64 * 1024, grown
+    assert sys.getrefcount(cache) == refs
+
+
+# -- readinto --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 7, 4096, MIB + 3])
+def test_readinto_fills_any_writable_buffer(cache: Any, ram: Any, n: int, arrangement: str) -> None:
+    data = bytes(range(256)) * (n // 256 + 1)
+    ram.write(MIB - 5, data[:n])  # crosses a bucket boundary
+    for buf in (bytearray(n), memoryview(bytearray(n + 10))[5 : 5 + n]):
+        assert cache.readinto(MIB - 5, buf) == n
+        assert bytes(buf) == data[:n]
+    with mmap.mmap(-1, n) as mm:
+        assert cache.readinto(MIB - 5, mm) == n and mm[:] == data[:n]
+    if n % 4 == 0:
+        words = array.array("I", bytes(n))
+        assert cache.readinto(MIB - 5, words) == n and words.tobytes() == data[:n]
+
+
+def test_a_failed_readinto_leaves_the_buffer_untouched(xmc: ModuleType, cache: Any, ram: Any, arrangement: str) -> None:
+    ram.write(32 * MIB - 4, b"RAM!")
+    buf = bytearray(b"\xee" * 64)
+    with pytest.raises(xmc.MappingError):
+        cache.readinto(32 * MIB - 4, buf)  # runs into the hole, in the next bucket
+    assert buf == b"\xee" * 64
+    assert cache.readinto(32 * MIB - 4, memoryview(buf)[:4]) == 4 and buf[:4] == b"RAM!"
+
+
+def test_readinto_allocates_nothing(xmc: ModuleType, cache: Any) -> None:
+    if xmc.__name__ != "xenmapcache" or not hasattr(cache.readinto, "__self__"):
+        pytest.skip("the C core's builtin")
+    buf = bytearray(4096)
+    for i in range(1000):
+        cache.readinto((i % 1000) * PAGE, buf)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()
+    for i in range(10000):
+        cache.readinto((i % 1000) * PAGE, buf)
+    after = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert after[1] - before[0] < 4096  # peak: not even one page allocated
