@@ -1322,6 +1322,33 @@ static int map_sg_locked(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned fl
     return rc;
 }
 
+/*
+ * map_sg_locked(), with the rule of every refused _nowait call: a batch that
+ * answers XMC_EAGAIN has traced nothing.  A _nowait batch never gives up the
+ * mutex (it neither translates nor reaches the backend), so it runs with the
+ * hook off, unseen by any other thread; then its events are told: a hit per
+ * segment when it succeeded (a _nowait batch has no misses), and when it
+ * failed otherwise, a second, traced run, which does exactly what the first
+ * did, since the failed first run changed nothing.
+ */
+static int map_sg_quiet(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags,
+                        uint64_t tag, void **addrs)
+{
+    int rc;
+
+    c->traced = false;
+    rc = map_sg_locked(c, segs, n, flags, tag, addrs);
+    c->traced = true;
+    if (rc == XMC_OK) {
+        for (size_t i = 0; i < n && c->traced; i++)
+            trace_emit(c, XMC_EV_HIT, XMC_OK, XMC_LOCK | (flags & XMC_DMA), segs[i].paddr,
+                       segs[i].size, (uintptr_t)addrs[i], tag, 0);
+    } else if (rc != XMC_EAGAIN) {
+        rc = map_sg_locked(c, segs, n, flags, tag, addrs);
+    }
+    return rc;
+}
+
 static int map_sg_call(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags,
                        uint64_t tag, void **out)
 {
@@ -1336,7 +1363,9 @@ static int map_sg_call(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flag
         return XMC_ENOMEM;
     rc = cache_lock(c, !(flags & MAP_NOWAIT));
     if (rc == XMC_OK) {
-        rc = c->closed ? XMC_ECLOSED : map_sg_locked(c, segs, n, flags, tag, addrs);
+        rc = c->closed                               ? XMC_ECLOSED
+             : (flags & MAP_NOWAIT) && c->traced ? map_sg_quiet(c, segs, n, flags, tag, addrs)
+                                                 : map_sg_locked(c, segs, n, flags, tag, addrs);
         mutex_unlock(&c->mutex);
     }
     if (rc == XMC_OK)
