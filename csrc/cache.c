@@ -478,8 +478,11 @@ static int map_into(xmc_cache *c, xmc_entry *e, uint64_t index, uint64_t size,
         if (rc == XMC_OK && !addr)
             rc = XMC_EMAP;
         if (rc == XMC_OK) {
-            for (uint64_t p = 0; p < pages && all; p++)
-                all = !errs[p];
+            /* Every page mapped: errs[] all zero, that is all equal to a zero
+             * errs[0].  memcmp, not a loop: on every miss, a loop over 256
+             * pages cost as much as the rest of the remap's own work. */
+            all = errs[0] == 0 &&
+                  (pages == 1 || memcmp(errs, errs + 1, (size_t)(pages - 1) * sizeof(*errs)) == 0);
             memset(bitmap, all ? 0xff : 0, bitmap_words(pages) * sizeof(*bitmap));
             for (uint64_t p = 0; p < pages && !all; p++)
                 if (!errs[p])
