@@ -109,19 +109,13 @@ def raw_step(cache: Any, p: int) -> None:
     cache.unlock(a)
 
 
-class _Block:
-    """A context manager that does nothing (the floor of a ``with``)."""
+def with_floor_step(buf: bytearray) -> None:
+    """The two ``with`` statements of ``safe_view_step`` with no cache at all.
 
-    def __enter__(self) -> _Block:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-def with_floor_step(block: _Block, buf: bytearray) -> None:
-    """The two ``with`` statements of ``safe_view_step`` with no cache at all."""
-    with block, memoryview(buf) as v:
+    The outer object is made by a call and has ``__enter__``/``__exit__`` in C,
+    as a ``Mapping`` has: a ``memoryview`` of a bytearray.
+    """
+    with memoryview(buf) as m, memoryview(m) as v:
         v[0] = 1
 
 
@@ -140,6 +134,14 @@ def sg_direct_step(cache: Any, segments: list[tuple[int, int]], fd: int) -> int:
 def preadv_step(buffers: list[bytearray], fd: int) -> int:
     """The baseline of ``sg_step``: ``os.preadv`` of the same bytes into one preallocated bytearray."""
     return os.preadv(fd, buffers, 0)
+
+
+_view: Callable[[bytearray], memoryview] = memoryview
+
+
+def preadv_views_step(buffers: list[bytearray], fd: int) -> int:
+    """The floor of ``sg_step``: ``os.preadv`` into 16 fresh memoryviews of 16 preallocated pages."""
+    return os.preadv(fd, list(map(_view, buffers)), 0)  # made in C, as g.buffers() makes them
 
 
 def slice_step(mm: mmap.mmap, addresses: Iterator[int]) -> bytes:
@@ -411,8 +413,13 @@ def preadv_read(res: Resources) -> Iterator[Call]:
 
 
 @contextlib.contextmanager
+def preadv_views_read(res: Resources) -> Iterator[Call]:
+    yield preadv_views_step, ([bytearray(PAGE) for _ in SG_SEGMENTS], disk_image(res))
+
+
+@contextlib.contextmanager
 def with_floor(res: Resources) -> Iterator[Call]:
-    yield with_floor_step, (_Block(), bytearray(4096))
+    yield with_floor_step, (bytearray(4096),)
 
 
 def mixed(impl: str) -> Setup:
@@ -517,7 +524,14 @@ ROWS = (
         Side("with map, view", safe("c", safe_view_step)),
         Side("raw pair", safe("c", raw_step)),
         3.0,
-        extra=(Side("the two with statements alone", with_floor),),
+    ),
+    Row(
+        "safe-view-floor",
+        "floor of the with row: the same two with statements over a bytearray, no cache",
+        "vs a = map_ptr(p, 4096, True, True); unlock(a)",
+        Side("the two with statements alone", with_floor),
+        Side("raw pair", safe("c", raw_step)),
+        3.0,
     ),
     Row(
         "sg-preadv",
@@ -527,6 +541,14 @@ ROWS = (
         Side("preadv, one buffer", preadv_read),
         1.5,
         extra=(Side("map_sg + preadv(fd, g)", sg_direct_read),),
+    ),
+    Row(
+        "sg-preadv-floor",
+        "floor of the map_sg row: os.preadv into 16 fresh memoryviews of 16 bytearrays, no cache",
+        "vs os.preadv of 64 KiB into one bytearray",
+        Side("preadv, 16 fresh views", preadv_views_read),
+        Side("preadv, one buffer", preadv_read),
+        1.5,
     ),
     Row(
         "safe-reference",
