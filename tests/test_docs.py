@@ -164,6 +164,14 @@ def test_the_performance_table_has_the_rows_and_targets_of_the_bench_command() -
         assert cells[5] == row.target_text, (row.path, cells[5])
 
 
+def test_the_prose_of_the_performance_page_quotes_the_table() -> None:
+    rows = {(r[0], r[1]): r for r in perf_table()}
+    text = " ".join((DOCS / "performance.md").read_text().split())
+    hit = rows[("C: fast-path hit", "vs pthread mutex lock+unlock in a called function")]
+    assert f"({hit[2]} against {hit[3]} in the table)" in text
+    assert f"mutex ({hit[2]})" in text
+
+
 def test_the_readme_figures_come_from_the_table() -> None:
     rows = {(r[0], r[1]): r for r in perf_table()}
     readme = (REPO / "README.md").read_text()

@@ -380,3 +380,13 @@ def test_the_hot_methods_are_the_builtins_on_cpython() -> None:
     with xenmapcache.GuestRAM(MIB) as ram, xenmapcache.MapCache(ram) as cache:
         for name in ("map_ptr", "read", "ram_addr", "unlock"):
             assert type(getattr(cache, name)) is types.BuiltinFunctionType, name
+
+
+def test_a_hole_that_ends_or_starts_inside_a_page_takes_all_of_that_page(xmc: ModuleType) -> None:
+    holes = [(5 * PAGE, 6 * PAGE + 0x800), (9 * PAGE + 0x800, 10 * PAGE)]
+    with xmc.GuestRAM(MIB, holes=holes) as ram, xmc.MapCache(ram, bucket_shift=16) as cache:
+        for paddr in (6 * PAGE + 0x900, 9 * PAGE):
+            with pytest.raises(xmc.MappingError):
+                cache.map_ptr(paddr)
+        cache.write(7 * PAGE, b"between")
+        assert cache.read(7 * PAGE, 7) == b"between"

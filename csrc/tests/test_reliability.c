@@ -124,6 +124,24 @@ TEST(a_span_ending_on_the_bad_page_of_a_partly_mapped_entry_fails)
     fx_teardown();
 }
 
+TEST(a_hole_that_ends_or_starts_inside_a_page_takes_all_of_that_page)
+{
+    xmc_ram *ram = xt_ram(MIB);
+    xmc_cache *c;
+    void *p;
+
+    OK(xmc_ram_add_hole(ram, 5 * PAGE, 6 * PAGE + 0x800)); /* ends inside page 6 */
+    OK(xmc_ram_add_hole(ram, 9 * PAGE + 0x800, 10 * PAGE)); /* starts inside page 9 */
+    OK(xmc_cache_new(xmc_ram_backend(ram), 16, 4 * B, &c));
+    xmc_ram_free(ram);
+    CHECK_EQ(xmc_map(c, 6 * PAGE + 0x900, 0, 0, 0, &p), XMC_EMAP); /* past the end, same page */
+    CHECK_EQ(xmc_map(c, 9 * PAGE, 0, 0, 0, &p), XMC_EMAP);         /* before the start */
+    OK(xmc_map(c, 7 * PAGE, PAGE, XMC_LOCK, 0, &p));               /* between them: RAM */
+    CHECK(xt_has_pattern(p, 7 * PAGE, PAGE));
+    OK(xmc_unlock(c, p, NULL));
+    xmc_cache_free(c);
+}
+
 /* ---- fork ------------------------------------------------------------------ */
 
 /*
@@ -252,6 +270,7 @@ const xt_test xt_reliability_tests[] = {
     XT(write_spanning_many_buckets_pins_without_locking),
     XT(invalidate_clears_the_fast_path_even_at_a_locked_multi_bucket_entry),
     XT(a_span_ending_on_the_bad_page_of_a_partly_mapped_entry_fails),
+    XT(a_hole_that_ends_or_starts_inside_a_page_takes_all_of_that_page),
     XT(fork_while_a_thread_is_inside_a_cache_fails_in_the_child_only),
     XT(fork_of_an_idle_cache_works_in_the_child_on_shared_guest_ram),
     XT_END,
