@@ -202,24 +202,23 @@ MUTANTS = [
     Mutant(
         "seam-read-ignores-error",
         "ffi/seam.h",
-        "    if (rc != XMC_OK) {\n        Py_DECREF(out);\n        return xmc_py_fail(f->obj[XMC_PY_FAIL_READ], rc, paddr, n);",
-        "    if (rc != XMC_OK && rc == XMC_ENOMEM) {\n        Py_DECREF(out);\n"
-        "        return xmc_py_fail(f->obj[XMC_PY_FAIL_READ], rc, paddr, n);",
+        "    rc = n ? xmc_py_copy_out(self, paddr, buf, n) : XMC_OK;\n    if (rc != XMC_OK) {",
+        "    rc = n ? xmc_py_copy_out(self, paddr, buf, n) : XMC_OK;\n    if (rc != XMC_OK && rc == XMC_ENOMEM) {",
         "a failed read through the builtin returns zeros instead of raising",
     ),
     Mutant(
         "seam-map-ptr-drops-dma",
         "ffi/seam.h",
-        "    flags = lock ? XMC_LOCK | (dma ? XMC_DMA : 0u) : 0u;",
-        "    flags = lock ? XMC_LOCK : 0u;",
+        "    *flags = lock ? XMC_LOCK | (dma ? XMC_DMA : 0u) : 0u;",
+        "    *flags = lock ? XMC_LOCK : 0u;",
         "map_ptr(lock=True, dma=True) through the builtin forgets DMA",
     ),
     Mutant(
-        "seam-read-size-unchecked",
+        "seam-ram-addr-32-bit",
         "ffi/seam.h",
-        "(n && paddr > UINT64_MAX - (n - 1)))",
-        "0)",
-        "the builtin read does not send a wrapping range to the checked path",
+        '"ram_addr", (uint64_t)(uintptr_t)a, 0);\n    return PyLong_FromUnsignedLongLong((unsigned long long)paddr);',
+        '"ram_addr", (uint64_t)(uintptr_t)a, 0);\n    return PyLong_FromUnsignedLongLong((unsigned long long)(uint32_t)paddr);',
+        "the builtin ram_addr truncates guest addresses to 32 bits",
     ),
 ]
 
@@ -243,7 +242,7 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[b
         done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
         return False, f"timed out after {TIMEOUT} s"
-    return done.returncode == 0, (done.stdout + done.stderr)[-2000:]
+    return done.returncode == 0, (done.stdout + done.stderr)[-20000:]
 
 
 def build_extension(work: Path) -> tuple[bool, str]:
@@ -276,19 +275,28 @@ def c_suite(work: Path) -> tuple[bool, str]:
     return run(["make", "-s", "-C", "csrc", "check"], work)
 
 
+def first_failure(out: str) -> str:
+    """The first failing test named in a stage's output, if any."""
+    for line in out.splitlines():
+        for prefix in ("FAIL ", "FAILED ", "ERROR "):
+            if line.startswith(prefix):
+                return line[len(prefix) :].split(" ")[0].split("::")[-1].rstrip(":")
+    return "?"
+
+
 def trial(work: Path, m: Mutant | None) -> tuple[str, float, str]:
     """Plant m (None: no bug) and run the stages: (what killed it or "survived", seconds, output)."""
     start = time.monotonic()
     if m is None or m.path.startswith("csrc/"):
         ok, out = c_suite(work)
         if not ok:
-            return "C tests", time.monotonic() - start, out
+            return f"C tests ({first_failure(out)})", time.monotonic() - start, out
     ok, out = build_extension(work)
     if not ok:
         return "build", time.monotonic() - start, out
     ok, out = python_suite(work)
     if not ok:
-        return "Python tests", time.monotonic() - start, out
+        return f"Python tests ({first_failure(out)})", time.monotonic() - start, out
     return "survived", time.monotonic() - start, out
 
 
@@ -328,7 +336,7 @@ def main() -> int:
             (work / m.path).write_text(originals[m.path].replace(m.old, m.new, 1))
             verdict, seconds, out = trial(work, m)
             killed += verdict != "survived"
-            print(f"{m.name:<30} {'killed by ' + verdict if verdict != 'survived' else 'SURVIVED':<22} {seconds:5.0f} s  {m.why}")
+            print(f"{m.name:<30} {seconds:5.0f} s  {m.why}\n    {'killed by ' + verdict if verdict != 'survived' else 'SURVIVED'}")
             sys.stdout.flush()
         print(
             f"\nscore: {killed} of {len(chosen)} mutants killed ({100 * killed / len(chosen):.0f}%) "

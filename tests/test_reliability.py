@@ -390,3 +390,14 @@ def test_a_hole_that_ends_or_starts_inside_a_page_takes_all_of_that_page(xmc: Mo
                 cache.map_ptr(paddr)
         cache.write(7 * PAGE, b"between")
         assert cache.read(7 * PAGE, 7) == b"between"
+
+
+def test_ram_addr_of_guest_addresses_past_4_gib(xmc: ModuleType) -> None:
+    # Guest RAM above 4 GiB is common; a 32-bit truncation anywhere on the way
+    # back (a builtin's conversion, say) would pass every test below it.
+    with xmc.GuestRAM(5 << 30) as ram, xmc.MapCache(ram) as cache:  # a sparse memfd: no memory used
+        for paddr in ((4 << 30) + 0x1234, (5 << 30) - 1):
+            address = cache.map_ptr(paddr)
+            assert cache.ram_addr(address) == paddr
+            with cache.map(paddr, 1) as m:
+                assert cache.ram_addr(m.address) == paddr
