@@ -738,13 +738,24 @@ def scaling(impls: list[str], rounds: int, round_s: float, progress: Progress) -
     return curves
 
 
-def plot(curves: dict[str, list[tuple[int, float]]], path: str) -> None:
-    try:  # an optional extra: pip install 'xenmapcache[plot]'
+def pyplot() -> Any:
+    """matplotlib's ``pyplot`` on the Agg backend (files, no display), for ``--plot``.
+
+    :raises SystemExit: matplotlib is missing (the optional extra:
+        ``pip install 'xenmapcache[plot]'``).
+
+    Cost: the import of matplotlib, once.
+    """
+    try:
         matplotlib: Any = importlib.import_module("matplotlib")
         matplotlib.use("Agg")
-        plt: Any = importlib.import_module("matplotlib.pyplot")
+        return importlib.import_module("matplotlib.pyplot")
     except ImportError as exc:
         raise SystemExit("--plot needs matplotlib: pip install 'xenmapcache[plot]'") from exc
+
+
+def plot(curves: dict[str, list[tuple[int, float]]], path: str) -> None:
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     for name, points in sorted(curves.items()):
         axis = right if name.startswith("invalidate") else left
