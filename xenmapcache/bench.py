@@ -459,6 +459,10 @@ class Row:
         return f"{'>=' if self.at_least else '<='} {self.target:g}x"
 
 
+# The baseline of the rows of the safe path: the raw pair it wraps.
+RAW_PAIR_AS = "vs a = map_ptr(p, 4096, True, True); unlock(a)"
+RAW_PAIR = Side("raw pair", safe("c", raw_step))
+
 ROWS = (
     Row(
         "hit",
@@ -512,25 +516,25 @@ ROWS = (
     Row(
         "safe",
         "m = cache.map(p, 4096, dma=True); m.release()",
-        "vs a = map_ptr(p, 4096, True, True); unlock(a)",
+        RAW_PAIR_AS,
         Side("map + release", safe("c", safe_step)),
-        Side("raw pair", safe("c", raw_step)),
+        RAW_PAIR,
         2.0,
     ),
     Row(
         "safe-view",
         "with cache.map(...) as m, memoryview(m) as v: v[0] = 1",
-        "vs a = map_ptr(p, 4096, True, True); unlock(a)",
+        RAW_PAIR_AS,
         Side("with map, view", safe("c", safe_view_step)),
-        Side("raw pair", safe("c", raw_step)),
+        RAW_PAIR,
         3.0,
     ),
     Row(
         "safe-view-floor",
         "floor of the with row: the same two with statements over a bytearray, no cache",
-        "vs a = map_ptr(p, 4096, True, True); unlock(a)",
+        RAW_PAIR_AS,
         Side("the two with statements alone", with_floor),
-        Side("raw pair", safe("c", raw_step)),
+        RAW_PAIR,
         3.0,
     ),
     Row(
