@@ -478,8 +478,11 @@ static int map_into(xmc_cache *c, xmc_entry *e, uint64_t index, uint64_t size,
         if (rc == XMC_OK && !addr)
             rc = XMC_EMAP;
         if (rc == XMC_OK) {
-            for (uint64_t p = 0; p < pages && all; p++)
-                all = !errs[p];
+            /* Every page mapped: errs[] all zero, that is all equal to a zero
+             * errs[0].  memcmp, not a loop: on every miss, a loop over 256
+             * pages cost as much as the rest of the remap's own work. */
+            all = errs[0] == 0 &&
+                  (pages == 1 || memcmp(errs, errs + 1, (size_t)(pages - 1) * sizeof(*errs)) == 0);
             memset(bitmap, all ? 0xff : 0, bitmap_words(pages) * sizeof(*bitmap));
             for (uint64_t p = 0; p < pages && !all; p++)
                 if (!errs[p])
@@ -1322,6 +1325,33 @@ static int map_sg_locked(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned fl
     return rc;
 }
 
+/*
+ * map_sg_locked(), with the rule of every refused _nowait call: a batch that
+ * answers XMC_EAGAIN has traced nothing.  A _nowait batch never gives up the
+ * mutex (it neither translates nor reaches the backend), so it runs with the
+ * hook off, unseen by any other thread; then its events are told: a hit per
+ * segment when it succeeded (a _nowait batch has no misses), and when it
+ * failed otherwise, a second, traced run, which does exactly what the first
+ * did, since the failed first run changed nothing.
+ */
+static int map_sg_quiet(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags,
+                        uint64_t tag, void **addrs)
+{
+    int rc;
+
+    c->traced = false;
+    rc = map_sg_locked(c, segs, n, flags, tag, addrs);
+    c->traced = true;
+    if (rc == XMC_OK) {
+        for (size_t i = 0; i < n && c->traced; i++)
+            trace_emit(c, XMC_EV_HIT, XMC_OK, XMC_LOCK | (flags & XMC_DMA), segs[i].paddr,
+                       segs[i].size, (uintptr_t)addrs[i], tag, 0);
+    } else if (rc != XMC_EAGAIN) {
+        rc = map_sg_locked(c, segs, n, flags, tag, addrs);
+    }
+    return rc;
+}
+
 static int map_sg_call(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags,
                        uint64_t tag, void **out)
 {
@@ -1336,7 +1366,9 @@ static int map_sg_call(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flag
         return XMC_ENOMEM;
     rc = cache_lock(c, !(flags & MAP_NOWAIT));
     if (rc == XMC_OK) {
-        rc = c->closed ? XMC_ECLOSED : map_sg_locked(c, segs, n, flags, tag, addrs);
+        rc = c->closed                               ? XMC_ECLOSED
+             : (flags & MAP_NOWAIT) && c->traced ? map_sg_quiet(c, segs, n, flags, tag, addrs)
+                                                 : map_sg_locked(c, segs, n, flags, tag, addrs);
         mutex_unlock(&c->mutex);
     }
     if (rc == XMC_OK)

@@ -97,64 +97,34 @@ static void gt_release(void *opaque)
 
 /* ---- construction ------------------------------------------------------- */
 
-/* dlsym() into *fn; says which symbol is missing. */
-static int resolve(xmc_gnttab *g, const char *library, const char *name, void *fn,
-                   char *why, size_t why_size)
-{
-    void *sym = dlsym(g->dl, name);
-
-    if (!sym) {
-        xmc_say(why, why_size, "%s has no %s: not libxengnttab, or older than Xen 4.7",
-                library, name);
-        return XMC_EUNAVAIL;
-    }
-    memcpy(fn, &sym, sizeof(sym)); /* object pointer to function pointer */
-    return XMC_OK;
-}
+static const xmc_xen_lib LIB = { .name = "libxengnttab", .since = "Xen 4.7",
+                                 .device = "/dev/xen/gntdev", .driver = "gntdev",
+                                 .open = "xengnttab_open" };
 
 static int load_library(xmc_gnttab *g, const char *library, char *why, size_t why_size,
                         xmc_gt_open_fn **gt_open)
 {
-    int rc;
+    const xmc_dl_sym syms[] = {
+        { "xengnttab_open", gt_open },
+        { "xengnttab_close", &g->gt_close },
+        { "xengnttab_map_domain_grant_refs", &g->gt_map_refs },
+        { "xengnttab_unmap", &g->gt_unmap },
+    };
 
-    g->dl = dlopen(library, RTLD_NOW | RTLD_LOCAL);
-    if (!g->dl) {
-        const char *detail = dlerror();
-
-        xmc_say(why, why_size, "%s cannot be loaded (Xen's libxengnttab is not installed?): %s",
-                library, detail ? detail : "unknown error");
-        return XMC_EUNAVAIL;
-    }
-    if ((rc = resolve(g, library, "xengnttab_open", gt_open, why, why_size)) ||
-        (rc = resolve(g, library, "xengnttab_close", &g->gt_close, why, why_size)) ||
-        (rc = resolve(g, library, "xengnttab_map_domain_grant_refs", &g->gt_map_refs, why,
-                      why_size)) ||
-        (rc = resolve(g, library, "xengnttab_unmap", &g->gt_unmap, why, why_size)))
-        return rc;
-    return XMC_OK;
+    return xmc_dl_load(&LIB, library, syms, sizeof(syms) / sizeof(syms[0]), &g->dl, why,
+                       why_size);
 }
 
 static int open_gntdev(xmc_gnttab *g, xmc_gt_open_fn *gt_open, char *why, size_t why_size)
 {
     char log[XMC_XTL_LOG_SIZE] = "";
-    char buf[64];
     int err;
 
     g->logger.log = log;
     g->xgt = gt_open(xmc_xtl(&g->logger), 0);
     err = errno;
     g->logger.log = NULL;
-    if (g->xgt)
-        return XMC_OK;
-    if (err == ENOENT)
-        xmc_say(why, why_size,
-                "/dev/xen/gntdev is missing: this is not a Xen domain with the gntdev "
-                "driver (libxengnttab: %s)",
-                log[0] ? log : "xengnttab_open failed");
-    else
-        xmc_say(why, why_size, "xengnttab_open failed: %s (libxengnttab: %s)",
-                strerror_r(err, buf, sizeof(buf)), log[0] ? log : "no message");
-    return XMC_EUNAVAIL;
+    return g->xgt ? XMC_OK : xmc_xen_open_failed(&LIB, err, log, why, why_size);
 }
 
 int xmc_gnttab_open(uint32_t domid, bool writable, const char *library, char *why,

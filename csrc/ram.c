@@ -28,13 +28,17 @@ struct xmc_ram {
 static size_t page_errors(const xmc_ram *ram, uint64_t first, size_t n, int *errs)
 {
     uint64_t ram_pages = ram->size >> XMC_PAGE_SHIFT;
-    size_t bad = 0;
+    size_t bad = 0, i = n; /* i: the first page past the end, n if none */
 
-    for (size_t i = 0; i < n; i++)
-        if (first + i >= ram_pages) {
-            errs[i] = ENXIO;
-            bad++;
-        }
+    /* Only the pages past the end, not every page: this runs on every miss. */
+    if (first >= ram_pages)
+        i = 0;
+    else if (ram_pages - first < n)
+        i = (size_t)(ram_pages - first);
+    for (; i < n; i++) {
+        errs[i] = ENXIO;
+        bad++;
+    }
     for (size_t h = 0; h < ram->nr_holes; h++) {
         uint64_t hs = ram->holes[h].start >> XMC_PAGE_SHIFT;
         uint64_t he = (ram->holes[h].end >> XMC_PAGE_SHIFT) + /* no overflow near 2**64 */

@@ -91,68 +91,35 @@ static void xen_release(void *opaque)
 
 /* ---- construction ------------------------------------------------------- */
 
-/* dlsym() into *fn; says which symbol is missing. */
-static int resolve(xmc_xen *xen, const char *library, const char *name, void *fn,
-                   char *why, size_t why_size)
-{
-    void *sym = dlsym(xen->dl, name);
-
-    if (!sym) {
-        xmc_say(why, why_size, "%s has no %s: not libxenforeignmemory, or older than Xen 4.10",
-                library, name);
-        return XMC_EUNAVAIL;
-    }
-    memcpy(fn, &sym, sizeof(sym)); /* object pointer to function pointer */
-    return XMC_OK;
-}
+static const xmc_xen_lib LIB = { .name = "libxenforeignmemory", .since = "Xen 4.10",
+                                 .device = "/dev/xen/privcmd", .driver = "privcmd",
+                                 .open = "xenforeignmemory_open" };
 
 static int load_library(xmc_xen *xen, const char *library, char *why, size_t why_size,
                         xmc_fm_open_fn **fm_open)
 {
-    int rc;
+    const xmc_dl_sym syms[] = {
+        { "xenforeignmemory_open", fm_open },
+        { "xenforeignmemory_close", &xen->fm_close },
+        { "xenforeignmemory_map2", &xen->fm_map2 },
+        { "xenforeignmemory_unmap", &xen->fm_unmap },
+    };
 
-    xen->dl = dlopen(library, RTLD_NOW | RTLD_LOCAL);
-    if (!xen->dl) {
-        const char *detail = dlerror();
-
-        xmc_say(why, why_size,
-                "%s cannot be loaded (Xen's libxenforeignmemory is not installed?): %s",
-                library, detail ? detail : "unknown error");
-        return XMC_EUNAVAIL;
-    }
-    if ((rc = resolve(xen, library, "xenforeignmemory_open", fm_open, why, why_size)) ||
-        (rc = resolve(xen, library, "xenforeignmemory_close", &xen->fm_close, why,
-                      why_size)) ||
-        (rc = resolve(xen, library, "xenforeignmemory_map2", &xen->fm_map2, why,
-                      why_size)) ||
-        (rc = resolve(xen, library, "xenforeignmemory_unmap", &xen->fm_unmap, why,
-                      why_size)))
-        return rc;
-    return XMC_OK;
+    return xmc_dl_load(&LIB, library, syms, sizeof(syms) / sizeof(syms[0]), &xen->dl, why,
+                       why_size);
 }
 
 static int open_privcmd(xmc_xen *xen, xmc_fm_open_fn *fm_open, char *why,
                         size_t why_size)
 {
     char log[XMC_XTL_LOG_SIZE] = "";
-    char buf[64];
     int err;
 
     xen->logger.log = log;
     xen->fmem = fm_open(xmc_xtl(&xen->logger), 0);
     err = errno;
     xen->logger.log = NULL;
-    if (xen->fmem)
-        return XMC_OK;
-    if (err == ENOENT)
-        xmc_say(why, why_size,
-                "/dev/xen/privcmd is missing: this is not a Xen domain with the privcmd "
-                "driver (libxenforeignmemory: %s)",
-                log[0] ? log : "xenforeignmemory_open failed");
-    else
-        xmc_say(why, why_size, "xenforeignmemory_open failed: %s (libxenforeignmemory: %s)",
-                strerror_r(err, buf, sizeof(buf)), log[0] ? log : "no message");
-    return XMC_EUNAVAIL;
+    return xen->fmem ? XMC_OK : xmc_xen_open_failed(&LIB, err, log, why, why_size);
 }
 
 int xmc_xen_open(uint32_t domid, const char *library, char *why, size_t why_size,

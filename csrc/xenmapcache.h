@@ -384,7 +384,7 @@ int xmc_unlock_sg(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag);
  * language runtime's global interpreter lock: the same calls, except that
  * where they would wait (for the cache's mutex, held by another thread) or
  * reach the backend (a miss, which maps), they return XMC_EAGAIN having
- * changed nothing.  Then drop your own lock and make the waiting call.  A read
+ * changed nothing and traced nothing.  Then drop your own lock and make the waiting call.  A read
  * is served only within one bucket.  Any other answer is the final one.
  * Errors: XMC_EAGAIN, and those of the plain call.  Cost: the plain call's
  * hit, with a try-lock instead of a lock; never a system call.

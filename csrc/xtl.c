@@ -1,6 +1,6 @@
 /*
- * xtl.c - the quiet xentoollog logger and the error-text writer shared by the
- * Xen backends (see xmc_xtl.h).
+ * xtl.c - the quiet xentoollog logger, the error-text writer and the library
+ * loader shared by the Xen backends (see xmc_xtl.h).
  */
 #include "xmc_internal.h"
 
@@ -15,6 +15,46 @@ void xmc_say(char *why, size_t why_size, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(why, why_size, fmt, ap);
     va_end(ap);
+}
+
+int xmc_dl_load(const xmc_xen_lib *lib, const char *library, const xmc_dl_sym *syms,
+                size_t n, void **dl, char *why, size_t why_size)
+{
+    *dl = dlopen(library, RTLD_NOW | RTLD_LOCAL);
+    if (!*dl) {
+        const char *detail = dlerror();
+
+        xmc_say(why, why_size, "%s cannot be loaded (Xen's %s is not installed?): %s",
+                library, lib->name, detail ? detail : "unknown error");
+        return XMC_EUNAVAIL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        void *sym = dlsym(*dl, syms[i].name);
+
+        if (!sym) {
+            xmc_say(why, why_size, "%s has no %s: not %s, or older than %s", library,
+                    syms[i].name, lib->name, lib->since);
+            return XMC_EUNAVAIL;
+        }
+        memcpy(syms[i].fn, &sym, sizeof(sym)); /* object pointer to function pointer */
+    }
+    return XMC_OK;
+}
+
+int xmc_xen_open_failed(const xmc_xen_lib *lib, int err, const char *log, char *why,
+                        size_t why_size)
+{
+    char buf[64];
+
+    if (err == ENOENT)
+        xmc_say(why, why_size,
+                "%s is missing: this is not a Xen domain with the %s driver (%s: %s%s)",
+                lib->device, lib->driver, lib->name, log[0] ? log : lib->open,
+                log[0] ? "" : " failed");
+    else
+        xmc_say(why, why_size, "%s failed: %s (%s: %s)", lib->open,
+                strerror_r(err, buf, sizeof(buf)), lib->name, log[0] ? log : "no message");
+    return XMC_EUNAVAIL;
 }
 
 static void log_vmessage(struct xentoollog_logger *logger, unsigned level,

@@ -164,7 +164,6 @@ typedef struct xmc_py_cache {
     PyObject *checked[XMC_PY_NCHECKED];
     struct xmc_py_mapping *first, *last; /* the live Mappings, oldest first */
     PyObject *after_free; /* called once the core is freed (in no cycle: never cleared) */
-    int traced;           /* a trace hook is set: batches skip their _nowait try */
     uint64_t next_id;
     uint64_t max_size;
     uint64_t bucket_size;
@@ -1088,10 +1087,7 @@ static PyObject *xmc_py_map_sg_fast(PyObject *op, PyObject *const *args, Py_ssiz
         m->released = 0;
         xmc_py_register(self, m);
     }
-    /* A traced batch goes straight to the waiting call: a _nowait try that
-     * gives up half-way has already traced its first segments. */
-    XMC_PY_CALL(rc, self->traced ? XMC_EAGAIN
-                                 : xmc_map_sg_nowait(self->c, segs, (size_t)n, dma ? XMC_DMA : 0u, id, out),
+    XMC_PY_CALL(rc, xmc_map_sg_nowait(self->c, segs, (size_t)n, dma ? XMC_DMA : 0u, id, out),
                 xmc_map_sg(self->c, segs, (size_t)n, dma ? XMC_DMA : 0u, id, out));
     if (rc == XMC_OK && self->closed)
         rc = XMC_ECLOSED; /* closed while we mapped: unmapped already */
@@ -1215,14 +1211,6 @@ static PyObject *xmc_py_mappings(PyObject *op, PyObject *unused)
         if (PyList_Append(out, (PyObject *)m) < 0)
             Py_CLEAR(out);
     return out;
-}
-
-/* set_traced(): a trace hook is set on the core */
-static PyObject *xmc_py_set_traced(PyObject *op, PyObject *unused)
-{
-    (void)unused;
-    ((xmc_py_cache *)op)->traced = 1;
-    Py_RETURN_NONE;
 }
 
 /* set_after_free(fn): fn() is called once the core is freed */
@@ -1407,8 +1395,6 @@ static PyMethodDef xmc_py_cache_methods[] = {
     { "map_sg", (PyCFunction)(void (*)(void))xmc_py_map_sg_fast, XMC_PY_FAST,
       "map_sg(segments, dma=False, tag=None)\n--\n\n"
       "Map every ``(paddr, size)`` of ``segments`` locked, in one call; all or nothing." },
-    { "set_traced", xmc_py_set_traced, METH_NOARGS,
-      "set_traced()\n--\n\nA trace hook is set: batches skip their _nowait try." },
     { "set_after_free", xmc_py_set_after_free, METH_O,
       "set_after_free(fn)\n--\n\nCall fn() once the core is freed." },
     { "tag_of", xmc_py_tag_of, METH_O,

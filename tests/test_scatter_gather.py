@@ -213,3 +213,17 @@ def test_the_group_itself_is_a_sequence_of_buffers(xmc: ModuleType, cache: Any, 
         os.close(fd)
     assert g.released  # no export was left behind
     assert b"".join(ram.read(p, s) for p, s in segs) == data
+
+
+def test_a_traced_batch_reports_each_segment_once(xmc: ModuleType, ram: Any) -> None:
+    # The binding first tries the core's _nowait batch, which gives up at the
+    # miss of the third segment: that refused try must have traced nothing.
+    events: list[Any] = []
+    with xmc.MapCache(ram, trace=events.append) as cache:
+        cache.map(0x1000, 8).release()
+        del events[:]
+        with cache.map_sg([(0x1000, 8), (0x2000, 8), (5 * MIB, 8)], dma=True, tag="t") as g:
+            assert [e.name for e in events] == ["hit", "hit", "map", "miss"]
+            assert [e.address for e in events if e.name in ("hit", "miss")] == [m.address for m in g]
+            del events[:]
+        assert [e.name for e in events] == ["unlock"] * 3

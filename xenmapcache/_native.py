@@ -162,8 +162,6 @@ class NativeCore:
             check(lib.xmc_cache_set_translate(self._c, lib._xmc_py_translate, self._translate), "translate")
         if self._trace is not None:
             check(lib.xmc_cache_set_trace(self._c, lib._xmc_py_trace, self._trace), "trace")
-            if self._native is not None:
-                self._native.set_traced()
 
     def _fail(self, rc: int, what: str) -> NoReturn:
         cause = self._take(self._keys)  # from one of this cache's Python callbacks

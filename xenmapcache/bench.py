@@ -109,19 +109,13 @@ def raw_step(cache: Any, p: int) -> None:
     cache.unlock(a)
 
 
-class _Block:
-    """A context manager that does nothing (the floor of a ``with``)."""
+def with_floor_step(buf: bytearray) -> None:
+    """The two ``with`` statements of ``safe_view_step`` with no cache at all.
 
-    def __enter__(self) -> _Block:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-def with_floor_step(block: _Block, buf: bytearray) -> None:
-    """The two ``with`` statements of ``safe_view_step`` with no cache at all."""
-    with block, memoryview(buf) as v:
+    The outer object is made by a call and has ``__enter__``/``__exit__`` in C,
+    as a ``Mapping`` has: a ``memoryview`` of a bytearray.
+    """
+    with memoryview(buf) as m, memoryview(m) as v:
         v[0] = 1
 
 
@@ -140,6 +134,14 @@ def sg_direct_step(cache: Any, segments: list[tuple[int, int]], fd: int) -> int:
 def preadv_step(buffers: list[bytearray], fd: int) -> int:
     """The baseline of ``sg_step``: ``os.preadv`` of the same bytes into one preallocated bytearray."""
     return os.preadv(fd, buffers, 0)
+
+
+_view: Callable[[bytearray], memoryview] = memoryview
+
+
+def preadv_views_step(buffers: list[bytearray], fd: int) -> int:
+    """The floor of ``sg_step``: ``os.preadv`` into 16 fresh memoryviews of 16 preallocated pages."""
+    return os.preadv(fd, list(map(_view, buffers)), 0)  # made in C, as g.buffers() makes them
 
 
 def slice_step(mm: mmap.mmap, addresses: Iterator[int]) -> bytes:
@@ -411,8 +413,13 @@ def preadv_read(res: Resources) -> Iterator[Call]:
 
 
 @contextlib.contextmanager
+def preadv_views_read(res: Resources) -> Iterator[Call]:
+    yield preadv_views_step, ([bytearray(PAGE) for _ in SG_SEGMENTS], disk_image(res))
+
+
+@contextlib.contextmanager
 def with_floor(res: Resources) -> Iterator[Call]:
-    yield with_floor_step, (_Block(), bytearray(4096))
+    yield with_floor_step, (bytearray(4096),)
 
 
 def mixed(impl: str) -> Setup:
@@ -451,6 +458,10 @@ class Row:
     def target_text(self) -> str:
         return f"{'>=' if self.at_least else '<='} {self.target:g}x"
 
+
+# The baseline of the rows of the safe path: the raw pair it wraps.
+RAW_PAIR_AS = "vs a = map_ptr(p, 4096, True, True); unlock(a)"
+RAW_PAIR = Side("raw pair", safe("c", raw_step))
 
 ROWS = (
     Row(
@@ -505,19 +516,26 @@ ROWS = (
     Row(
         "safe",
         "m = cache.map(p, 4096, dma=True); m.release()",
-        "vs a = map_ptr(p, 4096, True, True); unlock(a)",
+        RAW_PAIR_AS,
         Side("map + release", safe("c", safe_step)),
-        Side("raw pair", safe("c", raw_step)),
+        RAW_PAIR,
         2.0,
     ),
     Row(
         "safe-view",
         "with cache.map(...) as m, memoryview(m) as v: v[0] = 1",
-        "vs a = map_ptr(p, 4096, True, True); unlock(a)",
+        RAW_PAIR_AS,
         Side("with map, view", safe("c", safe_view_step)),
-        Side("raw pair", safe("c", raw_step)),
+        RAW_PAIR,
         3.0,
-        extra=(Side("the two with statements alone", with_floor),),
+    ),
+    Row(
+        "safe-view-floor",
+        "floor of the with row: the same two with statements over a bytearray, no cache",
+        RAW_PAIR_AS,
+        Side("the two with statements alone", with_floor),
+        RAW_PAIR,
+        3.0,
     ),
     Row(
         "sg-preadv",
@@ -527,6 +545,14 @@ ROWS = (
         Side("preadv, one buffer", preadv_read),
         1.5,
         extra=(Side("map_sg + preadv(fd, g)", sg_direct_read),),
+    ),
+    Row(
+        "sg-preadv-floor",
+        "floor of the map_sg row: os.preadv into 16 fresh memoryviews of 16 bytearrays, no cache",
+        "vs os.preadv of 64 KiB into one bytearray",
+        Side("preadv, 16 fresh views", preadv_views_read),
+        Side("preadv, one buffer", preadv_read),
+        1.5,
     ),
     Row(
         "safe-reference",
@@ -716,13 +742,24 @@ def scaling(impls: list[str], rounds: int, round_s: float, progress: Progress) -
     return curves
 
 
-def plot(curves: dict[str, list[tuple[int, float]]], path: str) -> None:
-    try:  # an optional extra: pip install 'xenmapcache[plot]'
+def pyplot() -> Any:
+    """matplotlib's ``pyplot`` on the Agg backend (files, no display), for ``--plot``.
+
+    :raises SystemExit: matplotlib is missing (the optional extra:
+        ``pip install 'xenmapcache[plot]'``).
+
+    Cost: the import of matplotlib, once.
+    """
+    try:
         matplotlib: Any = importlib.import_module("matplotlib")
         matplotlib.use("Agg")
-        plt: Any = importlib.import_module("matplotlib.pyplot")
+        return importlib.import_module("matplotlib.pyplot")
     except ImportError as exc:
         raise SystemExit("--plot needs matplotlib: pip install 'xenmapcache[plot]'") from exc
+
+
+def plot(curves: dict[str, list[tuple[int, float]]], path: str) -> None:
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     for name, points in sorted(curves.items()):
         axis = right if name.startswith("invalidate") else left

@@ -358,12 +358,9 @@ def drift(samples: list[dict[str, float]]) -> list[str]:
 
 def plot(samples: list[dict[str, float]], path: str) -> None:
     """RSS, mappings and descriptors over time, in a PNG (needs matplotlib)."""
-    try:  # an optional extra: pip install 'xenmapcache[plot]'
-        matplotlib: Any = importlib.import_module("matplotlib")
-        matplotlib.use("Agg")
-        plt: Any = importlib.import_module("matplotlib.pyplot")
-    except ImportError as exc:
-        raise SystemExit("--plot needs matplotlib: pip install 'xenmapcache[plot]'") from exc
+    from .bench import pyplot
+
+    plt = pyplot()
     minutes = [s["t"] / 60 for s in samples]
     fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
     axes[0].plot(minutes, [s["rss_mib"] for s in samples], label="resident set (MiB)")

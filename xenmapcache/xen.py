@@ -28,12 +28,13 @@ class _XenBackend(NoCopy):
 
     domid: int
     library: str | None
+    _what: str  # the C object: "xmc_xen" has xmc_xen_open, xmc_xen_backend, xmc_xen_free
     _c: Any
     _ffi: Any
     _lib: Any
 
-    def _open(self, domid: int, library: str | os.PathLike[str] | None, what: str, *args: Any) -> None:
-        """Call ``<what>_open(domid, *args, library, why, size, &out)``; keep the handle or raise."""
+    def _open(self, domid: int, library: str | os.PathLike[str] | None, *args: Any) -> None:
+        """Call ``<_what>_open(domid, *args, library, why, size, &out)``; keep the handle or raise."""
         from ._native import binding, check
 
         ffi, lib = binding()
@@ -41,6 +42,7 @@ class _XenBackend(NoCopy):
         self.domid = as_uint(domid, "domid", DOMID_LIMIT)
         self.library = None if library is None else os.fsdecode(library)
         why = ffi.new("char[]", WHY_SIZE)
+        what = self._what
         out = ffi.new(f"{what} **")
         name = ffi.NULL if self.library is None else os.fsencode(self.library)
         rc = getattr(lib, f"{what}_open")(self.domid, *args, name, why, WHY_SIZE, out)
@@ -50,15 +52,12 @@ class _XenBackend(NoCopy):
         self._c = ffi.gc(out[0], getattr(lib, f"{what}_free"))
         self._ffi, self._lib = ffi, lib
 
-    def _backend_of(self, handle: Any) -> Any:
-        raise NotImplementedError
-
     @contextlib.contextmanager
     def _c_backend(self) -> Iterator[Any]:
         """The C core's ``const xmc_backend *`` (caches retain what it points into)."""
         if self._c is None:
             raise MapCacheError(f"the {type(self).__name__} backend of Xen domain {self.domid} is closed")
-        yield self._backend_of(self._c)
+        yield getattr(self._lib, f"{self._what}_backend")(self._c)
 
     @property
     def closed(self) -> bool:
@@ -83,6 +82,10 @@ class _XenBackend(NoCopy):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _library_repr(self) -> str:
+        """``, library='...'`` when one was named, for ``__repr__``."""
+        return "" if self.library is None else f", library={self.library!r}"
+
 
 class XenForeignMemory(_XenBackend):
     """The memory of Xen domain ``domid``, mapped through libxenforeignmemory.
@@ -104,16 +107,13 @@ class XenForeignMemory(_XenBackend):
     """
 
     _no_copy_why = "it owns a libxenforeignmemory handle, which a copy would close twice"
+    _what = "xmc_xen"
 
     def __init__(self, domid: int, library: str | os.PathLike[str] | None = None) -> None:
-        self._open(domid, library, "xmc_xen")
-
-    def _backend_of(self, handle: Any) -> Any:
-        return self._lib.xmc_xen_backend(handle)
+        self._open(domid, library)
 
     def __repr__(self) -> str:
-        where = "" if self.library is None else f", library={self.library!r}"
-        return f"XenForeignMemory({self.domid}{where})"
+        return f"XenForeignMemory({self.domid}{self._library_repr()})"
 
 
 class XenGrantTable(_XenBackend):
@@ -139,14 +139,11 @@ class XenGrantTable(_XenBackend):
     """
 
     _no_copy_why = "it owns a libxengnttab handle, which a copy would close twice"
+    _what = "xmc_gnttab"
 
     def __init__(self, domid: int, writable: bool = False, library: str | os.PathLike[str] | None = None) -> None:
         self.writable = bool(writable)
-        self._open(domid, library, "xmc_gnttab", self.writable)
-
-    def _backend_of(self, handle: Any) -> Any:
-        return self._lib.xmc_gnttab_backend(handle)
+        self._open(domid, library, self.writable)
 
     def __repr__(self) -> str:
-        where = "" if self.library is None else f", library={self.library!r}"
-        return f"XenGrantTable({self.domid}, writable={self.writable}{where})"
+        return f"XenGrantTable({self.domid}, writable={self.writable}{self._library_repr()})"

@@ -588,6 +588,39 @@ TEST(sg_nowait_serves_hits_and_refuses_a_miss_changing_nothing)
     fx_teardown();
 }
 
+/* A refused _nowait batch traces nothing, like every refused _nowait call;
+ * one that answers does what the waiting batch would, event for event. */
+TEST(sg_nowait_traced_refusal_traces_nothing)
+{
+    const xmc_sg segs[] = { { 0x20100, 0x10 }, { 0x20200, 0x10 }, { 0x50000, 0x10 } };
+    void *out[3], *w[3];
+    xmc_stats s0;
+
+    setup();
+    MAP(0x20000, 0, 0);
+    OK(xmc_cache_set_trace(C, trace_letters, NULL));
+    s0 = xt_stats(C);
+    fill_unset(out, 3);
+    /* Two hits, then a miss: refused, with not a single event. */
+    CHECK_EQ(xmc_map_sg_nowait(C, segs, 3, XMC_DMA, TAG, out), XMC_EAGAIN);
+    CHECK(strcmp(take_events(), "") == 0);
+    CHECK(all_unset(out, 3));
+    CHECK(same_stats(xt_stats(C), s0));
+    /* Served: a hit per segment, in order, with the addresses given out. */
+    OK(xmc_map_sg_nowait(C, segs, 2, XMC_DMA, TAG, out));
+    CHECK(strcmp(take_events(), "hh") == 0);
+    /* Failed otherwise (lock overflow at segment 1): the waiting batch's events. */
+    OK(xmc_cache_set_lock_limit(C, 3)); /* out holds two of the entry's locks */
+    CHECK_EQ(xmc_map_sg_nowait(C, segs, 2, 0, TAG, w), XMC_EOVERFLOW);
+    CHECK(strcmp(take_events(), "hoU") == 0);
+    CHECK_EQ(xmc_map_sg(C, segs, 2, 0, TAG, w), XMC_EOVERFLOW);
+    CHECK(strcmp(take_events(), "hoU") == 0);
+    OK(xmc_unlock_sg_nowait(C, out, 2, TAG));
+    CHECK(strcmp(take_events(), "UU") == 0);
+    CHECK_EQ(xt_stats(C).locked, 0);
+    fx_teardown();
+}
+
 static int (*real_map)(void *, void *, uint64_t, size_t, int *, void **);
 static int reentry_rc[2];
 
@@ -655,6 +688,7 @@ const xt_test xt_sg_tests[] = {
     XT(sg_hostile_arguments_are_refused_and_change_nothing),
     XT(sg_traced_batches_report_each_segment_and_their_undo),
     XT(sg_nowait_serves_hits_and_refuses_a_miss_changing_nothing),
+    XT(sg_nowait_traced_refusal_traces_nothing),
     XT(sg_nowait_does_not_wait_and_callbacks_get_ereenter),
     XT_END,
 };
