@@ -188,8 +188,8 @@ MUTANTS = [
     Mutant(
         "ram-last-page-is-ram",
         "csrc/ram.c",
-        "if (first + i >= ram_pages) {",
-        "if (first + i > ram_pages) {",
+        "    else if (ram_pages - first < n)\n",
+        "    else if (ram_pages - first + 1 < n)\n",
         "the page just past the end of guest RAM maps",
     ),
     Mutant(

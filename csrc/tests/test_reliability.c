@@ -142,6 +142,20 @@ TEST(a_hole_that_ends_or_starts_inside_a_page_takes_all_of_that_page)
     xmc_cache_free(c);
 }
 
+TEST(the_one_page_past_the_end_of_guest_ram_is_not_ram)
+{
+    xmc_ram *ram = xt_ram(15 * PAGE); /* bucket 0 holds 16 pages: all but the last are RAM */
+    xmc_cache *c;
+    void *p;
+
+    OK(xmc_cache_new(xmc_ram_backend(ram), 16, 4 * B, &c));
+    xmc_ram_free(ram);
+    OK(xmc_map(c, 14 * PAGE, PAGE, 0, 0, &p));
+    CHECK_EQ(xmc_map(c, 15 * PAGE, 0, 0, 0, &p), XMC_EMAP);
+    CHECK_EQ(xmc_map(c, 14 * PAGE, PAGE + 1, 0, 0, &p), XMC_EMAP);
+    xmc_cache_free(c);
+}
+
 /* ---- fork ------------------------------------------------------------------ */
 
 /*
@@ -271,6 +285,7 @@ const xt_test xt_reliability_tests[] = {
     XT(invalidate_clears_the_fast_path_even_at_a_locked_multi_bucket_entry),
     XT(a_span_ending_on_the_bad_page_of_a_partly_mapped_entry_fails),
     XT(a_hole_that_ends_or_starts_inside_a_page_takes_all_of_that_page),
+    XT(the_one_page_past_the_end_of_guest_ram_is_not_ram),
     XT(fork_while_a_thread_is_inside_a_cache_fails_in_the_child_only),
     XT(fork_of_an_idle_cache_works_in_the_child_on_shared_guest_ram),
     XT_END,
