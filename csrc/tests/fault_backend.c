@@ -6,6 +6,7 @@
 #include "fault_backend.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <sys/mman.h>
 
 static fb_mapping *find_live(fb *f, uintptr_t addr)
@@ -232,4 +233,45 @@ uint64_t xt_ram_addr_(xmc_cache *c, const void *p, const char *file, int line)
     if (rc != XMC_OK)
         xt_fail(file, line, "xmc_ram_addr(%p): %s", p, xmc_strerror(rc));
     return back;
+}
+
+/* ---- a thread parked inside the backend ---------------------------------- */
+
+static int (*ungated_map)(void *, void *, uint64_t, size_t, int *, void **);
+static pthread_t parked;
+
+static int gated_map(void *opaque, void *fixed, uint64_t pfn, size_t n, int *errs, void **out)
+{
+    xt_gate_pass();
+    return ungated_map(opaque, fixed, pfn, n, errs, out);
+}
+
+static void *park_miss(void *paddr)
+{
+    void *p;
+
+    return xmc_map(C, (uint64_t)(uintptr_t)paddr, 0, 0, 0, &p) == XMC_OK ? p : NULL;
+}
+
+void fx_park(uint64_t paddr)
+{
+    ungated_map = F->be.map;
+    F->be.map = gated_map; /* the cache calls through &F->be */
+    CHECK(pthread_create(&parked, NULL, park_miss, (void *)(uintptr_t)paddr) == 0);
+    xt_gate_wait_inside();
+}
+
+void fx_ungate(void)
+{
+    F->be.map = ungated_map;
+}
+
+void *fx_unpark(void)
+{
+    void *ret = NULL;
+
+    xt_gate_open();
+    CHECK(pthread_join(parked, &ret) == 0);
+    fx_ungate();
+    return ret;
 }

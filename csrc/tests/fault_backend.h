@@ -99,4 +99,13 @@ void *xt_map_(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
 uint64_t xt_ram_addr_(xmc_cache *c, const void *p, const char *file, int line);
 #define RAM_ADDR(p) xt_ram_addr_(C, (p), __FILE__, __LINE__)
 
+/* A thread parked inside F's backend: fx_park(paddr) starts a thread whose
+ * miss at paddr on C stops at the gate (xt_gate_pass) in the backend's map,
+ * holding C's mutex, and returns once it is there.  fx_unpark() lets it go
+ * on, joins it, takes the gate out of F's map (fx_ungate) and returns the
+ * address the miss mapped, or NULL.  Once per test, as the gate is. */
+void fx_park(uint64_t paddr);
+void *fx_unpark(void);
+void fx_ungate(void); /* F's map without the gate (a forked child's, say) */
+
 #endif /* FAULT_BACKEND_H */

@@ -188,22 +188,7 @@ static bool in_child(void (*fn)(void))
     return done == 'k';
 }
 
-static int (*real_map)(void *, void *, uint64_t, size_t, int *, void **);
 static xmc_cache *idle;
-
-static int gated_map(void *opaque, void *fixed, uint64_t pfn, size_t n, int *errs, void **out)
-{
-    xt_gate_pass();
-    return real_map(opaque, fixed, pfn, n, errs, out);
-}
-
-static void *miss(void *arg)
-{
-    void *p;
-
-    (void)arg;
-    return xmc_map(C, 0x30000, 0, 0, 0, &p) == XMC_OK ? p : NULL;
-}
 
 static void child_of_a_busy_cache(void)
 {
@@ -211,7 +196,7 @@ static void child_of_a_busy_cache(void)
     uint8_t bytes[16];
     void *p;
 
-    F->be.map = real_map; /* the child's copy of the backend: no gate here */
+    fx_ungate(); /* the child's copy of the backend: no gate here */
     CHECK_EQ(xmc_map(C, 0x10000, 0, 0, 0, &p), XMC_EFORKED); /* at once, no hang */
     CHECK_EQ(xmc_map_nowait(C, 0x10000, 0, 0, 0, &p), XMC_EFORKED);
     CHECK_EQ(xmc_read(C, 0x10000, bytes, sizeof(bytes)), XMC_EFORKED);
@@ -229,21 +214,15 @@ static void child_of_a_busy_cache(void)
 
 TEST(fork_while_a_thread_is_inside_a_cache_fails_in_the_child_only)
 {
-    pthread_t th;
     void *ret;
 
     fx_setup(MIB, SHIFT, 4 * B);
     OK(xmc_cache_new(&F->be, SHIFT, 4 * B, &idle));
     MAPC(idle, 0x10000, 0, 0);
-    real_map = F->be.map;
-    F->be.map = gated_map; /* both caches call through &F->be */
-    CHECK(pthread_create(&th, NULL, miss, NULL) == 0);
-    xt_gate_wait_inside(); /* the other thread holds C's mutex, in the backend */
+    fx_park(0x30000); /* another thread holds C's mutex, in the backend */
     CHECK(in_child(child_of_a_busy_cache));
-    xt_gate_open(); /* the parent's thread goes on undisturbed */
-    CHECK(pthread_join(th, &ret) == 0);
+    ret = fx_unpark(); /* the parent's thread goes on undisturbed */
     CHECK(ret != NULL && xt_has_pattern(ret, 0x30000, 64));
-    F->be.map = real_map;
     MAP(0x10000, 0, 0);
     xmc_cache_free(idle);
     fx_teardown();

@@ -624,20 +624,6 @@ TEST(sg_nowait_traced_refusal_traces_nothing)
 static int (*real_map)(void *, void *, uint64_t, size_t, int *, void **);
 static int reentry_rc[2];
 
-static int gated_map(void *opaque, void *fixed, uint64_t pfn, size_t n, int *errs, void **out)
-{
-    xt_gate_pass();
-    return real_map(opaque, fixed, pfn, n, errs, out);
-}
-
-static void *miss(void *arg)
-{
-    void *p;
-
-    (void)arg;
-    return xmc_map(C, 0x50000, 0, 0, 0, &p) == XMC_OK ? p : NULL;
-}
-
 static int reentrant_map(void *opaque, void *fixed, uint64_t pfn, size_t n, int *errs, void **out)
 {
     const xmc_sg segs[] = { { 0x20000, 0x10 } };
@@ -651,20 +637,15 @@ static int reentrant_map(void *opaque, void *fixed, uint64_t pfn, size_t n, int 
 TEST(sg_nowait_does_not_wait_and_callbacks_get_ereenter)
 {
     const xmc_sg segs[] = { { 0x20000, 0x10 } };
-    void *out[1], *ret;
-    pthread_t th;
+    void *out[1];
 
     setup();
     OK(xmc_map_sg(C, segs, 1, 0, TAG, out));
     real_map = F->be.map;
-    F->be.map = gated_map;
-    CHECK(pthread_create(&th, NULL, miss, NULL) == 0);
-    xt_gate_wait_inside(); /* the other thread holds the mutex, in the backend */
+    fx_park(0x50000); /* another thread holds the mutex, in the backend */
     CHECK_EQ(xmc_map_sg_nowait(C, segs, 1, 0, TAG, out), XMC_EAGAIN);
     CHECK_EQ(xmc_unlock_sg_nowait(C, out, 1, TAG), XMC_EAGAIN);
-    xt_gate_open();
-    CHECK(pthread_join(th, &ret) == 0);
-    CHECK(ret != NULL);
+    CHECK(fx_unpark() != NULL);
     CHECK_EQ(xt_stats(C).locked, 1);
     F->be.map = reentrant_map;
     MAP(0x60000, 0, 0);
