@@ -879,11 +879,11 @@ class MapCache(NoCopy):
 
     # -- lifetime -------------------------------------------------------------
 
-    def _trace_tag(self, ident: int, unlocking: bool) -> Any:
+    def _trace_tag(self, ident: int) -> Any:
         """The tag object of the Mapping with tag id ``ident``, for a trace event.
 
         A Mapping stays in the registry until its core unlock returns, so its
-        own unlock event finds it too (``unlocking`` is not needed here).
+        own unlock event finds it too.
         """
         return self._reg.tag_of(ident)
 

@@ -91,7 +91,7 @@ def make_sink(cache: MapCache, fn: Trace) -> Sink:
         if kind in PYTHON_LEVEL:
             return
         c = owner()
-        tag_object = c._trace_tag(tag, kind == EVENT_NUMBERS["unlock"]) if c is not None and tag else None
+        tag_object = c._trace_tag(tag) if c is not None and tag else None
         emit(fn, TraceEvent(EVENT_NAMES.get(kind, f"event {kind}"), paddr, size, address, tag_object,
                             bool(flags & XMC_DMA), rc == 0, old))
 
