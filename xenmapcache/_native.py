@@ -26,6 +26,11 @@ from .errors import MapCacheError, exception_for
 logger = logging.getLogger("xenmapcache")
 
 
+# The methods NativeCache has builtins for, in the order its bind() takes
+# their checked fallbacks (the XMC_PY_* enum of ffi/seam.h).
+HOT_METHODS = ("map_ptr", "read", "readinto", "ram_addr", "unlock", "map", "map_sg")
+
+
 @functools.cache
 def binding() -> tuple[Any, Any]:
     """Return ``(ffi, lib)`` of the compiled core, importing it once."""
@@ -196,10 +201,7 @@ class NativeCore:
             core: NativeCore = live._core
             core._fail(rc, f"{what} {where}")
 
-        checked = (
-            MapCache.map_ptr, MapCache.read, MapCache.readinto, MapCache.ram_addr, MapCache.unlock, MapCache.map,
-            MapCache.map_sg,
-        )
+        checked = [getattr(MapCache, name) for name in HOT_METHODS]
         native.bind(owner, fail, cache.max_size, 1 << cache.bucket_shift, *checked)
         return native
 
@@ -208,7 +210,7 @@ class NativeCore:
         native = self._native
         if native is None:
             return {}
-        return {name: getattr(native, name) for name in ("map_ptr", "read", "readinto", "ram_addr", "unlock", "map", "map_sg")}
+        return {name: getattr(native, name) for name in HOT_METHODS}
 
     def map(self, paddr: int, size: int, flags: int, tag: int) -> int:
         # The address comes back as the return value: nothing shared between threads.
