@@ -273,12 +273,13 @@ static const char *const xmc_py_names[] = { "paddr", "size", "lock", "dma", "n",
 #define XMC_PY_NNAMES (sizeof(xmc_py_names) / sizeof(xmc_py_names[0]))
 static PyObject *xmc_py_interned[XMC_PY_NNAMES];
 
-static int xmc_py_name_is(PyObject *name, const char *want)
+/* The entry of xmc_py_names that name is (interned), or NULL for another string. */
+static const char *xmc_py_known_name(PyObject *name)
 {
     for (size_t i = 0; i < XMC_PY_NNAMES; i++)
         if (name == xmc_py_interned[i])
-            return xmc_py_names[i] == want;
-    return PyUnicode_CompareWithASCIIString(name, want) == 0;
+            return xmc_py_names[i];
+    return NULL;
 }
 
 static int xmc_py_kwargs(PyObject *const *values, PyObject *kwnames,
@@ -288,9 +289,11 @@ static int xmc_py_kwargs(PyObject *const *values, PyObject *kwnames,
 
     for (Py_ssize_t k = 0; k < nkw; k++) {
         PyObject *name = PyTuple_GetItem(kwnames, k);
+        const char *known = xmc_py_known_name(name);
         Py_ssize_t i = 0;
 
-        while (i < nnames && !xmc_py_name_is(name, names[i]))
+        while (i < nnames && (known ? known != names[i]
+                                    : PyUnicode_CompareWithASCIIString(name, names[i]) != 0))
             i++;
         if (i == nnames || slot[i])
             return 0;
@@ -605,11 +608,216 @@ static PyObject *xmc_py_mapping_enter(PyObject *op, PyObject *unused)
     return Py_NewRef(op);
 }
 
-static PyObject *xmc_py_mapping_exit(PyObject *op, PyObject *const *args, Py_ssize_t n)
+/*
+ * __enter__ and __exit__ of Mapping and MappingGroup.  CPython before 3.14
+ * looks both up at every with statement and binds each to the object in a
+ * new builtin method object, made for the GC and freed at the end of the
+ * statement: most of what a with statement costs.  These descriptors bind
+ * with a method object of their own instead, taken from a short free list
+ * (the GIL guards it), as CPython itself keeps small objects.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *(*fn)(PyObject *self, PyObject *unused); /* release, or enter */
+    PyTypeObject *owner; /* the type whose dict holds it (borrowed: lives as long) */
+    const char *owner_name;
+    Py_ssize_t nargs;    /* 0 for __enter__; -1: any (__exit__ ignores them) */
+    PyObject *name;
+} xmc_py_special;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    xmc_py_special *descr;
+    PyObject *self;
+} xmc_py_bound;
+
+static PyTypeObject *xmc_py_special_type;
+static PyTypeObject *xmc_py_bound_type;
+
+#define XMC_PY_NBOUND_FREE 16
+static xmc_py_bound *xmc_py_bound_free[XMC_PY_NBOUND_FREE];
+static int xmc_py_nbound_free;
+
+static PyObject *xmc_py_special_call(xmc_py_special *d, PyObject *self, Py_ssize_t nargs,
+                                     PyObject *kw)
 {
+    if ((d->nargs >= 0 && nargs != d->nargs) || kw) {
+        PyErr_Format(PyExc_TypeError, "%U() takes no %sarguments", d->name,
+                     d->nargs ? "keyword " : "");
+        return NULL;
+    }
+    return d->fn(self, NULL);
+}
+
+static PyObject *xmc_py_bound_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
+                                         PyObject *kwnames)
+{
+    xmc_py_bound *b = (xmc_py_bound *)op;
+
     (void)args;
-    (void)n;
-    return xmc_py_mapping_release(op, NULL);
+    if (!b->self) { /* cleared by the GC */
+        PyErr_SetString(PyExc_ReferenceError, "the method's object is gone");
+        return NULL;
+    }
+    return xmc_py_special_call(b->descr, b->self, PyVectorcall_NARGS(nargsf),
+                               kwnames && PyTuple_Size(kwnames) ? kwnames : NULL);
+}
+
+static int xmc_py_bound_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    xmc_py_bound *b = (xmc_py_bound *)op;
+
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(b->self);
+    return 0;
+}
+
+static int xmc_py_bound_clear(PyObject *op)
+{
+    xmc_py_bound *b = (xmc_py_bound *)op;
+
+    Py_CLEAR(b->self);
+    Py_CLEAR(b->descr);
+    return 0;
+}
+
+static void xmc_py_bound_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+
+    PyObject_GC_UnTrack(op);
+    xmc_py_bound_clear(op);
+    if (xmc_py_nbound_free < XMC_PY_NBOUND_FREE)
+        xmc_py_bound_free[xmc_py_nbound_free++] = (xmc_py_bound *)op;
+    else
+        PyObject_GC_Del(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *xmc_py_bound_repr(PyObject *op)
+{
+    xmc_py_bound *b = (xmc_py_bound *)op;
+
+    if (!b->descr || !b->self)
+        return PyUnicode_FromString("<bound method, cleared>");
+    return PyUnicode_FromFormat("<bound method %U of %R>", b->descr->name, b->self);
+}
+
+/* descr.__get__(obj, type): bound to obj, or the descriptor itself from the class */
+static PyObject *xmc_py_special_get(PyObject *op, PyObject *obj, PyObject *type)
+{
+    xmc_py_special *d = (xmc_py_special *)op;
+    xmc_py_bound *b;
+
+    (void)type;
+    if (!obj || obj == Py_None)
+        return Py_NewRef(op);
+    if (!PyObject_TypeCheck(obj, d->owner)) {
+        PyErr_Format(PyExc_TypeError, "%U of %s objects applied to another object", d->name,
+                     d->owner_name);
+        return NULL;
+    }
+    if (!xmc_py_nbound_free) {
+        if (!(b = (xmc_py_bound *)PyType_GenericAlloc(xmc_py_bound_type, 0)))
+            return NULL;
+    } else {
+        b = xmc_py_bound_free[--xmc_py_nbound_free];
+        PyObject_Init((PyObject *)b, xmc_py_bound_type);
+        PyObject_GC_Track(b);
+    }
+    b->vectorcall = xmc_py_bound_vectorcall;
+    b->descr = (xmc_py_special *)Py_NewRef(op);
+    b->self = Py_NewRef(obj);
+    return (PyObject *)b;
+}
+
+/* Mapping.__exit__(m, None, None, None): called from the class */
+static PyObject *xmc_py_special_tpcall(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    xmc_py_special *d = (xmc_py_special *)op;
+    Py_ssize_t n = PyTuple_Size(args);
+    PyObject *self = n >= 1 ? PyTuple_GetItem(args, 0) : NULL;
+
+    if (!self || !PyObject_TypeCheck(self, d->owner)) {
+        PyErr_Format(PyExc_TypeError, "%U() needs a %s as its first argument", d->name,
+                     d->owner_name);
+        return NULL;
+    }
+    return xmc_py_special_call(d, self, n - 1, kwargs && PyDict_Size(kwargs) ? kwargs : NULL);
+}
+
+static void xmc_py_special_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+
+    Py_XDECREF(((xmc_py_special *)op)->name);
+    PyObject_Free(op);
+    Py_DECREF(tp);
+}
+
+static PyMemberDef xmc_py_bound_members[] = {
+    { "__vectorcalloffset__", Py_T_PYSSIZET, offsetof(xmc_py_bound, vectorcall), Py_READONLY,
+      NULL },
+    { "__self__", Py_T_OBJECT_EX, offsetof(xmc_py_bound, self), Py_READONLY, NULL },
+    { NULL, 0, 0, 0, NULL },
+};
+
+static PyType_Slot xmc_py_bound_slots[] = {
+    { Py_tp_dealloc, xmc_py_bound_dealloc },
+    { Py_tp_traverse, xmc_py_bound_traverse },
+    { Py_tp_clear, xmc_py_bound_clear },
+    { Py_tp_call, PyVectorcall_Call },
+    { Py_tp_repr, xmc_py_bound_repr },
+    { Py_tp_members, xmc_py_bound_members },
+    { 0, NULL },
+};
+
+static PyType_Spec xmc_py_bound_spec = {
+    "xenmapcache._core.bound_method", sizeof(xmc_py_bound), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
+        Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    xmc_py_bound_slots,
+};
+
+static PyMemberDef xmc_py_special_members[] = {
+    { "__name__", Py_T_OBJECT_EX, offsetof(xmc_py_special, name), Py_READONLY, NULL },
+    { NULL, 0, 0, 0, NULL },
+};
+
+static PyType_Slot xmc_py_special_slots[] = {
+    { Py_tp_dealloc, xmc_py_special_dealloc },
+    { Py_tp_descr_get, xmc_py_special_get },
+    { Py_tp_call, xmc_py_special_tpcall },
+    { Py_tp_members, xmc_py_special_members },
+    { 0, NULL },
+};
+
+static PyType_Spec xmc_py_special_spec = {
+    "xenmapcache._core.special_method", sizeof(xmc_py_special), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION, xmc_py_special_slots,
+};
+
+/* owner.<name> = a descriptor calling fn(self, NULL), given nargs positional arguments (-1: any). */
+static int xmc_py_add_special(PyTypeObject *owner, const char *owner_name, const char *name,
+                              PyObject *(*fn)(PyObject *, PyObject *), Py_ssize_t nargs)
+{
+    xmc_py_special *d = PyObject_Malloc(sizeof(*d));
+    int rc;
+
+    if (!d) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyObject_Init((PyObject *)d, xmc_py_special_type);
+    d->fn = fn;
+    d->owner = owner;
+    d->owner_name = owner_name;
+    d->nargs = nargs;
+    d->name = PyUnicode_InternFromString(name);
+    rc = d->name ? PyObject_SetAttrString((PyObject *)owner, name, (PyObject *)d) : -1;
+    Py_DECREF(d);
+    return rc;
 }
 
 /* Mapping and MappingGroup refuse pickling and copies through their Python
@@ -686,13 +894,39 @@ static int xmc_py_mapping_clear(PyObject *op)
     return 0;
 }
 
+/*
+ * Mappings come and go at the rate of map() calls: the last few freed are
+ * kept (untracked, their references dropped) for the next ones, as CPython
+ * keeps its own small objects.  The GIL guards the list.
+ */
+#define XMC_PY_NMAPPING_FREE 64
+static xmc_py_mapping *xmc_py_mapping_free[XMC_PY_NMAPPING_FREE];
+static int xmc_py_nmapping_free;
+
+/* A new Mapping, zeroed and tracked by the GC, or NULL with an error set. */
+static xmc_py_mapping *xmc_py_mapping_new(void)
+{
+    xmc_py_mapping *m;
+
+    if (!xmc_py_nmapping_free)
+        return (xmc_py_mapping *)PyType_GenericAlloc(xmc_py_mapping_type, 0);
+    m = xmc_py_mapping_free[--xmc_py_nmapping_free];
+    memset((char *)m + sizeof(PyObject), 0, sizeof(*m) - sizeof(PyObject));
+    PyObject_Init((PyObject *)m, xmc_py_mapping_type);
+    PyObject_GC_Track(m);
+    return m;
+}
+
 static void xmc_py_mapping_dealloc(PyObject *op)
 {
     PyTypeObject *tp = Py_TYPE(op);
 
     PyObject_GC_UnTrack(op);
     xmc_py_mapping_clear(op);
-    PyObject_GC_Del(op);
+    if (xmc_py_nmapping_free < XMC_PY_NMAPPING_FREE)
+        xmc_py_mapping_free[xmc_py_nmapping_free++] = (xmc_py_mapping *)op;
+    else
+        PyObject_GC_Del(op);
     Py_DECREF(tp);
 }
 
@@ -700,8 +934,6 @@ static PyMethodDef xmc_py_mapping_methods[] = {
     { "release", xmc_py_mapping_release, METH_NOARGS,
       "release()\n--\n\nUnlock the mapping; a second call does nothing.\n\n"
       "Raises BufferError (and keeps the mapping) while a memoryview of it is alive." },
-    { "__enter__", xmc_py_mapping_enter, METH_NOARGS, NULL },
-    { "__exit__", (PyCFunction)(void (*)(void))xmc_py_mapping_exit, METH_FASTCALL, NULL },
     { NULL, NULL, 0, NULL },
 };
 
@@ -767,7 +999,7 @@ static PyObject *xmc_py_map_fast(PyObject *op, PyObject *const *args, Py_ssize_t
         PyErr_Clear();
         return xmc_py_checked(self, XMC_PY_MAP, args, n, kwnames);
     }
-    m = (xmc_py_mapping *)PyType_GenericAlloc(xmc_py_mapping_type, 0);
+    m = xmc_py_mapping_new();
     if (!m)
         return NULL;
     m->id = id = ++self->next_id;
@@ -869,13 +1101,6 @@ static PyObject *xmc_py_group_release(PyObject *op, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyObject *xmc_py_group_exit(PyObject *op, PyObject *const *args, Py_ssize_t n)
-{
-    (void)args;
-    (void)n;
-    return xmc_py_group_release(op, NULL);
-}
-
 /* g.buffers() -> a list of one memoryview per Mapping, for os.preadv() and the like */
 static PyObject *xmc_py_group_buffers(PyObject *op, PyObject *unused)
 {
@@ -969,8 +1194,6 @@ static PyMethodDef xmc_py_group_methods[] = {
     { "buffers", xmc_py_group_buffers, METH_NOARGS,
       "buffers()\n--\n\nOne writable memoryview per mapping, in order (for os.preadv, "
       "os.pwritev, socket.recvmsg_into, socket.sendmsg)." },
-    { "__enter__", xmc_py_mapping_enter, METH_NOARGS, NULL },
-    { "__exit__", (PyCFunction)(void (*)(void))xmc_py_group_exit, METH_FASTCALL, NULL },
     { NULL, NULL, 0, NULL },
 };
 
@@ -1070,7 +1293,7 @@ static PyObject *xmc_py_map_sg_fast(PyObject *op, PyObject *const *args, Py_ssiz
         !(g = (xmc_py_group *)PyType_GenericAlloc(xmc_py_group_type, 0)))
         goto out;
     for (Py_ssize_t i = 0; i < n; i++) {
-        xmc_py_mapping *m = (xmc_py_mapping *)PyType_GenericAlloc(xmc_py_mapping_type, 0);
+        xmc_py_mapping *m = xmc_py_mapping_new();
         if (!m)
             goto out;
         m->id = id;
@@ -1511,7 +1734,16 @@ static int xmc_py_fast_install(void)
     xmc_py_mapping_type = (PyTypeObject *)PyType_FromSpecWithBases(&xmc_py_mapping_spec, bases);
     xmc_py_group_type = (PyTypeObject *)PyType_FromSpecWithBases(&xmc_py_group_spec, gbases);
     xmc_py_cache_type = (PyTypeObject *)PyType_FromSpec(&xmc_py_cache_spec);
+    if (!xmc_py_special_type)
+        xmc_py_special_type = (PyTypeObject *)PyType_FromSpec(&xmc_py_special_spec);
+    if (!xmc_py_bound_type)
+        xmc_py_bound_type = (PyTypeObject *)PyType_FromSpec(&xmc_py_bound_spec);
     if (!xmc_py_mapping_type || !xmc_py_group_type || !xmc_py_cache_type ||
+        !xmc_py_special_type || !xmc_py_bound_type ||
+        xmc_py_add_special(xmc_py_mapping_type, "Mapping", "__enter__", xmc_py_mapping_enter, 0) ||
+        xmc_py_add_special(xmc_py_mapping_type, "Mapping", "__exit__", xmc_py_mapping_release, -1) ||
+        xmc_py_add_special(xmc_py_group_type, "MappingGroup", "__enter__", xmc_py_mapping_enter, 0) ||
+        xmc_py_add_special(xmc_py_group_type, "MappingGroup", "__exit__", xmc_py_group_release, -1) ||
         !(fn = PyCFunction_NewEx(&xmc_py_adopted_def, NULL, NULL)) ||
         PyObject_SetAttrString(module, "adopted", fn) < 0 ||
         PyObject_SetAttrString(module, "Mapping", (PyObject *)xmc_py_mapping_type) < 0 ||

@@ -17,6 +17,7 @@ import pickle
 import sys
 import threading
 import tracemalloc
+import weakref
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -132,6 +133,56 @@ def test_mappings_cannot_be_pickled_or_copied(cache: Any) -> None:
         for how in (pickle.dumps, copy.copy, copy.deepcopy):
             with pytest.raises(TypeError):
                 how(m)
+
+
+def test_enter_and_exit_behave_as_methods(cache: Any) -> None:
+    # On CPython the binding binds them itself (no GC'd method object per with
+    # statement); they must still be ordinary methods to whoever calls them.
+    m = cache.map(0x2000, 8)
+    assert m.__enter__() is m
+    exit_ = m.__exit__
+    assert "__exit__" in repr(exit_)
+    with pytest.raises(TypeError):
+        m.__enter__(1)
+    with pytest.raises(TypeError):
+        exit_(None, None, None, extra=1)
+    exit_(None, None, None)
+    assert m.released
+    m2 = cache.map(0x2000, 8)
+    type(m2).__exit__(m2, None, None, None)
+    assert m2.released
+    with pytest.raises((TypeError, AttributeError)):  # the reference's is plain Python
+        type(m2).__exit__(object(), None, None, None)
+    g = cache.map_sg([(0x2000, 8), (0x5000, 8)])
+    assert g.__enter__() is g
+    g.__exit__(None, None, None)
+    assert g.released and cache.stats().locked == 0
+
+
+def test_a_cycle_through_a_bound_exit_is_collected(cache: Any) -> None:
+    class Box:
+        exit: Any = None
+
+    box = Box()
+    m = cache.map(0x2000, 8, tag=box)
+    box.exit = m.__exit__  # box -> bound __exit__ -> m -> tag box
+    collected = weakref.ref(box)
+    m.release()
+    del m, box
+    gc.collect()
+    assert collected() is None
+
+
+def test_a_new_mapping_keeps_nothing_of_an_old_one(cache: Any) -> None:
+    # Freed Mappings are reused by the binding: each new one starts clean.
+    for i in range(200):
+        with cache.map(0x1000 + i, 8, dma=True, tag=("old", i)):
+            pass
+    m = cache.map(0x3000, 4)
+    assert (m.paddr, m.size, m.dma, m.tag, m.released) == (0x3000, 4, False, None, False)
+    with memoryview(m) as v:
+        assert len(v) == 4
+    m.release()
 
 
 def test_views_write_guest_memory_in_place(cache: Any, ram: Any) -> None:
