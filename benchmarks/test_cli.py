@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -29,12 +30,17 @@ def test_bench_prints_every_row_with_its_target() -> None:
     assert "[" in proc.stderr and "/" in proc.stderr  # the progress bar
 
 
-def test_bench_plot(tmp_path: Path) -> None:
+def test_bench_plot_and_json(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    out = tmp_path / "curves.png"
-    proc = run("--plot", str(out))
+    out, rows = tmp_path / "curves.png", tmp_path / "rows.json"
+    proc = run("--plot", str(out), "--json", str(rows))
     assert proc.returncode in (0, 1), proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    written = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert [r["row"] for r in written[: len(bench.ROWS)]] == [row.path for row in bench.ROWS]
+    assert any(r["row"].startswith("C ") for r in written)  # the C rows too
+    for r in written:  # every line of the printed table, with the same verdict
+        assert f"{r['ratio']:.2f}x" in proc.stdout and isinstance(r["passed"], bool)
 
 
 def test_a_missing_row_fails_the_run(monkeypatch: pytest.MonkeyPatch) -> None:

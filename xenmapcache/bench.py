@@ -15,6 +15,7 @@ The C rows (``benchmarks/c/bench.c``) are built and run with
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import importlib
 import itertools
@@ -552,6 +553,14 @@ ROWS = (
         3.0,
     ),
     Row(
+        "safe-view-cost",
+        "what the cache adds to the with row: the with row over its floor",
+        "with map, view vs the two with statements alone",
+        Side("with map, view", safe("c", safe_view_step)),
+        Side("the two with statements alone", with_floor),
+        1.2,
+    ),
+    Row(
         "sg-preadv",
         "with cache.map_sg(16 x 4 KiB, dma=True) as g: os.preadv(fd, g.buffers(), 0)",
         "vs os.preadv of 64 KiB into one bytearray",
@@ -567,6 +576,14 @@ ROWS = (
         Side("preadv, 16 fresh views", preadv_views_read),
         Side("preadv, one buffer", preadv_read),
         1.5,
+    ),
+    Row(
+        "sg-preadv-cost",
+        "what the cache adds to the map_sg row: the map_sg row over its floor",
+        "map_sg + preadv vs preadv into 16 fresh views",
+        Side("map_sg + preadv", sg_read),
+        Side("preadv, 16 fresh views", preadv_views_read),
+        1.25,
     ),
     Row(
         "safe-reference",
@@ -613,6 +630,7 @@ def _loop(fn: Callable[..., Any], args: tuple[Any, ...], loops: int) -> float:
 
 
 def _calibrate(fn: Callable[..., Any], args: tuple[Any, ...], round_s: float) -> int:
+    fn(*args)  # a first call may fill caches (CPU, mapcache, specialization): not timed
     loops = 1
     while True:
         per = _loop(fn, args, loops)
@@ -800,6 +818,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="rounds per side (default 15, quick 3)")
     parser.add_argument("--no-c", action="store_true", help="skip the C benchmark (benchmarks/c)")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw the scaling curves (needs matplotlib)")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows to FILE, one JSON object per line")
     args = parser.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 15)
     round_s = 0.005 if args.quick else 0.05
@@ -818,6 +837,10 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     progress.close()
 
     print_table(results + c_rows, out)
+    if args.json:
+        with open(args.json, "w") as f:
+            for r in results + c_rows:
+                print(json.dumps(dataclasses.asdict(r)), file=f)
     if why:
         print(f"\nC rows: {why}", file=out)
     failed = [r for r in results + c_rows if not r.passed]
