@@ -797,7 +797,9 @@ void xmc_records_free(xmc_record *records)
  * some other thread held at that moment stays held forever in the child, and
  * may be half updated: fork_child() marks it, and cache_lock() answers
  * XMC_EFORKED once it finds the mutex busy (so the hit path pays nothing).
- * A cache that was idle works in the child as in the parent.
+ * A cache that was idle works in the child as in the parent, and so does one
+ * whose mutex the forking thread held itself, from inside one of the cache's
+ * callbacks: it finishes its call in both processes.
  */
 static pthread_mutex_t caches_lock = PTHREAD_MUTEX_INITIALIZER;
 static xmc_cache *caches;
@@ -816,8 +818,11 @@ static void fork_parent(void)
 
 static void fork_child(void)
 {
+    uintptr_t self = this_thread(); /* the same in the child (pthread_self) */
+
     for (xmc_cache *c = caches; c; c = c->fnext)
-        if (atomic_load_explicit(&c->mutex.state, memory_order_relaxed) != 0)
+        if (atomic_load_explicit(&c->mutex.state, memory_order_relaxed) != 0 &&
+            atomic_load_explicit(&c->callback_thread, memory_order_relaxed) != self)
             c->forked = true;
     pthread_mutex_unlock(&caches_lock);
 }

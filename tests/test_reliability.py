@@ -301,6 +301,42 @@ def test_fork_while_a_callback_is_parked_fails_in_the_child_and_spares_the_paren
     assert lines == ["map_ptr: forked", "read: forked", "map: forked", "stats: forked", "idle: works", "child exit 0", "parent: works"]
 
 
+def test_fork_from_inside_a_backend_callback_leaves_both_processes_working(xmc: ModuleType) -> None:
+    # The forking thread holds the cache's lock in both processes, and both
+    # finish the miss it was in the middle of: no other thread is inside.
+    lines = run_script(
+        xmc,
+        """
+        forked = []
+
+        def forking_map(first_pfn, nr_pages, fixed):
+            if first_pfn == 16 and not forked:
+                forked.append(os.fork())  # under the cache's lock, in the middle of a miss
+            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (0x10 if fixed else 0)
+            return libc.mmap(fixed, nr_pages * 4096, 3, flags, -1, 0), [0] * nr_pages
+
+        cache = xmc.MapCache(xmc.CallbackBackend(forking_map, lambda a, n: libc.munmap(a, n)), bucket_shift=16)
+        p = cache.map_ptr(0x10000)  # the miss that forks
+        who = "child" if forked[0] == 0 else "parent"
+        if who == "child":
+            signal.alarm(20)  # a hang dies of SIGALRM, and the parent sees it
+        cache.write(0x10010, who.encode())
+        assert cache.read(0x10010, len(who)) == who.encode()
+        assert cache.ram_addr(p + 0x10) == 0x10010
+        with cache.map(0x20000, 8, dma=True, tag=who) as m, memoryview(m) as v:
+            v[:2] = b"ok"
+        assert cache.locked() == [] and cache.stats().locked == 0
+        cache.close()
+        print(who + ": works", flush=True)
+        if who == "child":
+            os._exit(0)
+        _, status = os.waitpid(forked[0], 0)
+        print("child exit", os.waitstatus_to_exitcode(status))
+        """,
+    )
+    assert sorted(lines) == ["child exit 0", "child: works", "parent: works"]
+
+
 def test_multiprocessing_fork_workers_use_an_inherited_cache(xmc: ModuleType) -> None:
     lines = run_script(
         xmc,

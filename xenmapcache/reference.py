@@ -409,13 +409,18 @@ _caches: weakref.WeakSet[_PyCore] = weakref.WeakSet()
 
 
 def _after_fork() -> None:
-    """In a forked child: a cache whose lock a thread held at fork() is unusable
-    (that thread is gone, and left it half updated); ``fork_child`` in C.  A
-    free lock is reset too: a thread parked on it at fork() can leave it marked
-    as waited for, and the child's first acquire would then wait forever."""
+    """In a forked child: a cache whose lock another thread held at fork() is
+    unusable (that thread is gone, and left it half updated); ``fork_child`` in
+    C.  The forking thread may hold it itself, from inside one of the cache's
+    callbacks: it finishes its call in the child too.  A free lock is reset: a
+    thread parked on it at fork() can leave it marked as waited for, and the
+    child's first acquire would then wait forever."""
+    me = threading.get_ident()  # the same in the child (pthread_self)
     for core in list(_caches):
+        st = core._st
         if core._lock.locked():
-            core._st.forked = True
+            if me not in st.be.inside and me not in st.tracing:
+                st.forked = True
         else:
             core._lock._at_fork_reinit()  # type: ignore[attr-defined]  # the stdlib's own way
 

@@ -257,6 +257,56 @@ TEST(fork_of_an_idle_cache_works_in_the_child_on_shared_guest_ram)
     fx_teardown();
 }
 
+static int (*plain_map)(void *, void *, uint64_t, size_t, int *, void **);
+static pid_t forked_pid;
+
+/* F's map, forking first: under the cache's mutex, in the middle of a miss */
+static int forking_map(void *opaque, void *fixed, uint64_t pfn, size_t n, int *errs, void **out)
+{
+    if (forked_pid < 0)
+        forked_pid = fork();
+    return plain_map(opaque, fixed, pfn, n, errs, out);
+}
+
+TEST(fork_from_inside_a_backend_callback_works_in_both_processes)
+{
+    uint8_t *p, *q;
+    int fds[2], status;
+    char done = 0;
+
+    fx_setup(MIB, SHIFT, 4 * B);
+    CHECK(pipe(fds) == 0);
+    plain_map = F->be.map;
+    F->be.map = forking_map; /* the cache calls through &F->be */
+    forked_pid = -1;
+    p = MAP(0x30000, 0x10, XMC_LOCK); /* both processes finish this miss */
+    F->be.map = plain_map;
+    CHECK(forked_pid >= 0);
+    if (forked_pid == 0)
+        alarm(20);
+    /* The thread that forked held the mutex, and gave it back in each. */
+    CHECK(xt_has_pattern(p, 0x30000, 0x10));
+    q = MAP(0x10000, 0x10, XMC_LOCK | XMC_DMA);
+    CHECK(xt_has_pattern(q, 0x10000, 0x10));
+    OK(xmc_unlock(C, q, NULL));
+    OK(xmc_unlock(C, p, NULL));
+    CHECK_EQ(xt_stats(C).locked, 0);
+    if (forked_pid == 0) { /* the child's cache is whole: freeing it unmaps everything */
+        xmc_cache_free(C);
+        C = NULL;
+        if (F->nlive == 0 && write(fds[1], "k", 1) != 1)
+            _exit(1);
+        _exit(0);
+    }
+    close(fds[1]);
+    if (read(fds[0], &done, 1) != 1)
+        done = 0;
+    close(fds[0]);
+    CHECK(waitpid(forked_pid, &status, 0) == forked_pid);
+    CHECK(done == 'k');
+    fx_teardown();
+}
+
 const xt_test xt_reliability_tests[] = {
     XT(write_into_a_hole_writes_nothing),
     XT(read_into_a_hole_fills_nothing),
@@ -267,5 +317,6 @@ const xt_test xt_reliability_tests[] = {
     XT(the_one_page_past_the_end_of_guest_ram_is_not_ram),
     XT(fork_while_a_thread_is_inside_a_cache_fails_in_the_child_only),
     XT(fork_of_an_idle_cache_works_in_the_child_on_shared_guest_ram),
+    XT(fork_from_inside_a_backend_callback_works_in_both_processes),
     XT_END,
 };
