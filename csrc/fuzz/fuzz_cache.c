@@ -797,6 +797,33 @@ static void op_copy(bool write)
     }
 }
 
+/*
+ * The trace hook, switched on and off by op 15.  While it is on the fast
+ * path is off (every hit goes through the traced slow path) and batches that
+ * run quietly replay their events.  The hook runs under the cache's mutex: a
+ * call back into the cache must be refused, never wait for itself.
+ */
+static bool trace_on;
+static unsigned long trace_events;
+
+static void on_event(void *opaque, const xmc_event *ev)
+{
+    xmc_stats st;
+
+    EXPECT(opaque == &trace_events);
+    EXPECT(ev->struct_size == sizeof(*ev));
+    EXPECT(ev->kind >= XMC_EV_HIT && ev->kind <= XMC_EV_REFUSED);
+    EXPECT(ev->rc <= 0);
+    if (trace_events++ % 16 == 0)
+        EXPECT(xmc_stats_get(cache, &st) == XMC_EREENTER);
+}
+
+static void op_trace(void)
+{
+    trace_on = !trace_on;
+    EXPECT(xmc_cache_set_trace(cache, trace_on ? on_event : NULL, &trace_events) == XMC_OK);
+}
+
 static void op_held_write(void)
 {
     held *h;
@@ -996,7 +1023,7 @@ static void run(void)
         case 12: op_copy(false); break;
         case 13: op_copy(true); break;
         case 14: op_held_write(); break;
-        case 15: op_held_write(); break;
+        case 15: op_trace(); break;
         case 16:
             dummy_on = !dummy_on;
             dummy_ever |= dummy_on;
@@ -1048,7 +1075,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     TRACE("shift %u, max_size %#" PRIx64 ", lock limit %u, translate %d, grants %d, hole2 page %" PRIu64
           "\n", shift, max_size, lock_limit, translate_on, grants, (uint64_t)(h2 % RAM_PAGES));
-    dummy_on = dummy_ever = false;
+    dummy_on = dummy_ever = trace_on = false;
     hole2_lo = (h2 % RAM_PAGES) * PAGE;
     hole2_hi = hole2_lo + (1 + (h2 >> 6)) * PAGE;
     nheld = 0;

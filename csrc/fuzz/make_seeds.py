@@ -18,7 +18,7 @@ CORPUS = pathlib.Path(__file__).resolve().parent / "corpus"
 # Opcodes (byte % 20) of fuzz_cache.c's run().
 MAP, MAP_SG, MAP_LOCK, MAP_DMA, MAP_FLAGS = 0, 1, 2, 3, 4
 UNLOCK, UNLOCK_TAG, UNLOCK_FOREIGN, RAM_ADDR, UNLOCK_SG = 5, 6, 7, 8, 9
-INVALIDATE, REPLACE, READ, WRITE, HELD_WRITE = 10, 11, 12, 13, 14
+INVALIDATE, REPLACE, READ, WRITE, HELD_WRITE, TRACE = 10, 11, 12, 13, 14, 15
 DUMMY, LOCK_LIMIT, CHECK_RAM, STATS = 16, 17, 18, 19
 
 
@@ -167,6 +167,22 @@ def seeds() -> dict[str, bytes]:
         unlock_sg(0, 2),  # another batch's address
         unlock_sg(1, 1, 2),
         bytes([STATS, INVALIDATE]),
+    ])
+    s["traced"] = header(shift=13, slots=2, lock_limit=2, translate=True) + b"".join([
+        bytes([TRACE]),  # the hook on: every call below reports, hits included
+        bytes([MAP]) + page_addr(1) + size0(),
+        bytes([MAP]) + page_addr(1) + size0(),
+        bytes([MAP_DMA]) + page_addr(5, 0x100) + small(16),
+        bytes([MAP_LOCK]) + hole_addr(0x10) + small(8),  # translated
+        map_sg(2, page_addr(3) + small(4), page_addr(40) + small(4)),  # undone
+        bytes([MAP_LOCK]) + page_addr(5) + size0(),
+        bytes([MAP_LOCK]) + page_addr(5) + size0(),  # over the lock limit
+        bytes([RAM_ADDR, 0]) + struct.pack("<H", 3),
+        bytes([REPLACE]) + page_addr(1) + page_addr(2) + size0() + bytes([0]),
+        bytes([INVALIDATE, UNLOCK, 0, UNLOCK_FOREIGN, 0, 0, 0]),
+        bytes([TRACE]),  # off again: the fast path is back
+        bytes([MAP]) + page_addr(1) + size0(),
+        bytes([TRACE, INVALIDATE, STATS]),
     ])
     return s
 
