@@ -11,8 +11,9 @@
  * records, moves entries of a constant region around with xmc_replace (the
  * workers' own entries are not replaced under their feet: remapping memory a
  * thread is writing is a race by definition) and checks every record it
- * sees against its tag.  Reads through a translated hole exercise the callback,
- * which runs with the cache mutex dropped.  The lock limit is small, so
+ * sees against its tag, and switches a trace hook on and off.  Reads through a
+ * translated hole exercise the callback, which runs with the cache mutex
+ * dropped (so the hook can come or go in the middle of a call).  The lock limit is small, so
  * XMC_EOVERFLOW happens too, to batches (xmc_map_sg) as well, which must
  * then hold nothing; batches are unlocked whole (xmc_unlock_sg), once in a
  * while with an address too many, which must unlock nothing.  Half the hot calls go the way the Python
@@ -396,8 +397,28 @@ static void check_record(const xmc_record *r, bool want_dma)
         EXPECT(r->dma);
 }
 
+/*
+ * The invalidator switches this trace hook on and off under the workers'
+ * feet (a translate callback runs with the mutex dropped, so the hook can
+ * come and go in the middle of a call).  It runs under the cache's mutex:
+ * calling back into the cache must be refused, not wait for itself.
+ */
+static atomic_ulong trace_events;
+
+static void on_event(void *opaque, const xmc_event *ev)
+{
+    xmc_stats st;
+
+    EXPECT(opaque == &trace_events);
+    EXPECT(ev->struct_size == sizeof(*ev) && ev->kind >= XMC_EV_HIT &&
+           ev->kind <= XMC_EV_REFUSED);
+    if (atomic_fetch_add(&trace_events, 1) % 64 == 0)
+        EXPECT(xmc_stats_get(cache, &st) == XMC_EREENTER);
+}
+
 static void *invalidator(void *arg)
 {
+    bool traced = false;
     uint64_t rng = 0x1234567;
     xmc_record *recs;
     xmc_stats st;
@@ -408,7 +429,7 @@ static void *invalidator(void *arg)
     (void)arg;
     for (;;) {
         while (atomic_load(&finished) < NTHREADS) {
-            switch (rnd(&rng) % 4) {
+            switch (rnd(&rng) % 5) {
             case 0:
                 rc = xmc_invalidate(cache, &recs, &n);
                 if (rc != XMC_OK)
@@ -438,6 +459,11 @@ static void *invalidator(void *arg)
                 replaces += rc == XMC_OK;
                 break;
             }
+            case 3:
+                traced = !traced;
+                EXPECT(xmc_cache_set_trace(cache, traced ? on_event : NULL, &trace_events) ==
+                       XMC_OK);
+                break;
             default:
                 if (xmc_stats_get(cache, &st) != XMC_OK)
                     FAIL("stats");
@@ -641,6 +667,7 @@ int main(int argc, char **argv)
     EXPECT(pthread_join(inv, NULL) == 0);
     EXPECT(nowait_done > 0); /* the _nowait calls were answered, not all refused */
     EXPECT(batches > 0);
+    EXPECT(atomic_load(&trace_events) > 0);
 
     /* Everything unlocked: one invalidate leaves nothing mapped. */
     EXPECT(xmc_stats_get(cache, &st) == XMC_OK && st.locked == 0);
@@ -651,12 +678,13 @@ int main(int argc, char **argv)
     printf("stress: %d threads, %lu operations on colliding addresses (%lu lock "
            "overflows, %lu translated reads, %lu answered without waiting, %lu batches), "
            "invalidator: %lu operations, %lu "
-           "invalidations, %lu in-place replaces, %lu records checked; "
+           "invalidations, %lu in-place replaces, %lu records checked, %lu trace events; "
            "hits %" PRIu64 ", misses %" PRIu64 ", remaps %" PRIu64 "; closed under "
            "%d threads; %.1f s\n",
            NTHREADS, ops, overflows, translated, nowait_done, batches, inv_ops, invalidations,
            replaces,
-           records_seen, st.hits, st.misses, st.remaps, NTHREADS, now() - t0);
+           records_seen, atomic_load(&trace_events), st.hits, st.misses, st.remaps, NTHREADS,
+           now() - t0);
     xmc_cache_free(cache);
     xmc_ram_free(ram);
     free(shadow);
