@@ -609,12 +609,51 @@ static PyObject *xmc_py_mapping_enter(PyObject *op, PyObject *unused)
 }
 
 /*
+ * A short free list of the GC objects of one type: objects that come and go
+ * at the rate of calls are kept, untracked and with their references
+ * dropped, for the next ones, as CPython keeps its own small objects.  The
+ * GIL guards it.
+ */
+#define XMC_PY_FREE_MAX 64
+
+typedef struct {
+    PyObject *items[XMC_PY_FREE_MAX];
+    int n;
+} xmc_py_freelist;
+
+/* A new object of tp (size bytes), zeroed past its head and tracked; NULL
+ * with an error set. */
+static PyObject *xmc_py_fl_new(xmc_py_freelist *fl, PyTypeObject *tp, size_t size)
+{
+    PyObject *op;
+
+    if (!fl->n)
+        return PyType_GenericAlloc(tp, 0);
+    op = fl->items[--fl->n];
+    memset((char *)op + sizeof(PyObject), 0, size - sizeof(PyObject));
+    PyObject_Init(op, tp);
+    PyObject_GC_Track(op);
+    return op;
+}
+
+/* The end of a tp_dealloc: op is untracked and cleared. */
+static void xmc_py_fl_free(xmc_py_freelist *fl, PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+
+    if (fl->n < XMC_PY_FREE_MAX)
+        fl->items[fl->n++] = op;
+    else
+        PyObject_GC_Del(op);
+    Py_DECREF(tp);
+}
+
+/*
  * __enter__ and __exit__ of Mapping and MappingGroup.  CPython before 3.14
  * looks both up at every with statement and binds each to the object in a
  * new builtin method object, made for the GC and freed at the end of the
  * statement: most of what a with statement costs.  These descriptors bind
- * with a method object of their own instead, taken from a short free list
- * (the GIL guards it), as CPython itself keeps small objects.
+ * with a method object of their own instead, from a free list.
  */
 typedef struct {
     PyObject_HEAD
@@ -635,9 +674,7 @@ typedef struct {
 static PyTypeObject *xmc_py_special_type;
 static PyTypeObject *xmc_py_bound_type;
 
-#define XMC_PY_NBOUND_FREE 16
-static xmc_py_bound *xmc_py_bound_free[XMC_PY_NBOUND_FREE];
-static int xmc_py_nbound_free;
+static xmc_py_freelist xmc_py_bound_free;
 
 static PyObject *xmc_py_special_call(xmc_py_special *d, PyObject *self, Py_ssize_t nargs,
                                      PyObject *kw)
@@ -684,15 +721,9 @@ static int xmc_py_bound_clear(PyObject *op)
 
 static void xmc_py_bound_dealloc(PyObject *op)
 {
-    PyTypeObject *tp = Py_TYPE(op);
-
     PyObject_GC_UnTrack(op);
     xmc_py_bound_clear(op);
-    if (xmc_py_nbound_free < XMC_PY_NBOUND_FREE)
-        xmc_py_bound_free[xmc_py_nbound_free++] = (xmc_py_bound *)op;
-    else
-        PyObject_GC_Del(op);
-    Py_DECREF(tp);
+    xmc_py_fl_free(&xmc_py_bound_free, op);
 }
 
 static PyObject *xmc_py_bound_repr(PyObject *op)
@@ -718,14 +749,9 @@ static PyObject *xmc_py_special_get(PyObject *op, PyObject *obj, PyObject *type)
                      d->owner_name);
         return NULL;
     }
-    if (!xmc_py_nbound_free) {
-        if (!(b = (xmc_py_bound *)PyType_GenericAlloc(xmc_py_bound_type, 0)))
-            return NULL;
-    } else {
-        b = xmc_py_bound_free[--xmc_py_nbound_free];
-        PyObject_Init((PyObject *)b, xmc_py_bound_type);
-        PyObject_GC_Track(b);
-    }
+    b = (xmc_py_bound *)xmc_py_fl_new(&xmc_py_bound_free, xmc_py_bound_type, sizeof(*b));
+    if (!b)
+        return NULL;
     b->vectorcall = xmc_py_bound_vectorcall;
     b->descr = (xmc_py_special *)Py_NewRef(op);
     b->self = Py_NewRef(obj);
@@ -894,40 +920,20 @@ static int xmc_py_mapping_clear(PyObject *op)
     return 0;
 }
 
-/*
- * Mappings come and go at the rate of map() calls: the last few freed are
- * kept (untracked, their references dropped) for the next ones, as CPython
- * keeps its own small objects.  The GIL guards the list.
- */
-#define XMC_PY_NMAPPING_FREE 64
-static xmc_py_mapping *xmc_py_mapping_free[XMC_PY_NMAPPING_FREE];
-static int xmc_py_nmapping_free;
+static xmc_py_freelist xmc_py_mapping_free;
 
 /* A new Mapping, zeroed and tracked by the GC, or NULL with an error set. */
 static xmc_py_mapping *xmc_py_mapping_new(void)
 {
-    xmc_py_mapping *m;
-
-    if (!xmc_py_nmapping_free)
-        return (xmc_py_mapping *)PyType_GenericAlloc(xmc_py_mapping_type, 0);
-    m = xmc_py_mapping_free[--xmc_py_nmapping_free];
-    memset((char *)m + sizeof(PyObject), 0, sizeof(*m) - sizeof(PyObject));
-    PyObject_Init((PyObject *)m, xmc_py_mapping_type);
-    PyObject_GC_Track(m);
-    return m;
+    return (xmc_py_mapping *)xmc_py_fl_new(&xmc_py_mapping_free, xmc_py_mapping_type,
+                                           sizeof(xmc_py_mapping));
 }
 
 static void xmc_py_mapping_dealloc(PyObject *op)
 {
-    PyTypeObject *tp = Py_TYPE(op);
-
     PyObject_GC_UnTrack(op);
     xmc_py_mapping_clear(op);
-    if (xmc_py_nmapping_free < XMC_PY_NMAPPING_FREE)
-        xmc_py_mapping_free[xmc_py_nmapping_free++] = (xmc_py_mapping *)op;
-    else
-        PyObject_GC_Del(op);
-    Py_DECREF(tp);
+    xmc_py_fl_free(&xmc_py_mapping_free, op);
 }
 
 static PyMethodDef xmc_py_mapping_methods[] = {
