@@ -321,6 +321,23 @@ def test_readinto_fills_any_writable_buffer(cache: Any, ram: Any, n: int, arrang
         assert cache.readinto(MIB - 5, words) == n and words.tobytes() == data[:n]
 
 
+def test_readinto_fills_numpy_arrays(cache: Any, ram: Any, arrangement: str) -> None:
+    import numpy as np
+
+    ram.write(MIB - 8, bytes(range(64)))
+    grid = np.zeros((4, 2), dtype=np.float64)  # 64 bytes, C-contiguous, two dimensions
+    assert cache.readinto(MIB - 8, grid) == 64
+    assert grid.tobytes() == bytes(range(64))
+    column = np.zeros((8, 2), dtype=np.uint8)[:, 0]  # strided: not one run of memory
+    with pytest.raises(TypeError):
+        cache.readinto(0, column)
+    frozen = np.zeros(8, dtype=np.uint8)
+    frozen.flags.writeable = False
+    with pytest.raises(TypeError):
+        cache.readinto(0, frozen)
+    assert not frozen.any() and not column.any()
+
+
 def test_a_failed_readinto_leaves_the_buffer_untouched(xmc: ModuleType, cache: Any, ram: Any, arrangement: str) -> None:
     ram.write(32 * MIB - 4, b"RAM!")
     buf = bytearray(b"\xee" * 64)
