@@ -154,7 +154,11 @@ class NativeCore:
         after_free = functools.partial(_collected, _callbacks.take, self._keys, keep=(self._trace, self._translate))
         types = native_types()
         self._native: Any = None
-        if types is not None and lib.xmc_py_adopt(out[0]) == lib.XMC_OK:
+        if types is not None:
+            rc = lib.xmc_py_adopt(out[0])
+            if rc != lib.XMC_OK:  # out of memory: MapCache was promised the builtins
+                lib.xmc_cache_free(out[0])
+                raise_for(rc, "MapCache")
             self._native = types.adopted()  # owns the cache: frees it when it goes
             self._native.set_after_free(after_free)
             self._c = out[0]  # used only while self, and so _native, is alive
@@ -167,6 +171,12 @@ class NativeCore:
             check(lib.xmc_cache_set_translate(self._c, lib._xmc_py_translate, self._translate), "translate")
         if self._trace is not None:
             check(lib.xmc_cache_set_trace(self._c, lib._xmc_py_trace, self._trace), "trace")
+
+    @staticmethod
+    def has_fast_paths() -> bool:
+        """Whether every cache on this core comes with the builtins of :meth:`fast_paths`
+        (CPython with the binding's types; not a free-threaded build)."""
+        return native_types() is not None
 
     def _fail(self, rc: int, what: str) -> NoReturn:
         cause = self._take(self._keys)  # from one of this cache's Python callbacks
@@ -206,7 +216,7 @@ class NativeCore:
         return native
 
     def fast_paths(self) -> dict[str, Callable[..., Any]]:
-        """The builtins of the hot methods (empty without ``NativeCache``)."""
+        """The builtins of the hot methods, one for each of ``HOT_METHODS`` (none without ``NativeCache``)."""
         native = self._native
         if native is None:
             return {}
