@@ -104,6 +104,23 @@ def test_a_subclass_override_is_never_shadowed(xmc: ModuleType, ram: Any) -> Non
         assert cache.read(0x5000, 2) == b"\0\0"  # not overridden: the fast one
 
 
+def test_the_constructor_shows_its_parameters(xmc: ModuleType, ram: Any) -> None:
+    # MapCache.__new__ only picks the class (builtins in slots); help() and the
+    # docs must still show __init__'s parameters, and a subclass its own.
+    import inspect
+
+    assert list(inspect.signature(xmc.MapCache).parameters)[:3] == ["ram", "bucket_shift", "max_size"]
+
+    class Sized(xmc.MapCache):  # type: ignore[misc,name-defined]
+        def __init__(self, ram: Any, mib: int) -> None:
+            super().__init__(ram, max_size=mib << 20)
+
+    assert list(inspect.signature(Sized).parameters) == ["ram", "mib"]
+    with Sized(ram, 4) as cache:
+        assert cache.max_size == 4 << 20 and isinstance(cache, Sized)
+        assert cache.map_ptr(0x1000) == cache.map_ptr(0x1000)
+
+
 def test_the_compiled_module_takes_no_raw_address() -> None:
     from xenmapcache import _core, _native
 

@@ -17,6 +17,7 @@ here, which checks and raises.
 from __future__ import annotations
 
 import collections.abc
+import inspect
 import itertools
 import logging
 import os
@@ -26,7 +27,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ._native import HOT_METHODS, NativeCore
 from ._nocopy import NoCopy
@@ -521,14 +522,21 @@ class MapCache(NoCopy):
 
     _Core: Any = NativeCore
     _no_copy_why = "a copy would share the cache's handle and mappings, which either copy may close"
+    __signature__: ClassVar[inspect.Signature]  # __init__'s (set below the class)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> MapCache:
         # With builtins, each cache has its own set, kept in slots of a
-        # subclass made once per class (see _with_fast_slots).
+        # subclass made once per class (see _with_fast_slots).  What help()
+        # and the docs show as the signature is __init__'s (__signature__).
         has_fast_paths = getattr(cls._Core, "has_fast_paths", None)
         if has_fast_paths is not None and has_fast_paths():
             cls = _with_fast_slots(cls)
         return super().__new__(cls)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:  # its own parameters
+            cls.__signature__ = _init_signature(cls)
 
     def __init__(
         self,
@@ -942,6 +950,14 @@ class MapCache(NoCopy):
         state = "closed" if self._closed else f"{len(self._reg.mappings())} mapping(s)"
         return f"<{type(self).__name__} bucket_shift={self.bucket_shift} max_size={self.max_size:#x} {state}>"
 
+
+def _init_signature(cls: type[MapCache]) -> inspect.Signature:
+    """The signature of calling ``cls``: its ``__init__``'s, without ``self``."""
+    sig = inspect.signature(cls.__init__)
+    return sig.replace(parameters=list(sig.parameters.values())[1:], return_annotation=inspect.Signature.empty)
+
+
+MapCache.__signature__ = _init_signature(MapCache)
 
 _FAST_CLASSES: dict[type[MapCache], type[MapCache]] = {}
 
