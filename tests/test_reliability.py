@@ -424,6 +424,8 @@ def test_the_hot_methods_are_the_builtins_on_cpython() -> None:
             assert not set(HOT_METHODS) & set(vars(cache))
             assert isinstance(cache, xenmapcache.MapCache) and type(cache).__qualname__ == "MapCache"
             cache.close()
+        with type(cache)(ram) as again:  # the class of a cache makes caches like it
+            assert type(again) is type(cache) and again.map_ptr(0) == again.map_ptr(0)
 
 
 def test_a_hole_that_ends_or_starts_inside_a_page_takes_all_of_that_page(xmc: ModuleType) -> None:

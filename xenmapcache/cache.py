@@ -972,6 +972,8 @@ def _with_fast_slots(cls: type[MapCache]) -> type[MapCache]:
     (a third of a hit).  A slot is looked up as fast as a method.  The
     subclass has the name, qualified name, module and docstring of ``cls``.
     """
+    if "_fast_slots" in cls.__dict__:  # type(cache)(...): it is one already
+        return cls
     fast = _FAST_CLASSES.get(cls)
     if fast is None:
         names = tuple(name for name in HOT_METHODS if getattr(cls, name) is getattr(MapCache, name))
