@@ -44,6 +44,8 @@ FAST_SUITE = [
     "tests/test_regressions.py",
     "tests/test_callback_backend.py",
     "tests/test_model.py",
+    "tests/test_safe_path.py",
+    "tests/test_grants.py",
 ]
 TIMEOUT = 900
 
@@ -181,9 +183,16 @@ MUTANTS = [
     Mutant(
         "fork-marks-idle-caches",
         "csrc/cache.c",
-        "memory_order_relaxed) != 0)\n            c->forked = true;",
-        "memory_order_relaxed) == 0)\n            c->forked = true;",
+        "&c->mutex.state, memory_order_relaxed) != 0 &&",
+        "&c->mutex.state, memory_order_relaxed) == 0 &&",
         "the fork handler marks the idle caches instead of the busy ones",
+    ),
+    Mutant(
+        "fork-marks-its-own-call",
+        "csrc/cache.c",
+        " &&\n            atomic_load_explicit(&c->callback_thread, memory_order_relaxed) != self)",
+        ")",
+        "a fork made from inside a cache's own callback leaves the cache unusable in the child",
     ),
     Mutant(
         "ram-last-page-is-ram",
@@ -212,6 +221,20 @@ MUTANTS = [
         "    *flags = lock ? XMC_LOCK | (dma ? XMC_DMA : 0u) : 0u;",
         "    *flags = lock ? XMC_LOCK : 0u;",
         "map_ptr(lock=True, dma=True) through the builtin forgets DMA",
+    ),
+    Mutant(
+        "seam-free-list-keeps-state",
+        "ffi/seam.h",
+        "    memset((char *)op + sizeof(PyObject), 0, size - sizeof(PyObject));\n",
+        "",
+        "a Mapping taken from the free list keeps the state of the one freed before",
+    ),
+    Mutant(
+        "seam-unlock-retries-grant-failure",
+        "ffi/seam.h",
+        "    if (rc == XMC_ESYS) /* unlocked, but a grant entry failed to unmap: never retried */",
+        "    if (rc == XMC_ESYS && 0)",
+        "a grant unmap that failed in the builtin unlock is retried, and its error lost",
     ),
     Mutant(
         "seam-ram-addr-32-bit",

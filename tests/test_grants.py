@@ -155,8 +155,10 @@ def test_a_failed_grant_unmap_is_reported_once_and_the_lock_is_gone(xmc: ModuleT
         m.release()
     assert isinstance(info.value.__cause__, RuntimeError)
     mem.fail_unmap = True
-    with pytest.raises(xmc.MapCacheError):
+    with pytest.raises(xmc.MapCacheError) as info:
         c.unlock(p)
+    assert isinstance(info.value.__cause__, RuntimeError)  # the backend's error, not "unknown"
+    assert not isinstance(info.value, xmc.UnknownMapping)
     assert (c.stats().locked, c.stats().entries) == (0, 0)
     with pytest.raises(xmc.UnknownMapping):  # gone, never retried
         c.unlock(p)
