@@ -522,7 +522,7 @@ class MapCache(NoCopy):
 
     _Core: Any = NativeCore
     _no_copy_why = "a copy would share the cache's handle and mappings, which either copy may close"
-    __signature__: ClassVar[inspect.Signature]  # __init__'s (set below the class)
+    __signature__: ClassVar[inspect.Signature | None]  # __init__'s (set below the class)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> MapCache:
         # With builtins, each cache has its own set, kept in slots of a
@@ -536,7 +536,10 @@ class MapCache(NoCopy):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:  # its own parameters
-            cls.__signature__ = _init_signature(cls)
+            try:
+                cls.__signature__ = _init_signature(cls)
+            except (TypeError, ValueError):  # an __init__ inspect cannot read: not MapCache's
+                cls.__signature__ = None
 
     def __init__(
         self,
