@@ -1793,6 +1793,13 @@ int xmc_write(xmc_cache *c, uint64_t paddr, const void *buf, size_t n)
     LOCKED_CALL(c, copy_locked(c, paddr, (uint8_t *)(uintptr_t)buf, n, true, 0));
 }
 
+int xmc_write_nowait(xmc_cache *c, uint64_t paddr, const void *buf, size_t n)
+{
+    if (!buf && n)
+        return XMC_EINVAL;
+    LOCKED_CALL_IF(c, false, copy_locked(c, paddr, (uint8_t *)(uintptr_t)buf, n, true, MAP_NOWAIT));
+}
+
 static int stats_locked(xmc_cache *c, xmc_stats *out)
 {
     *out = c->st;

@@ -385,7 +385,7 @@ int xmc_unlock_sg(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag);
  * where they would wait (for the cache's mutex, held by another thread) or
  * reach the backend (a miss, which maps), they return XMC_EAGAIN having
  * changed nothing and traced nothing.  Then drop your own lock and make the waiting call.  A read
- * is served only within one bucket.  Any other answer is the final one.
+ * or a write is served only within one bucket.  Any other answer is the final one.
  * Errors: XMC_EAGAIN, and those of the plain call.  Cost: the plain call's
  * hit, with a try-lock instead of a lock; never a system call.
  */
@@ -399,6 +399,7 @@ int xmc_map_sg_nowait(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags
 int xmc_unlock_sg_nowait(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag);
 int xmc_ram_addr_nowait(xmc_cache *c, const void *addr, uint64_t *out);
 int xmc_read_nowait(xmc_cache *c, uint64_t paddr, void *buf, size_t n);
+int xmc_write_nowait(xmc_cache *c, uint64_t paddr, const void *buf, size_t n);
 /*
  * The counters (xmc_stats) or the heap the cache holds for its bookkeeping
  * (xmc_memory) in *out.  Errors: the common ones.  Cost: O(1).

@@ -149,6 +149,7 @@ enum {
     XMC_PY_MAP_PTR,
     XMC_PY_READ,
     XMC_PY_READINTO,
+    XMC_PY_WRITE,
     XMC_PY_RAM_ADDR,
     XMC_PY_UNLOCK,
     XMC_PY_MAP,
@@ -269,7 +270,7 @@ static PyObject *xmc_py_checked(xmc_py_cache *self, int which, PyObject *const *
 /* The parameter names, interned by xmc_py_fast_install(): keyword names
  * written in Python code are the same objects, found without comparing. */
 static const char *const xmc_py_names[] = { "paddr", "size", "lock", "dma", "n",
-                                            "address", "tag", "buffer", "segments" };
+                                            "address", "tag", "buffer", "segments", "data" };
 #define XMC_PY_NNAMES (sizeof(xmc_py_names) / sizeof(xmc_py_names[0]))
 static PyObject *xmc_py_interned[XMC_PY_NNAMES];
 
@@ -471,6 +472,37 @@ static PyObject *xmc_py_readinto_fast(PyObject *op, PyObject *const *args, Py_ss
     if (rc != XMC_OK)
         return xmc_py_fail(self, rc, "read", paddr, n);
     return PyLong_FromUnsignedLongLong((unsigned long long)n);
+}
+
+/* write(paddr, data) -> None: all of any C-contiguous buffer, all or nothing */
+static PyObject *xmc_py_write_fast(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                                   PyObject *kwnames)
+{
+    const char *const names[] = { xmc_py_names[0], xmc_py_names[9] }; /* paddr, data */
+    xmc_py_cache *self = (xmc_py_cache *)op;
+    PyObject *a[2];
+    Py_buffer view;
+    uint64_t paddr, n;
+    int rc;
+
+    if (!xmc_py_args(args, nargs, kwnames, names, 2, a) || !a[0] || !a[1] ||
+        !xmc_py_u64(a[0], &paddr) || PyObject_GetBuffer(a[1], &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        return xmc_py_checked(self, XMC_PY_WRITE, args, nargs, kwnames);
+    }
+    n = (uint64_t)view.len;
+    if (n && paddr > UINT64_MAX - (n - 1)) {
+        PyBuffer_Release(&view);
+        return xmc_py_checked(self, XMC_PY_WRITE, args, nargs, kwnames);
+    }
+    /* The export is held across the call: the buffer cannot move or shrink. */
+    XMC_PY_CALL(rc, n <= XMC_PY_HOLD_GIL_MAX
+                        ? xmc_write_nowait(self->c, paddr, view.buf, (size_t)n) : XMC_EAGAIN,
+                xmc_write(self->c, paddr, view.buf, (size_t)n));
+    PyBuffer_Release(&view);
+    if (rc != XMC_OK)
+        return xmc_py_fail(self, rc, "write", paddr, n);
+    Py_RETURN_NONE;
 }
 
 /* The host address that is the one argument of ram_addr and unlock, or NULL
@@ -1534,8 +1566,8 @@ static PyObject *xmc_py_bind(PyObject *op, PyObject *args)
     PyObject *o[2 + XMC_PY_NCHECKED];
     unsigned long long max_size, bucket_size;
 
-    if (!PyArg_ParseTuple(args, "OOKKOOOOOOO", &o[0], &o[1], &max_size, &bucket_size, &o[2],
-                          &o[3], &o[4], &o[5], &o[6], &o[7], &o[8]))
+    if (!PyArg_ParseTuple(args, "OOKKOOOOOOOO", &o[0], &o[1], &max_size, &bucket_size, &o[2],
+                          &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9]))
         return NULL;
     if (self->owner || !bucket_size || (bucket_size & (bucket_size - 1))) {
         PyErr_SetString(PyExc_ValueError, "bind() once, with a power-of-two bucket size");
@@ -1611,6 +1643,8 @@ static PyMethodDef xmc_py_cache_methods[] = {
     { "readinto", (PyCFunction)(void (*)(void))xmc_py_readinto_fast, XMC_PY_FAST,
       "readinto(paddr, buffer)\n--\n\n"
       "Fill the writable ``buffer`` with guest memory from ``paddr``; returns its length." },
+    { "write", (PyCFunction)(void (*)(void))xmc_py_write_fast, XMC_PY_FAST,
+      "write(paddr, data)\n--\n\nWrite all of ``data`` into guest memory at ``paddr``." },
     { "ram_addr", (PyCFunction)(void (*)(void))xmc_py_ram_addr_fast, XMC_PY_FAST,
       "ram_addr(address)\n--\n\n"
       "The guest-physical address behind a host address inside a mapped entry." },

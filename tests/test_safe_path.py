@@ -60,7 +60,7 @@ def test_one_status_table_serves_both_implementations() -> None:
     assert type(errors.exception_for(lib.XMC_ECLOSED, "x")) is errors.MapCacheError
 
 
-@pytest.mark.parametrize("call", ["read", "readinto", "map", "map_ptr", "ram_addr", "unlock"])
+@pytest.mark.parametrize("call", ["read", "readinto", "write", "map", "map_ptr", "ram_addr", "unlock"])
 def test_a_failure_gives_one_message_whatever_path_raised_it(ram: Any, call: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import xenmapcache
     import xenmapcache._native
@@ -69,6 +69,7 @@ def test_a_failure_gives_one_message_whatever_path_raised_it(ram: Any, call: str
     args: dict[str, tuple[Any, ...]] = {
         "read": (U64 - 2, 4096),  # wraps: refused before any core call
         "readinto": (33 * MIB, bytearray(64)),  # the hole: a failed core call
+        "write": (32 * MIB - 8, bytes(64)),  # runs into the hole
         "map": (33 * MIB, 64),
         "map_ptr": (33 * MIB, 64, True),
         "ram_addr": (12345,),
@@ -353,6 +354,21 @@ def test_readinto_fills_numpy_arrays(cache: Any, ram: Any, arrangement: str) -> 
     with pytest.raises(TypeError):
         cache.readinto(0, frozen)
     assert not frozen.any() and not column.any()
+
+
+def test_write_takes_any_contiguous_buffer(cache: Any, ram: Any, arrangement: str) -> None:
+    import numpy as np
+
+    data = bytes(range(256)) * 20  # 5,120 bytes: more than a page, across a bucket
+    for buf in (data, bytearray(data), memoryview(data)[10:], array.array("I", data), np.frombuffer(data, np.uint16)):
+        ram.write(MIB - 100, bytes(len(data)))
+        assert cache.write(MIB - 100, buf) is None
+        flat = bytes(memoryview(buf).cast("B"))
+        assert ram.read(MIB - 100, len(data)) == flat + bytes(len(data) - len(flat))
+    for bad in ("text", memoryview(data)[::2], 12):
+        with pytest.raises(TypeError):
+            cache.write(0, bad)
+    assert cache.write(0x10, b"") is None
 
 
 def test_a_failed_readinto_leaves_the_buffer_untouched(xmc: ModuleType, cache: Any, ram: Any, arrangement: str) -> None:

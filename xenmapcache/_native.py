@@ -28,7 +28,7 @@ logger = logging.getLogger("xenmapcache")
 
 # The methods NativeCache has builtins for, in the order its bind() takes
 # their checked fallbacks (the XMC_PY_* enum of ffi/seam.h).
-HOT_METHODS = ("map_ptr", "read", "readinto", "ram_addr", "unlock", "map", "map_sg")
+HOT_METHODS = ("map_ptr", "read", "readinto", "write", "ram_addr", "unlock", "map", "map_sg")
 
 
 @functools.cache
@@ -207,7 +207,7 @@ class NativeCore:
             if what in ("map_sg", "unlock_sg"):  # paddr is the number of segments
                 where = f"of {paddr} segment(s)"
             else:
-                where = f"{paddr:#x}+{size:#x}" if what in ("map", "read") else f"{paddr:#x}"
+                where = f"{paddr:#x}+{size:#x}" if what in ("map", "read", "write") else f"{paddr:#x}"
             core: NativeCore = live._core
             core._fail(rc, f"{what} {where}")
 

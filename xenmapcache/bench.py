@@ -85,6 +85,11 @@ def read_step(read: Callable[[int, int], bytes], addresses: Iterator[int]) -> by
     return read(next(addresses), 4096)
 
 
+def write_step(write: Callable[[int, Any], None], data: bytes, addresses: Iterator[int]) -> None:
+    """``cache.write(p, data)`` of 4 KiB at the next random ``p``."""
+    write(next(addresses), data)
+
+
 def readinto_step(readinto: Callable[[int, Any], int], buf: bytearray, addresses: Iterator[int]) -> int:
     """``cache.readinto(p, buf)`` of 4 KiB at the next random ``p``."""
     return readinto(next(addresses), buf)
@@ -409,6 +414,11 @@ def readinto_warm(res: Resources) -> Iterator[Call]:
 
 
 @contextlib.contextmanager
+def write_warm(res: Resources) -> Iterator[Call]:
+    yield write_step, (res.warm_cache("c").write, bytes(4096), random_addresses(seed=9, span=WARM_SPAN))
+
+
+@contextlib.contextmanager
 def read_warm(res: Resources) -> Iterator[Call]:
     yield read_step, (res.warm_cache("c").read, random_addresses(seed=9, span=WARM_SPAN))
 
@@ -562,6 +572,14 @@ ROWS = (
         Side("cache.readinto", readinto_warm),
         Side("cache.read", read_warm),
         1.0,
+    ),
+    Row(
+        "write",
+        "cache.write(p, data) of 4 KiB, random p in a warm 4 MiB",
+        "vs cache.readinto(p, buf) of 4 KiB, the same p",
+        Side("cache.write", write_warm),
+        Side("cache.readinto", readinto_warm),
+        1.5,
     ),
     Row(
         "safe",

@@ -8,7 +8,7 @@ write, stats, view and close (see ``NativeCore`` in ``_native.py``, the
 binding).  A core may also offer ``registry(cache)``, which keeps the cache's
 Mappings (else a :class:`_PyRegistry` does), and ``has_fast_paths()`` with
 ``fast_paths()``: builtins that the cache installs over its own ``map_ptr``,
-``read``, ``readinto``, ``ram_addr``, ``unlock``, ``map`` and ``map_sg``
+``read``, ``readinto``, ``write``, ``ram_addr``, ``unlock``, ``map`` and ``map_sg``
 (unless a subclass overrides them), so that the common case costs one C
 call and no Python frame; anything else they hand straight to the method
 here, which checks and raises.
@@ -795,7 +795,9 @@ class MapCache(NoCopy):
         :raises TypeError: ``paddr`` is not an int, or ``data`` not a buffer.
         :raises MapCacheError: the cache is closed.
 
-        Cost: one C call that releases the GIL, plus the copy of ``data``.
+        Cost: on the C core under CPython, one builtin call and one C call,
+        which keeps the GIL for up to a page within one mapped bucket, plus
+        the copy of ``data``; elsewhere, a C call that releases the GIL.
         """
         self._check_open()
         view = memoryview(data).cast("B")

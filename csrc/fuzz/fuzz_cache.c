@@ -513,6 +513,20 @@ static int read_hot(uint64_t paddr, uint8_t *buf, size_t n)
     return xmc_read(cache, paddr, buf, n);
 }
 
+static int write_hot(uint64_t paddr, const uint8_t *buf, size_t n)
+{
+    xmc_stats before;
+    int rc;
+
+    if (try_nowait_first(&before)) {
+        rc = xmc_write_nowait(cache, paddr, buf, n);
+        if (rc != XMC_EAGAIN)
+            return rc;
+        refused_unchanged(&before);
+    }
+    return xmc_write(cache, paddr, buf, n);
+}
+
 /* A pointer came back: it resolves to what was asked (off RAM, maybe to its
  * translation tp) and holds the guest data.  Returns the address it maps. */
 static uint64_t check_pointer(uint8_t *p, uint64_t paddr, uint64_t size, bool v, uint64_t tp)
@@ -766,7 +780,7 @@ static void op_copy(bool write)
     if (write)
         for (uint64_t i = 0; i < n; i++)
             buf[i] = (uint8_t)(get8() ^ i);
-    rc = write ? xmc_write(cache, paddr, buf, n) : read_hot(paddr, buf, (size_t)n);
+    rc = write ? write_hot(paddr, buf, (size_t)n) : read_hot(paddr, buf, (size_t)n);
     TRACE("%s(%#" PRIx64 ", %#" PRIx64 ") = %d\n", write ? "write" : "read", paddr, n, rc);
     if (!range_ok(paddr, n)) {
         EXPECT(rc == XMC_EINVAL);

@@ -304,7 +304,8 @@ static void op_copy(worker *w, bool write)
     own_range(w, &paddr, &len);
     if (write) {
         fill(w, buf, paddr, len);
-        rc = xmc_write(cache, paddr, buf, len);
+        HOT_CALL(w, rc, xmc_write_nowait(cache, paddr, buf, len),
+                 xmc_write(cache, paddr, buf, len));
     } else {
         HOT_CALL(w, rc, xmc_read_nowait(cache, paddr, buf, len),
                  xmc_read(cache, paddr, buf, len));

@@ -59,6 +59,7 @@ TEST(grants_unlocked_requests_fail_and_map_nothing)
     CHECK_EQ(xmc_read(C, 0x5000, buf, sizeof(buf)), XMC_EGRANT);
     CHECK_EQ(xmc_read_nowait(C, 0x5000, buf, sizeof(buf)), XMC_EGRANT);
     CHECK_EQ(xmc_write(C, 0x5000, buf, sizeof(buf)), XMC_EGRANT);
+    CHECK_EQ(xmc_write_nowait(C, 0x5000, buf, sizeof(buf)), XMC_EGRANT);
     /* An invalid address is still an invalid address. */
     CHECK_EQ(xmc_map(C, UINT64_MAX, 2, 0, 0, &p), XMC_EINVAL);
     /* Unlocked requests fail even with a locked entry right there. */

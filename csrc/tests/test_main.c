@@ -144,6 +144,7 @@ const char *xt_every_call(xmc_cache *c, int want)
     XT_CALL(xmc_unlock_tag_nowait(c, buf, 0));
     XT_CALL(xmc_ram_addr_nowait(c, buf, &u));
     XT_CALL(xmc_read_nowait(c, 0, buf, sizeof(buf)));
+    XT_CALL(xmc_write_nowait(c, 0, buf, sizeof(buf)));
     XT_CALL(xmc_map_sg(c, &sg, 1, XMC_DMA, 0, &p));
     XT_CALL(xmc_map_sg_nowait(c, &sg, 1, 0, 0, &p));
     XT_CALL(xmc_unlock_sg(c, &addr, 1, 0));

@@ -100,6 +100,35 @@ TEST(nowait_read_serves_one_bucket_only)
     fx_teardown();
 }
 
+TEST(nowait_write_serves_one_bucket_and_a_refusal_writes_nothing)
+{
+    uint8_t buf[32], back[32];
+    xmc_stats s0;
+
+    setup();
+    memset(buf, 0xa5, sizeof(buf));
+    MAP(0x10000, 0, 0);
+    MAP(0x20000, 0, 0);
+    s0 = xt_stats(C);
+    /* Across two buckets, or onto one not mapped: refused, not a byte written. */
+    CHECK_EQ(xmc_write_nowait(C, 0x20000 - 16, buf, sizeof(buf)), XMC_EAGAIN);
+    CHECK_EQ(xmc_write_nowait(C, 0x30000, buf, sizeof(buf)), XMC_EAGAIN);
+    CHECK(same_stats(xt_stats(C), s0));
+    CHECK_EQ(F->map_calls, 2);
+    OK(xmc_read(C, 0x20000 - 16, back, sizeof(back)));
+    CHECK(xt_has_pattern(back, 0x20000 - 16, sizeof(back)));
+    OK(xmc_ram_read(F->ram, 0x30000, back, sizeof(back)));
+    CHECK(xt_has_pattern(back, 0x30000, sizeof(back)));
+    /* Within one mapped bucket: written, as the waiting call would. */
+    s0 = xt_stats(C);
+    OK(xmc_write_nowait(C, 0x10000 + 8, buf, sizeof(buf)));
+    CHECK_EQ(xt_stats(C).hits, s0.hits + 1);
+    OK(xmc_ram_read(F->ram, 0x10000 + 8, back, sizeof(back)));
+    CHECK(memcmp(back, buf, sizeof(buf)) == 0);
+    OK(xmc_write_nowait(C, 0x10000, buf, 0));
+    fx_teardown();
+}
+
 TEST(nowait_errors_are_final)
 {
     uint64_t out;
@@ -116,6 +145,8 @@ TEST(nowait_errors_are_final)
     CHECK_EQ(xmc_ram_addr_nowait(C, &c, NULL), XMC_EINVAL);
     CHECK_EQ(xmc_unlock_tag_nowait(C, &c, 0), XMC_ENOENT);
     CHECK_EQ(xmc_read_nowait(C, 0x10000, NULL, 1), XMC_EINVAL);
+    CHECK_EQ(xmc_write_nowait(C, 0x10000, NULL, 1), XMC_EINVAL);
+    CHECK_EQ(xmc_write_nowait(C, UINT64_MAX - 8, &c, 64), XMC_EINVAL);
     OK(xmc_cache_set_lock_limit(C, 0));
     CHECK_EQ(xmc_map_nowait(C, 0x10000, 0, XMC_LOCK, 0, &p), XMC_EOVERFLOW);
     CHECK_EQ(xt_stats(C).locked, 0);
@@ -141,6 +172,7 @@ TEST(nowait_does_not_wait_for_a_mutex_another_thread_holds)
     CHECK_EQ(xmc_ram_addr_nowait(C, l, &paddr), XMC_EAGAIN);
     CHECK_EQ(xmc_unlock_tag_nowait(C, l, 0), XMC_EAGAIN);
     CHECK_EQ(xmc_read_nowait(C, 0x10000, buf, sizeof(buf)), XMC_EAGAIN);
+    CHECK_EQ(xmc_write_nowait(C, 0x10000, buf, sizeof(buf)), XMC_EAGAIN);
     CHECK(fx_unpark() != NULL);
     OK(xmc_unlock_tag_nowait(C, l, 0)); /* nothing was changed by the refusals */
     CHECK_EQ(xt_stats(C).locked, 0);
@@ -202,6 +234,7 @@ const xt_test xt_nowait_tests[] = {
     XT(nowait_hits_answer_like_the_waiting_calls),
     XT(nowait_miss_changes_nothing_and_the_retry_maps_once),
     XT(nowait_read_serves_one_bucket_only),
+    XT(nowait_write_serves_one_bucket_and_a_refusal_writes_nothing),
     XT(nowait_errors_are_final),
     XT(nowait_does_not_wait_for_a_mutex_another_thread_holds),
     XT(a_backend_callback_calling_its_own_cache_fails_instead_of_hanging),
