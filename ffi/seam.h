@@ -446,27 +446,44 @@ static PyObject *xmc_py_read_fast(PyObject *op, PyObject *const *args, Py_ssize_
     return out;
 }
 
+/*
+ * The (paddr, buffer) of readinto and write, the buffer exported with flags
+ * into *view; 0 (nothing held, no error set) when the checked method must
+ * see them: a missing or unknown argument, not an int, not such a buffer, or
+ * a range past 2**64.
+ */
+static int xmc_py_buffer_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                              const char *buffer_name, int flags, uint64_t *paddr,
+                              Py_buffer *view)
+{
+    const char *const names[] = { xmc_py_names[0], buffer_name };
+    PyObject *a[2];
+
+    if (!xmc_py_args(args, nargs, kwnames, names, 2, a) || !a[0] || !a[1] ||
+        !xmc_py_u64(a[0], paddr) || PyObject_GetBuffer(a[1], view, flags) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (view->len && *paddr > UINT64_MAX - ((uint64_t)view->len - 1)) {
+        PyBuffer_Release(view);
+        return 0;
+    }
+    return 1;
+}
+
 /* readinto(paddr, buffer) -> int: fills the whole writable buffer */
 static PyObject *xmc_py_readinto_fast(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
                                       PyObject *kwnames)
 {
-    const char *const names[] = { xmc_py_names[0], xmc_py_names[7] }; /* paddr, buffer */
     xmc_py_cache *self = (xmc_py_cache *)op;
-    PyObject *a[2];
     Py_buffer view;
     uint64_t paddr, n;
     int rc;
 
-    if (!xmc_py_args(args, nargs, kwnames, names, 2, a) || !a[0] || !a[1] ||
-        !xmc_py_u64(a[0], &paddr) || PyObject_GetBuffer(a[1], &view, PyBUF_WRITABLE) < 0) {
-        PyErr_Clear();
+    if (!xmc_py_buffer_args(args, nargs, kwnames, xmc_py_names[7], PyBUF_WRITABLE, &paddr,
+                            &view))
         return xmc_py_checked(self, XMC_PY_READINTO, args, nargs, kwnames);
-    }
     n = (uint64_t)view.len;
-    if (n && paddr > UINT64_MAX - (n - 1)) {
-        PyBuffer_Release(&view);
-        return xmc_py_checked(self, XMC_PY_READINTO, args, nargs, kwnames);
-    }
     rc = n ? xmc_py_copy_out(self, paddr, view.buf, n) : XMC_OK;
     PyBuffer_Release(&view);
     if (rc != XMC_OK)
@@ -478,23 +495,14 @@ static PyObject *xmc_py_readinto_fast(PyObject *op, PyObject *const *args, Py_ss
 static PyObject *xmc_py_write_fast(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
                                    PyObject *kwnames)
 {
-    const char *const names[] = { xmc_py_names[0], xmc_py_names[9] }; /* paddr, data */
     xmc_py_cache *self = (xmc_py_cache *)op;
-    PyObject *a[2];
     Py_buffer view;
     uint64_t paddr, n;
     int rc;
 
-    if (!xmc_py_args(args, nargs, kwnames, names, 2, a) || !a[0] || !a[1] ||
-        !xmc_py_u64(a[0], &paddr) || PyObject_GetBuffer(a[1], &view, PyBUF_SIMPLE) < 0) {
-        PyErr_Clear();
+    if (!xmc_py_buffer_args(args, nargs, kwnames, xmc_py_names[9], PyBUF_SIMPLE, &paddr, &view))
         return xmc_py_checked(self, XMC_PY_WRITE, args, nargs, kwnames);
-    }
     n = (uint64_t)view.len;
-    if (n && paddr > UINT64_MAX - (n - 1)) {
-        PyBuffer_Release(&view);
-        return xmc_py_checked(self, XMC_PY_WRITE, args, nargs, kwnames);
-    }
     /* The export is held across the call: the buffer cannot move or shrink. */
     XMC_PY_CALL(rc, n <= XMC_PY_HOLD_GIL_MAX
                         ? xmc_write_nowait(self->c, paddr, view.buf, (size_t)n) : XMC_EAGAIN,
