@@ -1,10 +1,12 @@
-"""Building and running C from the tests: the repository's paths and one runner.
+"""C from the tests: the repository's paths, one runner, and libc's mmap.
 
-Imported by the tests that compile C (pytest puts tests/ on sys.path).
+Imported by the tests that compile C, and by those whose backend callbacks
+map memory themselves (pytest puts tests/ on sys.path).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 from collections.abc import Sequence
@@ -19,6 +21,14 @@ CC = os.environ.get("CC", "cc")
 CXX = os.environ.get("CXX", "c++")
 STRICT = ["-Wall", "-Wextra", "-Werror", "-pedantic"]
 LIBS = ["-pthread", "-ldl"]  # what a static libxenmapcache.a needs besides libc
+
+# libc's mmap and munmap with their C types, for callback backends written in Python.
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+MAP_FAILED = ctypes.c_void_p(-1).value
+MAP_FIXED = 0x10
 
 
 def run(cmd: Sequence[str | os.PathLike[str]], expect_ok: bool = True, **kwargs: object) -> subprocess.CompletedProcess[str]:

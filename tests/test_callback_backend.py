@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from ctools import MAP_FAILED, MAP_FIXED, libc
 
 import xenmapcache
 from xenmapcache import _callbacks
@@ -21,12 +22,6 @@ from xenmapcache import _callbacks
 PAGE = 4096
 MIB = 1 << 20
 
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-MAP_FAILED = ctypes.c_void_p(-1).value
-MAP_FIXED = 0x10
 PROT_NONE = 0
 
 

@@ -6,7 +6,6 @@ unmaps, so "unmapped as soon as its last lock goes" is seen from the backend.
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 import warnings
@@ -15,15 +14,11 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from ctools import MAP_FAILED, MAP_FIXED, libc
 
 PAGE = 4096
 MIB = 1 << 20
 
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-MAP_FIXED = 0x10
 
 
 class Counting:
@@ -42,7 +37,7 @@ class Counting:
             raise OSError("past the end")
         flags = mmap.MAP_SHARED | (MAP_FIXED if fixed else 0)
         base = libc.mmap(fixed, nr_pages * PAGE, mmap.PROT_READ | mmap.PROT_WRITE, flags, self.fd, first_pfn * PAGE)
-        assert base not in (None, ctypes.c_void_p(-1).value)
+        assert base not in (None, MAP_FAILED)
         self.maps += 1
         self.fixed += fixed is not None
         self.live[base] = nr_pages * PAGE

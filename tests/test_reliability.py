@@ -6,7 +6,6 @@ Every test runs on both implementations (the C core and the reference).
 from __future__ import annotations
 
 import copy
-import ctypes
 import gc
 import logging
 import mmap
@@ -21,6 +20,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from ctools import libc
 
 import xenmapcache
 import xenmapcache.reference
@@ -91,10 +91,6 @@ def test_a_write_into_a_hole_writes_nothing(xmc: ModuleType) -> None:
 
 # -- no error lost or misplaced ------------------------------------------------------
 
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 
 
 class Flaky:
