@@ -701,7 +701,6 @@ typedef struct {
     PyObject_HEAD
     PyObject *(*fn)(PyObject *self, PyObject *unused); /* release, or enter */
     PyTypeObject *owner; /* the type whose dict holds it (borrowed: lives as long) */
-    const char *owner_name;
     Py_ssize_t nargs;    /* 0 for __enter__; -1: any (__exit__ ignores them) */
     PyObject *name;
 } xmc_py_special;
@@ -777,6 +776,18 @@ static PyObject *xmc_py_bound_repr(PyObject *op)
     return PyUnicode_FromFormat("<bound method %U of %R>", b->descr->name, b->self);
 }
 
+/* The TypeError of d given an object that is not of its type. */
+static PyObject *xmc_py_special_misapplied(const xmc_py_special *d)
+{
+    PyObject *owner = PyType_GetName(d->owner);
+
+    if (owner) {
+        PyErr_Format(PyExc_TypeError, "%U() needs a %U object", d->name, owner);
+        Py_DECREF(owner);
+    }
+    return NULL;
+}
+
 /* descr.__get__(obj, type): bound to obj, or the descriptor itself from the class */
 static PyObject *xmc_py_special_get(PyObject *op, PyObject *obj, PyObject *type)
 {
@@ -786,11 +797,8 @@ static PyObject *xmc_py_special_get(PyObject *op, PyObject *obj, PyObject *type)
     (void)type;
     if (!obj || obj == Py_None)
         return Py_NewRef(op);
-    if (!PyObject_TypeCheck(obj, d->owner)) {
-        PyErr_Format(PyExc_TypeError, "%U of %s objects applied to another object", d->name,
-                     d->owner_name);
-        return NULL;
-    }
+    if (!PyObject_TypeCheck(obj, d->owner))
+        return xmc_py_special_misapplied(d);
     b = (xmc_py_bound *)xmc_py_fl_new(&xmc_py_bound_free, xmc_py_bound_type, sizeof(*b));
     if (!b)
         return NULL;
@@ -807,11 +815,8 @@ static PyObject *xmc_py_special_tpcall(PyObject *op, PyObject *args, PyObject *k
     Py_ssize_t n = PyTuple_Size(args);
     PyObject *self = n >= 1 ? PyTuple_GetItem(args, 0) : NULL;
 
-    if (!self || !PyObject_TypeCheck(self, d->owner)) {
-        PyErr_Format(PyExc_TypeError, "%U() needs a %s as its first argument", d->name,
-                     d->owner_name);
-        return NULL;
-    }
+    if (!self || !PyObject_TypeCheck(self, d->owner))
+        return xmc_py_special_misapplied(d);
     return xmc_py_special_call(d, self, n - 1, kwargs && PyDict_Size(kwargs) ? kwargs : NULL);
 }
 
@@ -867,7 +872,7 @@ static PyType_Spec xmc_py_special_spec = {
 };
 
 /* owner.<name> = a descriptor calling fn(self, NULL), given nargs positional arguments (-1: any). */
-static int xmc_py_add_special(PyTypeObject *owner, const char *owner_name, const char *name,
+static int xmc_py_add_special(PyTypeObject *owner, const char *name,
                               PyObject *(*fn)(PyObject *, PyObject *), Py_ssize_t nargs)
 {
     xmc_py_special *d = PyObject_Malloc(sizeof(*d));
@@ -880,7 +885,6 @@ static int xmc_py_add_special(PyTypeObject *owner, const char *owner_name, const
     PyObject_Init((PyObject *)d, xmc_py_special_type);
     d->fn = fn;
     d->owner = owner;
-    d->owner_name = owner_name;
     d->nargs = nargs;
     d->name = PyUnicode_InternFromString(name);
     rc = d->name ? PyObject_SetAttrString((PyObject *)owner, name, (PyObject *)d) : -1;
@@ -1790,10 +1794,10 @@ static int xmc_py_fast_install(void)
         xmc_py_bound_type = (PyTypeObject *)PyType_FromSpec(&xmc_py_bound_spec);
     if (!xmc_py_mapping_type || !xmc_py_group_type || !xmc_py_cache_type ||
         !xmc_py_special_type || !xmc_py_bound_type ||
-        xmc_py_add_special(xmc_py_mapping_type, "Mapping", "__enter__", xmc_py_mapping_enter, 0) ||
-        xmc_py_add_special(xmc_py_mapping_type, "Mapping", "__exit__", xmc_py_mapping_release, -1) ||
-        xmc_py_add_special(xmc_py_group_type, "MappingGroup", "__enter__", xmc_py_mapping_enter, 0) ||
-        xmc_py_add_special(xmc_py_group_type, "MappingGroup", "__exit__", xmc_py_group_release, -1) ||
+        xmc_py_add_special(xmc_py_mapping_type, "__enter__", xmc_py_mapping_enter, 0) ||
+        xmc_py_add_special(xmc_py_mapping_type, "__exit__", xmc_py_mapping_release, -1) ||
+        xmc_py_add_special(xmc_py_group_type, "__enter__", xmc_py_mapping_enter, 0) ||
+        xmc_py_add_special(xmc_py_group_type, "__exit__", xmc_py_group_release, -1) ||
         !(fn = PyCFunction_NewEx(&xmc_py_adopted_def, NULL, NULL)) ||
         PyObject_SetAttrString(module, "adopted", fn) < 0 ||
         PyObject_SetAttrString(module, "Mapping", (PyObject *)xmc_py_mapping_type) < 0 ||
