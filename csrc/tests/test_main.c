@@ -31,13 +31,14 @@ extern const xt_test xt_grants_tests[];
 extern const xt_test xt_reliability_tests[];
 extern const xt_test xt_qemu_tests[];
 extern const xt_test xt_trace_tests[];
+extern const xt_test xt_lockfree_tests[];
 
 static const xt_test *const groups[] = {
     xt_rules_tests, xt_pitfalls_tests, xt_memory_tests,
     xt_input_tests, xt_faults_tests,   xt_close_tests, xt_regress_tests,
     xt_nowait_tests, xt_sg_tests, xt_grants_tests, xt_reliability_tests,
     xt_qemu_tests,
-    xt_trace_tests,
+    xt_trace_tests, xt_lockfree_tests,
 };
 
 static const char *current;
