@@ -1235,7 +1235,7 @@ static size_t slot_home(uintptr_t self)
 /* The calling thread's hit slot, or NULL: none claimed yet, or no room.
  * Slots are claimed in probe order and never given back, so the slots before
  * a thread's own were taken before it claimed it, and it sees them taken. */
-static inline hit_slot *slot_find(hit_slot *slots, uintptr_t self)
+static hit_slot *slot_find(hit_slot *slots, uintptr_t self)
 {
     size_t home = slot_home(self);
 
@@ -1298,31 +1298,62 @@ enum { HIT_NONE, HIT_DONE, HIT_UNCOUNTED };
  * are mapped).  The reader side of the seqlock: the counter, the copy and
  * the counter again, the first three loads acquires (free on x86), so the
  * last cannot be done before them; an odd or changed counter means a writer
- * was at work, and the locked path decides.  So does a call from
- * inside one of the cache's backend callbacks (XMC_EREENTER).  HIT_DONE: hit,
- * counted in the thread's slot, *out set; HIT_UNCOUNTED: it would hit, but
- * the thread has no slot yet.  Writes nothing shared.
+ * was at work, and the locked path decides.  So does a call from inside one
+ * of the cache's backend callbacks (XMC_EREENTER).  The host address of
+ * paddr, or NULL.  Writes nothing.
  */
-static inline int hit_fast(xmc_cache *c, uint64_t paddr, void **out)
+static inline uint8_t *hit_check(xmc_cache *c, uint64_t paddr, uintptr_t self)
 {
     unsigned seq = atomic_load_explicit(&c->seq, memory_order_acquire);
     uint8_t *vaddr = atomic_load_explicit(&c->pub_vaddr, memory_order_acquire);
     uint64_t index = atomic_load_explicit(&c->pub_index, memory_order_acquire);
-    uintptr_t self = this_thread();
-    hit_slot *mine;
 
     XMC_TEST_POINT(c, XMC_TP_HIT_READ);
     if ((seq & 1) || !vaddr || index != paddr >> c->shift ||
         atomic_load_explicit(&c->seq, memory_order_relaxed) != seq ||
         atomic_load_explicit(&c->callback_thread, memory_order_relaxed) == self)
-        return HIT_NONE;
-    mine = slot_find(atomic_load_explicit(&c->hit_slots, memory_order_acquire), self);
-    if (!mine)
-        return HIT_UNCOUNTED;
-    atomic_store_explicit(&mine->hits,
-                          atomic_load_explicit(&mine->hits, memory_order_relaxed) + 1,
+        return NULL;
+    return vaddr + (paddr & (c->bucket_size - 1));
+}
+
+/* One more hit in the calling thread's own slot: a load and a store. */
+static inline void hit_count(hit_slot *s)
+{
+    atomic_store_explicit(&s->hits, atomic_load_explicit(&s->hits, memory_order_relaxed) + 1,
                           memory_order_relaxed);
-    *out = vaddr + (paddr & (c->bucket_size - 1));
+}
+
+/* Inline in xmc_map(): the lock-free hit of a thread whose slot is its home
+ * slot, as almost every thread's is. */
+static inline bool hit_home(xmc_cache *c, uint64_t paddr, void **out)
+{
+    hit_slot *slots = atomic_load_explicit(&c->hit_slots, memory_order_acquire), *home;
+    uintptr_t self = this_thread();
+    uint8_t *p = hit_check(c, paddr, self);
+
+    if (!p || !slots ||
+        atomic_load_explicit(&(home = &slots[slot_home(self)])->owner, memory_order_relaxed) !=
+            self)
+        return false;
+    hit_count(home);
+    *out = p;
+    return true;
+}
+
+/* The lock-free hit of any thread.  HIT_DONE: hit, counted, *out set;
+ * HIT_UNCOUNTED: it would hit, but the thread has no slot yet. */
+static int hit_fast(xmc_cache *c, uint64_t paddr, void **out)
+{
+    hit_slot *slots = atomic_load_explicit(&c->hit_slots, memory_order_acquire), *mine;
+    uintptr_t self = this_thread();
+    uint8_t *p = hit_check(c, paddr, self);
+
+    if (!p)
+        return HIT_NONE;
+    if (!(mine = slot_find(slots, self)))
+        return HIT_UNCOUNTED;
+    hit_count(mine);
+    *out = p;
     return HIT_DONE;
 }
 
@@ -1444,8 +1475,10 @@ XMC_NOINLINE static int map_slow(xmc_cache *c, uint64_t paddr, uint64_t size,
     return rc;
 }
 
-static inline int map_call(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
-                           uint64_t tag, void **out)
+/* Everything but the inline hit: the lock-free hit of a thread outside its
+ * home slot, or the map under the mutex. */
+XMC_NOINLINE static int map_call(xmc_cache *c, uint64_t paddr, uint64_t size,
+                                 unsigned flags, uint64_t tag, void **out)
 {
     int rc, hit = HIT_NONE;
 
@@ -1466,15 +1499,23 @@ static inline int map_call(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned
     return rc;
 }
 
+/* The lock-free hit first, inline, for an unlocked request of size 0. */
+#define HIT_FIRST(c, paddr, size, flags, out)                                 \
+    (!((flags) & ~(unsigned)XMC_DMA) && !(size) && (c) && (out) && hit_home((c), (paddr), (out)))
+
 int xmc_map(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
             uint64_t tag, void **out)
 {
+    if (HIT_FIRST(c, paddr, size, flags, out))
+        return XMC_OK;
     return (flags & MAP_NOWAIT) ? XMC_EINVAL : map_call(c, paddr, size, flags, tag, out);
 }
 
 int xmc_map_nowait(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
                    uint64_t tag, void **out)
 {
+    if (HIT_FIRST(c, paddr, size, flags, out))
+        return XMC_OK;
     return (flags & MAP_NOWAIT) ? XMC_EINVAL
                                 : map_call(c, paddr, size, flags | MAP_NOWAIT, tag, out);
 }

@@ -253,8 +253,7 @@ MUTANTS = [
     Mutant(
         "lockfree-hit-uncounted",
         "csrc/cache.c",
-        "    atomic_store_explicit(&mine->hits,\n"
-        "                          atomic_load_explicit(&mine->hits, memory_order_relaxed) + 1,\n"
+        "    atomic_store_explicit(&s->hits, atomic_load_explicit(&s->hits, memory_order_relaxed) + 1,\n"
         "                          memory_order_relaxed);\n",
         "",
         "a lock-free hit is not counted",

@@ -21,7 +21,6 @@
 #include "fault_backend.h"
 #include "xmc_internal.h"
 
-#include <sys/wait.h>
 
 #define B (UINT64_C(1) << 16)
 #define A_PADDR UINT64_C(0x10123)    /* the last entry's bucket (slot 1) */
@@ -253,21 +252,10 @@ static void busy_child(void)
 
 TEST(lockfree_hit_in_a_child_of_a_busy_cache_is_eforked)
 {
-    int status;
-    pid_t pid;
-
     setup();
     last_at_a();
     fx_park(OTHER_SLOT); /* the mutex is held at fork() */
-    pid = fork();
-    CHECK(pid >= 0);
-    if (pid == 0) {
-        alarm(20);
-        busy_child();
-        _exit(0);
-    }
-    CHECK(waitpid(pid, &status, 0) == pid);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(xt_in_child(busy_child));
     CHECK(fx_unpark() != NULL);
     fx_teardown();
 }
