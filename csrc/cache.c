@@ -166,7 +166,6 @@ struct xmc_cache {
     _Alignas(LINE) atomic_uint seq;  /* odd while the published last entry changes */
     _Atomic(uint8_t *) pub_vaddr;    /* the last entry's mapping; NULL: none */
     _Atomic uint64_t pub_index;      /* and its bucket index */
-    _Atomic(hit_slot *) hit_slots;   /* HIT_SLOTS of them, or NULL until a hit */
     /* this_thread() of the thread inside a backend map or unmap, else 0: it
      * holds the mutex, so a call of its into this cache would wait for itself. */
     atomic_uintptr_t callback_thread;
@@ -211,6 +210,7 @@ struct xmc_cache {
     bool forked;
     struct xmc_cache *fnext; /* every cache of the process, for fork_child() */
     struct xmc_cache **fpprev;
+    hit_slot hits[HIT_SLOTS]; /* the threads' counts of lock-free hits */
 };
 
 /* ---- trace events ------------------------------------------------------- */
@@ -981,7 +981,6 @@ int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_siz
     atomic_init(&c->seq, 0);
     atomic_init(&c->pub_vaddr, NULL);
     atomic_init(&c->pub_index, 0);
-    atomic_init(&c->hit_slots, NULL);
     c->be = be;
     c->shift = bucket_shift;
     c->bucket_size = bucket;
@@ -1033,7 +1032,6 @@ void xmc_cache_free(xmc_cache *c)
         return; /* half updated by a thread that is gone: leak it, touch nothing */
     drain(c);
     free(c->slots);
-    free(atomic_load_explicit(&c->hit_slots, memory_order_relaxed));
     be = c->be;
     free(c);
     if (be->release)
@@ -1239,7 +1237,7 @@ static hit_slot *slot_find(hit_slot *slots, uintptr_t self)
 {
     size_t home = slot_home(self);
 
-    for (size_t i = 0; slots && i < HIT_PROBE; i++) {
+    for (size_t i = 0; i < HIT_PROBE; i++) {
         hit_slot *s = &slots[(home + i) % HIT_SLOTS];
         uintptr_t owner = atomic_load_explicit(&s->owner, memory_order_relaxed);
 
@@ -1251,23 +1249,15 @@ static hit_slot *slot_find(hit_slot *slots, uintptr_t self)
     return NULL;
 }
 
-/* Give the calling thread a hit slot (the table at the first claim), unless
- * it has one or there is no room; then its hits are counted under the mutex. */
+/* Give the calling thread a hit slot, unless it has one or there is no room;
+ * then its hits are counted under the mutex. */
 static void slot_claim(xmc_cache *c)
 {
-    hit_slot *slots = atomic_load_explicit(&c->hit_slots, memory_order_relaxed);
     uintptr_t self = this_thread();
     size_t home = slot_home(self);
 
-    if (!slots) {
-        slots = aligned_alloc(LINE, HIT_SLOTS * sizeof(*slots));
-        if (!slots)
-            return;
-        memset(slots, 0, HIT_SLOTS * sizeof(*slots));
-        atomic_store_explicit(&c->hit_slots, slots, memory_order_release);
-    }
     for (size_t i = 0; i < HIT_PROBE; i++) {
-        hit_slot *s = &slots[(home + i) % HIT_SLOTS];
+        hit_slot *s = &c->hits[(home + i) % HIT_SLOTS];
         uintptr_t owner = atomic_load_explicit(&s->owner, memory_order_relaxed);
 
         if (owner == self)
@@ -1282,11 +1272,10 @@ static void slot_claim(xmc_cache *c)
 /* Every thread's lock-free hits so far. */
 static uint64_t slot_hits(xmc_cache *c)
 {
-    hit_slot *slots = atomic_load_explicit(&c->hit_slots, memory_order_acquire);
     uint64_t n = 0;
 
-    for (size_t i = 0; slots && i < HIT_SLOTS; i++)
-        n += atomic_load_explicit(&slots[i].hits, memory_order_relaxed);
+    for (size_t i = 0; i < HIT_SLOTS; i++)
+        n += atomic_load_explicit(&c->hits[i].hits, memory_order_relaxed);
     return n;
 }
 
@@ -1327,13 +1316,11 @@ static inline void hit_count(hit_slot *s)
  * slot, as almost every thread's is. */
 static inline bool hit_home(xmc_cache *c, uint64_t paddr, void **out)
 {
-    hit_slot *slots = atomic_load_explicit(&c->hit_slots, memory_order_acquire), *home;
     uintptr_t self = this_thread();
+    hit_slot *home = &c->hits[slot_home(self)];
     uint8_t *p = hit_check(c, paddr, self);
 
-    if (!p || !slots ||
-        atomic_load_explicit(&(home = &slots[slot_home(self)])->owner, memory_order_relaxed) !=
-            self)
+    if (!p || atomic_load_explicit(&home->owner, memory_order_relaxed) != self)
         return false;
     hit_count(home);
     *out = p;
@@ -1344,13 +1331,13 @@ static inline bool hit_home(xmc_cache *c, uint64_t paddr, void **out)
  * HIT_UNCOUNTED: it would hit, but the thread has no slot yet. */
 static int hit_fast(xmc_cache *c, uint64_t paddr, void **out)
 {
-    hit_slot *slots = atomic_load_explicit(&c->hit_slots, memory_order_acquire), *mine;
     uintptr_t self = this_thread();
+    hit_slot *mine;
     uint8_t *p = hit_check(c, paddr, self);
 
     if (!p)
         return HIT_NONE;
-    if (!(mine = slot_find(slots, self)))
+    if (!(mine = slot_find(c->hits, self)))
         return HIT_UNCOUNTED;
     hit_count(mine);
     *out = p;
@@ -1501,7 +1488,7 @@ XMC_NOINLINE static int map_call(xmc_cache *c, uint64_t paddr, uint64_t size,
 
 /* The lock-free hit first, inline, for an unlocked request of size 0. */
 #define HIT_FIRST(c, paddr, size, flags, out)                                 \
-    (!((flags) & ~(unsigned)XMC_DMA) && !(size) && (c) && (out) && hit_home((c), (paddr), (out)))
+    (!((size) | ((flags) & ~(unsigned)XMC_DMA)) && (c) && (out) && hit_home((c), (paddr), (out)))
 
 int xmc_map(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
             uint64_t tag, void **out)
@@ -2062,9 +2049,7 @@ static int memory_locked(xmc_cache *c, xmc_memory *out)
         .record_bytes = (uint64_t)c->rec_cap * sizeof(record) +
                         (c->rhash ? ((uint64_t)1 << c->rhash_bits) * sizeof(uint32_t) : 0),
         .entry_bytes = entries,
-        .slot_bytes = sizeof(*c) + c->nr_slots * sizeof(*c->slots) +
-                      (atomic_load_explicit(&c->hit_slots, memory_order_relaxed)
-                           ? HIT_SLOTS * sizeof(hit_slot) : 0),
+        .slot_bytes = sizeof(*c) + c->nr_slots * sizeof(*c->slots),
     };
     return XMC_OK;
 }
