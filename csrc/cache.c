@@ -278,6 +278,8 @@ static void publish(xmc_cache *c, uint8_t *vaddr, uint64_t index)
 static inline void set_last(xmc_cache *c, xmc_entry *e)
 {
     if (!c->unusual) {
+        if (c->fast == e) /* published as it is: a change of e unsets it first */
+            return;
         c->fast = e;
         if (e && (e->flags & ENTRY_ALLVALID))
             publish(c, e->vaddr, e->index);
