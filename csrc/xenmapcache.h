@@ -12,7 +12,8 @@
  *
  * Every function returns XMC_OK or a negative XMC_E* code (see xmc_strerror);
  * nothing here aborts, exits or prints.  Each cache is serialised by its own
- * mutex; distinct caches share nothing.  Include this header alone.
+ * mutex, except for the hit (xmc_map), which takes no lock; distinct caches
+ * share nothing.  Include this header alone.
  *
  * Each declaration below says what it does, its errors and its cost.  Every
  * call on a cache can also fail with XMC_EINVAL (a NULL cache or out-pointer),
@@ -272,8 +273,11 @@ int xmc_cache_set_grants(xmc_cache *c, bool on); /* grant rules on any backend *
  * XMC_EINVAL (size over max_size, paddr + size past 2**64, unknown flags),
  * XMC_EMAP (a page cannot be mapped, after translate and dummy mode),
  * XMC_EOVERFLOW (the entry's lock count is at the limit), XMC_ENOMEM, and the
- * common ones.  Cost: a hit is the mutex and a few loads (inlined); a miss
- * calls the backend's map; O(1) in the locked mappings outstanding.
+ * common ones.  Cost: a hit (unlocked, size 0, in the bucket of the entry that
+ * served last, every page of it mapped) takes no lock and writes nothing
+ * another thread reads: a few loads, validated by a sequence counter, and a
+ * count in the calling thread's own slot; other requests take the mutex; a
+ * miss calls the backend's map; O(1) in the locked mappings outstanding.
  */
 int xmc_map(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
             uint64_t tag, void **out);
@@ -387,7 +391,8 @@ int xmc_unlock_sg(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag);
  * changed nothing and traced nothing.  Then drop your own lock and make the waiting call.  A read
  * or a write is served only within one bucket.  Any other answer is the final one.
  * Errors: XMC_EAGAIN, and those of the plain call.  Cost: the plain call's
- * hit, with a try-lock instead of a lock; never a system call.
+ * (the same lock-free hit), with a try-lock instead of a lock; never a
+ * system call.
  */
 int xmc_map_nowait(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
                    uint64_t tag, void **out);

@@ -183,17 +183,22 @@ static void op_mutex(void *ctx, uint64_t n)
         mutex_pair(ctx);
 }
 
+/* n hits in bucket 3 of c, on its pages 0..page_mask in turn. */
+static void hit_pages(xmc_cache *c, uint64_t n, uint64_t page_mask)
+{
+    void *p;
+
+    for (uint64_t i = 0; i < n; i++)
+        if (xmc_map(c, 3 * MIB + ((i & page_mask) << 12), 0, 0, 0, &p) != XMC_OK)
+            die("hit", -1);
+}
+
 /* A hit under the mutex, as every hit was before the hit went lock-free:
  * the last entry lacks its last page (a hole in guest RAM), so it is not
  * published, and the other pages are hit from it under the mutex. */
 static void op_hit_locked(void *ctx, uint64_t n)
 {
-    xmc_cache *c = ctx;
-    void *p;
-
-    for (uint64_t i = 0; i < n; i++) /* same bucket, pages 0..127 of it */
-        if (xmc_map(c, 3 * MIB + ((i & 127) << 12), 0, 0, 0, &p) != XMC_OK)
-            die("locked hit", -1);
+    hit_pages(ctx, n, 127);
 }
 
 static xmc_ram *holed_ram;
@@ -232,12 +237,7 @@ static void op_cas(void *ctx, uint64_t n)
 
 static void op_hit(void *ctx, uint64_t n)
 {
-    xmc_cache *c = ctx;
-    void *p;
-
-    for (uint64_t i = 0; i < n; i++) /* same bucket, pages 0..255 of it */
-        if (xmc_map(c, 3 * MIB + ((i & 255) << 12), 0, 0, 0, &p) != XMC_OK)
-            die("hit", -1);
+    hit_pages(ctx, n, 255);
 }
 
 /* Two threads hitting one cache: this one and a helper, n / 2 hits each.
