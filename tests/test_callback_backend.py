@@ -185,11 +185,12 @@ def run_child(xmc: ModuleType, body: str) -> list[str]:
 
 
 def test_a_thread_waiting_for_the_cache_lets_python_run(xmc: ModuleType) -> None:
-    # A backend callback runs under the cache's mutex and needs the GIL. A hit
-    # from another thread meanwhile must wait for that mutex without holding
-    # the GIL (the C core tries first without waiting, and only then releases
-    # the GIL to wait): otherwise the callback could never finish and nothing
-    # else in the interpreter would run.
+    # A backend callback runs under the cache's mutex and needs the GIL. A
+    # call from another thread that needs the mutex meanwhile (here a new
+    # thread's first hit, which claims the slot it will count its hits in)
+    # must wait for it without holding the GIL (the C core tries first without
+    # waiting, and only then releases the GIL to wait): otherwise the callback
+    # could never finish and nothing else in the interpreter would run.
     out = run_child(
         xmc,
         """
@@ -217,6 +218,46 @@ def test_a_thread_waiting_for_the_cache_lets_python_run(xmc: ModuleType) -> None
         hit.join(60)
         assert not miss.is_alive() and not hit.is_alive()
         assert cache.stats().hits >= 1 and spins > 1000
+        cache.close()
+        print("ok")
+        """,
+    )
+    assert out == ["ok"]
+
+
+def test_a_hit_does_not_wait_for_the_mutex_a_callback_holds(xmc: ModuleType) -> None:
+    # The C core's hit takes no lock (docs/performance.md, "The hit without a
+    # lock"): while a miss of another bucket holds the cache's mutex in its
+    # backend callback, a thread that has hit this cache before (its first hit
+    # claims the slot it counts its hits in) hits the last entry at once,
+    # through the builtin map_ptr, keeping the GIL, and every hit is counted.
+    if xmc.__name__ != "xenmapcache":
+        pytest.skip("the C core's lock-free hit (the reference takes its lock)")
+    out = run_child(
+        xmc,
+        """
+        entered, go = threading.Event(), threading.Event()
+
+        def map_(first_pfn, nr_pages, fixed):
+            if first_pfn == 16 and not entered.is_set():
+                entered.set()
+                go.wait(60)  # inside the cache's mutex
+            return anon_map(nr_pages, fixed)
+
+        cache = xmc.MapCache(xmc.CallbackBackend(map_, lambda a, n: libc.munmap(a, n)), bucket_shift=16)
+        p = cache.map_ptr(0)
+        assert cache.map_ptr(0x100) == p + 0x100
+        miss = threading.Thread(target=cache.map_ptr, args=(0x10000,))
+        miss.start()
+        entered.wait(60)
+        got = [cache.map_ptr(0x200) for _ in range(1000)]
+        assert miss.is_alive(), "the hits waited for the mutex"
+        assert got == [p + 0x200] * 1000
+        go.set()
+        miss.join(60)
+        assert not miss.is_alive()
+        st = cache.stats()
+        assert (st.hits, st.misses) == (1001, 2), st
         cache.close()
         print("ok")
         """,
