@@ -163,7 +163,8 @@ static inline uintptr_t this_thread(void)
 struct xmc_cache {
     /* The line the lock-free hit reads, written only by changes of the last
      * entry and around backend calls. */
-    _Alignas(LINE) atomic_uint seq;  /* odd while the published last entry changes */
+    _Alignas(LINE) _Atomic uint64_t seq; /* odd while the published last entry
+                                           * changes; 64 bits: it never wraps */
     _Atomic(uint8_t *) pub_vaddr;    /* the last entry's mapping; NULL: none */
     _Atomic uint64_t pub_index;      /* and its bucket index */
     /* this_thread() of the thread inside a backend map or unmap, else 0: it
@@ -255,7 +256,7 @@ XMC_COLD static void trace_unknown(xmc_cache *c, uint32_t kind, uintptr_t addr, 
  */
 static void publish(xmc_cache *c, uint8_t *vaddr, uint64_t index)
 {
-    unsigned seq = atomic_load_explicit(&c->seq, memory_order_relaxed);
+    uint64_t seq = atomic_load_explicit(&c->seq, memory_order_relaxed);
 
     if (atomic_load_explicit(&c->pub_vaddr, memory_order_relaxed) == vaddr &&
         (!vaddr || atomic_load_explicit(&c->pub_index, memory_order_relaxed) == index))
@@ -1295,7 +1296,7 @@ enum { HIT_NONE, HIT_DONE, HIT_UNCOUNTED };
  */
 static inline uint8_t *hit_check(xmc_cache *c, uint64_t paddr, uintptr_t self)
 {
-    unsigned seq = atomic_load_explicit(&c->seq, memory_order_acquire);
+    uint64_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
     uint8_t *vaddr = atomic_load_explicit(&c->pub_vaddr, memory_order_acquire);
     uint64_t index = atomic_load_explicit(&c->pub_index, memory_order_acquire);
 
@@ -1348,9 +1349,9 @@ static int hit_fast(xmc_cache *c, uint64_t paddr, void **out)
 
 /*
  * The locked fast path, for an unlocked request of size 0: the last entry
- * covers paddr's bucket and its page is valid.  Small enough to inline into
- * xmc_map(): it serves what the lock-free hit leaves (a partly mapped last
- * entry, a thread without a hit slot, a writer at work).
+ * covers paddr's bucket and its page is valid, inline in map_call(): it
+ * serves what the lock-free hit leaves (a partly mapped last entry, a thread
+ * without a hit slot, a writer at work).
  */
 static inline bool hit_locked(xmc_cache *c, const xmc_entry *e, uint64_t paddr,
                               void **out)

@@ -239,8 +239,8 @@ MUTANTS = [
     Mutant(
         "callback-hits-without-lock",
         "csrc/cache.c",
-        " ||\n        atomic_load_explicit(&c->callback_thread, memory_order_relaxed) == self)",
-        ")",
+        "atomic_load_explicit(&c->callback_thread, memory_order_relaxed) == self)",
+        "atomic_load_explicit(&c->callback_thread, memory_order_relaxed) == ~self)",
         "a backend callback's hit into its own cache succeeds instead of XMC_EREENTER",
     ),
     Mutant(
@@ -253,9 +253,8 @@ MUTANTS = [
     Mutant(
         "lockfree-hit-uncounted",
         "csrc/cache.c",
-        "    atomic_store_explicit(&s->hits, atomic_load_explicit(&s->hits, memory_order_relaxed) + 1,\n"
-        "                          memory_order_relaxed);\n",
-        "",
+        "atomic_load_explicit(&s->hits, memory_order_relaxed) + 1,",
+        "atomic_load_explicit(&s->hits, memory_order_relaxed) + 0,",
         "a lock-free hit is not counted",
     ),
     Mutant(
