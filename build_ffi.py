@@ -15,6 +15,7 @@ and ``xenmapcache._native`` refuses a module built for another version.
 import pathlib
 import re
 import sysconfig
+from typing import Any
 
 from cffi import FFI
 
@@ -75,24 +76,25 @@ def package_version() -> str:
     return found.group(1)
 
 
-ffibuilder = FFI()
-ffibuilder.cdef(public_cdef() + CALLBACKS + SEAM + STAMP_CDEF)
-ffibuilder.set_source(
-    "xenmapcache._core",
-    '#include "xenmapcache.h"\n#include "seam.h"\n' + STAMP_SOURCE.format(package_version()),
+# What the module is compiled from and with; tests/test_compilers.py compiles
+# the same with each compiler it finds, warnings as errors.
+SOURCE = '#include "xenmapcache.h"\n#include "seam.h"\n' + STAMP_SOURCE.format(package_version())
+BUILD: dict[str, Any] = dict(
     sources=c_sources(),
     include_dirs=[CSRC, SEAM_DIR],
     depends=[f"{CSRC}/{name}" for name in ("xenmapcache.h", "xmc_internal.h", "xmc_xenfm.h")]
     + [f"{SEAM_DIR}/seam.h", "xenmapcache/_version.py"],
     # hidden: the module exports only PyInit, so calls into the core skip the PLT
     extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden"],
-    libraries=["pthread", "dl"],
+    libraries=["pthread", "dl"],  # dl: the Xen backend loads libxenforeignmemory at run time
     # the stable ABI of 3.12 (cffi alone asks for 3.2's): seam.h's builtins
     # take vectorcall arguments; free-threaded builds have no stable ABI
-    define_macros=[]
-    if sysconfig.get_config_var("Py_GIL_DISABLED")
-    else [("Py_LIMITED_API", "0x030C0000")],  # dl: the Xen backend loads libxenforeignmemory at run time
+    define_macros=[] if sysconfig.get_config_var("Py_GIL_DISABLED") else [("Py_LIMITED_API", "0x030C0000")],
 )
+
+ffibuilder = FFI()
+ffibuilder.cdef(public_cdef() + CALLBACKS + SEAM + STAMP_CDEF)
+ffibuilder.set_source("xenmapcache._core", SOURCE, **BUILD)
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)
