@@ -326,7 +326,7 @@ class _PyRegistry:
     """The live Mappings of one cache, in Python (the reference core, and the
     C core where the binding has no types of its own: not CPython).
 
-    The same interface as ``NativeCache`` of ffi/cache.h: ``map``, ``tags``,
+    The same interface as ``NativeCache`` of ffi/cache.h: ``mapping``, ``group``, ``tags``,
     ``release_at``, ``mappings``, ``set_paddr``, ``close_registry``.  Its lock
     guards exports and the registry, never held across a core call: the core
     serialises the cache itself.
@@ -339,7 +339,7 @@ class _PyRegistry:
         self._ids = itertools.count(1)
         self._closed = False
 
-    def map(self, paddr: int, size: int, dma: bool, tag: Any) -> Mapping:
+    def mapping(self, paddr: int, size: int, dma: bool, tag: Any) -> Mapping:
         m = _PyMapping(self, next(self._ids), paddr, size, dma, tag)
         with self.lock:
             if self._closed:
@@ -370,7 +370,7 @@ class _PyRegistry:
             with self.lock:
                 self._mappings.pop(m, None)
 
-    def map_sg(self, segments: list[tuple[int, int]], dma: bool, tag: Any) -> MappingGroup:
+    def group(self, segments: list[tuple[int, int]], dma: bool, tag: Any) -> MappingGroup:
         ident = next(self._ids)  # one tag id for the batch, as the core's batch takes
         items = tuple(_PyMapping(self, ident, paddr, size, dma, tag) for paddr, size in segments)
         with self.lock:
@@ -480,7 +480,7 @@ class MapCache(NoCopy):
     """A Xen mapcache over guest memory (the contract, sections 3 and 6: https://xenmapcache.readthedocs.io/en/latest/contract.html).
 
     ``ram`` is the backend the cache maps through: a :class:`GuestRAM`, a
-    :class:`XenForeignMemory` or a :class:`CallbackBackend`; the cache keeps it
+    :class:`XenForeignMemory`, a :class:`XenGrantTable` or a :class:`CallbackBackend`; the cache keeps it
     alive while it needs it.  ``bucket_shift`` (12 to 32) sets the bucket size,
     ``2**bucket_shift`` bytes.  ``max_size`` bounds the size of one request and
     sets the number of hash slots, ``max_size / bucket size`` (None: 32 GiB on
@@ -628,7 +628,7 @@ class MapCache(NoCopy):
         """
         self._check_open()
         paddr, size = check_range(paddr, size, self.max_size)
-        return self._reg.map(paddr, size, bool(dma), tag)  # type: ignore[no-any-return]
+        return self._reg.mapping(paddr, size, bool(dma), tag)  # type: ignore[no-any-return]
 
     def map_sg(self, segments: Iterable[tuple[int, int]], dma: bool = False, tag: Any = None) -> MappingGroup:
         """Map every ``(paddr, size)`` of ``segments`` locked, in one core call; return a :class:`MappingGroup`.
@@ -660,7 +660,7 @@ class MapCache(NoCopy):
             checked.append(check_range(segment[0], segment[1], self.max_size))
         if not 0 < len(checked) <= SG_MAX:
             raise InvalidAddress(f"map_sg takes 1 to {SG_MAX} segments, not {len(checked)}")
-        return self._reg.map_sg(checked, bool(dma), tag)  # type: ignore[no-any-return]
+        return self._reg.group(checked, bool(dma), tag)  # type: ignore[no-any-return]
 
     def map_ptr(self, paddr: int, size: int = 0, lock: bool = False, dma: bool = False) -> int:
         """Map like QEMU's ``xen_map_cache``: return the host address of ``paddr`` as an int.
