@@ -1,4 +1,4 @@
-"""Command line: ``python -m xenmapcache demo``, ``bench`` and ``soak``."""
+"""Command line: ``python -m xenmapcache demo``, ``bench``, ``soak`` and ``replay``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,11 @@ def main(argv: list[str] | None = None) -> int:
         add_help=False,  # its own options: python -m xenmapcache soak --help
         help="mixed traffic for --seconds N, failing on any drift or differing byte (--plot FILE.png)",
     )
+    sub.add_parser(
+        "replay",
+        add_help=False,  # its own options: python -m xenmapcache replay --help
+        help="play mapcache traces back on the C core, the reference, or both compared (--impl both)",
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
         if rest:
@@ -35,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import soak
 
         return soak.main(rest)
+    if args.command == "replay":
+        from . import replay
+
+        return replay.main(rest)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
