@@ -2,10 +2,12 @@
  * qemu_glue_main.c - plays QEMU around contrib/qemu/xenmapcache-glue.c, for
  * tests/test_qemu_build.py: QEMU's globals (xen_domid, xen_grants) and the
  * QEMU functions the glue calls (error_report, runstate_check,
- * qemu_add_vm_change_state_handler), then the mapcache calls QEMU makes, in
+ * qemu_add_vm_change_state_handler, bdrv_drain_all, the RAM-block notifiers,
+ * coroutines and bottom halves), then the mapcache calls QEMU makes, in
  * QEMU's order: xen_map_cache_init() from xen-hvm-common.c (linked with
- * -Wl,--wrap=xen_map_cache_init, as QEMU is), then map, reverse lookup,
- * unlock and invalidate as system/physmem.c does.
+ * -Wl,--wrap= for xen_map_cache_init, xen_invalidate_map_cache and
+ * xen_invalidate_map_cache_entry, as QEMU is), then map, reverse lookup,
+ * unlock (once from a "coroutine") and invalidate as system/physmem.c does.
  *
  * Run with tests/c/fake_xenforeignmemory.c and fake_xengnttab.c installed as
  * libxenforeignmemory.so.1 and libxengnttab.so.1 on LD_LIBRARY_PATH (domain
@@ -21,7 +23,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "block/aio.h"
+#include "block/block.h"
 #include "exec/memory.h"
+#include "exec/ramlist.h"
 #include "sysemu/runstate.h"
 #include "sysemu/xen-mapcache.h"
 
@@ -43,6 +48,76 @@ void error_report(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
+}
+
+void warn_report(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+/* The block layer, the notifiers, one coroutine and its bottom half. */
+static int drains, notified_add, notified_remove;
+static bool in_coroutine;
+static QEMUBHFunc *bh;
+static void *bh_opaque;
+static Coroutine *const the_coroutine = (Coroutine *)&in_coroutine;
+
+void bdrv_drain_all(void)
+{
+    drains++;
+}
+
+void ram_block_notify_add(void *host, size_t size, size_t max_size)
+{
+    (void)host, (void)size, (void)max_size;
+    notified_add++;
+}
+
+void ram_block_notify_remove(void *host, size_t size, size_t max_size)
+{
+    (void)host, (void)size, (void)max_size;
+    notified_remove++;
+}
+
+bool qemu_in_coroutine(void)
+{
+    return in_coroutine;
+}
+
+Coroutine *qemu_coroutine_self(void)
+{
+    return the_coroutine;
+}
+
+AioContext *qemu_get_current_aio_context(void)
+{
+    return NULL;
+}
+
+void aio_bh_schedule_oneshot_full(AioContext *ctx, QEMUBHFunc *cb, void *opaque, const char *name)
+{
+    (void)ctx, (void)name;
+    bh = cb;
+    bh_opaque = opaque;
+}
+
+/* The coroutine yields: the main loop runs the bottom half, which wakes it. */
+void qemu_coroutine_yield(void)
+{
+    in_coroutine = false;
+    bh(bh_opaque);
+    in_coroutine = true;
+}
+
+void aio_co_wake(Coroutine *co)
+{
+    (void)co;
+    bh = NULL;
 }
 
 bool runstate_check(RunState s)
@@ -102,10 +177,19 @@ int main(void)
     CHECK(xen_ram_addr_from_mapcache(grant) == 3 * 4096);
     CHECK(xen_map_cache(&xen_grants, 0, 4096, 0, 0, false, false) == NULL);
     printf("foreign and grant mappings made, reverse lookups exact\n");
+    CHECK(notified_add >= 1);
     xen_invalidate_map_cache_entry(grant);
+    /* From a coroutine, the unlock waits for a bottom half. */
+    in_coroutine = true;
     xen_invalidate_map_cache_entry(ram);
+    in_coroutine = false;
+    CHECK(bh == NULL);
     xen_invalidate_map_cache();
+    CHECK(drains == 1);
     CHECK(xen_ram_addr_from_mapcache(ram) == RAM_ADDR_INVALID);
+    CHECK(notified_remove == notified_add); /* every entry gone, dummies never announced */
+    printf("drained before invalidating, unlock deferred out of a coroutine, %d entries notified\n",
+           notified_add);
 
     /* The incoming migration ends: QEMU calls the run-state handlers. */
     state = RUN_STATE_RUNNING;

@@ -1,6 +1,8 @@
 /* Stand-in for QEMU's qemu/osdep.h: the C library headers QEMU code relies on. */
 #ifndef STUB_QEMU_OSDEP_H
 #define STUB_QEMU_OSDEP_H
+#include <errno.h>
+#include <inttypes.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
