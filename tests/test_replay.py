@@ -182,3 +182,16 @@ def test_the_command_line_has_replay() -> None:
 def test_committed_guest_traces_replay_identically(path: Path) -> None:
     status, out = run_cli(path, "--impl", "both")
     assert status == 0, out
+
+
+def test_plot_sweeps_max_size_down_to_a_sixteenth(trace: tuple[Path, dict[str, int]], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    path, _counts = trace
+    png = tmp_path / "misses.png"
+    status, out = run_cli(path, "--plot", png)
+    assert status == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sizes = [int(line.split("max_size ")[1].split(" MiB")[0]) for line in out.splitlines()]
+    assert sizes == [64, 32, 16, 8, 4]
+    misses = [int(line.split(" misses")[0].rsplit(" ", 1)[1]) for line in out.splitlines()]
+    assert misses == sorted(misses)  # a smaller cache never misses less, on this trace

@@ -45,6 +45,7 @@ import argparse
 import gzip
 import io
 import json
+import logging
 import struct
 import sys
 import time
@@ -399,7 +400,54 @@ def main(argv: list[str] | None = None) -> int:
                         help="the cache's max_size (default: the trace's); results are then not "
                         "compared with the recorded ones")
     parser.add_argument("--json", action="store_true", help="one JSON object per run on stdout")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="replay each trace on the C core with max_size from the guest's RAM size down to "
+                        "a sixteenth, and draw the misses against it (needs matplotlib)")
     args = parser.parse_args(argv)
+    # Each invalidation with DMA in flight logs a summary: counted here instead.
+    logger = logging.getLogger("xenmapcache")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return _run(parser, args)
+    finally:
+        logger.setLevel(level)
+
+
+def sweep(trace: Trace, divisors: tuple[int, ...] = (1, 2, 4, 8, 16)) -> list[tuple[int, Summary]]:
+    """Replay on the C core with max_size = RAM size / d for each d: (max_size, summary)."""
+    return [(trace.ram_size // d, replay(trace, "c", trace.ram_size // d)[0]) for d in divisors]
+
+
+def plot_sweeps(sweeps: dict[str, list[tuple[int, Summary]]], path: str) -> None:
+    """Misses and remaps against max_size, one line per trace."""
+    from .bench import pyplot
+
+    plt = pyplot()
+    fig, axis = plt.subplots(figsize=(8, 5))
+    for name, points in sweeps.items():
+        xs = [m >> 20 for m, _s in points]
+        axis.plot(xs, [s.misses for _m, s in points], marker="o", label=f"{name}: misses")
+        axis.plot(xs, [s.remaps for _m, s in points], marker="x", linestyle="--", label=f"{name}: remaps")
+    axis.set(xscale="log", xlabel="max_size (MiB): the guest's RAM down to a sixteenth", ylabel="calls")
+    axis.invert_xaxis()
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=8)
+    axis.set_title("A guest's mapcache trace replayed as the cache shrinks (C core)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.plot:
+        sweeps = {}
+        for path, trace in _load(parser, args.files):
+            sweeps[path.rsplit("/", 1)[-1]] = points = sweep(trace)
+            for max_size, s in points:
+                print(f"{path}: max_size {max_size >> 20} MiB: {s.hits} hits, {s.misses} misses, "
+                      f"{s.remaps} remaps")
+        plot_sweeps(sweeps, args.plot)
+        return 0
     out: list[dict[str, Any]] = []
     status = 0
     for path, trace in _load(parser, args.files):
