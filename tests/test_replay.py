@@ -195,3 +195,27 @@ def test_plot_sweeps_max_size_down_to_a_sixteenth(trace: tuple[Path, dict[str, i
     assert sizes == [64, 32, 16, 8, 4]
     misses = [int(line.split(" misses")[0].rsplit(" ", 1)[1]) for line in out.splitlines()]
     assert misses == sorted(misses)  # a smaller cache never misses less, on this trace
+
+
+def test_the_c_replayer_checks_every_status_and_times_the_floor(trace: tuple[Path, dict[str, int]],
+                                                                tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None or shutil.which("cc") is None:
+        pytest.skip("needs make and cc")
+    csrc = Path(__file__).resolve().parent.parent / "csrc"
+    subprocess.run(["make", "-s", "-C", str(csrc), "build/replay"], check=True)
+    path, _counts = trace
+    proc = subprocess.run([csrc / "build" / "replay", "--rounds", "1", "--json", path], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout)
+    assert row["a"] > 0 and row["b"] > 0 and row["ratio"] == pytest.approx(row["a"] / row["b"], rel=0.01)
+    # A recorded status the core does not give: the replayer names the call.
+    bad = tmp_path / "bad.xmct"
+    with open(bad, "wb") as f:
+        w = TraceWriter(f, 16 * MiB)
+        w.map(0x3000, 4096, LOCK | DMA, 1, OK, 0x7000_0000_0000)
+        w.unlock(0x7000_0000_0000, replay.ENOENT)
+    proc = subprocess.run([csrc / "build" / "replay", "--rounds", "1", bad], capture_output=True, text=True)
+    assert proc.returncode == 1 and "call #1" in proc.stderr

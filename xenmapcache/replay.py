@@ -36,7 +36,8 @@ The format, version 1 (all integers little-endian; a file may be gzip-compressed
   ===========  ======================================================================
 
 Host addresses are those of the recording process: the replay maps each one
-to the address its own cache returned for the same call.
+to the address its own cache returned for the same call (an address inside a
+mapping, against the last 64 maps).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ import struct
 import sys
 import time
 import warnings
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -66,6 +68,7 @@ OP_NAMES = {MAP: "map", UNLOCK: "unlock", RAM_ADDR: "ram_addr", INVALIDATE: "inv
             IN_FLIGHT: "in_flight", REPLACE: "replace"}
 LOCK, DMA = 1, 2
 RAM_ADDR_INVALID = (1 << 64) - 1
+RECENT = 64  # an address inside a mapping resolves against the last RECENT maps
 
 # Status codes of csrc/xenmapcache.h, and the exception each one raises in Python.
 OK, EINVAL, EMAP, ENOENT, EOVERFLOW, ECLOSED = 0, -2, -3, -4, -5, -8
@@ -263,11 +266,21 @@ class _Player:
             kwargs["bucket_shift"] = trace.bucket_shift
         self.cache = mod.MapCache(self.ram, **kwargs)
         self.addr: dict[int, int] = {}  # recorded host address -> ours
+        self.recent: deque[tuple[int, int, int]] = deque(maxlen=RECENT)  # (recorded, size, ours)
         self.dma_warnings: list[int] = []
 
     def _ours(self, recorded: int) -> int:
-        # An address never handed out: one no cache can know (the top page).
-        return self.addr.get(recorded, (1 << 64) - 4096)
+        ours = self.addr.get(recorded)
+        if ours is not None:
+            return ours
+        for base, size, mine in reversed(self.recent):  # inside a recent mapping
+            if base <= recorded < base + max(size, 1):
+                return mine + (recorded - base)
+        return (1 << 64) - 4096  # one no cache can know (the top page)
+
+    def _mapped(self, recorded: int, size: int, ours: int) -> None:
+        self.addr[recorded] = ours
+        self.recent.append((recorded, size, ours))
 
     def play(self, call: Call) -> tuple[Any, ...]:
         """Make the call; return its result as a comparable tuple."""
@@ -279,7 +292,7 @@ class _Player:
                     address = cache.map(call.a, call.b, dma=bool(call.flags & DMA), tag=call.c).address
                 else:
                     address = cache.map_ptr(call.a, call.b)
-                self.addr[call.d] = address
+                self._mapped(call.d, call.b, address)
                 return (OK,)
             if op == UNLOCK:
                 cache.unlock(self._ours(call.a))
@@ -293,7 +306,7 @@ class _Player:
                 self.dma_warnings.append(sum(isinstance(w.message, errors.DMAMappingWarning) for w in seen))
                 return (OK, tuple((m.tag, m.paddr, m.size) for m in flight))
             if op == REPLACE:
-                self.addr[call.d] = cache.replace(call.a, call.b, call.c)
+                self._mapped(call.d, call.c, cache.replace(call.a, call.b, call.c))
                 return (OK,)
         except errors.MapCacheError as exc:
             return (status_of(exc),)

@@ -115,11 +115,35 @@ static void put(table *tb, uint64_t k, uint64_t v)
     tb->val[i] = v;
 }
 
-static uint64_t get(const table *tb, uint64_t k)
+/* The last RECENT maps, for an address inside a mapping (as replay.py). */
+#define RECENT 64
+typedef struct recent {
+    uint64_t base[RECENT], size[RECENT], ours[RECENT];
+    unsigned next;
+} recent;
+
+static void put_map(table *tb, recent *rc, uint64_t k, uint64_t size, uint64_t v)
+{
+    put(tb, k, v);
+    rc->base[rc->next % RECENT] = k;
+    rc->size[rc->next % RECENT] = size ? size : 1;
+    rc->ours[rc->next % RECENT] = v;
+    rc->next++;
+}
+
+static uint64_t get(const table *tb, const recent *rc, uint64_t k)
 {
     size_t i = slot(tb, k);
 
-    return tb->key[i] ? tb->val[i] : UINT64_MAX - 4095; /* never handed out */
+    if (tb->key[i])
+        return tb->val[i];
+    for (unsigned n = 0; n < RECENT && n < rc->next; n++) {
+        unsigned j = (rc->next - 1 - n) % RECENT;
+
+        if (k >= rc->base[j] && k - rc->base[j] < rc->size[j])
+            return rc->ours[j] + (k - rc->base[j]);
+    }
+    return UINT64_MAX - 4095; /* never handed out */
 }
 
 /* The no-op cache: guest RAM mapped once, every call answered from it. */
@@ -141,6 +165,7 @@ static double run_core(const trace *t, table *tb, size_t *bad)
 {
     xmc_ram *ram;
     xmc_cache *c;
+    recent rc_maps = { .next = 0 };
     double t0, t1;
 
     if (xmc_ram_new(t->ram_size, &ram) != XMC_OK ||
@@ -157,20 +182,20 @@ static double run_core(const trace *t, table *tb, size_t *bad)
         switch (k->op) {
         case OP_MAP:
             rc = xmc_map(c, k->a, k->b, k->flags, k->c, &p);
-            put(tb, k->d, (uintptr_t)p);
+            put_map(tb, &rc_maps, k->d, k->b, (uintptr_t)p);
             break;
         case OP_UNLOCK:
-            rc = xmc_unlock(c, (void *)(uintptr_t)get(tb, k->a), NULL);
+            rc = xmc_unlock(c, (void *)(uintptr_t)get(tb, &rc_maps, k->a), NULL);
             break;
         case OP_RAM_ADDR:
-            rc = xmc_ram_addr(c, (void *)(uintptr_t)get(tb, k->a), &out);
+            rc = xmc_ram_addr(c, (void *)(uintptr_t)get(tb, &rc_maps, k->a), &out);
             break;
         case OP_INVALIDATE:
             rc = xmc_invalidate(c, NULL, NULL);
             break;
         case OP_REPLACE:
             rc = xmc_replace(c, k->a, k->b, k->c, &p);
-            put(tb, k->d, (uintptr_t)p);
+            put_map(tb, &rc_maps, k->d, k->c, (uintptr_t)p);
             break;
         default:
             rc = XMC_EINVAL;
@@ -187,6 +212,7 @@ static double run_core(const trace *t, table *tb, size_t *bad)
 static double run_noop(const trace *t, table *tb, noop *nc)
 {
     volatile uint64_t sink = 0;
+    recent rc_maps = { .next = 0 };
     double t0, t1;
 
     memset(tb->key, 0, (tb->mask + 1) * sizeof(uint64_t));
@@ -198,11 +224,12 @@ static double run_noop(const trace *t, table *tb, noop *nc)
         switch (k->op) {
         case OP_MAP:
         case OP_REPLACE:
-            put(tb, k->d, (uintptr_t)nc->base + (k->op == OP_MAP ? k->a : k->b));
+            put_map(tb, &rc_maps, k->d, k->op == OP_MAP ? k->b : k->c,
+                    (uintptr_t)nc->base + (k->op == OP_MAP ? k->a : k->b));
             break;
         case OP_UNLOCK:
         case OP_RAM_ADDR:
-            p = get(tb, k->a);
+            p = get(tb, &rc_maps, k->a);
             sink += p - (uintptr_t)nc->base < nc->size ? p - (uintptr_t)nc->base : 0;
             break;
         default:

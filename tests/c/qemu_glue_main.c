@@ -9,6 +9,11 @@
  * xen_invalidate_map_cache_entry, as QEMU is), then map, reverse lookup,
  * unlock (once from a "coroutine") and invalidate as system/physmem.c does.
  *
+ * Built with -DXMC_TEST_TCG (and the header of contrib/qemu/xenmapcache-tcg.patch
+ * on the include path), "qemu tcg" plays the TCG mode instead: QEMU's machine
+ * with a memfd as its RAM, machine-init-done, then physmem.c's hooks
+ * (XENMAPCACHE_TCG=1 and XENMAPCACHE_TRACE set by the test).
+ *
  * Run with tests/c/fake_xenforeignmemory.c and fake_xengnttab.c installed as
  * libxenforeignmemory.so.1 and libxengnttab.so.1 on LD_LIBRARY_PATH (domain
  * 7).  Environment: QEMU_INMIGRATE set: QEMU is in RUN_STATE_INMIGRATE until
@@ -16,6 +21,7 @@
  * every check holds, 1 (through the glue's exit) when the glue cannot build
  * the caches, 3 on a failed check.
  */
+#define _GNU_SOURCE /* memfd_create */
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -33,8 +39,16 @@
 #define XMC_HAVE_QEMU_TYPES
 #include "xenmapcache_qemu.h"
 
+#ifdef XMC_TEST_TCG
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "hw/boards.h"
+#include "sysemu/xenmapcache-tcg.h"
+#endif
+
 uint32_t xen_domid = 7; /* FAKE_DOMID of the fake libraries */
-MemoryRegion xen_memory = { "xen.ram" }, xen_grants = { "xen.grants" };
+MemoryRegion xen_memory = { "xen.ram", NULL }, xen_grants = { "xen.grants", NULL };
 
 static RunState state = RUN_STATE_RUNNING;
 static VMChangeStateHandler *handler;
@@ -148,9 +162,89 @@ static uint64_t first_word(const uint8_t *p)
     return v;
 }
 
-int main(void)
+#ifdef XMC_TEST_TCG
+/* QEMU's side of the TCG mode: physmem.c's hook, the machine and its RAM. */
+const XmcTcg *xmc_tcg;
+struct RAMBlock {
+    int fd;
+};
+static RAMBlock block;
+static MemoryRegion ram_region = { "pc.ram", &block };
+static MachineState machine = { &ram_region };
+static Notifier *machine_done;
+#define RAM_SIZE (16u << 20)
+
+Object *qdev_get_machine(void)
+{
+    return (Object *)&machine;
+}
+
+void qemu_add_machine_init_done_notifier(Notifier *notify)
+{
+    machine_done = notify;
+}
+
+int memory_region_get_fd(MemoryRegion *mr)
+{
+    return mr->ram_block->fd;
+}
+
+uint64_t memory_region_size(MemoryRegion *mr)
+{
+    (void)mr;
+    return RAM_SIZE;
+}
+
+bool qemu_ram_is_shared(RAMBlock *rb)
+{
+    (void)rb;
+    return true;
+}
+
+static int tcg_main(void)
+{
+    uint64_t word = 0x1122334455667788ull, back = 0;
+    ram_addr_t offset = 0;
+    uint8_t *dma, *cpu;
+    int stack_byte = 0;
+
+    block.fd = memfd_create("guest-ram", 0);
+    CHECK(block.fd >= 0 && ftruncate(block.fd, RAM_SIZE) == 0);
+    CHECK(pwrite(block.fd, &word, 8, 0x3000) == 8);
+    /* The glue's constructor saw XENMAPCACHE_TCG=1; QEMU's machine is done. */
+    CHECK(machine_done != NULL && xmc_tcg == NULL);
+    machine_done->notify(machine_done, NULL);
+    CHECK(xmc_tcg != NULL && xmc_tcg->block == &block);
+
+    /* address_space_map: a DMA mapping of the guest's page 3. */
+    dma = xmc_tcg->map(0x3000, 4096, true, false);
+    CHECK(first_word(dma) == word);
+    CHECK(xmc_tcg->offset_of(dma + 8, &offset) && offset == 0x3008);
+    CHECK(!xmc_tcg->offset_of(&stack_byte, &offset));
+    /* flatview_write_continue: a transient write the emulated CPU then reads. */
+    cpu = xmc_tcg->map(0x10000, 8, false, true);
+    memcpy(cpu, &word, 8);
+    CHECK(pread(block.fd, &back, 8, 0x10000) == 8 && back == word);
+    /* A balloon inflation, the DMA still in flight: drained, then one warning. */
+    xmc_tcg->balloon();
+    CHECK(drains == 1);
+    xmc_tcg->unmap(dma);
+    xmc_tcg->balloon();
+    CHECK(drains == 2);
+    printf("TCG mode: DMA and transient mappings of the memfd, two invalidations\n");
+    return 0; /* the glue's report and trace are written at exit */
+}
+#endif
+
+int main(int argc, char **argv)
 {
     bool dummy;
+
+#ifdef XMC_TEST_TCG
+    if (argc > 1 && strcmp(argv[1], "tcg") == 0)
+        return tcg_main();
+#endif
+    (void)argc, (void)argv;
 
     if (getenv("QEMU_INMIGRATE"))
         state = RUN_STATE_INMIGRATE;

@@ -9,4 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+/* qemu/atomic.h, which osdep.h includes */
+#define qatomic_store_release(ptr, i) __atomic_store_n(ptr, i, __ATOMIC_RELEASE)
 #endif
