@@ -13,7 +13,8 @@ compares every result (status, guest address, tag, the DMA mappings in flight
 at an invalidation, and the counters after each call); the first difference
 is printed with the call that differs and the exit status is 1.
 
-The format, version 1 (all integers little-endian; a file may be gzip-compressed):
+The format, version 1 (all integers little-endian; a file may be compressed
+with gzip or xz, as the committed traces of benchmarks/traces are):
 
 - a 64-byte header: ``b"XMCTRACE"``, u32 version (1), u32 record size (40),
   u64 guest RAM size, u64 max_size (0: the library's default), u32
@@ -47,6 +48,7 @@ import gzip
 import io
 import json
 import logging
+import lzma
 import struct
 import sys
 import time
@@ -124,15 +126,17 @@ class Trace:
 
 def _open(path: str) -> BinaryIO:
     f = open(path, "rb")
-    if f.read(2) == b"\x1f\x8b":
-        f.close()
+    magic = f.read(6)
+    f.close()
+    if magic[:2] == b"\x1f\x8b":
         return gzip.open(path, "rb")  # type: ignore[return-value]
-    f.seek(0)
-    return f
+    if magic == b"\xfd7zXZ\x00":
+        return lzma.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
 
 
 def read_trace(path: str) -> Trace:
-    """Read a trace file (plain or gzip-compressed).
+    """Read a trace file (plain, gzip- or xz-compressed).
 
     :raises TraceError: not a trace, another version, or a truncated record.
     """
@@ -406,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m xenmapcache replay``: see the module's docstring."""
     parser = argparse.ArgumentParser(prog="python -m xenmapcache replay",
                                      description="Play mapcache traces back on a fresh cache.")
-    parser.add_argument("files", nargs="+", metavar="FILE", help="trace files (.xmct, or .xmct.gz)")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="trace files (.xmct, .xmct.gz, .xmct.xz)")
     parser.add_argument("--impl", choices=["c", "reference", "both"], default="c",
                         help="the C core, the Python reference, or both compared call by call (default c)")
     parser.add_argument("--max-size", type=int, default=None, metavar="BYTES",
@@ -492,7 +496,7 @@ def _load(parser: argparse.ArgumentParser, paths: list[str]) -> Iterator[tuple[s
     for p in paths:
         try:
             yield p, read_trace(p)
-        except (OSError, TraceError, EOFError, gzip.BadGzipFile) as exc:
+        except (OSError, TraceError, EOFError, lzma.LZMAError) as exc:
             parser.exit(2, f"python -m xenmapcache replay: {exc}\n")
 
 
@@ -503,8 +507,10 @@ def _print(info: dict[str, Any], impl: str) -> None:
               f"{info['threads']} thread(s), guest RAM {info['ram_size'] >> 20} MiB, "
               f"max_size {info['max_size'] or 'default'}\n")
     for r in info["results"]:
+        w = r["dma_warnings"]
+        per = f" ({min(w)} to {max(w)} per invalidation)" if w else ""
         buf.write(f"  {r['impl']}: {r['hits']} hits, {r['misses']} misses, {r['remaps']} remaps; "
-                  f"DMA warnings per invalidation {r['dma_warnings']}; {r['us_per_call']:.3f} us/call\n")
+                  f"{sum(w)} DMA warnings at {len(w)} invalidations{per}; {r['us_per_call']:.3f} us/call\n")
     if "difference" in info:
         buf.write(f"  DIFFERENCE at {info['difference']}\n")
     elif impl == "both":

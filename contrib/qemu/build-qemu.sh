@@ -90,7 +90,7 @@ for pf in "$PATCH" ${TCG:+"$TCG_PATCH"}; do
     fi
 done
 
-step "check: only meson files patched, QEMU's callers and QEMU's header unchanged"
+step "check: only the files of the patches changed, QEMU's other callers and its header unchanged"
 if git -C "$SRC" rev-parse --git-dir >/dev/null 2>&1; then
     echo "QEMU commit $(git -C "$SRC" rev-parse HEAD)"
     changed=$(git -C "$SRC" diff --name-only HEAD -- $CALLERS $PATCHED | sort | tr '\n' ' ')
@@ -152,7 +152,7 @@ for s in xen_map_cache_init_single xen_remap_bucket; do
 done
 echo "QEMU's xen_map_cache_init_single, xen_remap_bucket: absent"
 for o in system_physmem.c.o hw_xen_xen-hvm-common.c.o hw_i386_xen_xen-hvm.c.o; do
-    obj=$(find "$BUILD" -name "$o" -path "*libqemu-$TARGET*" | head -1)
+    obj=$(find "$BUILD/" -name "$o" -path "*libqemu-$TARGET*" | head -1)
     [ -n "$obj" ] || fail "no $o in $BUILD"
     echo "$o calls: $(nm -u "$obj" | awk '$2 ~ /^xen_(map_cache|ram_addr_from_mapcache|invalidate_map_cache|replace_cache_entry)/ {print $2}' | tr '\n' ' ')"
 done

@@ -7,8 +7,9 @@ QMP on OUT_DIR/qmp.sock), echoes the guest's console as "guest: ...", and when
 the guest says "XMC: reading" asks QMP for a balloon of half the guest's RAM,
 then polls query-balloon until the balloon is inflated.  Writes
 OUT_DIR/host.json (what happened) and exits 0 when QEMU exited 0 after the
-guest said "XMC: guest done ok" and the balloon was inflated during the reads;
-1 otherwise (a hang is killed at TIMEOUT_S).
+guest said "XMC: guest done ok" and the balloon took guest memory while the
+reads were in flight (the guest's MemTotal after its reads is below the one
+before them); 1 otherwise (a hang is killed at TIMEOUT_S).
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def main() -> int:
     with open(os.path.join(out, "qemu.stderr"), "wb") as err:
         proc = subprocess.Popen([*qemu, "-qmp", f"unix:{sock},server=on,wait=off"],
                                 stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    memtotal: list[int] = []  # kB: at the start, after the reads
     events: dict[str, object] = {"console": []}
     reading = threading.Event()
     done = threading.Event()
@@ -73,7 +76,9 @@ def main() -> int:
             line = raw.decode(errors="replace").rstrip("\r\n")
             print(f"guest: {line}", flush=True)
             if line.startswith("XMC:"):
-                events["console"].append(line)  # type: ignore[union-attr]
+                events["console"].append(f"{time.monotonic() - t0:7.2f} s {line}")  # type: ignore[union-attr]
+                if "MemTotal:" in line:
+                    memtotal.append(int(line.split("MemTotal:")[1].split()[0]))
             if line == "XMC: reading":
                 reading.set()
             if line == "XMC: guest done ok":
@@ -94,10 +99,10 @@ def main() -> int:
             actual = qmp.cmd("query-balloon")["actual"]
             if actual <= target:
                 events["balloon_inflated_after_s"] = round(time.monotonic() - sent, 2)
-                events["balloon_inflated_before_reads_ended"] = True
                 break
             time.sleep(0.1)
-        events["balloon_actual"] = actual
+        events["balloon_sent_at_s"] = round(sent - t0, 2)
+        events["balloon_actual_while_reading"] = actual
     try:
         proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
@@ -107,9 +112,11 @@ def main() -> int:
     t.join(5)
     events["qemu_status"] = proc.returncode
     events["guest_done"] = done.is_set()
+    events["memtotal_kb_before_and_after_reads"] = memtotal
+    taken = len(memtotal) == 2 and memtotal[1] < memtotal[0]
     with open(os.path.join(out, "host.json"), "w") as f:
         json.dump(events, f, indent=1)
-    ok = proc.returncode == 0 and done.is_set() and events.get("balloon_inflated_before_reads_ended") is True
+    ok = proc.returncode == 0 and done.is_set() and taken
     if not ok:
         print(f"host: FAILED: {json.dumps(events)}", file=sys.stderr)
     return 0 if ok else 1
