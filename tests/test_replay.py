@@ -219,3 +219,22 @@ def test_the_c_replayer_checks_every_status_and_times_the_floor(trace: tuple[Pat
         w.unlock(0x7000_0000_0000, replay.ENOENT)
     proc = subprocess.run([csrc / "build" / "replay", "--rounds", "1", bad], capture_output=True, text=True)
     assert proc.returncode == 1 and "call #1" in proc.stderr
+
+
+def test_the_docs_quote_the_committed_guest_trace() -> None:
+    """docs/qemu-build.md's last line and figures are those of the trace it commits."""
+    import re
+
+    path = TRACES / "linux-guest-disks-balloon.xmct.xz"
+    text = (Path(__file__).resolve().parent.parent / "docs" / "qemu-build.md").read_text()
+    m = re.search(r"^guest workload OK: (\d+) bytes verified; (\d+) maps \((\d+) DMA\), (\d+) hits, (\d+) misses; "
+                  r"(\d+) DMA warnings at (\d+) invalidations$", text, flags=re.M)
+    assert m, "no last line in docs/qemu-build.md"
+    trace = replay.read_trace(str(path))
+    info = replay.describe(trace)
+    [c] = replay.replay(trace, "c")
+    assert int(m.group(1)) >= 2 * 64 * MiB
+    assert (int(m.group(2)), int(m.group(3))) == (info["ops"]["map"], info["dma_maps"])
+    assert (int(m.group(4)), int(m.group(5))) == (c.hits, c.misses)
+    assert (int(m.group(6)), int(m.group(7))) == (sum(c.dma_warnings), len(c.dma_warnings))
+    assert f"{info['calls']} calls" in text

@@ -446,7 +446,11 @@ def plot_sweeps(sweeps: dict[str, list[tuple[int, Summary]]], path: str) -> None
         xs = [m >> 20 for m, _s in points]
         axis.plot(xs, [s.misses for _m, s in points], marker="o", label=f"{name}: misses")
         axis.plot(xs, [s.remaps for _m, s in points], marker="x", linestyle="--", label=f"{name}: remaps")
-    axis.set(xscale="log", xlabel="max_size (MiB): the guest's RAM down to a sixteenth", ylabel="calls")
+    axis.set_xscale("log", base=2)
+    sizes = sorted({m >> 20 for points in sweeps.values() for m, _s in points})
+    axis.set_xticks(sizes, [str(x) for x in sizes])
+    axis.minorticks_off()
+    axis.set(xlabel="max_size (MiB): the guest's RAM down to a sixteenth", ylabel="calls")
     axis.invert_xaxis()
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(fontsize=8)
