@@ -88,6 +88,15 @@ def test_glue_compiles_against_our_header_and_qemus_declarations(tmp_path: Path)
         assert re.search(rf"U {name}$", undefined, flags=re.M), name
 
 
+def test_the_glue_compiles_against_qemu_11s_const_memory_region(tmp_path: Path) -> None:
+    done = compile_glue(tmp_path / "glue.o", "-DSTUB_QEMU11")
+    assert done.returncode == 0, done.stderr
+    # The const follows QEMU's version: QEMU 11's header with 9.1's version conflicts.
+    done = compile_glue(tmp_path / "glue.o", "-DSTUB_QEMU11", "-DQEMU_VERSION_MAJOR=9")
+    assert done.returncode != 0
+    assert "conflicting types for 'xen_map_cache'" in done.stderr.replace("\u2018", "'").replace("\u2019", "'")
+
+
 def test_a_prototype_that_differs_from_qemus_is_a_compile_error(tmp_path: Path) -> None:
     done = compile_glue(tmp_path / "glue.o", "-DSTUB_MISMATCH")
     assert done.returncode != 0

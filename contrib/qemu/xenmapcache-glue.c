@@ -51,6 +51,9 @@
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wredundant-decls"
 #define XMC_HAVE_QEMU_TYPES
+#if QEMU_VERSION_MAJOR >= 11 /* config-host.h: xen_map_cache() takes a const MemoryRegion * */
+#define XMC_QEMU_MR_CONST const
+#endif
 #include "../../csrc/xenmapcache_qemu.h" /* no -I: nothing else recompiles */
 #pragma GCC diagnostic pop
 
