@@ -162,18 +162,17 @@ def parse(data: bytes, name: str = "trace") -> Trace:
     trace = Trace(ram_size, max_size, shift)
     it = RECORD.iter_unpack(body)
     calls = trace.calls
-    for rec in it:
-        op = rec[0]
+    for op, flags, thread, status, a, b, c, d in it:
         if op == INVALIDATE:
             flight = []
-            for _ in range(rec[4]):
+            for _ in range(a):
                 f = next(it, None)
                 if f is None or f[0] != IN_FLIGHT:
                     raise TraceError(f"{name}: invalidate #{len(calls)} lacks its in-flight records")
                 flight.append((f[4], f[5], f[6], f[7]))
-            calls.append(Call(*rec, in_flight=tuple(flight)))
+            calls.append(Call(op, flags, thread, status, a, b, c, d, tuple(flight)))
         elif op in OP_NAMES and op != IN_FLIGHT:
-            calls.append(Call(*rec))
+            calls.append(Call(op, flags, thread, status, a, b, c, d))
         else:
             raise TraceError(f"{name}: unknown op {op} at call #{len(calls)}")
     return trace
