@@ -26,8 +26,11 @@ from .errors import MapCacheError, exception_for
 logger = logging.getLogger("xenmapcache")
 
 
-# The methods NativeCache has builtins for, in the order its bind() takes
-# their checked fallbacks (the XMC_PY_* enum of ffi/objects.h).
+# The hot methods: on CPython each cache has a builtin for each (``fast_paths()``),
+# which falls back on ``MapCache``'s checked method of the same name.  Both are
+# bound by these names; the binding checks at import that it has a builtin for
+# each of them and for no other (``install()``, ffi/binding.h): a difference is
+# an ImportError.
 HOT_METHODS = ("map_ptr", "read", "readinto", "write", "ram_addr", "unlock", "map", "map_sg")
 
 
@@ -87,7 +90,9 @@ def native_types() -> Any:
     if lib.xmc_py_fast_install() != 0:
         return None
     from . import _core
+    from .cache import Mapping, MappingGroup
 
+    _core.install(HOT_METHODS, Mapping, MappingGroup, MapCacheError)  # ImportError: a stale binding
     return _core
 
 
@@ -185,14 +190,13 @@ class NativeCore:
         except MapCacheError as exc:
             raise exc from cause
 
-    def registry(self, cache: Any) -> Any:
+    def registry(self, cache: Any, checked: dict[str, Callable[..., Any]]) -> Any:
         """The registry of ``cache``'s Mappings: the ``NativeCache`` itself, bound
-        to ``cache`` and its checked methods, or None (the cache keeps its own)."""
+        to ``cache`` and to ``checked``, its checked method for each name of
+        ``HOT_METHODS``; or None (the cache keeps its own)."""
         native = self._native
         if native is None:
             return None
-        from .cache import MapCache
-
         lib = self._lib
         owner = weakref.ref(cache)
 
@@ -211,8 +215,7 @@ class NativeCore:
             core: NativeCore = live._core
             core._fail(rc, f"{what} {where}")
 
-        checked = [getattr(MapCache, name) for name in HOT_METHODS]
-        native.bind(owner, fail, cache.max_size, 1 << cache.bucket_shift, *checked)
+        native.bind(owner, fail, cache.max_size, 1 << cache.bucket_shift, checked)
         return native
 
     def fast_paths(self) -> dict[str, Callable[..., Any]]:

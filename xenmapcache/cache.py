@@ -7,11 +7,10 @@ A core exposes: map, unlock, ram_addr, invalidate, replace, locked, read,
 write, stats, view and close (see ``NativeCore`` in ``_native.py``, the
 binding).  A core may also offer ``registry(cache)``, which keeps the cache's
 Mappings (else a :class:`_PyRegistry` does), and ``has_fast_paths()`` with
-``fast_paths()``: builtins that the cache installs over its own ``map_ptr``,
-``read``, ``readinto``, ``write``, ``ram_addr``, ``unlock``, ``map`` and ``map_sg``
-(unless a subclass overrides them), so that the common case costs one C
-call and no Python frame; anything else they hand straight to the method
-here, which checks and raises.
+``fast_paths()``: builtins that the cache installs over its own hot methods
+(``HOT_METHODS``, unless a subclass overrides them), so that the common case
+costs one C call and no Python frame; anything else they hand straight to
+the method here of the same name, which checks and raises.
 """
 
 from __future__ import annotations
@@ -586,7 +585,7 @@ class MapCache(NoCopy):
         self._ram = ram
         self._closed = False
         registry = getattr(self._core, "registry", None)
-        self._reg: Any = (registry(self) if registry is not None else None) or _PyRegistry(self._core)
+        self._reg: Any = (registry(self, _CHECKED) if registry is not None else None) or _PyRegistry(self._core)
         slots = getattr(type(self), "_fast_slots", ())
         if slots:
             fast = self._core.fast_paths()
@@ -963,6 +962,8 @@ def _init_signature(cls: type[MapCache]) -> inspect.Signature:
 
 
 MapCache.__signature__ = _init_signature(MapCache)
+# What the builtins of the hot methods fall back on, by name.
+_CHECKED = {name: getattr(MapCache, name) for name in HOT_METHODS}
 
 _FAST_CLASSES: dict[type[MapCache], type[MapCache]] = {}
 
