@@ -46,10 +46,14 @@ QEMU=$SRC/build-xenmapcache-tcg/qemu-system-x86_64
 
 step "Debian's kernel and busybox-static (apt-get download, dpkg-deb -x)"
 mkdir -p "$WORK/debs"
+missing=
 for p in gcc libc6-dev cpio; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" \
-        || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
 done
+if [ -n "$missing" ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
 kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
 [ -n "$kpkg" ] || { apt-get update -qq; kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'); }
 [ -n "$kpkg" ] || fail "no linux-image-amd64 in apt's lists"
