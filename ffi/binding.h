@@ -130,10 +130,10 @@ fail:
 }
 
 /*
- * install(hot_methods, Mapping, MappingGroup, MapCacheError): check Python's
+ * install(hot_methods, Mapping, MappingGroup): check Python's
  * table of hot methods against the builtins (ImportError when they differ),
  * then, the first time, make the types.  Python hands over what the types
- * need from the package: the base classes and the error of a closed cache.
+ * need from the package: the base classes.
  */
 static PyObject *xmc_py_install(PyObject *unused, PyObject *const *args, Py_ssize_t n)
 {
@@ -141,8 +141,8 @@ static PyObject *xmc_py_install(PyObject *unused, PyObject *const *args, Py_ssiz
     int rc;
 
     (void)unused;
-    if (n != 4 || !PyType_Check(args[1]) || !PyType_Check(args[2]) || !PyType_Check(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "install(hot_methods, Mapping, MappingGroup, MapCacheError)");
+    if (n != 3 || !PyType_Check(args[1]) || !PyType_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "install(hot_methods, Mapping, MappingGroup)");
         return NULL;
     }
     if (xmc_py_check_hot(args[0]) < 0)
@@ -155,13 +155,12 @@ static PyObject *xmc_py_install(PyObject *unused, PyObject *const *args, Py_ssiz
     Py_DECREF(module);
     if (rc < 0)
         return NULL;
-    xmc_py_closed_error = Py_NewRef(args[3]);
     Py_RETURN_NONE;
 }
 
 static PyMethodDef xmc_py_install_def = {
     "install", (PyCFunction)(void (*)(void))xmc_py_install, METH_FASTCALL,
-    "install(hot_methods, Mapping, MappingGroup, MapCacheError)\n--\n\n"
+    "install(hot_methods, Mapping, MappingGroup)\n--\n\n"
     "Check the table of hot methods (ImportError when it is not the builtins'), make the types.",
 };
 

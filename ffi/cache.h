@@ -173,7 +173,8 @@ static PyObject *xmc_py_unlock_fast(PyObject *op, PyObject *const *args, Py_ssiz
 
     if (a)
         XMC_PY_CALL(rc, xmc_unlock_tag_nowait(self->c, a, 0), xmc_unlock_tag(self->c, a, 0));
-    if (rc == XMC_ESYS) /* unlocked, but a grant entry failed to unmap: never retried */
+    if (rc == XMC_ESYS /* unlocked, but a grant entry failed to unmap: never retried */ ||
+        rc == XMC_ECLOSED)
         return xmc_py_fail(self, rc, "unlock", (uint64_t)(uintptr_t)a, 0);
     if (rc != XMC_OK) /* nothing done (no raw lock there, say): the checked method tries Mappings */
         return xmc_py_checked(self, XMC_PY_UNLOCK, args, n, kwnames);
@@ -309,6 +310,10 @@ static PyMethodDef xmc_py_cache_methods[] = {
     { "map_sg", (PyCFunction)(void (*)(void))xmc_py_map_sg_fast, XMC_PY_FAST,
       "map_sg(segments, dma=False, tag=None)\n--\n\n"
       "Map every ``(paddr, size)`` of ``segments`` locked, in one call; all or nothing." },
+    { "mapping", (PyCFunction)(void (*)(void))xmc_py_mapping_checked, METH_FASTCALL,
+      "mapping(paddr, size, dma, tag)\n--\n\nMap for MapCache.map, its arguments checked." },
+    { "group", (PyCFunction)(void (*)(void))xmc_py_group_checked, METH_FASTCALL,
+      "group(segments, dma, tag)\n--\n\nMap for MapCache.map_sg, its arguments checked." },
     { "set_after_free", xmc_py_set_after_free, METH_O,
       "set_after_free(fn)\n--\n\nCall fn() once the core is freed." },
     { "tag_of", xmc_py_tag_of, METH_O,

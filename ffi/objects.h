@@ -78,7 +78,6 @@ typedef struct xmc_py_group {
 static PyTypeObject *xmc_py_cache_type;
 static PyTypeObject *xmc_py_mapping_type;
 static PyTypeObject *xmc_py_group_type;
-static PyObject *xmc_py_closed_error; /* xenmapcache.MapCacheError */
 
 /*
  * rc = the core call, keeping the GIL when it cannot wait: first its _nowait

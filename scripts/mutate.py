@@ -303,8 +303,8 @@ MUTANTS = [
     Mutant(
         "binding-unlock-retries-grant-failure",
         "ffi/cache.h",
-        "    if (rc == XMC_ESYS) /* unlocked, but a grant entry failed to unmap: never retried */",
-        "    if (rc == XMC_ESYS && 0)",
+        "    if (rc == XMC_ESYS /* unlocked, but a grant entry failed to unmap: never retried */ ||",
+        "    if ((rc == XMC_ESYS && 0) ||",
         "a grant unmap that failed in the builtin unlock is retried, and its error lost",
     ),
     Mutant(

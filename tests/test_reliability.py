@@ -428,16 +428,15 @@ def test_the_hot_methods_are_the_builtins_on_cpython() -> None:
 def test_the_binding_refuses_another_table_of_hot_methods() -> None:
     from xenmapcache import _core, _native
     from xenmapcache.cache import Mapping, MappingGroup
-    from xenmapcache.errors import MapCacheError
 
     assert _native.native_types() is _core
     hot = _native.HOT_METHODS
     for table in (hot + ("stats",), hot[1:], hot[:-1] + ("map",), tuple(reversed(hot))):
         if sorted(table) == sorted(hot):
-            _core.install(table, Mapping, MappingGroup, MapCacheError)  # by name: the order is free
+            _core.install(table, Mapping, MappingGroup)  # by name: the order is free
             continue
         with pytest.raises(ImportError, match="are not the binding's builtins"):
-            _core.install(table, Mapping, MappingGroup, MapCacheError)
+            _core.install(table, Mapping, MappingGroup)
 
 
 @pytest.mark.skipif(sys.implementation.name != "cpython", reason="the builtins are CPython's")

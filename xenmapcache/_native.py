@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import _version
-from .errors import MapCacheError, exception_for
+from .errors import status_error
 
 logger = logging.getLogger("xenmapcache")
 
@@ -92,7 +92,7 @@ def native_types() -> Any:
     from . import _core
     from .cache import Mapping, MappingGroup
 
-    _core.install(HOT_METHODS, Mapping, MappingGroup, MapCacheError)  # ImportError: a stale binding
+    _core.install(HOT_METHODS, Mapping, MappingGroup)  # ImportError: a stale binding
     return _core
 
 
@@ -105,10 +105,11 @@ def check_stamp(built_for: str, path: str | None) -> None:
         )
 
 
-def raise_for(rc: int, what: str) -> NoReturn:
-    """Raise the exception for the core's status code ``rc`` (non-zero)."""
+def raise_for(rc: int, what: str, *where: int, cause: BaseException | None = None) -> NoReturn:
+    """Raise the exception for the core's status code ``rc`` (non-zero) of the call
+    ``what`` given ``where`` (see :func:`errors.status_error`)."""
     ffi, lib = binding()
-    raise exception_for(rc, f"{what}: {ffi.string(lib.xmc_strerror(rc)).decode()}")
+    raise status_error(rc, ffi.string(lib.xmc_strerror(rc)).decode(), what, *where) from cause
 
 
 def check(rc: int, what: str) -> None:
@@ -183,12 +184,10 @@ class NativeCore:
         (CPython with the binding's types; not a free-threaded build)."""
         return native_types() is not None
 
-    def _fail(self, rc: int, what: str) -> NoReturn:
-        cause = self._take(self._keys)  # from one of this cache's Python callbacks
-        try:
-            raise_for(rc, what)
-        except MapCacheError as exc:
-            raise exc from cause
+    def _fail(self, rc: int, what: str, *where: int) -> NoReturn:
+        """Raise for a failed core call, with the exception of one of this cache's
+        Python callbacks (a backend's, translate's) as its cause."""
+        raise_for(rc, what, *where, cause=self._take(self._keys))
 
     def registry(self, cache: Any, checked: dict[str, Callable[..., Any]]) -> Any:
         """The registry of ``cache``'s Mappings: the ``NativeCache`` itself, bound
@@ -201,19 +200,16 @@ class NativeCore:
         owner = weakref.ref(cache)
 
         def fail(rc: int, what: str, paddr: int, size: int) -> NoReturn:
-            # Holds the cache weakly, and the core only through it: no cycle.
+            # What a builtin calls with a failed core call's status (a closed
+            # cache's too).  Holds the cache weakly, and the core only
+            # through it: no cycle.
             live = owner()
             if live is None:
-                raise MapCacheError("the cache is gone")
-            live._check_open()
+                raise_for(rc, what, paddr, size)
             if what == "ram_addr" and rc == lib.XMC_ENOENT:  # once per call, as the method does
                 live._trace_unknown("ram_addr_unknown", paddr)
-            if what in ("map_sg", "unlock_sg"):  # paddr is the number of segments
-                where = f"of {paddr} segment(s)"
-            else:
-                where = f"{paddr:#x}+{size:#x}" if what in ("map", "read", "write") else f"{paddr:#x}"
             core: NativeCore = live._core
-            core._fail(rc, f"{what} {where}")
+            core._fail(rc, what, paddr, size)
 
         native.bind(owner, fail, cache.max_size, 1 << cache.bucket_shift, checked)
         return native
@@ -229,7 +225,7 @@ class NativeCore:
         # The address comes back as the return value: nothing shared between threads.
         address: int = self._lib.xmc_py_map(self._c, paddr, size, flags, tag)
         if not address:
-            self._fail(self._lib.xmc_py_last_error(), f"map {paddr:#x}+{size:#x}")
+            self._fail(self._lib.xmc_py_last_error(), "map", paddr, size)
         return address
 
     def map_sg(self, segments: list[tuple[int, int]], flags: int, tag: int) -> list[int]:
@@ -238,7 +234,7 @@ class NativeCore:
         segs, out = ffi.new("xmc_sg[]", segments), ffi.new("void *[]", n)
         rc = self._lib.xmc_map_sg(self._c, segs, n, flags, tag, out)
         if rc:
-            self._fail(rc, f"map_sg of {n} segment(s)")
+            self._fail(rc, "map_sg", n)
         return [int(ffi.cast("uintptr_t", p)) for p in out]
 
     def unlock_sg(self, addresses: list[int], tag: int) -> None:
@@ -247,18 +243,18 @@ class NativeCore:
         addrs = ffi.new("void *[]", [ffi.cast("void *", a) for a in addresses])
         rc = self._lib.xmc_unlock_sg(self._c, addrs, n, tag)
         if rc:
-            self._fail(rc, f"unlock_sg of {n} segment(s)")
+            self._fail(rc, "unlock_sg", n)
 
     def unlock(self, address: int, tag: int) -> None:
         rc = self._lib.xmc_py_unlock(self._c, address, tag)
         if rc:
-            self._fail(rc, f"unlock {address:#x}")
+            self._fail(rc, "unlock", address)
 
     def ram_addr(self, address: int) -> int:
         out = self._ffi.new("uint64_t *")
         rc = self._lib.xmc_ram_addr(self._c, self._ffi.cast("void *", address), out)
         if rc:
-            self._fail(rc, f"ram_addr {address:#x}")
+            self._fail(rc, "ram_addr", address)
         return int(out[0])
 
     def _take_records(self, arr: Any, n: int) -> list[tuple[int, int, int, int, bool]]:
@@ -294,14 +290,14 @@ class NativeCore:
         out = self._ffi.new("void **")
         rc = self._lib.xmc_replace(self._c, old, new, size, out)
         if rc:
-            self._fail(rc, f"replace {old:#x} -> {new:#x}")
+            self._fail(rc, "replace", old, new)
         return int(self._ffi.cast("uintptr_t", out[0]))
 
     def read(self, paddr: int, n: int) -> bytes:
         buf = bytearray(n)  # never a bytes object written through cffi
         rc = self._lib.xmc_read(self._c, paddr, self._ffi.from_buffer(buf), n)
         if rc:
-            self._fail(rc, f"read {paddr:#x}+{n:#x}")
+            self._fail(rc, "read", paddr, n)
         return bytes(buf)
 
     def write(self, paddr: int, data: Any) -> None:
@@ -312,7 +308,7 @@ class NativeCore:
             n = len(src)
             rc = self._lib.xmc_write(self._c, paddr, src, n)
         if rc:
-            self._fail(rc, f"write {paddr:#x}+{n:#x}")
+            self._fail(rc, "write", paddr, n)
 
     def stats(self) -> tuple[int, ...]:
         st = self._ffi.new("xmc_stats *")

@@ -58,7 +58,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from . import errors
+from . import _cli, errors
 
 MAGIC = b"XMCTRACE"
 VERSION = 1
@@ -405,18 +405,17 @@ def iter_files(paths: list[str]) -> Iterator[tuple[str, Trace]]:
         yield p, read_trace(p)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m xenmapcache replay``: see the module's docstring."""
-    parser = argparse.ArgumentParser(prog="python -m xenmapcache replay",
-                                     description="Play mapcache traces back on a fresh cache.")
+def main(argv: list[str] | None = None, prog: str = "python -m xenmapcache replay") -> int:
+    """``xenmapcache replay``: play mapcache traces back on a fresh cache (see the module's docstring)."""
+    parser = _cli.Parser(prog, main.__doc__)
     parser.add_argument("files", nargs="+", metavar="FILE", help="trace files (.xmct, .xmct.gz, .xmct.xz)")
     parser.add_argument("--impl", choices=["c", "reference", "both"], default="c",
                         help="the C core, the Python reference, or both compared call by call (default c)")
-    parser.add_argument("--max-size", type=int, default=None, metavar="BYTES",
+    parser.add_argument("--max-size", type=_cli.count(1 << 62), default=None, metavar="BYTES",
                         help="the cache's max_size (default: the trace's); results are then not "
                         "compared with the recorded ones")
     parser.add_argument("--json", action="store_true", help="one JSON object per run on stdout")
-    parser.add_argument("--plot", metavar="FILE.png",
+    parser.add_argument("--plot", metavar="FILE.png", type=_cli.plot_file,
                         help="replay each trace on the C core with max_size from the guest's RAM size down to "
                         "a sixteenth, and draw the misses against it (needs matplotlib)")
     args = parser.parse_args(argv)
@@ -500,7 +499,7 @@ def _load(parser: argparse.ArgumentParser, paths: list[str]) -> Iterator[tuple[s
         try:
             yield p, read_trace(p)
         except (OSError, TraceError, EOFError, lzma.LZMAError) as exc:
-            parser.exit(2, f"python -m xenmapcache replay: {exc}\n")
+            parser.error(str(exc))
 
 
 def _print(info: dict[str, Any], impl: str) -> None:
