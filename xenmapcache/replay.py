@@ -458,9 +458,10 @@ def plot_sweeps(sweeps: dict[str, list[tuple[int, Summary]]], path: str) -> None
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    traces = list(_load(parser, args.files))  # every file read (or refused) before any work
     if args.plot:
         sweeps = {}
-        for path, trace in _load(parser, args.files):
+        for path, trace in traces:
             sweeps[path.rsplit("/", 1)[-1]] = points = sweep(trace)
             for max_size, s in points:
                 print(f"{path}: max_size {max_size >> 20} MiB: {s.hits} hits, {s.misses} misses, "
@@ -469,7 +470,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 0
     out: list[dict[str, Any]] = []
     status = 0
-    for path, trace in _load(parser, args.files):
+    for path, trace in traces:
         info = {"file": path, **describe(trace)}
         try:
             summaries = replay(trace, args.impl, args.max_size)
