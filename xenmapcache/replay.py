@@ -1,6 +1,6 @@
 """Mapcache traces: record every call an emulator makes, play it back on either implementation.
 
-A trace (docs/qemu-build.md, "Traces") is the list of mapcache calls of one
+A trace (https://xenmapcache.readthedocs.io/en/latest/qemu-build.html) is the list of mapcache calls of one
 run, in the order they were made, each with its arguments, its result and the
 thread that made it.  ``contrib/qemu/xenmapcache-glue.c`` writes one from QEMU;
 :class:`TraceWriter` writes one from Python.  ``python -m xenmapcache replay``
