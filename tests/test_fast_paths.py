@@ -1,4 +1,4 @@
-"""The per-cache fast paths of the hot methods (``_native.HOT_METHODS``) keep the contract.
+"""The per-cache fast paths of the hot methods (``_binding.HOT_METHODS``) keep the contract.
 
 On CPython the C core's cache gets builtins (ffi/binding.h) that fall back
 straight on MapCache's checked methods; elsewhere the checked methods alone,
@@ -195,7 +195,7 @@ def test_help_on_a_cache_method_says_what_it_raises(xmc: ModuleType, cache: Any)
     # the checked method's whole docstring, Raises list included.
     import pydoc
 
-    from xenmapcache._native import HOT_METHODS
+    from xenmapcache._binding import HOT_METHODS
 
     for name in HOT_METHODS:
         method = getattr(cache, name)

@@ -23,7 +23,7 @@ import pytest
 from ctools import REPO, run
 
 import xenmapcache
-from xenmapcache import _native
+from xenmapcache import _binding
 from xenmapcache._version import __version__
 
 
@@ -35,7 +35,7 @@ def test_the_version_is_written_once() -> None:
 
 
 def test_the_compiled_core_carries_the_version() -> None:
-    ffi, lib = _native.binding()
+    ffi, lib = _binding.binding()
     assert ffi.string(lib.xmc_py_build_version()).decode() == __version__
 
 

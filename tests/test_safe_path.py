@@ -44,9 +44,9 @@ def arrangement(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
 
 def test_one_status_table_serves_both_implementations() -> None:
     import xenmapcache.reference as ref
-    from xenmapcache import _native, errors
+    from xenmapcache import _binding, errors
 
-    ffi, lib = _native.binding()
+    ffi, lib = _binding.binding()
     names = {"ENOMEM": ref.ENOMEM, "EINVAL": ref.EINVAL, "EMAP": ref.EMAP, "ENOENT": ref.ENOENT}
     names |= {"EOVERFLOW": ref.EOVERFLOW, "EUNAVAIL": ref.EUNAVAIL, "ESYS": ref.ESYS, "EREENTER": ref.EREENTER}
     names |= {"EFORKED": ref.EFORKED, "EGRANT": ref.EGRANT}
@@ -113,7 +113,7 @@ def test_a_checked_method_calls_the_core_never_a_builtin() -> None:
     # the checked method of its name, which checks and calls the core (and
     # the registry), never a builtin of the hot methods again.
     import xenmapcache
-    from xenmapcache._native import HOT_METHODS
+    from xenmapcache._binding import HOT_METHODS
 
     class Watch:
         name = ""

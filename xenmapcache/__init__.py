@@ -9,7 +9,8 @@ See docs/getting-started.md for the tour and docs/contract.md for the contract.
 """
 
 from .backends import CallbackBackend
-from .cache import LockedMapping, MapCache, Mapping, MappingGroup, Stats
+from ._mapping import Mapping, MappingGroup
+from .cache import LockedMapping, MapCache, Stats
 from .errors import (
     BackendUnavailable,
     DMAMappingWarning,

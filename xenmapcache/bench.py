@@ -329,7 +329,7 @@ def hit_noop_attr(res: Resources) -> Iterator[Call]:
 
 @contextlib.contextmanager
 def hit_raw(res: Resources) -> Iterator[Call]:
-    from ._native import binding
+    from ._binding import binding
 
     # The C entry point itself, no Python around it: what the C work costs.
     yield binding()[1].xmc_py_map_ptr, (hit_cache(res)._core._c, HIT, 0, False, False)
