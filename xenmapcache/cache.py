@@ -1,4 +1,6 @@
-"""The public mapcache API (docs/contract.md, section 6) over an interchangeable core.
+"""The public mapcache API (the contract, section 6) over an interchangeable core.
+
+The contract: https://xenmapcache.readthedocs.io/en/latest/contract.html
 
 ``MapCache`` adds to a core (the C one here, the pure-Python reference in
 ``xenmapcache.reference``) what belongs to Python: input checks, ``Mapping``
@@ -75,7 +77,8 @@ class LockedMapping:
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """Counters of one cache, as returned by ``cache.stats()`` (docs/contract.md, section 6).
+    """Counters of one cache, as returned by ``cache.stats()`` (the contract, section 6:
+    https://xenmapcache.readthedocs.io/en/latest/contract.html).
 
     - ``hits``: requests served by an entry already mapped;
     - ``misses``: requests that had to map;
@@ -122,7 +125,7 @@ os.register_at_fork(after_in_child=_after_fork)
 
 
 class MapCache(NoCopy):
-    """A Xen mapcache over guest memory (docs/contract.md, sections 3 and 6).
+    """A Xen mapcache over guest memory (the contract, sections 3 and 6: https://xenmapcache.readthedocs.io/en/latest/contract.html).
 
     ``ram`` is the backend the cache maps through: a :class:`GuestRAM`, a
     :class:`XenForeignMemory`, a :class:`XenGrantTable` or a :class:`CallbackBackend`; the cache keeps it
@@ -135,8 +138,8 @@ class MapCache(NoCopy):
     memory where guest pages cannot be mapped, instead of failing (an incoming
     migration; ``replace()`` later swaps in the real pages).  ``lock_limit``
     caps the lock count of each entry (at most ``2**32 - 1``).
-    ``grants=True`` applies the grant rules of QEMU's grant caches (see
-    docs/trace-and-grants.md): only locked requests (``map``, ``map_ptr``
+    ``grants=True`` applies the grant rules of QEMU's grant caches
+    (https://xenmapcache.readthedocs.io/en/latest/trace-and-grants.html): only locked requests (``map``, ``map_ptr``
     with ``lock=True``), page-granular entries (``bucket_shift`` must be 12,
     else ``InvalidAddress``), each entry unmapped as soon as its last lock is
     released; an unlocked request, ``read``, ``write`` and ``replace`` raise
@@ -264,8 +267,8 @@ class MapCache(NoCopy):
 
         Cost: on a hit, on the C core under CPython, one builtin call that
         makes one C call and the :class:`Mapping`, about as much as the raw
-        ``map_ptr(..., lock=True)`` + ``unlock`` pair (see
-        docs/scatter-gather.md); elsewhere a few microseconds of Python.  On
+        ``map_ptr(..., lock=True)`` + ``unlock`` pair
+        (https://xenmapcache.readthedocs.io/en/latest/scatter-gather.html); elsewhere a few microseconds of Python.  On
         a miss, the backend's map of the entry's buckets.  O(1) in the number
         of locked mappings.
         """
@@ -276,7 +279,7 @@ class MapCache(NoCopy):
     def map_sg(self, segments: Iterable[tuple[int, int]], dma: bool = False, tag: Any = None) -> MappingGroup:
         """Map every ``(paddr, size)`` of ``segments`` locked, in one core call; return a :class:`MappingGroup`.
 
-        Scatter-gather DMA (see docs/scatter-gather.md): ``with
+        Scatter-gather DMA (https://xenmapcache.readthedocs.io/en/latest/scatter-gather.html): ``with
         cache.map_sg(sg, dma=True) as g: os.preadv(fd, g.buffers(), offset)``.
         All or nothing: when a segment cannot be mapped, none stays locked,
         and the statistics move only as that segment's failed :meth:`map`
@@ -322,7 +325,8 @@ class MapCache(NoCopy):
         :raises MapCacheError: the cache is closed.
 
         Cost: the fast path.  A hit is one C call that keeps the GIL, under
-        0.1 us on CPython (see docs/performance.md); a miss maps, as :meth:`map`.
+        0.1 us on CPython (https://xenmapcache.readthedocs.io/en/latest/performance.html); a miss maps, as
+        :meth:`map`.
         """
         self._check_open()
         paddr, size = check_range(paddr, size, self.max_size)

@@ -1,4 +1,4 @@
-"""Exceptions and warnings of xenmapcache (docs/contract.md, section 6)."""
+"""Exceptions and warnings of xenmapcache (the contract, section 6: https://xenmapcache.readthedocs.io/en/latest/contract.html)."""
 
 from __future__ import annotations
 

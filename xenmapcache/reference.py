@@ -1,7 +1,8 @@
 """The pure-Python reference implementation of the mapcache: the oracle.
 
 ``xenmapcache.reference`` exports the same public names as ``xenmapcache``
-(docs/contract.md, section 6), but its ``MapCache`` runs on ``_PyCore``, a line-by-line
+(the contract, section 6: https://xenmapcache.readthedocs.io/en/latest/contract.html), but its
+``MapCache`` runs on ``_PyCore``, a line-by-line
 Python rendering of ``csrc/cache.c`` and of the memfd backend of
 ``csrc/ram.c``.  It needs no compiler and never imports the C extension, so
 it can stand in for the C core anywhere and be compared with it step by step
@@ -1009,6 +1010,6 @@ class _PyCore:
 
 
 class MapCache(_cache.MapCache):
-    """The mapcache of docs/contract.md, section 6 on the pure-Python reference core."""
+    """The mapcache of the contract, section 6, on the pure-Python reference core (https://xenmapcache.readthedocs.io/en/latest/contract.html)."""
 
     _Core = _PyCore
