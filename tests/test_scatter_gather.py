@@ -213,7 +213,7 @@ def test_the_group_itself_is_a_sequence_of_buffers(xmc: ModuleType, cache: Any, 
         os.close(fd)
     assert g.released  # no export was left behind
     assert b"".join(ram.read(p, s) for p, s in segs) == data
-    # The other calls of DESIGN.md section 9 take it as it is, too.
+    # The other calls of docs/contract.md, section 9 take it as it is, too.
     a, b = socket.socketpair()
     with a, b, cache.map_sg(segs[:2]) as g:
         assert a.sendmsg(g) == 2 * PAGE
