@@ -10,6 +10,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from threads import run_threads
 
 PAGE = 4096
 MIB = 1 << 20
@@ -147,29 +148,24 @@ def test_guest_ram_outlives_its_handle_while_a_cache_uses_it(xmc: ModuleType) ->
 def test_threads_with_a_concurrent_invalidator(xmc: ModuleType) -> None:
     ram = xmc.GuestRAM(8 * MIB)
     cache = xmc.MapCache(ram, bucket_shift=12, max_size=8 * PAGE)  # heavy collisions
-    errors: list[BaseException] = []
-    stop = threading.Event()
 
     def worker(n: int) -> None:
         rng = random.Random(n)
-        try:
-            for i in range(300):
-                base = (n * 64 + rng.randrange(64)) * PAGE + 16
-                pattern = bytes([n, i % 251]) * 16
-                cache.write(base, pattern)
-                with cache.map(base, len(pattern), dma=bool(i % 2), tag=(n, i)) as m:
-                    with memoryview(m) as view:
-                        assert bytes(view) == pattern
-                        view[:2] = b"ok"
-                    assert cache.ram_addr(m.address) == base
-                assert cache.read(base, 2) == b"ok"
-                p = cache.map_ptr(base, 16, lock=True)
-                assert cache.ram_addr(p + 3) == base + 3
-                cache.unlock(p)
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
+        for i in range(300):
+            base = (n * 64 + rng.randrange(64)) * PAGE + 16
+            pattern = bytes([n, i % 251]) * 16
+            cache.write(base, pattern)
+            with cache.map(base, len(pattern), dma=bool(i % 2), tag=(n, i)) as m:
+                with memoryview(m) as view:
+                    assert bytes(view) == pattern
+                    view[:2] = b"ok"
+                assert cache.ram_addr(m.address) == base
+            assert cache.read(base, 2) == b"ok"
+            p = cache.map_ptr(base, 16, lock=True)
+            assert cache.ram_addr(p + 3) == base + 3
+            cache.unlock(p)
 
-    def invalidator() -> None:
+    def invalidator(stop: threading.Event) -> None:
         import warnings
 
         with warnings.catch_warnings():
@@ -177,16 +173,7 @@ def test_threads_with_a_concurrent_invalidator(xmc: ModuleType) -> None:
             while not stop.is_set():
                 cache.invalidate()
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    inv = threading.Thread(target=invalidator)
-    inv.start()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    stop.set()
-    inv.join()
-    assert not errors, errors[0]
+    run_threads(worker, 8, background=invalidator)
     st = cache.stats()
     assert (st.locked, st.dma_locked) == (0, 0) and cache.locked() == []
     assert st.invalidations > 0
@@ -200,7 +187,7 @@ def test_close_while_other_threads_are_inside_calls(xmc: ModuleType) -> None:
         cache = xmc.MapCache(ram, bucket_shift=12)
         outcomes: list[str] = []
 
-        def reader() -> None:
+        def reader(_: int) -> None:
             for i in range(2000):
                 try:
                     cache.read((i % 512) * PAGE, 64)
@@ -210,11 +197,6 @@ def test_close_while_other_threads_are_inside_calls(xmc: ModuleType) -> None:
                     return
             outcomes.append("done")
 
-        threads = [threading.Thread(target=reader) for _ in range(3)]
-        for t in threads:
-            t.start()
-        cache.close()
-        for t in threads:
-            t.join()
+        run_threads(reader, 3, meanwhile=cache.close)
         assert len(outcomes) == 3
     ram.close()

@@ -3,7 +3,7 @@
 An exception raised by a user callback cannot cross C; it is kept in
 ``pending.error`` for the calling thread, as ``(key, exception)`` where
 ``key`` names the backend or translate callback that raised, and the caller
-chains it onto the error the core returns (``_NativeCore._fail``).  A cache
+chains it onto the error the core returns (``NativeCore._fail``).  A cache
 takes only its own callbacks' errors, so an error can never become the cause
 of a failure on another cache; every path that can leave one (a failed call,
 an invalidate or close whose unmap failed, the garbage collection of a cache)
@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
-from ._native import binding
+from ._binding import binding
 from ._validate import U64_LIMIT
 
 ffi, lib = binding()
