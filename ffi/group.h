@@ -16,7 +16,7 @@ static PyObject *xmc_py_group_release(PyObject *op, PyObject *unused)
 {
     xmc_py_group *g = (xmc_py_group *)op;
     xmc_py_cache *cache = g->cache;
-    Py_ssize_t n = PyTuple_Size(g->items), live = 0, busy = 0;
+    Py_ssize_t n = Py_SIZE(op), live = 0, busy = 0;
     void *stack[16], **addrs = stack;
     xmc_py_mapping **held;
     int rc;
@@ -25,7 +25,7 @@ static PyObject *xmc_py_group_release(PyObject *op, PyObject *unused)
     if (!cache || n <= 0)
         Py_RETURN_NONE;
     for (Py_ssize_t i = 0; i < n; i++) {
-        xmc_py_mapping *m = (xmc_py_mapping *)PyTuple_GetItem(g->items, i);
+        xmc_py_mapping *m = g->items[i];
         live += !m->released;
         busy += !m->released && m->exports;
     }
@@ -42,7 +42,7 @@ static PyObject *xmc_py_group_release(PyObject *op, PyObject *unused)
     held = (xmc_py_mapping **)(addrs + live);
     live = 0;
     for (Py_ssize_t i = 0; i < n; i++) { /* released; on the list until the call returns */
-        xmc_py_mapping *m = (xmc_py_mapping *)PyTuple_GetItem(g->items, i);
+        xmc_py_mapping *m = g->items[i];
         if (m->released)
             continue;
         m->released = 1;
@@ -79,12 +79,12 @@ static PyObject *xmc_py_group_release(PyObject *op, PyObject *unused)
 static PyObject *xmc_py_group_buffers(PyObject *op, PyObject *unused)
 {
     xmc_py_group *g = (xmc_py_group *)op;
-    Py_ssize_t n = PyTuple_Size(g->items);
+    Py_ssize_t n = Py_SIZE(op);
     PyObject *out = PyList_New(n);
 
     (void)unused;
     for (Py_ssize_t i = 0; out && i < n; i++) {
-        PyObject *v = PyMemoryView_FromObject(PyTuple_GetItem(g->items, i));
+        PyObject *v = PyMemoryView_FromObject((PyObject *)g->items[i]);
         if (!v)
             Py_CLEAR(out);
         else
@@ -96,40 +96,73 @@ static PyObject *xmc_py_group_buffers(PyObject *op, PyObject *unused)
 static PyObject *xmc_py_group_released(PyObject *op, void *closure)
 {
     xmc_py_group *g = (xmc_py_group *)op;
-    Py_ssize_t n = PyTuple_Size(g->items);
+    Py_ssize_t n = Py_SIZE(op);
 
     (void)closure;
     for (Py_ssize_t i = 0; i < n; i++)
-        if (!((xmc_py_mapping *)PyTuple_GetItem(g->items, i))->released)
+        if (!g->items[i]->released)
             Py_RETURN_FALSE;
     Py_RETURN_TRUE;
 }
 
 static Py_ssize_t xmc_py_group_len(PyObject *op)
 {
-    return PyTuple_Size(((xmc_py_group *)op)->items);
+    return Py_SIZE(op);
 }
 
-static PyObject *xmc_py_group_getitem(PyObject *op, PyObject *key)
-{
-    return PyObject_GetItem(((xmc_py_group *)op)->items, key);
-}
-
+/* g[i]: the sequence slot, which os.preadv(fd, g, offset) calls once per segment */
 static PyObject *xmc_py_group_item(PyObject *op, Py_ssize_t i)
 {
-    return PySequence_GetItem(((xmc_py_group *)op)->items, i);
+    if (i < 0 || i >= Py_SIZE(op)) {
+        PyErr_SetString(PyExc_IndexError, "MappingGroup index out of range");
+        return NULL;
+    }
+    return Py_NewRef((PyObject *)((xmc_py_group *)op)->items[i]);
+}
+
+/* A tuple of the group's Mappings (slices, repr: not hot). */
+static PyObject *xmc_py_group_tuple(PyObject *op)
+{
+    Py_ssize_t n = Py_SIZE(op);
+    PyObject *t = PyTuple_New(n);
+
+    for (Py_ssize_t i = 0; t && i < n; i++)
+        PyTuple_SetItem(t, i, xmc_py_group_item(op, i)); /* steals it */
+    return t;
+}
+
+/* g[i], g[-1], g[a:b] (a tuple) */
+static PyObject *xmc_py_group_getitem(PyObject *op, PyObject *key)
+{
+    PyObject *t, *r;
+
+    if (PyIndex_Check(key)) {
+        Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
+        if (i == -1 && PyErr_Occurred())
+            return NULL;
+        return xmc_py_group_item(op, i < 0 ? i + Py_SIZE(op) : i);
+    }
+    if (!(t = xmc_py_group_tuple(op)))
+        return NULL;
+    r = PyObject_GetItem(t, key);
+    Py_DECREF(t);
+    return r;
 }
 
 static PyObject *xmc_py_group_iter(PyObject *op)
 {
-    return PyObject_GetIter(((xmc_py_group *)op)->items);
+    return PySeqIter_New(op);
 }
 
 static PyObject *xmc_py_group_repr(PyObject *op)
 {
-    xmc_py_group *g = (xmc_py_group *)op;
+    PyObject *t = xmc_py_group_tuple(op), *r;
 
-    return PyUnicode_FromFormat("<MappingGroup of %zd: %R>", PyTuple_Size(g->items), g->items);
+    if (!t)
+        return NULL;
+    r = PyUnicode_FromFormat("<MappingGroup of %zd: %R>", Py_SIZE(op), t);
+    Py_DECREF(t);
+    return r;
 }
 
 static int xmc_py_group_traverse(PyObject *op, visitproc visit, void *arg)
@@ -138,7 +171,8 @@ static int xmc_py_group_traverse(PyObject *op, visitproc visit, void *arg)
 
     Py_VISIT(Py_TYPE(op));
     Py_VISIT((PyObject *)g->cache);
-    Py_VISIT(g->items);
+    for (Py_ssize_t i = 0; i < Py_SIZE(op); i++)
+        Py_VISIT((PyObject *)g->items[i]);
     return 0;
 }
 
@@ -146,8 +180,10 @@ static int xmc_py_group_clear(PyObject *op)
 {
     xmc_py_group *g = (xmc_py_group *)op;
 
-    Py_CLEAR(g->cache);
-    Py_CLEAR(g->items);
+    Py_CLEAR(g->cache); /* first: release() and the rest then do nothing */
+    for (Py_ssize_t i = 0; i < Py_SIZE(op); i++)
+        Py_CLEAR(g->items[i]);
+    Py_SET_SIZE((PyVarObject *)op, 0); /* an empty group, if anything still sees it */
     return 0;
 }
 
@@ -194,7 +230,7 @@ static PyType_Slot xmc_py_group_slots[] = {
 };
 
 static PyType_Spec xmc_py_group_spec = {
-    "xenmapcache._core.MappingGroup", sizeof(xmc_py_group), 0,
+    "xenmapcache._core.MappingGroup", sizeof(xmc_py_group), sizeof(xmc_py_mapping *),
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
     xmc_py_group_slots,
 };
@@ -212,7 +248,6 @@ static PyObject *xmc_py_new_group(xmc_py_cache *self, PyObject *segments, int dm
 {
     xmc_sg segstack[16], *segs = segstack;
     void *outstack[16], **out = outstack;
-    PyObject *items = NULL;
     xmc_py_group *g = NULL;
     Py_ssize_t n = 0;
     int rc = XMC_OK, ok;
@@ -244,13 +279,12 @@ static PyObject *xmc_py_new_group(xmc_py_cache *self, PyObject *segments, int dm
         goto out;
     }
     id = ++self->next_id;
-    if (!(items = PyTuple_New(n)) ||
-        !(g = (xmc_py_group *)PyType_GenericAlloc(xmc_py_group_type, 0)))
+    if (!(g = (xmc_py_group *)PyType_GenericAlloc(xmc_py_group_type, n))) /* no cache: inert */
         goto out;
     for (Py_ssize_t i = 0; i < n; i++) {
-        xmc_py_mapping *m = xmc_py_mapping_new();
+        xmc_py_mapping *m = g->items[i] = xmc_py_mapping_new();
         if (!m)
-            goto out;
+            goto fail;
         m->id = id;
         m->cache = (xmc_py_cache *)Py_NewRef((PyObject *)self);
         m->tag = Py_NewRef(tag);
@@ -258,10 +292,9 @@ static PyObject *xmc_py_new_group(xmc_py_cache *self, PyObject *segments, int dm
         m->size = segs[i].size;
         m->dma = (char)dma;
         m->released = 1; /* until registered */
-        PyTuple_SetItem(items, i, (PyObject *)m); /* steals m */
     }
     for (Py_ssize_t i = 0; i < n; i++) { /* before the call: invalidate() may list them */
-        xmc_py_mapping *m = (xmc_py_mapping *)PyTuple_GetItem(items, i);
+        xmc_py_mapping *m = g->items[i];
         m->released = 0;
         xmc_py_register(self, m);
     }
@@ -270,7 +303,7 @@ static PyObject *xmc_py_new_group(xmc_py_cache *self, PyObject *segments, int dm
     if (rc == XMC_OK && self->closed)
         rc = XMC_ECLOSED; /* closed while we mapped: unmapped already */
     for (Py_ssize_t i = 0; i < n; i++) {
-        xmc_py_mapping *m = (xmc_py_mapping *)PyTuple_GetItem(items, i);
+        xmc_py_mapping *m = g->items[i];
         if (rc == XMC_OK) {
             m->address = (unsigned long long)(uintptr_t)out[i];
         } else if (!m->released) { /* else close_registry() took it off */
@@ -281,17 +314,14 @@ static PyObject *xmc_py_new_group(xmc_py_cache *self, PyObject *segments, int dm
     }
     if (rc != XMC_OK) {
         xmc_py_fail(self, rc, "map_sg", (uint64_t)n, 0);
-        goto out;
+        goto fail;
     }
     g->cache = (xmc_py_cache *)Py_NewRef((PyObject *)self);
-    g->items = items;
     g->id = id;
-    items = NULL;
+    goto out;
+fail: /* not a group */
+    Py_CLEAR(g);
 out:
-    if (items) { /* failed: not a group */
-        Py_CLEAR(items);
-        Py_CLEAR(g);
-    }
     if (segs != segstack)
         PyMem_Free(segs);
     if (out != outstack)

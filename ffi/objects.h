@@ -61,10 +61,10 @@ typedef struct xmc_py_mapping {
 } xmc_py_mapping;
 
 typedef struct xmc_py_group {
-    PyObject_HEAD
+    PyObject_VAR_HEAD /* ob_size: how many Mappings */
     xmc_py_cache *cache;
-    PyObject *items; /* tuple of its Mappings */
-    uint64_t id;     /* the tag of all their core records */
+    uint64_t id;                    /* the tag of all their core records */
+    struct xmc_py_mapping *items[]; /* its Mappings, each a reference (NULL until made) */
 } xmc_py_group;
 
 /* Py_XSETREF is not in the limited API. */

@@ -204,6 +204,33 @@ def test_the_group_itself_is_a_sequence_of_buffers(xmc: ModuleType, cache: Any, 
         os.close(fd)
     assert g.released  # no export was left behind
     assert b"".join(ram.read(p, s) for p, s in segs) == data
+    # The other calls of docs/contract.md, section 9 take it as it is, too.
+    a, b = socket.socketpair()
+    with a, b, cache.map_sg(segs[:2]) as g:
+        assert a.sendmsg(g) == 2 * PAGE
+        with cache.map_sg(segs[2:]) as h:
+            assert b.recvmsg_into(h)[0] == PAGE and b.recv(2 * PAGE) == data[PAGE : 2 * PAGE]
+    assert ram.read(segs[2][0], PAGE) == data[:PAGE]
+    fd = os.open(image, os.O_WRONLY)
+    try:
+        with cache.map_sg(segs[::-1]) as g:
+            assert os.pwritev(fd, g, 0) == len(data)
+    finally:
+        os.close(fd)
+    assert image.read_bytes() == b"".join(ram.read(p, s) for p, s in segs[::-1])
+
+
+def test_a_group_indexes_as_a_tuple(cache: Any) -> None:
+    with cache.map_sg([(0x1000, 8), (0x2000, 8), (0x3000, 8)]) as g:
+        items = tuple(g)
+        assert [g[i] for i in range(-3, 3)] == [*items, *items]
+        assert g[True] is items[1] and g[::2] == items[::2] and g[5:] == ()
+        for bad in (3, -4, 1 << 70):
+            with pytest.raises(IndexError):
+                g[bad]
+        with pytest.raises(TypeError):
+            g["0"]
+        assert repr(g).startswith("<MappingGroup of 3: (<Mapping paddr=0x1000")
 
 
 def test_a_traced_batch_reports_each_segment_once(xmc: ModuleType, ram: Any) -> None:
