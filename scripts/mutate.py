@@ -223,6 +223,13 @@ MUTANTS = [
         "map_ptr(lock=True, dma=True) through the builtin forgets DMA",
     ),
     Mutant(
+        "map-into-drops-last-page",
+        "csrc/cache.c",
+        "for (uint64_t p = 0; p < pages && !all; p++)",
+        "for (uint64_t p = 0; p + 1 < pages && !all; p++)",
+        "map_into leaves the last page of a partly mapped entry out of its valid bitmap",
+    ),
+    Mutant(
         "seam-free-list-keeps-state",
         "ffi/seam.h",
         "    memset((char *)op + sizeof(PyObject), 0, size - sizeof(PyObject));\n",

@@ -96,14 +96,18 @@ def test_a_write_into_a_hole_writes_nothing(xmc: ModuleType) -> None:
 class Flaky:
     """Anonymous memory as guest memory; the next map, unmap or translate can be made to raise."""
 
-    def __init__(self) -> None:
+    def __init__(self, interrupt: type[BaseException] | None = None) -> None:
         self.fail: set[str] = set()
         self.live: dict[int, int] = {}
+        self.interrupt = interrupt  # raised instead of each callback's own error
+
+    def _raise(self, what: str, error: Exception) -> None:
+        if what in self.fail:
+            self.fail.discard(what)
+            raise error if self.interrupt is None else self.interrupt()
 
     def map(self, first_pfn: int, nr_pages: int, fixed: int | None) -> tuple[int, list[int]]:
-        if "map" in self.fail:
-            self.fail.discard("map")
-            raise OSError("map refused")
+        self._raise("map", OSError("map refused"))
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (0x10 if fixed else 0)  # 0x10: MAP_FIXED
         base = libc.mmap(fixed, nr_pages * PAGE, mmap.PROT_READ | mmap.PROT_WRITE, flags, -1, 0)
         self.live[base] = nr_pages * PAGE
@@ -112,14 +116,10 @@ class Flaky:
     def unmap(self, address: int, length: int) -> None:
         del self.live[address]  # never retried: a second unmap would fail here
         libc.munmap(address, length)
-        if "unmap" in self.fail:
-            self.fail.discard("unmap")
-            raise RuntimeError("unmap refused")
+        self._raise("unmap", RuntimeError("unmap refused"))
 
     def translate(self, paddr: int, size: int) -> int:
-        if "translate" in self.fail:
-            self.fail.discard("translate")
-            raise LookupError("translate refused")
+        self._raise("translate", LookupError("translate refused"))
         return paddr
 
     def cache(self, xmc: ModuleType, **kwargs: Any) -> Any:
@@ -216,6 +216,68 @@ def test_a_failed_unmap_during_garbage_collection_is_logged_there(xmc: ModuleTyp
     assert "unmap refused" in caplog.text and "collected cache" in caplog.text
     assert flaky.live == {}
     unrelated_failure_has_no_cause(xmc)
+
+
+# -- callbacks never turn an interrupt into success ------------------------------------
+
+INTERRUPTS = [KeyboardInterrupt, SystemExit]
+
+
+@pytest.mark.parametrize("interrupt", INTERRUPTS, ids=lambda e: e.__name__)
+def test_an_interrupted_translate_fails_the_write_and_writes_nothing(xmc: ModuleType, interrupt: type) -> None:
+    # cffi returned 0 (success) for a translate that raised anything but an
+    # Exception: the core then wrote to whatever the uninitialised address was.
+    flaky = Flaky(interrupt)
+    hole = 1 << 16
+    with xmc.GuestRAM(MIB, holes=[(hole, 2 * hole)]) as ram:
+        with xmc.MapCache(ram, bucket_shift=16, translate=flaky.translate) as cache:
+            before = os.pread(ram.fileno(), MIB, 0)
+            stats = cache.stats()
+            for call in (lambda: cache.write(hole + 8, b"CTRL-C-WRITE"), lambda: cache.map(hole, 8)):
+                flaky.fail.add("translate")
+                with pytest.raises(interrupt):
+                    call()
+                assert os.pread(ram.fileno(), MIB, 0) == before
+                assert cache.stats().locked == 0 and cache.locked() == []
+            assert cache.stats().hits == stats.hits
+            with pytest.raises(xmc.MappingError) as info:  # nothing left pending: a later failure has no cause
+                cache.read(hole, 8)
+            assert info.value.__cause__ is None
+
+
+@pytest.mark.parametrize("interrupt", INTERRUPTS, ids=lambda e: e.__name__)
+def test_an_interrupted_backend_map_fails_the_call_and_keeps_nothing(xmc: ModuleType, interrupt: type) -> None:
+    flaky = Flaky(interrupt)
+    # Dummy mode would map anonymous memory for pages that cannot be mapped:
+    # never for a backend that raised.
+    with flaky.cache(xmc, dummy_on_failure=True, translate=flaky.translate) as cache:
+        for call in (lambda: cache.map_ptr(0), lambda: cache.map(0, 8), lambda: cache.write(0, b"x")):
+            flaky.fail.add("map")
+            with pytest.raises(interrupt):
+                call()
+            assert cache.stats().entries == 0 and cache.stats().locked == 0
+            assert flaky.live == {}
+        flaky.interrupt = None
+        flaky.fail.add("map")
+        with pytest.raises(xmc.MappingError) as info:  # an Exception is the cause, never a dummy success
+            cache.map_ptr(0)
+        assert isinstance(info.value.__cause__, OSError)
+        assert cache.stats().entries == 0
+        assert cache.map_ptr(0)  # works again
+    assert flaky.live == {}
+
+
+@pytest.mark.parametrize("interrupt", INTERRUPTS, ids=lambda e: e.__name__)
+def test_an_interrupted_unmap_fails_the_map_that_needed_it(xmc: ModuleType, interrupt: type) -> None:
+    flaky = Flaky(interrupt)
+    with flaky.cache(xmc) as cache:
+        cache.map_ptr(0)
+        flaky.fail.add("unmap")
+        with pytest.raises(interrupt):
+            cache.map_ptr(2 << 16, (1 << 16) + 1)  # slot 0: the old entry is unmapped first
+        assert cache.stats().locked == 0
+        unrelated_failure_has_no_cause(xmc)
+    assert flaky.live == {}
 
 
 # -- fork ------------------------------------------------------------------------------
@@ -403,6 +465,22 @@ def test_a_span_ending_on_the_bad_page_of_a_partly_mapped_entry_fails(xmc: Modul
                 call()
         cache.map_ptr(20 * PAGE, PAGE)  # the page before is fine
         assert cache.stats().locked == 0
+
+
+@pytest.mark.parametrize("hole", [0, 5, 15], ids=["first", "middle", "last"])
+def test_every_page_of_a_partly_mapped_entry_but_the_holes_maps(xmc: ModuleType, hole: int) -> None:
+    # The valid bitmap of an entry with a bad page: each good page, the first
+    # and the last of the entry included, is valid (scripts/mutate.py plants
+    # a map_into that drops the last page's bit).
+    with xmc.GuestRAM(MIB, holes=[((16 + hole) * PAGE, (17 + hole) * PAGE)]) as ram:
+        for size in (0, 8):  # one bucket (pages 16..31); one page in it
+            with xmc.MapCache(ram, bucket_shift=16) as cache:
+                for page in range(16, 32):
+                    if page == 16 + hole:
+                        with pytest.raises(xmc.MappingError):
+                            cache.map_ptr(page * PAGE + 8, size)
+                    else:
+                        assert cache.ram_addr(cache.map_ptr(page * PAGE + 8, size)) == page * PAGE + 8
 
 
 @pytest.mark.skipif(sys.implementation.name != "cpython", reason="the builtins are CPython's (ffi/seam.h)")

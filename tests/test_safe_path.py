@@ -49,7 +49,7 @@ def test_one_status_table_serves_both_implementations() -> None:
     ffi, lib = _native.binding()
     names = {"ENOMEM": ref.ENOMEM, "EINVAL": ref.EINVAL, "EMAP": ref.EMAP, "ENOENT": ref.ENOENT}
     names |= {"EOVERFLOW": ref.EOVERFLOW, "EUNAVAIL": ref.EUNAVAIL, "ESYS": ref.ESYS, "EREENTER": ref.EREENTER}
-    names |= {"EFORKED": ref.EFORKED, "EGRANT": ref.EGRANT}
+    names |= {"EFORKED": ref.EFORKED, "EGRANT": ref.EGRANT, "ECALLBACK": ref.ECALLBACK}
     for name, code in names.items():
         assert getattr(lib, f"XMC_{name}") == code, name
         # the reference's copy of the messages is the C core's own

@@ -180,6 +180,8 @@ class NativeCore:
 
     def _fail(self, rc: int, what: str) -> NoReturn:
         cause = self._take(self._keys)  # from one of this cache's Python callbacks
+        if cause is not None and not isinstance(cause, Exception):
+            raise cause  # an interrupt stays what it was (KeyboardInterrupt, SystemExit)
         try:
             raise_for(rc, what)
         except MapCacheError as exc:

@@ -67,7 +67,7 @@ __all__ = [
 
 # Status codes, as in csrc/xenmapcache.h (internal: they become exceptions at the edge).
 OK, ENOMEM, EINVAL, EMAP, ENOENT, EOVERFLOW, EUNAVAIL, ESYS = 0, -1, -2, -3, -4, -5, -6, -7
-EREENTER, EFORKED, EGRANT = -10, -11, -12
+EREENTER, EFORKED, EGRANT, ECALLBACK = -10, -11, -12, -13
 # The messages of xmc_strerror(); the exception of each code comes from the
 # package's one table (errors.EXCEPTION_OF).
 _MESSAGES: dict[int, str] = {
@@ -81,6 +81,7 @@ _MESSAGES: dict[int, str] = {
     EREENTER: "called from inside one of the cache's own backend callbacks",
     EGRANT: "not allowed on a grant cache (locked requests only, no replace)",
     EFORKED: "the process forked while another thread was inside the cache; unusable in the child",
+    ECALLBACK: "a callback failed; nothing was retried",
 }
 
 MAX_SLOTS = 1 << 24  # XMC_MAX_SLOTS
@@ -124,6 +125,8 @@ def _sys_munmap(addr: int, length: int) -> int:
 
 
 def _raise(rc: int, what: str, cause: BaseException | None = None) -> NoReturn:
+    if cause is not None and not isinstance(cause, Exception):
+        raise cause  # an interrupt stays what it was, as _NativeCore._fail
     raise _errors.exception_for(rc, f"{what}: {_MESSAGES.get(rc, 'unknown error')}") from cause
 
 
@@ -220,19 +223,24 @@ class _CallbackAdapter:
                 raise ValueError(f"map must return {nr_pages} per-page errors (0 or a positive errno)")
             if type(address) is not int or address <= 0 or (fixed is not None and address != fixed):
                 raise ValueError(f"map returned a bad address {address!r} (fixed={fixed!r})")
-        except Exception as exc:
-            self.error = exc
-            return EMAP, 0, 0
+        except BaseException as exc:  # an interrupt too: the call fails, as XMC_ECALLBACK in C
+            self._keep(exc)
+            return ECALLBACK, 0, 0
         finally:
             self.inside.discard(threading.get_ident())
         return OK, address, sum(1 << i for i, e in enumerate(errors) if not e)
+
+    def _keep(self, exc: BaseException) -> None:
+        """Keep ``exc`` for the caller; an interrupt kept already wins (see _callbacks._keep)."""
+        if self.error is None or isinstance(self.error, Exception):
+            self.error = exc
 
     def unmap(self, addr: int, length: int) -> int:
         self.inside.add(threading.get_ident())
         try:
             self.backend._unmap(addr, length)
-        except Exception as exc:
-            self.error = exc
+        except BaseException as exc:
+            self._keep(exc)
             return ESYS
         finally:
             self.inside.discard(threading.get_ident())
@@ -561,7 +569,7 @@ class _PyCore:
             new = fn(paddr, size)
             if type(new) is not int or not 0 <= new <= U64_MAX:
                 raise TypeError(f"translate must return an int in [0, 2**64), not {new!r}")
-        except Exception as exc:  # the C core sees a failed callback the same way
+        except BaseException as exc:  # an interrupt too: the C core sees a failed callback the same way
             return EMAP, 0, exc
         finally:
             self._lock.acquire()
