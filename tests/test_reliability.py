@@ -280,6 +280,24 @@ def test_an_interrupted_unmap_fails_the_map_that_needed_it(xmc: ModuleType, inte
     assert flaky.live == {}
 
 
+def test_an_interrupted_unmap_during_invalidate_comes_after_the_report(
+    xmc: ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    flaky = Flaky(KeyboardInterrupt)
+    with flaky.cache(xmc) as cache:
+        cache.map_ptr(0)
+        m = cache.map(1 << 16, 8, dma=True, tag="dma")
+        flaky.fail.add("unmap")
+        with caplog.at_level(logging.WARNING, logger="xenmapcache"), pytest.warns(xmc.DMAMappingWarning, match="'dma'"):
+            with pytest.raises(KeyboardInterrupt):
+                cache.invalidate()
+        assert "unmapping an entry failed" in caplog.text and "1 DMA mapping(s) in flight: 'dma'" in caplog.text
+        assert cache.stats().entries == 1 and cache.locked()[0].tag == "dma"  # invalidated all the same
+        m.release()
+        unrelated_failure_has_no_cause(xmc)
+    assert flaky.live == {}
+
+
 # -- fork ------------------------------------------------------------------------------
 
 CHILD_PRELUDE = """

@@ -267,7 +267,8 @@ class NativeCore:
         finally:
             self._lib.xmc_records_free(arr)
 
-    def invalidate(self) -> list[tuple[int, int, int, int, bool]]:
+    def invalidate(self) -> tuple[list[tuple[int, int, int, int, bool]], BaseException | None]:
+        """The DMA records in flight, and what a failed unmap raised (see MapCache.invalidate)."""
         lib = self._lib
         got = lib.xmc_py_invalidate(self._c)  # one call when no DMA is in flight
         count = got if got > 0 else lib.xmc_py_records_count() if got < 0 else 0
@@ -275,12 +276,11 @@ class NativeCore:
         rc = min(got, 0)
         if rc == lib.XMC_ESYS:
             # The invalidation happened; an entry failed to unmap and is gone
-            # all the same (never retried).  Say so once and keep the records.
-            cause = self._take(self._keys)
-            logger.error("invalidate: unmapping an entry failed: %s", cause or "system call failed")
-        elif rc:
+            # all the same (never retried): its error goes with the records.
+            return records, self._take(self._keys) or OSError("system call failed")
+        if rc:
             self._fail(rc, "invalidate")
-        return records
+        return records, None
 
     def locked(self) -> list[tuple[int, int, int, int, bool]]:
         arr, n = self._ffi.new("xmc_record **"), self._ffi.new("size_t *")

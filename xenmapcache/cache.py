@@ -865,26 +865,51 @@ class MapCache(NoCopy):
         :raises MapCacheError: the cache is closed.  (An unmap failure of the
             backend is logged at ERROR level, not raised: the invalidation has
             happened.)
+        :raises KeyboardInterrupt: (or any other interrupt) raised by a
+            backend's unmap or a tag's ``repr``: after the report, which is
+            made first (a tag whose ``repr`` raises is shown by its type and id).
 
         Cost: O(live entries + DMA mappings in flight), independent of the
         number of hash slots; one C call when no DMA is in flight.
         """
         self._check_open()
-        in_flight = self._locked_mappings(self._core.invalidate())
+        records, failed = self._core.invalidate()
+        in_flight = self._locked_mappings(records)
+        # The whole report is built before anything that can raise runs (a
+        # warnings filter set to "error", an interrupt in a tag's repr).
+        interrupt = failed if failed is not None and not isinstance(failed, Exception) else None
+        shown: dict[int, tuple[str, int]] = {}  # id(tag) -> (its repr, how many mappings); a batch shares one
+        messages = []
         for lm in in_flight:
-            warnings.warn(
-                DMAMappingWarning(
-                    f"DMA mapping {lm.tag!r} of guest [{lm.paddr:#x}, +{lm.size:#x}) at {lm.address:#x} "
-                    "is still in flight across a mapcache invalidation"
-                ),
-                stacklevel=2,
+            if lm.tag is None:
+                name = f"{lm.paddr:#x}"
+            elif id(lm.tag) in shown:
+                name = shown[id(lm.tag)][0]
+            else:
+                try:
+                    name = repr(lm.tag)
+                except BaseException as exc:  # noqa: BLE001 - kept, raised after the report
+                    name = f"<{type(lm.tag).__name__} object at {id(lm.tag):#x}>"
+                    if interrupt is None and not isinstance(exc, Exception):
+                        interrupt = exc
+            if lm.tag is not None:
+                shown[id(lm.tag)] = (name, shown.get(id(lm.tag), ("", 0))[1] + 1)
+            messages.append(
+                f"DMA mapping {name} of guest [{lm.paddr:#x}, +{lm.size:#x}) at {lm.address:#x} "
+                "is still in flight across a mapcache invalidation"
             )
+        if failed is not None:
+            logger.error("invalidate: unmapping an entry failed: %s", failed)
         if in_flight:
+            untagged = [f"{lm.paddr:#x}" for lm in in_flight if lm.tag is None]
+            tagged = [name if count == 1 else f"{name} ({count} mappings)" for name, count in shown.values()]
             logger.warning(
-                "mapcache invalidated with %d DMA mapping(s) in flight: %s",
-                len(in_flight),
-                ", ".join(repr(lm.tag) if lm.tag is not None else f"{lm.paddr:#x}" for lm in in_flight),
+                "mapcache invalidated with %d DMA mapping(s) in flight: %s", len(in_flight), ", ".join(tagged + untagged)
             )
+        for message in messages:
+            warnings.warn(DMAMappingWarning(message), stacklevel=2)
+        if interrupt is not None:
+            raise interrupt
         return in_flight
 
     def stats(self) -> Stats:

@@ -908,8 +908,9 @@ class _PyCore:
             _raise(ENOENT, f"ram_addr {address:#x}")
         return paddr
 
-    def invalidate(self) -> list[Record]:
-        """Unmap every unlocked entry; the DMA records still outstanding, oldest first."""
+    def invalidate(self) -> tuple[list[Record], BaseException | None]:
+        """Unmap every unlocked entry; the DMA records still outstanding, oldest
+        first, and what a failed unmap raised."""
         with _entered(self._st, self._lock, "invalidate"):
             self._check_open()
             st = self._st
@@ -925,12 +926,11 @@ class _PyCore:
                         rc = urc
             st.last = None
             st.invalidations += 1
-        if rc == ESYS:  # as the C core's binding: report once, keep the records
-            cause = self._take_error()
-            _cache.logger.error("invalidate: unmapping an entry failed: %s", cause or "system call failed")
-        elif rc != OK:
+        if rc == ESYS:  # as the C core's binding: the error goes with the records
+            return in_flight, self._take_error() or OSError("system call failed")
+        if rc != OK:
             _raise(rc, "invalidate")
-        return in_flight
+        return in_flight, None
 
     def _take_error(self) -> BaseException | None:
         """The exception of the backend's last failed callback, if any (once)."""
