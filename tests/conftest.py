@@ -38,3 +38,13 @@ def cache(xmc: ModuleType, ram: object) -> Iterator[object]:
     c = xmc.MapCache(ram)
     yield c
     c.close()
+
+
+@pytest.fixture(params=["builtins", "cffi"])
+def arrangement(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Caches with the binding's types and builtins (CPython), or with plain cffi calls alone."""
+    if request.param == "cffi":
+        import xenmapcache._native
+
+        monkeypatch.setattr(xenmapcache._native, "native_types", lambda: None)
+    yield request.param

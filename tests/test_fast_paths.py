@@ -12,7 +12,6 @@ import gc
 import sys
 import threading
 import tracemalloc
-from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -22,14 +21,10 @@ PAGE = 4096
 MIB = 1 << 20
 
 
-@pytest.fixture(autouse=True, params=["builtins", "cffi"])
-def arrangement(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Build caches with the builtins (where there are any) or with plain cffi calls alone."""
-    if request.param == "cffi":
-        import xenmapcache._native
-
-        monkeypatch.setattr(xenmapcache._native, "native_types", lambda: None)
-    yield request.param
+@pytest.fixture(autouse=True)
+def every_arrangement(arrangement: str) -> str:
+    """Every test here with the builtins (where there are any) and with plain cffi calls alone."""
+    return arrangement
 
 
 def test_closures_kept_past_close_raise(xmc: ModuleType, ram: Any) -> None:

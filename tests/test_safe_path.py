@@ -18,7 +18,6 @@ import sys
 import threading
 import tracemalloc
 import weakref
-from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -27,16 +26,6 @@ import pytest
 PAGE = 4096
 MIB = 1 << 20
 U64 = 2**64
-
-
-@pytest.fixture(params=["builtins", "cffi"])
-def arrangement(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Caches with the binding's types and builtins (CPython), or with plain cffi calls alone."""
-    if request.param == "cffi":
-        import xenmapcache._native
-
-        monkeypatch.setattr(xenmapcache._native, "native_types", lambda: None)
-    yield request.param
 
 
 # -- one status-code table, one message per failure ----------------------------------
