@@ -10,6 +10,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from ctools import Flaky
 
 PAGE = 4096
 MIB = 1 << 20
@@ -69,6 +70,49 @@ def test_close_refuses_while_a_view_is_alive(xmc: ModuleType, ram: Any) -> None:
     assert cache.read(0x10, 4) == b"live"
     view.release()
     cache.close()
+
+
+@pytest.mark.parametrize("then", ["close", "collect"])
+@pytest.mark.parametrize("where", ["trace", "backend"])
+def test_a_close_refused_from_inside_a_callback_leaves_the_cache_fully_open(
+    xmc: ModuleType, arrangement: str, where: str, then: str
+) -> None:
+    # The refusal came after the cache had marked itself and its Mappings
+    # closed: every Mapping read as released, and a second close did nothing.
+    box: list[Any] = []
+    refused: list[BaseException] = []
+
+    def close_now(*event: object) -> None:
+        if box and not refused:
+            try:
+                box[0].close()
+            except xmc.MapCacheError as exc:
+                refused.append(exc)
+
+    ram = Flaky()
+    if where == "trace":
+        cache = ram.cache(xmc, trace=close_now)
+    else:
+        ram.hook = close_now
+        cache = ram.cache(xmc)
+    m = cache.map(0, 8)
+    box.append(cache)
+    cache.map_ptr(1 << 16)  # a miss: the backend maps, and the trace hook hears of it
+    assert len(refused) == 1
+    assert not cache.closed and not m.released and cache.stats().locked == 1
+    with memoryview(m) as view:
+        view[:4] = b"open"
+    assert cache.read(0, 4) == b"open"
+    box.clear()
+    if then == "close":
+        cache.close()  # a close from outside works, and unmaps everything
+        assert cache.closed and m.released
+    else:  # nothing detached: the garbage collector still cleans up
+        m.release()
+        refused.clear()  # its traceback holds the cache
+        del cache, m
+        gc.collect()
+    assert ram.live == {}
 
 
 def test_unlock_by_address_never_pulls_a_mapping_from_under_a_view(cache: Any) -> None:

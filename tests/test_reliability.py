@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from ctools import libc
+from ctools import Flaky
 
 import xenmapcache
 import xenmapcache.reference
@@ -91,39 +91,6 @@ def test_a_write_into_a_hole_writes_nothing(xmc: ModuleType) -> None:
 
 # -- no error lost or misplaced ------------------------------------------------------
 
-
-
-class Flaky:
-    """Anonymous memory as guest memory; the next map, unmap or translate can be made to raise."""
-
-    def __init__(self, interrupt: type[BaseException] | None = None) -> None:
-        self.fail: set[str] = set()
-        self.live: dict[int, int] = {}
-        self.interrupt = interrupt  # raised instead of each callback's own error
-
-    def _raise(self, what: str, error: Exception) -> None:
-        if what in self.fail:
-            self.fail.discard(what)
-            raise error if self.interrupt is None else self.interrupt()
-
-    def map(self, first_pfn: int, nr_pages: int, fixed: int | None) -> tuple[int, list[int]]:
-        self._raise("map", OSError("map refused"))
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (0x10 if fixed else 0)  # 0x10: MAP_FIXED
-        base = libc.mmap(fixed, nr_pages * PAGE, mmap.PROT_READ | mmap.PROT_WRITE, flags, -1, 0)
-        self.live[base] = nr_pages * PAGE
-        return base, [0] * nr_pages
-
-    def unmap(self, address: int, length: int) -> None:
-        del self.live[address]  # never retried: a second unmap would fail here
-        libc.munmap(address, length)
-        self._raise("unmap", RuntimeError("unmap refused"))
-
-    def translate(self, paddr: int, size: int) -> int:
-        self._raise("translate", LookupError("translate refused"))
-        return paddr
-
-    def cache(self, xmc: ModuleType, **kwargs: Any) -> Any:
-        return xmc.MapCache(xmc.CallbackBackend(self.map, self.unmap), bucket_shift=16, max_size=2 << 16, **kwargs)
 
 
 def unrelated_failure_has_no_cause(xmc: ModuleType) -> None:

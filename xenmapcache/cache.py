@@ -999,8 +999,9 @@ class MapCache(NoCopy):
 
         :raises BufferError: a memoryview of one of its mappings is still alive
             (then nothing is closed or unmapped).
-        :raises MapCacheError: called from inside a backend callback of this
-            very cache (which runs under its mutex); or a backend unmap failed
+        :raises MapCacheError: called from inside a backend callback or the
+            trace hook of this very cache (which run under its mutex): then
+            nothing is closed; or a backend unmap failed
             (its exception is the cause): everything else is unmapped, and the
             cache is closed all the same.  In a child process forked while
             another thread was inside the cache: that cache cannot be used
@@ -1010,7 +1011,11 @@ class MapCache(NoCopy):
         """
         if self._closed:
             return
-        self._reg.close_registry()  # BufferError while a Mapping has views
+        # Decide before changing anything: a core call is refused here from
+        # inside one of the cache's own callbacks (or in a forked child), and
+        # the registry refuses while a Mapping has views (BufferError).
+        self._core.stats()
+        self._reg.close_registry()
         self._closed = True
         self._core.close()
 

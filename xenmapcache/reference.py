@@ -994,9 +994,9 @@ class _PyCore:
 
     def close(self) -> None:
         """Unmap everything and close the cache's handle on guest RAM; a failed unmap raises."""
-        if not self._finalizer.detach():
-            return
-        with _entered(self._st, self._lock, "close"):
+        with _entered(self._st, self._lock, "close"):  # refused before anything changes
+            if not self._finalizer.detach():
+                return
             rc = self._st.free()
         if rc != OK:
             _raise(rc, "close", self._take_error())
