@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -55,6 +56,7 @@ class GuestRAM(NoCopy):
         except BaseException:
             os.close(self._fd)
             raise
+        self._memfd = _SharedFd(self._fd)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], holes: Iterable[tuple[int, int]] = ()) -> GuestRAM:
@@ -184,8 +186,8 @@ class GuestRAM(NoCopy):
         Cost: one ``close`` system call.
         """
         if self._fd >= 0:
-            os.close(self._fd)
             self._fd = -1
+            self._memfd.release()
         self._c = None
 
     def __enter__(self) -> GuestRAM:
@@ -197,6 +199,13 @@ class GuestRAM(NoCopy):
     def _check_open(self) -> None:
         if self._fd < 0:
             raise MapCacheError("guest RAM is closed")
+
+    def _share(self) -> _SharedFd:
+        """The memfd, for a reference cache to keep open until it lets go
+        (``release()``): one descriptor however many caches use it."""
+        self._check_open()
+        self._memfd.retain()
+        return self._memfd
 
     @contextlib.contextmanager
     def _c_backend(self) -> Iterator[Any]:
@@ -222,6 +231,28 @@ class GuestRAM(NoCopy):
 
     def __repr__(self) -> str:
         return f"GuestRAM(size={self._size:#x}, holes={self._holes!r})"
+
+
+class _SharedFd:
+    """A file descriptor with users, closed when the last of them lets go."""
+
+    __slots__ = ("fd", "_users", "_lock")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._users = 1
+        self._lock = threading.Lock()
+
+    def retain(self) -> None:
+        with self._lock:
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                os.close(self.fd)
+                self.fd = -1
 
 
 def _parse_holes(holes: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -34,7 +34,7 @@ import mmap as _mmap
 import os
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 from . import cache as _cache
@@ -136,14 +136,15 @@ def _range_ok(a: int, b: int) -> bool:
 
 
 class _RamBackend:
-    """The memfd backend of csrc/ram.c over a :class:`GuestRAM` (its own dup of the fd)."""
+    """The memfd backend of csrc/ram.c over a :class:`GuestRAM` (sharing its fd, which it keeps open)."""
 
     error: BaseException | None = None  # never set: no Python callback to fail
     inside: frozenset[int] = frozenset()  # no callback to be inside
 
     def __init__(self, ram: GuestRAM) -> None:
         self.ram = ram
-        self.fd = os.dup(ram.fileno())
+        self._memfd = ram._share()
+        self.fd = self._memfd.fd
         self._pages = ram.size >> PAGE_SHIFT
         self._hole_pages = [(lo >> PAGE_SHIFT, -(-hi // PAGE_SIZE)) for lo, hi in ram.holes]
 
@@ -201,8 +202,8 @@ class _RamBackend:
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
             self.fd = -1
+            self._memfd.release()
 
 
 class _CallbackAdapter:
@@ -274,9 +275,15 @@ class _Entry:
 
 
 class _Rec:
-    """One locked mapping (``record``)."""
+    """One locked mapping (``record``).
 
-    __slots__ = ("addr", "entry", "size", "tag", "dma")
+    Kept small (a million locked mappings are a real load): no list or dict
+    of its own.  ``shadow`` is the next older record at the same address
+    (the reverse index holds the newest); ``older`` and ``newer`` link every
+    record in age order, as the C core's ``oldest`` list does.
+    """
+
+    __slots__ = ("addr", "entry", "size", "tag", "dma", "shadow", "older", "newer")
 
     def __init__(self, addr: int, entry: _Entry, size: int, tag: int, dma: bool) -> None:
         self.addr = addr
@@ -284,6 +291,9 @@ class _Rec:
         self.size = size
         self.tag = tag
         self.dma = dma
+        self.shadow: _Rec | None = None
+        self.older: _Rec | None = None
+        self.newer: _Rec | None = None
 
 
 class _State:
@@ -296,8 +306,9 @@ class _State:
         self.starts: list[int] = []  # sorted host start addresses of live entries
         self.by_start: dict[int, _Entry] = {}
         self.shift = 0  # the cache's bucket shift, for trace events
-        self.rev: dict[int, list[_Rec]] = {}  # host address -> records, newest last
-        self.age: dict[_Rec, None] = {}  # oldest first
+        self.rev: dict[int, _Rec] = {}  # host address -> its newest record (older ones: shadow)
+        self.oldest: _Rec | None = None  # the age list (older, newer)
+        self.newest: _Rec | None = None
         self.last: _Entry | None = None
         self.hits = self.misses = self.remaps = self.entries = 0
         self.locked = self.dma_locked = self.mapped_bytes = self.invalidations = 0
@@ -374,7 +385,7 @@ class _State:
         self.closed = True
         self.sink = None  # closing says nothing, as in C
         self.rev.clear()
-        self.age.clear()
+        self.oldest = self.newest = None
         rc = OK
         for e in list(self.live):
             if e.size:
@@ -656,24 +667,50 @@ class _PyCore:
     def _record_add(self, e: _Entry, addr: int, size: int, tag: int, dma: bool) -> None:
         st = self._st
         r = _Rec(addr, e, size, tag, dma)
-        st.rev.setdefault(addr, []).append(r)
-        st.age[r] = None
+        r.shadow = st.rev.get(addr)
+        st.rev[addr] = r
+        r.older = st.newest
+        if st.newest is None:
+            st.oldest = r
+        else:
+            st.newest.newer = r
+        st.newest = r
         st.locked += 1
         st.dma_locked += dma
 
     def _record_find(self, addr: int, tag: int | None) -> _Rec | None:
-        for r in reversed(self._st.rev.get(addr, ())):
-            if tag is None or r.tag == tag:
-                return r
-        return None
+        r = self._st.rev.get(addr)
+        while r is not None and tag is not None and r.tag != tag:
+            r = r.shadow
+        return r
+
+    def _ages(self) -> Iterator[_Rec]:
+        """Every record, oldest first."""
+        r = self._st.oldest
+        while r is not None:
+            yield r
+            r = r.newer
 
     def _record_del(self, r: _Rec) -> None:
         st = self._st
-        same = st.rev[r.addr]
-        same.remove(r)
-        if not same:
-            del st.rev[r.addr]
-        del st.age[r]
+        top = st.rev[r.addr]
+        if top is r:
+            if r.shadow is None:
+                del st.rev[r.addr]
+            else:
+                st.rev[r.addr] = r.shadow
+        else:
+            while top.shadow is not r:
+                top = top.shadow  # type: ignore[assignment]  # r is below it
+            top.shadow = r.shadow
+        if r.older is None:
+            st.oldest = r.newer
+        else:
+            r.older.newer = r.newer
+        if r.newer is None:
+            st.newest = r.older
+        else:
+            r.newer.older = r.older
         r.entry.lock -= 1
         st.locked -= 1
         st.dma_locked -= r.dma
@@ -684,7 +721,7 @@ class _PyCore:
     def _records(self, dma_only: bool) -> list[Record]:
         return [
             (r.addr, self._entry_paddr(r.entry, r.addr), r.size, r.tag, r.dma)
-            for r in self._st.age
+            for r in self._ages()
             if not dma_only or r.dma
         ]
 
@@ -692,7 +729,7 @@ class _PyCore:
 
     def _records_valid(self, e: _Entry) -> bool:
         """Do the locked mappings of e all lie on pages e has mapped?"""
-        for r in self._st.age:
+        for r in self._ages():
             off = r.addr - e.vaddr
             n = ((off & (PAGE_SIZE - 1)) + (r.size or 1) + PAGE_SIZE - 1) >> PAGE_SHIFT
             if r.entry is e and not e.pages_valid(off >> PAGE_SHIFT, n):
@@ -853,11 +890,15 @@ class _PyCore:
             self._check_open()
             rc = EINVAL if not 0 < len(addresses) <= SG_MAX else OK
             claimed: list[_Rec] = []
+            below: dict[int, _Rec] = {}  # address -> its record claimed last: the next is older
             for a in addresses if rc == OK else ():
-                r = next((r for r in reversed(self._st.rev.get(a, ())) if r.tag == tag and r not in claimed), None)
+                r = below[a].shadow if a in below else self._st.rev.get(a)
+                while r is not None and r.tag != tag:
+                    r = r.shadow
                 if r is None:
                     rc = ENOENT
                     break
+                below[a] = r
                 claimed.append(r)
             if rc == OK:
                 for r in claimed:
