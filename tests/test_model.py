@@ -101,17 +101,6 @@ TRANSLATES: dict[str | None, Callable[[int, int], Any] | None] = {
 }
 
 
-def logged(fn: Callable[[int, int], Any] | None, log: list[tuple[int, int]]) -> Callable[[int, int], Any] | None:
-    if fn is None:
-        return None
-
-    def translate(paddr: int, size: int) -> Any:
-        log.append((paddr, size))
-        return fn(paddr, size)
-
-    return translate
-
-
 @dataclass(frozen=True)
 class Config:
     """One cache configuration, used for both implementations."""
@@ -171,14 +160,30 @@ class System:
         self.log: list[tuple[int, int]] = []
         self.events: list[Any] = []  # trace events, when traced
         self.cache: Any = None
+        self.translate_fn: Callable[[int, int], Any] | None = None
+        self.armed: type[BaseException] | None = None  # the next callback raises it
+
+    def interrupt(self) -> None:
+        """Raise the armed interrupt, once."""
+        armed, self.armed = self.armed, None
+        if armed is not None:
+            raise armed()
+
+    def translate(self, paddr: int, size: int) -> Any:
+        """The configured translate, logged; it raises the armed interrupt instead, once."""
+        assert self.translate_fn is not None
+        self.log.append((paddr, size))
+        self.interrupt()
+        return self.translate_fn(paddr, size)
 
     def open(self, cfg: Config) -> None:
         self.log.clear()
+        self.translate_fn = TRANSLATES[cfg.translate]
         self.cache = self.xmc.MapCache(
             self.ram,
             bucket_shift=cfg.shift,
             max_size=cfg.max_size,
-            translate=logged(TRANSLATES[cfg.translate], self.log),
+            translate=None if self.translate_fn is None else self.translate,
             dummy_on_failure=cfg.dummy,
             lock_limit=cfg.lock_limit,
             grants=cfg.grants,
@@ -200,10 +205,14 @@ class Held:
     size: int
 
 
-def outcome(fn: Callable[[], Any]) -> tuple[bool, Any]:
+def outcome(fn: Callable[[], Any], interrupts: bool = False) -> tuple[bool, Any]:
     try:
         return True, fn()
     except Exception as exc:  # compared between the implementations by the caller
+        return False, exc
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if not interrupts:  # none was armed: a real one
+            raise
         return False, exc
 
 
@@ -243,7 +252,7 @@ class CacheModel(RuleBasedStateMachine):
         st = s.cache.stats()
         return s.memory(), [(r.address, r.paddr, r.size, r.dma, r.tag) for r in s.cache.locked()], st.locked, st.dma_locked
 
-    def both(self, op: Callable[[System], Any], reads_only: bool = False) -> tuple[Any, Any] | None:
+    def both(self, op: Callable[[System], Any], reads_only: bool = False, interrupts: bool = False) -> tuple[Any, Any] | None:
         """Run op on both; same exception type (and cause type) or both succeed.
 
         Every error changes nothing: after a failed call, each system's guest
@@ -251,8 +260,8 @@ class CacheModel(RuleBasedStateMachine):
         """
         c, py = self.systems()
         before = None if reads_only else (self.state(c), self.state(py))
-        ok_c, rc = outcome(lambda: op(c))
-        ok_py, rpy = outcome(lambda: op(py))
+        ok_c, rc = outcome(lambda: op(c), interrupts)
+        ok_py, rpy = outcome(lambda: op(py), interrupts)
         if not ok_c and before is not None:
             assert self.state(c) == before[0], f"C changed state in a call that raised {rc!r}"
         if not ok_py and before is not None:
@@ -619,6 +628,53 @@ class CacheModel(RuleBasedStateMachine):
             if kind == "ram":
                 self.store(where, payload[done : done + chunk])
 
+    # -- interrupting callbacks --------------------------------------------------------
+
+    @precondition(lambda self: self.cfg.translate is not None)
+    @rule(
+        data=st.data(),
+        interrupt=st.sampled_from([KeyboardInterrupt, SystemExit]),
+        call=st.sampled_from(["map", "map_sg", "map_ptr", "read", "write"]),
+    )
+    def interrupted_translate(self, data: st.DataObject, interrupt: type[BaseException], call: str) -> None:
+        """translate raises an interrupt: the call raises it as it is, having
+        changed nothing (both() checks), or never needed translate."""
+        paddr, size = self.paddrs(data), self.sizes(data)
+        payload = self.pattern(data, size) if call == "write" else b""
+        ops: dict[str, Callable[[System], Any]] = {
+            "map": lambda s: s.cache.map(paddr, size, tag="irq"),
+            "map_sg": lambda s: s.cache.map_sg([(paddr, size)], tag="irq"),
+            "map_ptr": lambda s: s.cache.map_ptr(paddr, size, lock=True),
+            "read": lambda s: s.cache.read(paddr, size),
+            "write": lambda s: s.cache.write(paddr, payload),
+        }
+        plan = self.plan_copy(paddr, size)[0] if call == "write" else []
+        if call != "write" and paddr + size <= TOP and size <= self.cfg.max_size:
+            self.land(paddr, size)  # in dummy mode: where dummy memory may stand in
+        for s in self.systems():
+            s.armed = interrupt
+        try:
+            got = self.both(ops[call], interrupts=True)
+            fired = [s.armed is None for s in self.systems()]
+        finally:
+            for s in self.systems():
+                s.armed = None
+        assert fired[0] == fired[1], "translate was asked by one implementation only"
+        if got is None:
+            assert self.error is interrupt or not fired[0], f"{call} raised {self.error} for a {interrupt.__name__}"
+            return
+        assert not fired[0], f"{call} succeeded although translate raised {interrupt.__name__}"
+        if call in ("map", "map_sg"):
+            self.both(lambda s: got[0 if s is self.c else 1].release())
+        elif call == "map_ptr":
+            self.both(lambda s: s.cache.unlock(got[0 if s is self.c else 1]))
+        elif call == "read":
+            assert got[0] == got[1]
+        else:
+            for kind, where, chunk, done in plan:
+                if kind == "ram":
+                    self.store(where, payload[done : done + chunk])
+
     # -- reverse lookups ---------------------------------------------------------
 
     @precondition(lambda self: self.mappings or self.raw)
@@ -763,7 +819,7 @@ class CacheModel(RuleBasedStateMachine):
         live = list(state.live)
         assert stats.entries == len(live) == len(state.by_start) == len(state.starts)
         assert stats.mapped_bytes == sum(e.size for e in live)
-        assert stats.locked == sum(e.lock for e in live) == len(state.age)
+        assert stats.locked == sum(e.lock for e in live) == len(list(self.systems()[1].cache._core._ages()))
         assert state.starts == sorted(e.vaddr for e in live)
         assert sorted(id(e) for chain in state.slots.values() for e in chain) == sorted(id(e) for e in live)
         assert state.last is None or state.last in state.live
