@@ -3,12 +3,15 @@
 Each test times the same work against a small and a large load, in one run,
 and bounds the ratio of the per-item costs: a cost that is O(1) per item
 (what docs/contract.md promises) keeps it near 1, a linear scan per item
-makes it the ratio of the loads (10 and more here).  Best of several rounds,
-so that a noisy machine slows both sides alike.
+makes it the ratio of the loads (30 and more here).  Best of several rounds,
+with the cyclic garbage collector paused (its passes grow with every object
+alive, whatever the code under test does), so that a noisy machine slows
+both sides alike.
 """
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from types import ModuleType
@@ -21,16 +24,20 @@ import xenmapcache.reference
 IMPLEMENTATIONS = {"c": xenmapcache, "py": xenmapcache.reference}
 MIB = 1 << 20
 ROUNDS = 5
-BOUND = 4.0  # a per-item cost may grow this much from the small load to the large one
+BOUND = 6.0  # a per-item cost may grow this much (caches, allocator) from the small load to the large one
 
 
 def best(fn: Callable[[], object]) -> float:
     """The fastest of ROUNDS runs of fn, in seconds."""
     times = []
-    for _ in range(ROUNDS):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+    gc.disable()
+    try:
+        for _ in range(ROUNDS):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    finally:
+        gc.enable()
     return min(times)
 
 
@@ -49,9 +56,9 @@ def test_the_reference_batch_release_is_linear() -> None:
             return run
 
         for same in (False, True):  # distinct addresses; one address n times
-            small, large = 512, 8192
+            small, large = 256, 8192
             ratio = (best(batch(large, same)) / large) / (best(batch(small, same)) / small)
-            assert ratio < BOUND, f"same address={same}: a segment costs {ratio:.1f}x more in a batch 16x larger"
+            assert ratio < BOUND, f"same address={same}: a segment costs {ratio:.1f}x more in a batch 32x larger"
 
 
 @pytest.mark.parametrize("impl", sorted(IMPLEMENTATIONS))
