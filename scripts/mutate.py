@@ -7,7 +7,7 @@ Usage (from the repository, after ``scripts/setup.sh test``):
     .venv/bin/python scripts/mutate.py --list     # the mutants, without running them
     .venv/bin/python scripts/mutate.py --only NAME [--only NAME ...]
 
-Each mutant is a text replacement in csrc/cache.c, csrc/ram.c or ffi/seam.h
+Each mutant is a text replacement in csrc/cache.c, csrc/ram.c or the binding's C (ffi/)
 that must match exactly once (a mutant that no longer applies is an error:
 update the list).  The run works on a scratch copy of the sources, never on
 the checkout: for each mutant it restores the copy, plants the bug, then
@@ -209,15 +209,15 @@ MUTANTS = [
         "a hole ending inside a page leaves that page mapped",
     ),
     Mutant(
-        "seam-read-ignores-error",
-        "ffi/seam.h",
+        "binding-read-ignores-error",
+        "ffi/cache.h",
         "    rc = n ? xmc_py_copy_out(self, paddr, buf, n) : XMC_OK;\n    if (rc != XMC_OK) {",
         "    rc = n ? xmc_py_copy_out(self, paddr, buf, n) : XMC_OK;\n    if (rc != XMC_OK && rc == XMC_ENOMEM) {",
         "a failed read through the builtin returns zeros instead of raising",
     ),
     Mutant(
-        "seam-map-ptr-drops-dma",
-        "ffi/seam.h",
+        "binding-map-ptr-drops-dma",
+        "ffi/parser.h",
         "    *flags = lock ? XMC_LOCK | (dma ? XMC_DMA : 0u) : 0u;",
         "    *flags = lock ? XMC_LOCK : 0u;",
         "map_ptr(lock=True, dma=True) through the builtin forgets DMA",
@@ -230,22 +230,22 @@ MUTANTS = [
         "map_into leaves the last page of a partly mapped entry out of its valid bitmap",
     ),
     Mutant(
-        "seam-free-list-keeps-state",
-        "ffi/seam.h",
+        "binding-free-list-keeps-state",
+        "ffi/freelist.h",
         "    memset((char *)op + sizeof(PyObject), 0, size - sizeof(PyObject));\n",
         "",
         "a Mapping taken from the free list keeps the state of the one freed before",
     ),
     Mutant(
-        "seam-unlock-retries-grant-failure",
-        "ffi/seam.h",
+        "binding-unlock-retries-grant-failure",
+        "ffi/cache.h",
         "    if (rc == XMC_ESYS) /* unlocked, but a grant entry failed to unmap: never retried */",
         "    if (rc == XMC_ESYS && 0)",
         "a grant unmap that failed in the builtin unlock is retried, and its error lost",
     ),
     Mutant(
-        "seam-ram-addr-32-bit",
-        "ffi/seam.h",
+        "binding-ram-addr-32-bit",
+        "ffi/cache.h",
         '"ram_addr", (uint64_t)(uintptr_t)a, 0);\n    return PyLong_FromUnsignedLongLong((unsigned long long)paddr);',
         '"ram_addr", (uint64_t)(uintptr_t)a, 0);\n    return PyLong_FromUnsignedLongLong((unsigned long long)(uint32_t)paddr);',
         "the builtin ram_addr truncates guest addresses to 32 bits",

@@ -1,6 +1,6 @@
 """The per-cache fast paths over map_ptr, read, ram_addr and unlock keep the contract.
 
-On CPython the C core's cache gets builtins (ffi/seam.h) that fall back
+On CPython the C core's cache gets builtins (ffi/binding.h) that fall back
 straight on MapCache's checked methods; elsewhere the checked methods alone,
 over plain cffi calls.  Every test here runs in both arrangements, and on the
 reference implementation.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,25 @@ def test_a_stale_core_is_refused_at_import() -> None:
     assert "stale" in out and "pip install" in out
 
 
+# What GCC 14 and current clang refuse by default; GCC 12 and clang 14 only warn.
+NEW_DEFAULT_ERRORS = ["-Werror=incompatible-pointer-types", "-Werror=implicit-function-declaration", "-Werror=int-conversion"]
+
+
+@pytest.mark.parametrize("compiler", ["gcc", "clang"])
+def test_the_binding_compiles_clean(compiler: str, tmp_path: Path) -> None:
+    # The extension's C as build_ffi.py makes it, compiled as pip does, with
+    # every warning an error: no user's compiler may refuse it.
+    if shutil.which(compiler) is None:
+        pytest.skip(f"{compiler} is not installed (scripts/setup.sh test installs it)")
+    build = runpy.run_path(str(REPO / "build_ffi.py"))
+    source = tmp_path / "core.c"
+    build["ffibuilder"].emit_c_code(str(source))
+    include = [f"-I{REPO / d}" for d in build["INCLUDE_DIRS"]] + [f"-I{sysconfig.get_paths()['include']}"]
+    macros = [f"-D{name}={value}" for name, value in build["DEFINE_MACROS"]]
+    run([compiler, *build["COMPILE_ARGS"], "-Werror", *NEW_DEFAULT_ERRORS, *macros, *include,
+         "-fPIC", "-c", source, "-o", tmp_path / "core.o"])
+
+
 def test_mypy_strict() -> None:
     proc = run([sys.executable, "-m", "mypy", "--strict", "xenmapcache"], cwd=REPO)
     assert "Success" in proc.stdout
@@ -71,7 +91,8 @@ def test_sdist_round_trip(tmp_path: Path) -> None:
         names = {Path(*Path(n).parts[1:]).as_posix() for n in tar.getnames()}
     for needed in ("build_ffi.py", "setup.py", "csrc/Makefile", "csrc/xenmapcache.h", "csrc/xenmapcache_qemu.h",
                    "csrc/xmc_internal.h", "csrc/xmc_xenfm.h", "csrc/cache.c", "csrc/xen.c",
-                   "ffi/seam.h", "xenmapcache/_version.py", "xenmapcache/py.typed", "examples/emulator.c"):
+                   "xenmapcache/_version.py", "xenmapcache/py.typed", "examples/emulator.c",
+                   *(f"ffi/{path.name}" for path in (REPO / "ffi").iterdir())):
         assert needed in names, needed
     assert not [n for n in names if re.search(r"\.(so|o|a|pc)$", n)]
 

@@ -58,7 +58,7 @@ def test_caches_mappings_ram_and_backends_refuse_to_be_copied(xmc: ModuleType, h
 
 
 def test_both_implementations_mappings_refuse_to_be_copied() -> None:
-    # The C core's Mapping may become a type of its own (ffi/seam.h): it must
+    # The C core's Mapping may become a type of its own (ffi/binding.h): it must
     # refuse as the reference's does.
     for xmc in (xenmapcache, xenmapcache.reference):
         with xmc.GuestRAM(MIB) as ram, xmc.MapCache(ram) as cache, cache.map(0, 8) as m:
@@ -468,7 +468,7 @@ def test_every_page_of_a_partly_mapped_entry_but_the_holes_maps(xmc: ModuleType,
                         assert cache.ram_addr(cache.map_ptr(page * PAGE + 8, size)) == page * PAGE + 8
 
 
-@pytest.mark.skipif(sys.implementation.name != "cpython", reason="the builtins are CPython's (ffi/seam.h)")
+@pytest.mark.skipif(sys.implementation.name != "cpython", reason="the builtins are CPython's (ffi/binding.h)")
 def test_the_hot_methods_are_the_builtins_on_cpython() -> None:
     # A failed install falls back to Python closures silently, and every other
     # test still passes: this one says so.

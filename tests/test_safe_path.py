@@ -1,7 +1,7 @@
 """The safe path: Mapping, readinto, and one checked path behind the fast one.
 
 On CPython the C core's ``Mapping`` is a type of the binding's own C
-(ffi/seam.h) and its cache's hot methods are builtins that hand anything
+(ffi/binding.h) and its cache's hot methods are builtins that hand anything
 unusual straight to ``MapCache``'s checked methods.  These tests hold both
 implementations (and, where it matters, the C core without its builtins) to
 the same contract.

@@ -1,7 +1,7 @@
 """map_sg (docs/contract.md, section 9): one call, a group of Mappings, all or nothing.
 
 On both implementations; the C core's batch on CPython is a builtin of the
-binding (ffi/seam.h) over xmc_map_sg / xmc_unlock_sg.
+binding (ffi/group.h) over xmc_map_sg / xmc_unlock_sg.
 """
 
 from __future__ import annotations

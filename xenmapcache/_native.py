@@ -2,7 +2,7 @@
 
 It holds ``binding()`` (``ffi`` and ``lib``), the status-code check, and
 ``NativeCore``, the C core behind ``MapCache``, with its fast paths (the
-builtins of ffi/seam.h); ``cache.py`` is the API alone.  Every other module
+builtins of ffi/binding.h); ``cache.py`` is the API alone.  Every other module
 goes through here, never through ``_core`` directly.  The core is imported on
 first use, so the pure-Python parts of the package (the reference
 implementation, GuestRAM) import without a compiler.
@@ -27,7 +27,7 @@ logger = logging.getLogger("xenmapcache")
 
 
 # The methods NativeCache has builtins for, in the order its bind() takes
-# their checked fallbacks (the XMC_PY_* enum of ffi/seam.h).
+# their checked fallbacks (the XMC_PY_* enum of ffi/objects.h).
 HOT_METHODS = ("map_ptr", "read", "readinto", "write", "ram_addr", "unlock", "map", "map_sg")
 
 
@@ -74,7 +74,7 @@ def installed_core() -> Any:
 
 @functools.cache
 def native_types() -> Any:
-    """The ``_core`` module with the binding's own types (ffi/seam.h), or None.
+    """The ``_core`` module with the binding's own types (ffi/binding.h), or None.
 
     On CPython the compiled module gets ``NativeCache`` (one cache's hot calls
     and its registry of Mappings) and ``Mapping``; elsewhere (no stable ABI,
@@ -117,7 +117,7 @@ class NativeCore:
 
     Its methods are the checked path: the caller (``MapCache``) has validated
     every argument, and each method makes one core call through cffi.  On
-    CPython the cache is owned by a ``NativeCache`` of ffi/seam.h, whose
+    CPython the cache is owned by a ``NativeCache`` of ffi/cache.h, whose
     builtins serve the common case of the hot methods and the Mappings;
     elsewhere by ``ffi.gc``.
     """

@@ -130,7 +130,7 @@ class Mapping(NoCopy):
 
     This class is the type the mappings of every implementation share.  On
     the C core under CPython they are instances of a subclass written in the
-    binding's own C (``xenmapcache._core.Mapping``, ffi/seam.h): it exports
+    binding's own C (``xenmapcache._core.Mapping``, ffi/mapping.h): it exports
     the host memory itself and counts exports without a Python frame, and
     its registry lives in C.  Elsewhere, and in the reference, a Python
     subclass does the same.
@@ -335,7 +335,7 @@ class _PyRegistry:
     """The live Mappings of one cache, in Python (the reference core, and the
     C core where the binding has no types of its own: not CPython).
 
-    The same interface as ``NativeCache`` of ffi/seam.h: ``map``, ``tags``,
+    The same interface as ``NativeCache`` of ffi/cache.h: ``map``, ``tags``,
     ``tag_of``, ``release_at``, ``mappings``, ``set_paddr``,
     ``close_registry``.  Its lock guards exports and the registry, never held
     across a core call: the core serialises the cache itself.  A Mapping is
@@ -477,7 +477,7 @@ class _PyRegistry:
         m._paddr = paddr
 
     def detach(self) -> None:
-        """Drop the references to the Mappings (the MapCache is gone); see ffi/seam.h."""
+        """Drop the references to the Mappings (the MapCache is gone); see ffi/registry.h."""
         with self.lock:
             self._mappings.clear()
             self._at.clear()

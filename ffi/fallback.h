@@ -1,0 +1,60 @@
+/*
+ * fallback.h - the way from a builtin back to Python: MapCache's checked
+ * method for arguments the builtin does not take, and fail() for a status
+ * code of the core, which raises the exception of the table.
+ */
+#ifndef XMC_PY_FALLBACK_H
+#define XMC_PY_FALLBACK_H
+
+#include "objects.h"
+
+/* Raise through Python's fail(): the exception of the table, with its cause. */
+static PyObject *xmc_py_fail(xmc_py_cache *self, int rc, const char *what, uint64_t paddr,
+                             uint64_t size)
+{
+    PyObject *r;
+
+    if (!self->fail) {
+        PyErr_SetString(xmc_py_closed_error, "the cache is not bound");
+        return NULL;
+    }
+    r = PyObject_CallFunction(self->fail, "isKK", rc, what, (unsigned long long)paddr,
+                              (unsigned long long)size);
+    Py_XDECREF(r); /* it always raises; a None would be a bug, not a result */
+    if (r)
+        PyErr_SetString(PyExc_SystemError, "xenmapcache: fail() returned");
+    return NULL;
+}
+
+/* MapCache's checked method `which`, called with the MapCache prepended. */
+static PyObject *xmc_py_checked(xmc_py_cache *self, int which, PyObject *const *args,
+                                Py_ssize_t n, PyObject *kwnames)
+{
+    Py_ssize_t total = n + (kwnames ? PyTuple_Size(kwnames) : 0);
+    PyObject *stack[8], **buf = stack, *owner, *out;
+
+    if (!self->owner || !self->checked[which])
+        return xmc_py_fail(self, XMC_ECLOSED, "call", 0, 0);
+    owner = PyObject_CallNoArgs(self->owner);
+    if (!owner)
+        return NULL;
+    if (owner == Py_None) {
+        Py_DECREF(owner);
+        return xmc_py_fail(self, XMC_ECLOSED, "call", 0, 0);
+    }
+    if (total + 1 > (Py_ssize_t)(sizeof(stack) / sizeof(stack[0])) &&
+        !(buf = PyMem_Malloc((size_t)(total + 1) * sizeof(*buf)))) {
+        Py_DECREF(owner);
+        return PyErr_NoMemory();
+    }
+    buf[0] = owner;
+    for (Py_ssize_t i = 0; i < total; i++)
+        buf[i + 1] = args[i];
+    out = PyObject_Vectorcall(self->checked[which], buf, (size_t)n + 1, kwnames);
+    if (buf != stack)
+        PyMem_Free(buf);
+    Py_DECREF(owner);
+    return out;
+}
+
+#endif /* XMC_PY_FALLBACK_H */

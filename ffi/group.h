@@ -1,0 +1,316 @@
+/*
+ * group.h - MappingGroup: the Mappings of one map_sg() call, and
+ * NativeCache.map_sg, which makes it.
+ */
+#ifndef XMC_PY_GROUP_H
+#define XMC_PY_GROUP_H
+
+#include "mapping.h"
+
+/*
+ * g.release(): unlock every Mapping of the group still locked, in one core
+ * call, all or nothing: BufferError (nothing released) while a view of any
+ * of them is alive.  A second call does nothing.
+ */
+static PyObject *xmc_py_group_release(PyObject *op, PyObject *unused)
+{
+    xmc_py_group *g = (xmc_py_group *)op;
+    xmc_py_cache *cache = g->cache;
+    Py_ssize_t n = PyTuple_Size(g->items), live = 0, busy = 0;
+    void *stack[16], **addrs = stack;
+    xmc_py_mapping **held;
+    int rc;
+
+    (void)unused;
+    if (!cache || n <= 0)
+        Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        xmc_py_mapping *m = (xmc_py_mapping *)PyTuple_GetItem(g->items, i);
+        live += !m->released;
+        busy += !m->released && m->exports;
+    }
+    if (busy) {
+        PyErr_Format(PyExc_BufferError, "memoryviews of %zd mapping(s) of the group are still alive",
+                     busy);
+        return NULL;
+    }
+    if (!live)
+        Py_RETURN_NONE;
+    if ((size_t)live > sizeof(stack) / sizeof(stack[0]) / 2 &&
+        !(addrs = PyMem_Malloc((size_t)live * 2 * sizeof(*addrs))))
+        return PyErr_NoMemory();
+    held = (xmc_py_mapping **)(addrs + live);
+    live = 0;
+    for (Py_ssize_t i = 0; i < n; i++) { /* released; on the list until the call returns */
+        xmc_py_mapping *m = (xmc_py_mapping *)PyTuple_GetItem(g->items, i);
+        if (m->released)
+            continue;
+        m->released = 1;
+        Py_INCREF((PyObject *)m);
+        addrs[live] = (void *)(uintptr_t)m->address;
+        held[live++] = m;
+    }
+    Py_INCREF((PyObject *)cache);
+    XMC_PY_CALL(rc, xmc_unlock_sg_nowait(cache->c, addrs, (size_t)live, g->id),
+                xmc_unlock_sg(cache->c, addrs, (size_t)live, g->id));
+    if (rc == XMC_ECLOSED || cache->closed)
+        rc = XMC_OK; /* closed meanwhile: unmapped already */
+    for (Py_ssize_t i = 0; i < live; i++) {
+        if (rc != XMC_OK && rc != XMC_ESYS) { /* nothing was unlocked: as it was */
+            held[i]->released = 0;
+        } else if (xmc_py_linked(cache, held[i])) {
+            xmc_py_unregister(cache, held[i]);
+            Py_DECREF((PyObject *)held[i]); /* the list's reference */
+        }
+        Py_DECREF((PyObject *)held[i]);
+    }
+    if (addrs != stack)
+        PyMem_Free(addrs);
+    if (rc != XMC_OK) {
+        xmc_py_fail(cache, rc, "unlock_sg", (uint64_t)live, 0);
+        Py_DECREF((PyObject *)cache);
+        return NULL;
+    }
+    Py_DECREF((PyObject *)cache);
+    Py_RETURN_NONE;
+}
+
+/* g.buffers() -> a list of one memoryview per Mapping, for os.preadv() and the like */
+static PyObject *xmc_py_group_buffers(PyObject *op, PyObject *unused)
+{
+    xmc_py_group *g = (xmc_py_group *)op;
+    Py_ssize_t n = PyTuple_Size(g->items);
+    PyObject *out = PyList_New(n);
+
+    (void)unused;
+    for (Py_ssize_t i = 0; out && i < n; i++) {
+        PyObject *v = PyMemoryView_FromObject(PyTuple_GetItem(g->items, i));
+        if (!v)
+            Py_CLEAR(out);
+        else
+            PyList_SetItem(out, i, v); /* steals v */
+    }
+    return out;
+}
+
+static PyObject *xmc_py_group_released(PyObject *op, void *closure)
+{
+    xmc_py_group *g = (xmc_py_group *)op;
+    Py_ssize_t n = PyTuple_Size(g->items);
+
+    (void)closure;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!((xmc_py_mapping *)PyTuple_GetItem(g->items, i))->released)
+            Py_RETURN_FALSE;
+    Py_RETURN_TRUE;
+}
+
+static Py_ssize_t xmc_py_group_len(PyObject *op)
+{
+    return PyTuple_Size(((xmc_py_group *)op)->items);
+}
+
+static PyObject *xmc_py_group_getitem(PyObject *op, PyObject *key)
+{
+    return PyObject_GetItem(((xmc_py_group *)op)->items, key);
+}
+
+static PyObject *xmc_py_group_item(PyObject *op, Py_ssize_t i)
+{
+    return PySequence_GetItem(((xmc_py_group *)op)->items, i);
+}
+
+static PyObject *xmc_py_group_iter(PyObject *op)
+{
+    return PyObject_GetIter(((xmc_py_group *)op)->items);
+}
+
+static PyObject *xmc_py_group_repr(PyObject *op)
+{
+    xmc_py_group *g = (xmc_py_group *)op;
+
+    return PyUnicode_FromFormat("<MappingGroup of %zd: %R>", PyTuple_Size(g->items), g->items);
+}
+
+static int xmc_py_group_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    xmc_py_group *g = (xmc_py_group *)op;
+
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT((PyObject *)g->cache);
+    Py_VISIT(g->items);
+    return 0;
+}
+
+static int xmc_py_group_clear(PyObject *op)
+{
+    xmc_py_group *g = (xmc_py_group *)op;
+
+    Py_CLEAR(g->cache);
+    Py_CLEAR(g->items);
+    return 0;
+}
+
+static void xmc_py_group_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+
+    PyObject_GC_UnTrack(op);
+    xmc_py_group_clear(op);
+    PyObject_GC_Del(op);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef xmc_py_group_methods[] = {
+    { "release", xmc_py_group_release, METH_NOARGS,
+      "release()\n--\n\nUnlock every mapping of the group still locked, in one core call.\n\n"
+      "All or nothing: raises BufferError, releasing none, while a memoryview of any is alive." },
+    { "buffers", xmc_py_group_buffers, METH_NOARGS,
+      "buffers()\n--\n\nOne writable memoryview per mapping, in order (for os.preadv, "
+      "os.pwritev, socket.recvmsg_into, socket.sendmsg)." },
+    { NULL, NULL, 0, NULL },
+};
+
+static PyGetSetDef xmc_py_group_getset[] = {
+    { "released", xmc_py_group_released, NULL, "Whether every mapping of the group was released.",
+      NULL },
+    { NULL, NULL, NULL, NULL, NULL },
+};
+
+static PyType_Slot xmc_py_group_slots[] = {
+    { Py_tp_doc, "The Mappings of one map_sg() call, made by the C core's binding." },
+    { Py_tp_dealloc, xmc_py_group_dealloc },
+    { Py_tp_traverse, xmc_py_group_traverse },
+    { Py_tp_clear, xmc_py_group_clear },
+    { Py_tp_repr, xmc_py_group_repr },
+    { Py_tp_iter, xmc_py_group_iter },
+    { Py_tp_methods, xmc_py_group_methods },
+    { Py_tp_getset, xmc_py_group_getset },
+    { Py_sq_length, xmc_py_group_len },
+    { Py_sq_item, xmc_py_group_item }, /* a sequence of buffers: os.preadv(fd, g, offset) */
+    { Py_mp_length, xmc_py_group_len },
+    { Py_mp_subscript, xmc_py_group_getitem },
+    { 0, NULL },
+};
+
+static PyType_Spec xmc_py_group_spec = {
+    "xenmapcache._core.MappingGroup", sizeof(xmc_py_group), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    xmc_py_group_slots,
+};
+
+/*
+ * map_sg(segments, dma=False, tag=None) -> MappingGroup: one Mapping per
+ * (paddr, size) of a list or tuple, in one core call, all or nothing.  They
+ * share one tag id (the core's batch takes one), so locked() names each by
+ * the group's tag.
+ */
+static PyObject *xmc_py_map_sg_fast(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                                    PyObject *kwnames)
+{
+    const char *const names[] = { xmc_py_names[8], xmc_py_names[3],
+                                  xmc_py_names[6] }; /* segments, dma, tag */
+    xmc_py_cache *self = (xmc_py_cache *)op;
+    xmc_sg segstack[16], *segs = segstack;
+    void *outstack[16], **out = outstack;
+    PyObject *a[3], *items = NULL, *tag;
+    xmc_py_group *g = NULL;
+    Py_ssize_t n = 0;
+    int dma = 0, rc = XMC_OK, ok;
+    uint64_t id;
+
+    ok = xmc_py_args(args, nargs, kwnames, names, 3, a) && a[0] &&
+         (PyList_CheckExact(a[0]) || PyTuple_CheckExact(a[0])) &&
+         (n = PyObject_Length(a[0])) > 0 && n <= XMC_SG_MAX &&
+         (!a[1] || (dma = xmc_py_flag(a[1])) >= 0) && !self->closed;
+    if (ok && n > 16) {
+        segs = PyMem_Malloc((size_t)n * sizeof(*segs));
+        out = PyMem_Malloc((size_t)n * sizeof(*out));
+        if (!segs || !out) {
+            ok = 0;
+            rc = XMC_ENOMEM;
+        }
+    }
+    for (Py_ssize_t i = 0; ok && i < n; i++) {
+        PyObject *seg = PyList_CheckExact(a[0]) ? PyList_GetItem(a[0], i)
+                                                : PyTuple_GetItem(a[0], i);
+        ok = seg && xmc_py_segment(seg, self->max_size, &segs[i]);
+    }
+    if (!ok) {
+        PyErr_Clear();
+        if (segs != segstack)
+            PyMem_Free(segs);
+        if (out != outstack)
+            PyMem_Free(out);
+        if (rc == XMC_ENOMEM)
+            return PyErr_NoMemory();
+        if (self->closed) {
+            PyErr_SetString(xmc_py_closed_error, "the cache is closed");
+            return NULL;
+        }
+        return xmc_py_checked(self, XMC_PY_MAP_SG, args, nargs, kwnames);
+    }
+    tag = a[2] ? a[2] : Py_None;
+    id = ++self->next_id;
+    if (!(items = PyTuple_New(n)) ||
+        !(g = (xmc_py_group *)PyType_GenericAlloc(xmc_py_group_type, 0)))
+        goto out;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        xmc_py_mapping *m = xmc_py_mapping_new();
+        if (!m)
+            goto out;
+        m->id = id;
+        m->cache = (xmc_py_cache *)Py_NewRef(op);
+        m->tag = Py_NewRef(tag);
+        m->paddr = segs[i].paddr;
+        m->size = segs[i].size;
+        m->dma = (char)dma;
+        m->released = 1; /* until registered */
+        PyTuple_SetItem(items, i, (PyObject *)m); /* steals m */
+    }
+    for (Py_ssize_t i = 0; i < n; i++) { /* before the call: invalidate() may list them */
+        xmc_py_mapping *m = (xmc_py_mapping *)PyTuple_GetItem(items, i);
+        m->released = 0;
+        xmc_py_register(self, m);
+    }
+    XMC_PY_CALL(rc, xmc_map_sg_nowait(self->c, segs, (size_t)n, dma ? XMC_DMA : 0u, id, out),
+                xmc_map_sg(self->c, segs, (size_t)n, dma ? XMC_DMA : 0u, id, out));
+    if (rc == XMC_OK && self->closed)
+        rc = XMC_ECLOSED; /* closed while we mapped: unmapped already */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        xmc_py_mapping *m = (xmc_py_mapping *)PyTuple_GetItem(items, i);
+        if (rc == XMC_OK) {
+            m->address = (unsigned long long)(uintptr_t)out[i];
+        } else if (!m->released) { /* else close_registry() took it off */
+            m->released = 1;
+            xmc_py_unregister(self, m);
+            Py_DECREF((PyObject *)m);
+        }
+    }
+    if (rc != XMC_OK) {
+        if (rc == XMC_ECLOSED)
+            PyErr_SetString(xmc_py_closed_error, "the cache was closed");
+        else
+            xmc_py_fail(self, rc, "map_sg", (uint64_t)n, 0);
+        goto out;
+    }
+    g->cache = (xmc_py_cache *)Py_NewRef(op);
+    g->items = items;
+    g->id = id;
+    items = NULL;
+    if (segs != segstack)
+        PyMem_Free(segs);
+    if (out != outstack)
+        PyMem_Free(out);
+    return (PyObject *)g;
+out:
+    Py_XDECREF(items);
+    Py_XDECREF((PyObject *)g);
+    if (segs != segstack)
+        PyMem_Free(segs);
+    if (out != outstack)
+        PyMem_Free(out);
+    return NULL;
+}
+
+#endif /* XMC_PY_GROUP_H */

@@ -1,0 +1,252 @@
+/*
+ * mapping.h - Mapping: one locked mapping of guest memory, and
+ * NativeCache.map, which makes it.
+ *
+ * A Mapping exports the host memory itself (bf_getbuffer), counts its
+ * exports (a memoryview and all its slices hold one), and refuses to be
+ * released, or its cache closed, while one is alive.
+ */
+#ifndef XMC_PY_MAPPING_H
+#define XMC_PY_MAPPING_H
+
+#include "fallback.h"
+#include "freelist.h"
+#include "parser.h"
+#include "registry.h"
+
+/* Unlock m in the core; the caller has marked it released and unregistered it. */
+static int xmc_py_unlock_mapping(xmc_py_cache *cache, xmc_py_mapping *m, uint64_t id)
+{
+    const void *a = (const void *)(uintptr_t)m->address;
+    int rc;
+
+    XMC_PY_CALL(rc, xmc_unlock_tag_nowait(cache->c, a, id), xmc_unlock_tag(cache->c, a, id));
+    return rc == XMC_ECLOSED ? XMC_OK : rc; /* closed meanwhile: unmapped already */
+}
+
+/* m.release(): unlock; a second call does nothing; BufferError while views live. */
+static PyObject *xmc_py_mapping_release(PyObject *op, PyObject *unused)
+{
+    xmc_py_mapping *m = (xmc_py_mapping *)op;
+    xmc_py_cache *cache = m->cache;
+    int rc;
+
+    (void)unused;
+    if (m->released || !cache)
+        Py_RETURN_NONE;
+    if (m->exports) {
+        PyErr_Format(PyExc_BufferError, "%zd memoryview(s) of the mapping are still alive",
+                     m->exports);
+        return NULL;
+    }
+    /* Released, but on the list until the core call returns: its trace
+     * event finds its tag there.  close() may take it off meanwhile. */
+    m->released = 1;
+    Py_INCREF((PyObject *)cache);
+    Py_INCREF((PyObject *)m);
+    rc = xmc_py_unlock_mapping(cache, m, m->id);
+    if (rc != XMC_OK && rc != XMC_ESYS && !cache->closed) {
+        /* Still locked (a call from a backend callback, say): as it was.
+         * XMC_ESYS: unlocked, but a grant entry failed to unmap (reported once). */
+        m->released = 0;
+    } else if (xmc_py_linked(cache, m)) {
+        xmc_py_unregister(cache, m);
+        Py_DECREF((PyObject *)m); /* the list's reference */
+    }
+    Py_DECREF((PyObject *)m);
+    if (rc != XMC_OK && !cache->closed) {
+        xmc_py_fail(cache, rc, "unlock", m->address, 0);
+        Py_DECREF((PyObject *)cache);
+        return NULL;
+    }
+    Py_DECREF((PyObject *)cache);
+    Py_RETURN_NONE;
+}
+
+static PyObject *xmc_py_mapping_enter(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    return Py_NewRef(op);
+}
+
+static int xmc_py_mapping_getbuffer(PyObject *op, Py_buffer *view, int flags)
+{
+    xmc_py_mapping *m = (xmc_py_mapping *)op;
+
+    if (m->released || !m->cache) {
+        PyErr_SetString(PyExc_BufferError, "the mapping was released");
+        view->obj = NULL;
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, op, (void *)(uintptr_t)m->address, (Py_ssize_t)m->size, 0,
+                          flags) < 0)
+        return -1;
+    m->exports++;
+    return 0;
+}
+
+static void xmc_py_mapping_releasebuffer(PyObject *op, Py_buffer *view)
+{
+    (void)view;
+    ((xmc_py_mapping *)op)->exports--;
+}
+
+static PyObject *xmc_py_mapping_released(PyObject *op, void *closure)
+{
+    xmc_py_mapping *m = (xmc_py_mapping *)op;
+
+    (void)closure;
+    return PyBool_FromLong(m->released || !m->cache);
+}
+
+static PyObject *xmc_py_mapping_repr(PyObject *op)
+{
+    xmc_py_mapping *m = (xmc_py_mapping *)op;
+    PyObject *state = m->released ? PyUnicode_FromString("released")
+                                  : PyUnicode_FromFormat("at 0x%llx", m->address);
+    PyObject *r = NULL;
+
+    if (state)
+        r = PyUnicode_FromFormat("<Mapping paddr=0x%llx size=0x%llx dma=%s tag=%R %U>",
+                                 m->paddr, m->size, m->dma ? "True" : "False", m->tag, state);
+    Py_XDECREF(state);
+    return r;
+}
+
+static int xmc_py_mapping_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    xmc_py_mapping *m = (xmc_py_mapping *)op;
+
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT((PyObject *)m->cache);
+    Py_VISIT(m->tag);
+    return 0;
+}
+
+static int xmc_py_mapping_clear(PyObject *op)
+{
+    xmc_py_mapping *m = (xmc_py_mapping *)op;
+
+    Py_CLEAR(m->cache);
+    Py_CLEAR(m->tag);
+    return 0;
+}
+
+static xmc_py_freelist xmc_py_mapping_free;
+
+/* A new Mapping, zeroed and tracked by the GC, or NULL with an error set. */
+static xmc_py_mapping *xmc_py_mapping_new(void)
+{
+    return (xmc_py_mapping *)xmc_py_fl_new(&xmc_py_mapping_free, xmc_py_mapping_type,
+                                           sizeof(xmc_py_mapping));
+}
+
+static void xmc_py_mapping_dealloc(PyObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    xmc_py_mapping_clear(op);
+    xmc_py_fl_free(&xmc_py_mapping_free, op);
+}
+
+static PyMethodDef xmc_py_mapping_methods[] = {
+    { "release", xmc_py_mapping_release, METH_NOARGS,
+      "release()\n--\n\nUnlock the mapping; a second call does nothing.\n\n"
+      "Raises BufferError (and keeps the mapping) while a memoryview of it is alive." },
+    { NULL, NULL, 0, NULL },
+};
+
+static PyMemberDef xmc_py_mapping_members[] = {
+    { "address", Py_T_ULONGLONG, offsetof(xmc_py_mapping, address), Py_READONLY,
+      "The host address of the mapping's first byte." },
+    { "paddr", Py_T_ULONGLONG, offsetof(xmc_py_mapping, paddr), Py_READONLY,
+      "The guest-physical address mapped (follows replace())." },
+    { "size", Py_T_ULONGLONG, offsetof(xmc_py_mapping, size), Py_READONLY, "Its length in bytes." },
+    { "dma", Py_T_BOOL, offsetof(xmc_py_mapping, dma), Py_READONLY, "Whether it is a DMA mapping." },
+    { "tag", Py_T_OBJECT_EX, offsetof(xmc_py_mapping, tag), Py_READONLY,
+      "The caller's name for it, listed by locked() and invalidate()." },
+    { NULL, 0, 0, 0, NULL },
+};
+
+static PyGetSetDef xmc_py_mapping_getset[] = {
+    { "released", xmc_py_mapping_released, NULL,
+      "Whether the mapping was released (or its cache closed).", NULL },
+    { NULL, NULL, NULL, NULL, NULL },
+};
+
+static PyType_Slot xmc_py_mapping_slots[] = {
+    { Py_tp_doc, "A locked mapping of guest memory made by the C core's binding." },
+    { Py_tp_dealloc, xmc_py_mapping_dealloc },
+    { Py_tp_traverse, xmc_py_mapping_traverse },
+    { Py_tp_clear, xmc_py_mapping_clear },
+    { Py_tp_repr, xmc_py_mapping_repr },
+    { Py_tp_methods, xmc_py_mapping_methods },
+    { Py_tp_members, xmc_py_mapping_members },
+    { Py_tp_getset, xmc_py_mapping_getset },
+    { Py_bf_getbuffer, xmc_py_mapping_getbuffer },
+    { Py_bf_releasebuffer, xmc_py_mapping_releasebuffer },
+    { 0, NULL },
+};
+
+static PyType_Spec xmc_py_mapping_spec = {
+    "xenmapcache._core.Mapping", sizeof(xmc_py_mapping), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    xmc_py_mapping_slots,
+};
+
+/*
+ * map(paddr, size, dma=False, tag=None) -> Mapping.  Registered before the
+ * core call (invalidate() may list it at once); a failed call unregisters it.
+ */
+static PyObject *xmc_py_map_fast(PyObject *op, PyObject *const *args, Py_ssize_t n,
+                                 PyObject *kwnames)
+{
+    const char *const names[] = { xmc_py_names[0], xmc_py_names[1], xmc_py_names[3],
+                                  xmc_py_names[6] }; /* paddr, size, dma, tag */
+    xmc_py_cache *self = (xmc_py_cache *)op;
+    uint64_t paddr, size, id;
+    PyObject *a[4];
+    xmc_py_mapping *m;
+    unsigned flags;
+    int dma = 0, rc;
+    void *p = NULL;
+
+    if (!xmc_py_args(args, n, kwnames, names, 4, a) || !a[0] || !a[1] ||
+        !xmc_py_u64(a[0], &paddr) || !xmc_py_u64(a[1], &size) || size > self->max_size ||
+        (size && paddr > UINT64_MAX - (size - 1)) || (a[2] && (dma = xmc_py_flag(a[2])) < 0) ||
+        self->closed) {
+        PyErr_Clear();
+        return xmc_py_checked(self, XMC_PY_MAP, args, n, kwnames);
+    }
+    m = xmc_py_mapping_new();
+    if (!m)
+        return NULL;
+    m->id = id = ++self->next_id;
+    m->cache = (xmc_py_cache *)Py_NewRef(op);
+    m->tag = Py_NewRef(a[3] ? a[3] : Py_None);
+    m->paddr = paddr;
+    m->size = size;
+    m->dma = (char)dma;
+    xmc_py_register(self, m);
+    flags = XMC_LOCK | (dma ? XMC_DMA : 0u);
+    XMC_PY_CALL(rc, xmc_map_nowait(self->c, paddr, size, flags, id, &p),
+                xmc_map(self->c, paddr, size, flags, id, &p));
+    if (rc == XMC_OK && p && self->closed) /* closed while we mapped: unmapped already */
+        rc = XMC_ECLOSED;
+    if (rc != XMC_OK || !p) {
+        if (!m->released) { /* else close_registry() took it off */
+            m->released = 1;
+            xmc_py_unregister(self, m);
+            Py_DECREF((PyObject *)m);
+        }
+        Py_DECREF((PyObject *)m);
+        if (rc == XMC_ECLOSED) {
+            PyErr_SetString(xmc_py_closed_error, "the cache was closed");
+            return NULL;
+        }
+        return xmc_py_fail(self, rc != XMC_OK ? rc : XMC_EMAP, "map", paddr, size);
+    }
+    m->address = (unsigned long long)(uintptr_t)p;
+    return (PyObject *)m;
+}
+
+#endif /* XMC_PY_MAPPING_H */

@@ -1,0 +1,88 @@
+/*
+ * objects.h - the structs of the binding's Python objects, their types, and
+ * how a builtin calls the core (XMC_PY_CALL).
+ *
+ * NativeCache (cache.h, registry.h), Mapping (mapping.h) and MappingGroup
+ * (group.h) refer to each other, so their structs are all here.
+ */
+#ifndef XMC_PY_OBJECTS_H
+#define XMC_PY_OBJECTS_H
+
+#include "xenmapcache.h"
+
+/* MapCache's checked methods, in bind()'s argument order. */
+enum {
+    XMC_PY_MAP_PTR,
+    XMC_PY_READ,
+    XMC_PY_READINTO,
+    XMC_PY_WRITE,
+    XMC_PY_RAM_ADDR,
+    XMC_PY_UNLOCK,
+    XMC_PY_MAP,
+    XMC_PY_MAP_SG,
+    XMC_PY_NCHECKED
+};
+
+typedef struct xmc_py_cache {
+    PyObject_HEAD
+    xmc_cache *c;
+    PyObject *owner;    /* weakref to the MapCache */
+    PyObject *fail;     /* fail(rc, what, paddr, size): raises */
+    PyObject *checked[XMC_PY_NCHECKED];
+    struct xmc_py_mapping *first, *last; /* the live Mappings, oldest first */
+    PyObject *after_free; /* called once the core is freed (in no cycle: never cleared) */
+    uint64_t next_id;
+    uint64_t max_size;
+    uint64_t bucket_size;
+    int closed;
+} xmc_py_cache;
+
+typedef struct xmc_py_mapping {
+    PyObject_HEAD
+    xmc_py_cache *cache; /* NULL once cleared by the GC */
+    struct xmc_py_mapping *prev, *next; /* in cache's list while registered */
+    uint64_t id;         /* the tag of its core record */
+    PyObject *tag;
+    unsigned long long address, paddr, size;
+    Py_ssize_t exports;
+    char dma, released;
+} xmc_py_mapping;
+
+typedef struct xmc_py_group {
+    PyObject_HEAD
+    xmc_py_cache *cache;
+    PyObject *items; /* tuple of its Mappings */
+    uint64_t id;     /* the tag of all their core records */
+} xmc_py_group;
+
+/* Py_XSETREF is not in the limited API. */
+#define Py_XSETREF_COMPAT(dst, src)                                           \
+    do {                                                                      \
+        PyObject *old_ = (PyObject *)(dst);                                   \
+        (dst) = (src);                                                        \
+        Py_XDECREF(old_);                                                     \
+    } while (0)
+
+static PyTypeObject *xmc_py_cache_type;
+static PyTypeObject *xmc_py_mapping_type;
+static PyTypeObject *xmc_py_group_type;
+static PyObject *xmc_py_closed_error; /* xenmapcache.MapCacheError */
+
+/*
+ * rc = the core call, keeping the GIL when it cannot wait: first its _nowait
+ * twin with the GIL held (a hit: tens of ns, never blocks), and only when
+ * that answers XMC_EAGAIN (the mutex is busy, or a miss must reach the
+ * backend, which may be Python) the waiting call with the GIL released.  No
+ * thread ever waits for the cache's mutex while holding the GIL, so a
+ * backend callback that needs the GIL under that mutex cannot deadlock.
+ */
+#define XMC_PY_CALL(rc, nowait_call, call)                                    \
+    do {                                                                      \
+        if (((rc) = (nowait_call)) == XMC_EAGAIN) {                           \
+            Py_BEGIN_ALLOW_THREADS                                            \
+            (rc) = (call);                                                    \
+            Py_END_ALLOW_THREADS                                              \
+        }                                                                     \
+    } while (0)
+
+#endif /* XMC_PY_OBJECTS_H */
