@@ -66,8 +66,6 @@ def test_a_trace_event_costs_the_same_whatever_the_live_mappings(impl: str) -> N
     # Every event scanned the live Mappings for its tag: map + release took
     # 13.6 us with 2,000 Mappings alive, 276 us with 20,000.
     xmc: ModuleType = IMPLEMENTATIONS[impl]
-    if impl == "c" and xenmapcache._native.native_types() is not None:
-        pytest.xfail("the binding's C registry (ffi/seam.h) still scans: fixed with its split")
     with xmc.GuestRAM(16 * MIB) as ram, xmc.MapCache(ram, trace=lambda event: None) as cache:
         held = []
 

@@ -230,6 +230,7 @@ static int xmc_py_cache_traverse(PyObject *op, visitproc visit, void *arg)
         Py_VISIT(self->checked[i]);
     for (xmc_py_mapping *m = self->first; m; m = m->next)
         Py_VISIT((PyObject *)m);
+    Py_VISIT(self->tag_index);
     return 0;
 }
 
@@ -241,6 +242,7 @@ static int xmc_py_cache_clear(PyObject *op)
     Py_CLEAR(self->fail);
     for (int i = 0; i < XMC_PY_NCHECKED; i++)
         Py_CLEAR(self->checked[i]);
+    Py_CLEAR(self->tag_index);
     xmc_py_forget_all(self);
     return 0;
 }

@@ -44,7 +44,9 @@ static PyObject *xmc_py_mapping_release(PyObject *op, PyObject *unused)
     m->released = 1;
     Py_INCREF((PyObject *)cache);
     Py_INCREF((PyObject *)m);
+    cache->releasing = m; /* for its unlock event's tag_of */
     rc = xmc_py_unlock_mapping(cache, m, m->id);
+    cache->releasing = NULL;
     if (rc != XMC_OK && rc != XMC_ESYS && !cache->closed) {
         /* Still locked (a call from a backend callback, say): as it was.
          * XMC_ESYS: unlocked, but a grant entry failed to unmap (reported once). */
@@ -144,6 +146,8 @@ static xmc_py_mapping *xmc_py_mapping_new(void)
 static void xmc_py_mapping_dealloc(PyObject *op)
 {
     PyObject_GC_UnTrack(op);
+    if (((xmc_py_mapping *)op)->weakrefs)
+        PyObject_ClearWeakRefs(op);
     xmc_py_mapping_clear(op);
     xmc_py_fl_free(&xmc_py_mapping_free, op);
 }
@@ -164,6 +168,7 @@ static PyMemberDef xmc_py_mapping_members[] = {
     { "dma", Py_T_BOOL, offsetof(xmc_py_mapping, dma), Py_READONLY, "Whether it is a DMA mapping." },
     { "tag", Py_T_OBJECT_EX, offsetof(xmc_py_mapping, tag), Py_READONLY,
       "The caller's name for it, listed by locked() and invalidate()." },
+    { "__weaklistoffset__", Py_T_PYSSIZET, offsetof(xmc_py_mapping, weakrefs), Py_READONLY, NULL },
     { NULL, 0, 0, 0, NULL },
 };
 

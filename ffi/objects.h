@@ -30,6 +30,11 @@ typedef struct xmc_py_cache {
     PyObject *fail;     /* fail(rc, what, paddr, size): raises */
     PyObject *checked[XMC_PY_NCHECKED];
     struct xmc_py_mapping *first, *last; /* the live Mappings, oldest first */
+    /* For tag_of: the Mapping being released (NULL otherwise), and {id: tag}
+     * of the live Mappings as of registry version tag_index_version. */
+    struct xmc_py_mapping *releasing;
+    PyObject *tag_index;
+    uint64_t version, tag_index_version;
     PyObject *after_free; /* called once the core is freed (in no cycle: never cleared) */
     uint64_t next_id;
     uint64_t max_size;
@@ -45,6 +50,7 @@ typedef struct xmc_py_mapping {
     PyObject *tag;
     unsigned long long address, paddr, size;
     Py_ssize_t exports;
+    PyObject *weakrefs; /* weakref.ref(m) */
     char dma, released;
 } xmc_py_mapping;
 
@@ -53,6 +59,7 @@ typedef struct xmc_py_group {
     xmc_py_cache *cache;
     PyObject *items; /* tuple of its Mappings */
     uint64_t id;     /* the tag of all their core records */
+    PyObject *weakrefs; /* weakref.ref(g) */
 } xmc_py_group;
 
 /* Py_XSETREF is not in the limited API. */

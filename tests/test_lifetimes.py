@@ -6,6 +6,7 @@ import gc
 import os
 import random
 import threading
+import weakref
 from types import ModuleType
 from typing import Any
 
@@ -124,16 +125,9 @@ def test_unlock_by_address_never_pulls_a_mapping_from_under_a_view(cache: Any) -
     assert m.released
 
 
-def seam_pending(xmc: ModuleType, arrangement: str) -> None:
-    """Mark a test the binding's own C types (ffi/seam.h) do not pass yet (issue 20)."""
-    if xmc.__name__ == "xenmapcache" and arrangement == "builtins":
-        pytest.xfail("the fix for the binding's C registry comes with the split of ffi/seam.h")
-
-
 def test_unlock_by_address_never_matches_a_mapping_still_in_flight(xmc: ModuleType, arrangement: str) -> None:
     # While a map is in flight its Mapping is registered with no address yet:
     # an unlock(0) meanwhile released it, and the lock it then took leaked.
-    seam_pending(xmc, arrangement)
     entered, go = threading.Event(), threading.Event()
 
     def translate(paddr: int, size: int) -> int:  # runs without the cache's lock
@@ -169,6 +163,18 @@ def test_the_attributes_of_a_mapping_are_read_only(xmc: ModuleType, ram: Any, ar
         assert (m.size, m.paddr, m.dma, m.tag) == (8, 0x1000, False, "t")
         with memoryview(m) as view:
             assert len(view) == 8
+
+
+def test_mappings_and_groups_take_weak_references(xmc: ModuleType, ram: Any, arrangement: str) -> None:
+    with xmc.MapCache(ram) as cache:
+        m, g = cache.map(0, 8), cache.map_sg([(0x1000, 8), (0x2000, 8)])
+        refs = [weakref.ref(m), weakref.ref(g), weakref.ref(g[0])]
+        assert [r() for r in refs] == [m, g, g[0]]
+        m.release()
+        g.release()
+        del m, g
+        gc.collect()
+        assert [r() for r in refs] == [None, None, None]
 
 
 def test_no_view_of_a_released_mapping(cache: Any) -> None:

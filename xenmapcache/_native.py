@@ -179,13 +179,7 @@ class NativeCore:
         return native_types() is not None
 
     def _fail(self, rc: int, what: str) -> NoReturn:
-        cause = self._take(self._keys)  # from one of this cache's Python callbacks
-        if cause is not None and not isinstance(cause, Exception):
-            raise cause  # an interrupt stays what it was (KeyboardInterrupt, SystemExit)
-        try:
-            raise_for(rc, what)
-        except MapCacheError as exc:
-            raise exc from cause
+        fail_with(self._take, self._keys, rc, what)
 
     def registry(self, cache: Any) -> Any:
         """The registry of ``cache``'s Mappings: the ``NativeCache`` itself, bound
@@ -197,21 +191,22 @@ class NativeCore:
 
         lib = self._lib
         owner = weakref.ref(cache)
+        take, keys = self._take, self._keys
 
         def fail(rc: int, what: str, paddr: int, size: int) -> NoReturn:
-            # Holds the cache weakly, and the core only through it: no cycle.
+            # Holds the cache weakly, and neither it nor the core otherwise:
+            # no cycle.  A builtin kept after its MapCache went (rd = c.read;
+            # del c) still fails with the exception of its status code.
             live = owner()
-            if live is None:
-                raise MapCacheError("the cache is gone")
-            live._check_open()
-            if what == "ram_addr" and rc == lib.XMC_ENOENT:  # once per call, as the method does
-                live._trace_unknown("ram_addr_unknown", paddr)
+            if live is not None:
+                live._check_open()
+                if what == "ram_addr" and rc == lib.XMC_ENOENT:  # once per call, as the method does
+                    live._trace_unknown("ram_addr_unknown", paddr)
             if what in ("map_sg", "unlock_sg"):  # paddr is the number of segments
                 where = f"of {paddr} segment(s)"
             else:
                 where = f"{paddr:#x}+{size:#x}" if what in ("map", "read", "write") else f"{paddr:#x}"
-            core: NativeCore = live._core
-            core._fail(rc, f"{what} {where}")
+            fail_with(take, keys, rc, f"{what} {where}")
 
         checked = [getattr(MapCache, name) for name in HOT_METHODS]
         native.bind(owner, fail, cache.max_size, 1 << cache.bucket_shift, *checked)
@@ -330,6 +325,18 @@ class NativeCore:
         rc = self._lib.xmc_cache_close(self._c)
         if rc:
             self._fail(rc, "close")
+
+
+def fail_with(take: Callable[[tuple[int, ...]], BaseException | None], keys: tuple[int, ...], rc: int, what: str) -> NoReturn:
+    """Raise the exception of status ``rc``, caused by what the cache's callbacks
+    (``keys``) raised meanwhile; an interrupt is raised as it is."""
+    cause = take(keys)
+    if cause is not None and not isinstance(cause, Exception):
+        raise cause  # KeyboardInterrupt, SystemExit: what the caller sees
+    try:
+        raise_for(rc, what)
+    except MapCacheError as exc:
+        raise exc from cause
 
 
 def _collected(
