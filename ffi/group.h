@@ -73,7 +73,10 @@ static PyObject *xmc_py_group_release(PyObject *op, PyObject *unused)
         Py_DECREF((PyObject *)cache);
         return NULL;
     }
+    rc = cache->take_interrupt && xmc_py_interrupted(cache, NULL, NULL, NULL);
     Py_DECREF((PyObject *)cache);
+    if (rc)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -312,6 +315,11 @@ static PyObject *xmc_py_map_sg_fast(PyObject *op, PyObject *const *args, Py_ssiz
         PyMem_Free(segs);
     if (out != outstack)
         PyMem_Free(out);
+    if (self->take_interrupt &&
+        xmc_py_interrupted(self, xmc_py_group_release, (PyObject *)g, NULL)) {
+        Py_DECREF((PyObject *)g);
+        return NULL;
+    }
     return (PyObject *)g;
 out:
     Py_XDECREF(items);

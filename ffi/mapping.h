@@ -61,7 +61,10 @@ static PyObject *xmc_py_mapping_release(PyObject *op, PyObject *unused)
         Py_DECREF((PyObject *)cache);
         return NULL;
     }
+    rc = cache->take_interrupt && xmc_py_interrupted(cache, NULL, NULL, NULL);
     Py_DECREF((PyObject *)cache);
+    if (rc)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -251,6 +254,11 @@ static PyObject *xmc_py_map_fast(PyObject *op, PyObject *const *args, Py_ssize_t
         return xmc_py_fail(self, rc != XMC_OK ? rc : XMC_EMAP, "map", paddr, size);
     }
     m->address = (unsigned long long)(uintptr_t)p;
+    if (self->take_interrupt &&
+        xmc_py_interrupted(self, xmc_py_mapping_release, (PyObject *)m, NULL)) {
+        Py_DECREF((PyObject *)m);
+        return NULL;
+    }
     return (PyObject *)m;
 }
 

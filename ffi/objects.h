@@ -36,6 +36,7 @@ typedef struct xmc_py_cache {
     PyObject *tag_index;
     uint64_t version, tag_index_version;
     PyObject *after_free; /* called once the core is freed (in no cycle: never cleared) */
+    PyObject *take_interrupt; /* traced: trace.take_interrupt, else NULL */
     uint64_t next_id;
     uint64_t max_size;
     uint64_t bucket_size;
@@ -91,5 +92,38 @@ static PyObject *xmc_py_closed_error; /* xenmapcache.MapCacheError */
             Py_END_ALLOW_THREADS                                              \
         }                                                                     \
     } while (0)
+
+typedef PyObject *(*xmc_py_undo_fn)(PyObject *, PyObject *);
+
+/*
+ * After a traced cache's successful call (self->take_interrupt set): when
+ * its trace hook raised an interrupt meanwhile, give back what the call
+ * locked (undo(arg), or the raw lock at `raw`), raise the interrupt and
+ * return 1; else 0.
+ */
+static int xmc_py_interrupted(xmc_py_cache *self, xmc_py_undo_fn undo, PyObject *arg,
+                              const void *raw)
+{
+    PyObject *exc = PyObject_CallNoArgs(self->take_interrupt), *r;
+    int rc;
+
+    if (!exc)
+        return 1;
+    if (exc == Py_None) {
+        Py_DECREF(exc);
+        return 0;
+    }
+    if (undo && (r = undo(arg, NULL)))
+        Py_DECREF(r);
+    if (raw) {
+        XMC_PY_CALL(rc, xmc_unlock_tag_nowait(self->c, raw, 0), xmc_unlock_tag(self->c, raw, 0));
+        (void)rc;
+    }
+    PyErr_Clear(); /* the undo's own failure: the interrupt is what the caller sees */
+    Py_XDECREF(r = PyObject_CallNoArgs(self->take_interrupt)); /* the undo's events' own */
+    PyErr_Clear();
+    PyErr_SetRaisedException(exc);
+    return 1;
+}
 
 #endif /* XMC_PY_OBJECTS_H */

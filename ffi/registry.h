@@ -175,6 +175,13 @@ static PyObject *xmc_py_set_after_free(PyObject *op, PyObject *fn)
     Py_RETURN_NONE;
 }
 
+/* set_take_interrupt(fn): see xmc_py_interrupted() */
+static PyObject *xmc_py_set_take_interrupt(PyObject *op, PyObject *fn)
+{
+    Py_XSETREF_COMPAT(((xmc_py_cache *)op)->take_interrupt, Py_NewRef(fn));
+    Py_RETURN_NONE;
+}
+
 /* set_paddr(mapping, paddr): replace() moved the entry under it */
 static PyObject *xmc_py_set_paddr(PyObject *op, PyObject *const *args, Py_ssize_t n)
 {

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from ._native import binding
 from ._validate import U64_LIMIT
+from .trace import keep
 
 ffi, lib = binding()
 pending = threading.local()
@@ -146,14 +147,20 @@ def _xmc_py_release(opaque: Any) -> None:
     _drop(int(ffi.cast("uintptr_t", opaque)))
 
 
-@ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
+def _trace_lost(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    """cffi's ``onerror`` of the trace callback: log an error, keep an interrupt for the call."""
+    if isinstance(exc, Exception):
+        logging.getLogger("xenmapcache").error("trace event lost", exc_info=(exc_type, exc, tb))
+    else:
+        keep(exc)
+
+
+@ffi.def_extern(onerror=_trace_lost)  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
 def _xmc_py_trace(opaque: Any, ev: Any) -> None:
-    # The sink (xenmapcache.trace.make_sink) logs what the user's hook raises;
-    # nothing may cross back into C, which holds the cache's mutex here.
-    try:
-        ffi.from_handle(opaque)(ev.kind, ev.rc, ev.flags, ev.paddr, ev.size, ev.address, ev.tag, ev.old_paddr)
-    except Exception:
-        logging.getLogger("xenmapcache").exception("trace event lost")
+    # The sink (xenmapcache.trace.make_sink) logs what the user's hook raises
+    # and keeps an interrupt; nothing crosses back into C, which holds the
+    # cache's mutex here.
+    ffi.from_handle(opaque)(ev.kind, ev.rc, ev.flags, ev.paddr, ev.size, ev.address, ev.tag, ev.old_paddr)
 
 
 @ffi.def_extern(error=XMC_ECALLBACK, onerror=_keep)  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version

@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 
 from . import _version
 from .errors import MapCacheError, exception_for
+from .trace import guard, take_interrupt
 
 logger = logging.getLogger("xenmapcache")
 
@@ -160,6 +161,8 @@ class NativeCore:
                 lib.xmc_cache_free(out[0])
                 raise_for(rc, "MapCache")
             self._native = types.adopted()  # owns the cache: frees it when it goes
+            if trace is not None:  # its builtins raise what the hook raised, as guard() below
+                self._native.set_take_interrupt(take_interrupt)
             self._native.set_after_free(after_free)
             self._c = out[0]  # used only while self, and so _native, is alive
         else:
@@ -171,6 +174,7 @@ class NativeCore:
             check(lib.xmc_cache_set_translate(self._c, lib._xmc_py_translate, self._translate), "translate")
         if self._trace is not None:
             check(lib.xmc_cache_set_trace(self._c, lib._xmc_py_trace, self._trace), "trace")
+            guard(self)  # an interrupt the hook raised is raised by the call
 
     @staticmethod
     def has_fast_paths() -> bool:
@@ -333,6 +337,9 @@ def fail_with(take: Callable[[tuple[int, ...]], BaseException | None], keys: tup
     cause = take(keys)
     if cause is not None and not isinstance(cause, Exception):
         raise cause  # KeyboardInterrupt, SystemExit: what the caller sees
+    interrupt = take_interrupt()  # a trace hook's, which comes first as well
+    if interrupt is not None:
+        raise interrupt
     try:
         raise_for(rc, what)
     except MapCacheError as exc:
