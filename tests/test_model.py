@@ -161,11 +161,19 @@ class System:
         self.events: list[Any] = []  # trace events, when traced
         self.cache: Any = None
         self.translate_fn: Callable[[int, int], Any] | None = None
-        self.armed: type[BaseException] | None = None  # the next callback raises it
+        self.armed: type[BaseException] | None = None  # the next translate raises it
+        self.armed_trace: type[BaseException] | None = None  # the next trace event raises it
 
     def interrupt(self) -> None:
-        """Raise the armed interrupt, once."""
+        """Raise the interrupt armed for translate, once."""
         armed, self.armed = self.armed, None
+        if armed is not None:
+            raise armed()
+
+    def trace(self, event: Any) -> None:
+        """The trace hook: records the event; raises the interrupt armed for it, once."""
+        self.events.append(event)
+        armed, self.armed_trace = self.armed_trace, None
         if armed is not None:
             raise armed()
 
@@ -187,7 +195,7 @@ class System:
             dummy_on_failure=cfg.dummy,
             lock_limit=cfg.lock_limit,
             grants=cfg.grants,
-            trace=self.events.append if cfg.traced else None,
+            trace=self.trace if cfg.traced else None,
         )
 
     def memory(self) -> bytes:
@@ -674,6 +682,59 @@ class CacheModel(RuleBasedStateMachine):
             for kind, where, chunk, done in plan:
                 if kind == "ram":
                     self.store(where, payload[done : done + chunk])
+
+    @precondition(lambda self: self.cfg.traced)
+    @rule(
+        data=st.data(),
+        interrupt=st.sampled_from([KeyboardInterrupt, SystemExit]),
+        call=st.sampled_from(["map", "map_sg", "map_ptr", "read", "write", "release"]),
+    )
+    def interrupted_trace(self, data: st.DataObject, interrupt: type[BaseException], call: str) -> None:
+        """The trace hook raises an interrupt on the call's first event: the
+        core finishes the call, which then raises it as it is, having given
+        back what it locked (a write's bytes and a release stand)."""
+        if call == "release":
+            if not self.mappings:
+                return
+            held = data.draw(st.sampled_from(self.mappings), label="mapping")
+            if held.c.released or self.view is not None and self.view[2] is held:
+                return
+        paddr, size = self.paddrs(data), self.sizes(data)
+        payload = self.pattern(data, size) if call == "write" else b""
+        plan, error = self.plan_copy(paddr, size) if call == "write" else ([], None)
+        if call in ("map", "map_sg", "map_ptr") and paddr + size <= TOP and size <= self.cfg.max_size:
+            self.land(paddr, size)  # in dummy mode: where dummy memory may stand in
+        ops: dict[str, Callable[[System], Any]] = {
+            "map": lambda s: s.cache.map(paddr, size, tag="irq"),
+            "map_sg": lambda s: s.cache.map_sg([(paddr, size)], tag="irq"),
+            "map_ptr": lambda s: s.cache.map_ptr(paddr, size, lock=True),
+            "read": lambda s: s.cache.read(paddr, size),
+            "write": lambda s: s.cache.write(paddr, payload),
+            "release": lambda s: (held.c if s is self.c else held.py).release(),
+        }
+        for s in self.systems():
+            s.armed_trace = interrupt
+        try:  # no "nothing changed" check: a write or release that raises it is done
+            got = self.both(ops[call], reads_only=True, interrupts=True)
+            fired = [s.armed_trace is None for s in self.systems()]
+        finally:
+            for s in self.systems():
+                s.armed_trace = None
+        assert fired[0] == fired[1], "the trace hook was called by one implementation only"
+        if fired[0]:
+            assert got is None and self.error is interrupt, f"{call} ended with {self.error} for a {interrupt.__name__}"
+        if call == "release":
+            assert held.c.released == held.py.released
+            if held.c.released:
+                self.mappings.remove(held)
+        elif call == "write" and error is None and (got is not None or fired[0]):
+            for kind, where, chunk, done in plan:
+                if kind == "ram":
+                    self.store(where, payload[done : done + chunk])
+        elif got is not None and call in ("map", "map_sg"):
+            self.both(lambda s: got[0 if s is self.c else 1].release())
+        elif got is not None and call == "map_ptr":
+            self.both(lambda s: s.cache.unlock(got[0 if s is self.c else 1]))
 
     # -- reverse lookups ---------------------------------------------------------
 
