@@ -94,6 +94,20 @@ def test_a_subclass_override_is_never_shadowed(xmc: ModuleType, ram: Any) -> Non
         assert cache.read(0x5000, 2) == b"\0\0"  # not overridden: the fast one
 
 
+def test_a_subclass_that_skips_init_is_told_so(xmc: ModuleType, ram: Any) -> None:
+    class Forgetful(xmc.MapCache):  # type: ignore[misc,name-defined]
+        def __init__(self, ram: Any) -> None:
+            self.ram = ram  # no super().__init__()
+
+    cache = Forgetful(ram)
+    calls = (lambda: cache.read(0, 1), lambda: cache.map_ptr(0), lambda: cache.map(0, 8), cache.stats, cache.close)
+    for call in calls:  # a builtin's empty slot, or a method's missing state
+        with pytest.raises(AttributeError, match=r"never set up.*super\(\).__init__"):
+            call()
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        xmc.MapCache(ram).nothing
+
+
 def test_the_constructor_shows_its_parameters(xmc: ModuleType, ram: Any) -> None:
     # MapCache.__new__ only picks the class (builtins in slots); help() and the
     # docs must still show __init__'s parameters, and a subclass its own.

@@ -577,6 +577,18 @@ class MapCache(NoCopy):
             cls = _with_fast_slots(cls)
         return super().__new__(cls)
 
+    def __getattr__(self, name: str) -> Any:
+        # Only for what normal lookup misses: a subclass whose __init__ never
+        # called MapCache.__init__ has no core and empty builtin slots.
+        if not name.startswith("__") and "_core" not in vars(self):
+            raise AttributeError(
+                f"{type(self).__name__}.{name}: the cache was never set up "
+                "(a subclass's __init__ must call super().__init__(...))",
+                name=name,
+                obj=self,
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self)
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:  # its own parameters
