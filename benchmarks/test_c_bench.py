@@ -12,6 +12,7 @@ import pytest
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 ROWS = {
     "C fast-path hit",
+    "C fast-path hit, two threads on one cache",
     "C FIFO unlock-oldest + lock-new",
     "C reverse lookup of the oldest",
     "C invalidate, 10 live entries",

@@ -15,7 +15,15 @@
  * bytes and a freed one is reused at once (a disk's FIFO stays in cache).
  *
  * Lock convention: every public xmc_x() takes c->mutex and calls x_locked();
- * helpers without the suffix also expect the caller to hold it.
+ * helpers without the suffix also expect the caller to hold it.  The one
+ * exception is the hit (hit_fast), which takes no lock and writes no shared
+ * cache line: the last entry is published as a copy of its bucket index and
+ * host address under a sequence counter (a seqlock), which writers, holding
+ * the mutex, make odd while they change the copy and even again after; a
+ * reader validates what it read by finding the counter even and unchanged.
+ * The copy, not the entry, is read, so nothing a reader touches is ever
+ * freed under it; an entry is unpublished before it is remapped, blanked or
+ * unmapped.  Each thread counts its hits in a slot of its own.
  */
 #include "xmc_internal.h"
 
@@ -42,6 +50,14 @@ enum {
 #define REC_STEP 1024u /* the record array grows by this many (48 KiB, 12 pages) */
 #define REC_MAX_ID (UINT32_MAX - 1)
 #define MAP_NOWAIT 0x80000000u /* internal map flag: XMC_EAGAIN rather than a miss */
+#define LINE 64             /* bytes of a cache line */
+#define HIT_SLOTS 64        /* threads that can count lock-free hits, per cache */
+#define HIT_SLOT_BITS 6     /* HIT_SLOTS = 1 << HIT_SLOT_BITS */
+#define HIT_PROBE 4         /* slots a thread's own may be found in */
+
+#ifdef XMC_TESTING
+void (*xmc_test_point)(xmc_cache *c, int point);
+#endif
 
 typedef struct xmc_entry {
     /* Read by every lookup: the first 32 bytes. */
@@ -123,14 +139,42 @@ static inline void mutex_unlock(xmc_mutex *m)
         mutex_wake(m);
 }
 
+/* A thread's count of lock-free hits: written by that thread only (a load
+ * and a store, no locked instruction), summed by xmc_stats_get().  One cache
+ * line each, so that threads hitting at once share no written line. */
+typedef struct hit_slot {
+    _Alignas(LINE) atomic_uintptr_t owner; /* this_thread() of its thread; 0: free */
+    _Atomic uint64_t hits;
+} hit_slot;
+
+/* A number unique to the calling thread among live threads, the same in a
+ * child of fork(): its thread pointer, one register read, where the compiler
+ * has it; else pthread_self(), an integer on Linux. */
+static inline uintptr_t this_thread(void)
+{
+#if defined(__has_builtin) && (defined(__x86_64__) || defined(__aarch64__))
+#if __has_builtin(__builtin_thread_pointer)
+    return (uintptr_t)__builtin_thread_pointer();
+#endif
+#endif
+    return (uintptr_t)pthread_self();
+}
+
 struct xmc_cache {
-    xmc_mutex mutex;
-    /* pthread_self() of the thread inside a backend map or unmap, else 0: it
+    /* The line the lock-free hit reads, written only by changes of the last
+     * entry and around backend calls. */
+    _Alignas(LINE) atomic_uint seq;  /* odd while the published last entry changes */
+    _Atomic(uint8_t *) pub_vaddr;    /* the last entry's mapping; NULL: none */
+    _Atomic uint64_t pub_index;      /* and its bucket index */
+    _Atomic(hit_slot *) hit_slots;   /* HIT_SLOTS of them, or NULL until a hit */
+    /* this_thread() of the thread inside a backend map or unmap, else 0: it
      * holds the mutex, so a call of its into this cache would wait for itself. */
     atomic_uintptr_t callback_thread;
-    const xmc_backend *be;
     unsigned shift;
     uint64_t bucket_size;
+    /* Everything else is the mutex's. */
+    _Alignas(LINE) xmc_mutex mutex;
+    const xmc_backend *be;
     uint64_t max_size;
     uint64_t nr_slots;
     uint64_t slot_mask; /* nr_slots - 1 when a power of two (the default), else 0 */
@@ -181,9 +225,7 @@ XMC_COLD static void trace_emit(xmc_cache *c, uint32_t kind, int rc, unsigned fl
     xmc_event ev = { .struct_size = sizeof(ev), .kind = kind, .rc = rc, .flags = flags,
                      .paddr = paddr, .size = size, .address = address, .tag = tag,
                      .old_paddr = old_paddr };
-    uintptr_t self = (uintptr_t)pthread_self();
-
-    atomic_store_explicit(&c->callback_thread, self, memory_order_relaxed);
+    atomic_store_explicit(&c->callback_thread, this_thread(), memory_order_relaxed);
     c->trace(c->trace_opaque, &ev);
     atomic_store_explicit(&c->callback_thread, 0, memory_order_relaxed);
 }
@@ -200,21 +242,63 @@ XMC_COLD static void trace_unknown(xmc_cache *c, uint32_t kind, uintptr_t addr, 
     TRACE(c, kind, XMC_ENOENT, 0, 0, 0, addr, tag, 0);
 }
 
-/* Make e the last entry: the fast path's, unless traced; then it is kept
+/* ---- the published last entry (the lock-free hit reads it) -------------- */
+
+/*
+ * Publish (vaddr, index) for hit_fast(); vaddr NULL publishes nothing.  The
+ * writer side of the seqlock: the counter odd, then the copy, then the
+ * counter even again.  The copy's stores are releases, so a reader that
+ * acquires a new value has the odd counter before it; the last store is a
+ * release too, handing the mapping itself to a reader that acquires the
+ * counter.  (No standalone fence: ThreadSanitizer models none.)  Under the
+ * mutex; no store at all when nothing changes, as at every locked hit.
+ */
+static void publish(xmc_cache *c, uint8_t *vaddr, uint64_t index)
+{
+    unsigned seq = atomic_load_explicit(&c->seq, memory_order_relaxed);
+
+    if (atomic_load_explicit(&c->pub_vaddr, memory_order_relaxed) == vaddr &&
+        (!vaddr || atomic_load_explicit(&c->pub_index, memory_order_relaxed) == index))
+        return;
+    atomic_store_explicit(&c->seq, seq + 1, memory_order_relaxed);
+    atomic_store_explicit(&c->pub_index, index, memory_order_release);
+    XMC_TEST_POINT(c, XMC_TP_PUBLISH);
+    atomic_store_explicit(&c->pub_vaddr, vaddr, memory_order_release);
+    atomic_store_explicit(&c->seq, seq + 2, memory_order_release);
+}
+
+/*
+ * Make e the last entry: the fast path's, unless traced; then it is kept
  * aside and the fast path never hits, so hits are traced on the slow path
  * and the fast path stays as it was.  A grant cache has no last entry: an
- * entry may go at any unlock.  (A closed cache has no entries at all.) */
+ * entry may go at any unlock.  (A closed cache has no entries at all.)  The
+ * fast path's entry is published for the lock-free hit when every page of it
+ * is mapped (a partly mapped one is hit under the mutex, bitmap and all).
+ */
 static inline void set_last(xmc_cache *c, xmc_entry *e)
 {
-    if (!c->unusual)
+    if (!c->unusual) {
         c->fast = e;
-    else if (!c->grants)
+        if (e && (e->flags & ENTRY_ALLVALID))
+            publish(c, e->vaddr, e->index);
+        else
+            publish(c, NULL, 0);
+    } else if (!c->grants) {
         c->last = e;
+    }
 }
 
 static inline xmc_entry *get_last(const xmc_cache *c)
 {
     return c->unusual ? c->last : c->fast;
+}
+
+/* e is about to change (remapped, blanked or unmapped): no longer the last
+ * entry, so that no lock-free hit can return an address in it from now on. */
+static inline void forget(xmc_cache *c, const xmc_entry *e)
+{
+    if (get_last(c) == e)
+        set_last(c, NULL);
 }
 
 /* Recompute c->unusual; the last entry moves to where get_last() finds it. */
@@ -223,6 +307,7 @@ static void set_unusual(xmc_cache *c)
     xmc_entry *last = get_last(c);
 
     c->fast = c->last = NULL;
+    publish(c, NULL, 0);
     c->unusual = c->closed || c->grants || c->traced;
     set_last(c, last);
 }
@@ -386,11 +471,6 @@ static void chain_del(xmc_entry *e)
         e->next->pprev = e->pprev;
 }
 
-static uintptr_t this_thread(void)
-{
-    return (uintptr_t)pthread_self(); /* an integer on Linux */
-}
-
 static int backend_map(xmc_cache *c, void *fixed, uint64_t pfn, size_t n, int *errs,
                        void **out)
 {
@@ -431,8 +511,7 @@ static int entry_destroy(xmc_cache *c, xmc_entry *e)
         c->live = e->lnext;
     if (e->lnext)
         e->lnext->lprev = e->lprev;
-    if (get_last(c) == e)
-        set_last(c, NULL);
+    forget(c, e);
     c->st.entries--;
     c->st.mapped_bytes -= e->size;
     tree_delete(c, e);
@@ -459,6 +538,8 @@ static int map_into(xmc_cache *c, xmc_entry *e, uint64_t index, uint64_t size,
     bool all = true;
     int rc = XMC_OK;
 
+    if (fixed)
+        forget(c, e);
     if (dummy) {
         addr = mmap(fixed ? e->vaddr : NULL, size, PROT_READ | PROT_WRITE,
                     MAP_PRIVATE | MAP_ANONYMOUS | (fixed ? MAP_FIXED : 0), -1, 0);
@@ -823,8 +904,12 @@ static void fork_child(void)
 
     for (xmc_cache *c = caches; c; c = c->fnext)
         if (atomic_load_explicit(&c->mutex.state, memory_order_relaxed) != 0 &&
-            atomic_load_explicit(&c->callback_thread, memory_order_relaxed) != self)
+            atomic_load_explicit(&c->callback_thread, memory_order_relaxed) != self) {
             c->forked = true;
+            /* An odd counter for good: every hit takes the locked path,
+             * which answers XMC_EFORKED.  (No writer is left to change it.) */
+            atomic_fetch_or_explicit(&c->seq, 1, memory_order_relaxed);
+        }
     pthread_mutex_unlock(&caches_lock);
 }
 
@@ -879,9 +964,10 @@ int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_siz
     slots = max_size / bucket + (max_size % bucket != 0);
     if (slots > XMC_MAX_SLOTS)
         return XMC_EINVAL;
-    c = calloc(1, sizeof(*c));
+    c = aligned_alloc(LINE, sizeof(*c)); /* a multiple of LINE: _Alignas */
     if (!c)
         return XMC_ENOMEM;
+    memset(c, 0, sizeof(*c));
     c->slots = calloc((size_t)slots, sizeof(*c->slots));
     if (!c->slots) {
         free(c);
@@ -893,6 +979,10 @@ int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_siz
         return XMC_ENOMEM;
     }
     atomic_init(&c->callback_thread, 0);
+    atomic_init(&c->seq, 0);
+    atomic_init(&c->pub_vaddr, NULL);
+    atomic_init(&c->pub_index, 0);
+    atomic_init(&c->hit_slots, NULL);
     c->be = be;
     c->shift = bucket_shift;
     c->bucket_size = bucket;
@@ -944,6 +1034,7 @@ void xmc_cache_free(xmc_cache *c)
         return; /* half updated by a thread that is gone: leak it, touch nothing */
     drain(c);
     free(c->slots);
+    free(atomic_load_explicit(&c->hit_slots, memory_order_relaxed));
     be = c->be;
     free(c);
     if (be->release)
@@ -1135,10 +1226,143 @@ static int translate_unlocked(xmc_cache *c, uint64_t paddr, uint64_t size,
     return XMC_OK;
 }
 
+/* ---- the lock-free hit ---------------------------------------------------- */
+
+static size_t slot_home(uintptr_t self)
+{
+    return (size_t)(((uint64_t)self * UINT64_C(0x9E3779B97F4A7C15)) >> (64 - HIT_SLOT_BITS));
+}
+
+/* The calling thread's hit slot, or NULL: none claimed yet, or no room.
+ * Slots are claimed in probe order and never given back, so the slots before
+ * a thread's own were taken before it claimed it, and it sees them taken. */
+static hit_slot *slot_find(hit_slot *slots, uintptr_t self)
+{
+    size_t home = slot_home(self);
+
+    for (size_t i = 0; slots && i < HIT_PROBE; i++) {
+        hit_slot *s = &slots[(home + i) % HIT_SLOTS];
+        uintptr_t owner = atomic_load_explicit(&s->owner, memory_order_relaxed);
+
+        if (owner == self)
+            return s;
+        if (owner == 0)
+            break;
+    }
+    return NULL;
+}
+
+/* Give the calling thread a hit slot (the table at the first claim), unless
+ * it has one or there is no room; then its hits are counted under the mutex. */
+static void slot_claim(xmc_cache *c)
+{
+    hit_slot *slots = atomic_load_explicit(&c->hit_slots, memory_order_relaxed);
+    uintptr_t self = this_thread();
+    size_t home = slot_home(self);
+
+    if (!slots) {
+        slots = aligned_alloc(LINE, HIT_SLOTS * sizeof(*slots));
+        if (!slots)
+            return;
+        memset(slots, 0, HIT_SLOTS * sizeof(*slots));
+        atomic_store_explicit(&c->hit_slots, slots, memory_order_release);
+    }
+    for (size_t i = 0; i < HIT_PROBE; i++) {
+        hit_slot *s = &slots[(home + i) % HIT_SLOTS];
+        uintptr_t owner = atomic_load_explicit(&s->owner, memory_order_relaxed);
+
+        if (owner == self)
+            return;
+        if (owner == 0) {
+            atomic_store_explicit(&s->owner, self, memory_order_relaxed);
+            return;
+        }
+    }
+}
+
+/* Every thread's lock-free hits so far. */
+static uint64_t slot_hits(xmc_cache *c)
+{
+    hit_slot *slots = atomic_load_explicit(&c->hit_slots, memory_order_acquire);
+    uint64_t n = 0;
+
+    for (size_t i = 0; slots && i < HIT_SLOTS; i++)
+        n += atomic_load_explicit(&slots[i].hits, memory_order_relaxed);
+    return n;
+}
+
+enum { HIT_NONE, HIT_DONE, HIT_UNCOUNTED };
+
 /*
- * The fast path, for an unlocked request of size 0: the last entry covers
- * paddr's bucket and its page is valid.  Small enough to inline into
- * xmc_map(), so that a hit costs the mutex and a few loads.
+ * The hit without a lock, for an unlocked request of size 0: the published
+ * last entry covers paddr's bucket (it is published only when all its pages
+ * are mapped).  The reader side of the seqlock: the counter, the copy and
+ * the counter again, the first three loads acquires (free on x86), so the
+ * last cannot be done before them; an odd or changed counter means a writer
+ * was at work, and the locked path decides.  So does a call from inside one
+ * of the cache's backend callbacks (XMC_EREENTER).  The host address of
+ * paddr, or NULL.  Writes nothing.
+ */
+static inline uint8_t *hit_check(xmc_cache *c, uint64_t paddr, uintptr_t self)
+{
+    unsigned seq = atomic_load_explicit(&c->seq, memory_order_acquire);
+    uint8_t *vaddr = atomic_load_explicit(&c->pub_vaddr, memory_order_acquire);
+    uint64_t index = atomic_load_explicit(&c->pub_index, memory_order_acquire);
+
+    XMC_TEST_POINT(c, XMC_TP_HIT_READ);
+    if ((seq & 1) || !vaddr || index != paddr >> c->shift ||
+        atomic_load_explicit(&c->seq, memory_order_relaxed) != seq ||
+        atomic_load_explicit(&c->callback_thread, memory_order_relaxed) == self)
+        return NULL;
+    return vaddr + (paddr & (c->bucket_size - 1));
+}
+
+/* One more hit in the calling thread's own slot: a load and a store. */
+static inline void hit_count(hit_slot *s)
+{
+    atomic_store_explicit(&s->hits, atomic_load_explicit(&s->hits, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
+/* Inline in xmc_map(): the lock-free hit of a thread whose slot is its home
+ * slot, as almost every thread's is. */
+static inline bool hit_home(xmc_cache *c, uint64_t paddr, void **out)
+{
+    hit_slot *slots = atomic_load_explicit(&c->hit_slots, memory_order_acquire), *home;
+    uintptr_t self = this_thread();
+    uint8_t *p = hit_check(c, paddr, self);
+
+    if (!p || !slots ||
+        atomic_load_explicit(&(home = &slots[slot_home(self)])->owner, memory_order_relaxed) !=
+            self)
+        return false;
+    hit_count(home);
+    *out = p;
+    return true;
+}
+
+/* The lock-free hit of any thread.  HIT_DONE: hit, counted, *out set;
+ * HIT_UNCOUNTED: it would hit, but the thread has no slot yet. */
+static int hit_fast(xmc_cache *c, uint64_t paddr, void **out)
+{
+    hit_slot *slots = atomic_load_explicit(&c->hit_slots, memory_order_acquire), *mine;
+    uintptr_t self = this_thread();
+    uint8_t *p = hit_check(c, paddr, self);
+
+    if (!p)
+        return HIT_NONE;
+    if (!(mine = slot_find(slots, self)))
+        return HIT_UNCOUNTED;
+    hit_count(mine);
+    *out = p;
+    return HIT_DONE;
+}
+
+/*
+ * The locked fast path, for an unlocked request of size 0: the last entry
+ * covers paddr's bucket and its page is valid.  Small enough to inline into
+ * xmc_map(): it serves what the lock-free hit leaves (a partly mapped last
+ * entry, a thread without a hit slot, a writer at work).
  */
 static inline bool hit_locked(xmc_cache *c, const xmc_entry *e, uint64_t paddr,
                               void **out)
@@ -1252,15 +1476,21 @@ XMC_NOINLINE static int map_slow(xmc_cache *c, uint64_t paddr, uint64_t size,
     return rc;
 }
 
-static inline int map_call(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
-                           uint64_t tag, void **out)
+/* Everything but the inline hit: the lock-free hit of a thread outside its
+ * home slot, or the map under the mutex. */
+XMC_NOINLINE static int map_call(xmc_cache *c, uint64_t paddr, uint64_t size,
+                                 unsigned flags, uint64_t tag, void **out)
 {
-    int rc;
+    int rc, hit = HIT_NONE;
 
     if (!c || !out || (flags & ~(unsigned)(XMC_LOCK | XMC_DMA | MAP_NOWAIT)))
         return XMC_EINVAL;
+    if (!(flags & XMC_LOCK) && !size && (hit = hit_fast(c, paddr, out)) == HIT_DONE)
+        return XMC_OK;
     if ((rc = cache_lock(c, !(flags & MAP_NOWAIT))) != XMC_OK)
         return rc;
+    if (hit == HIT_UNCOUNTED) /* the next hit of this thread takes no lock */
+        slot_claim(c);
     /* A closed cache has no entries, so no last entry: it never hits. */
     if ((flags & XMC_LOCK) || size || !hit_locked(c, c->fast, paddr, out))
         rc = !c->unusual ? map_locked(c, paddr, size, flags, tag, out)
@@ -1270,15 +1500,23 @@ static inline int map_call(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned
     return rc;
 }
 
+/* The lock-free hit first, inline, for an unlocked request of size 0. */
+#define HIT_FIRST(c, paddr, size, flags, out)                                 \
+    (!((flags) & ~(unsigned)XMC_DMA) && !(size) && (c) && (out) && hit_home((c), (paddr), (out)))
+
 int xmc_map(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
             uint64_t tag, void **out)
 {
+    if (HIT_FIRST(c, paddr, size, flags, out))
+        return XMC_OK;
     return (flags & MAP_NOWAIT) ? XMC_EINVAL : map_call(c, paddr, size, flags, tag, out);
 }
 
 int xmc_map_nowait(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
                    uint64_t tag, void **out)
 {
+    if (HIT_FIRST(c, paddr, size, flags, out))
+        return XMC_OK;
     return (flags & MAP_NOWAIT) ? XMC_EINVAL
                                 : map_call(c, paddr, size, flags | MAP_NOWAIT, tag, out);
 }
@@ -1804,6 +2042,7 @@ int xmc_write_nowait(xmc_cache *c, uint64_t paddr, const void *buf, size_t n)
 static int stats_locked(xmc_cache *c, xmc_stats *out)
 {
     *out = c->st;
+    out->hits += slot_hits(c);
     return XMC_OK;
 }
 
@@ -1824,7 +2063,9 @@ static int memory_locked(xmc_cache *c, xmc_memory *out)
         .record_bytes = (uint64_t)c->rec_cap * sizeof(record) +
                         (c->rhash ? ((uint64_t)1 << c->rhash_bits) * sizeof(uint32_t) : 0),
         .entry_bytes = entries,
-        .slot_bytes = sizeof(*c) + c->nr_slots * sizeof(*c->slots),
+        .slot_bytes = sizeof(*c) + c->nr_slots * sizeof(*c->slots) +
+                      (atomic_load_explicit(&c->hit_slots, memory_order_relaxed)
+                           ? HIT_SLOTS * sizeof(hit_slot) : 0),
     };
     return XMC_OK;
 }

@@ -11,6 +11,27 @@
 
 #define COPY_CHUNK (256u * 1024u)
 
+/*
+ * memfd_create(2).  glibc declares it from 2.27 on; against an older glibc
+ * (the manylinux2014 baseline of the wheels, glibc 2.17) it is the system
+ * call itself, which Linux has had since 3.17.
+ */
+#if defined(__GLIBC__) && (__GLIBC__ < 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ < 27))
+#include <sys/syscall.h>
+#ifndef MFD_CLOEXEC
+#define MFD_CLOEXEC 0x0001U
+#endif
+static int ram_memfd(const char *name, unsigned flags)
+{
+    return (int)syscall(SYS_memfd_create, name, flags);
+}
+#else
+static int ram_memfd(const char *name, unsigned flags)
+{
+    return memfd_create(name, flags);
+}
+#endif
+
 typedef struct hole {
     uint64_t start, end; /* [start, end) in bytes */
 } hole;
@@ -160,7 +181,7 @@ int xmc_ram_new(uint64_t size, xmc_ram **out)
     *out = NULL;
     if (!ram_size_ok(size))
         return XMC_EINVAL;
-    fd = memfd_create("xenmapcache-guest-ram", MFD_CLOEXEC);
+    fd = ram_memfd("xenmapcache-guest-ram", MFD_CLOEXEC);
     if (fd < 0)
         return XMC_ESYS;
     if (ftruncate(fd, (off_t)size) != 0) {

@@ -122,7 +122,7 @@ typedef struct xmc_stats {
 typedef struct xmc_memory {
     uint64_t record_bytes; /* record pool (grown in chunks, kept) + reverse hash */
     uint64_t entry_bytes;  /* live entries, page bitmaps included */
-    uint64_t slot_bytes;   /* the cache itself and its hash slots */
+    uint64_t slot_bytes;   /* the cache itself, its hash slots and hit counters */
 } xmc_memory;
 
 /*

@@ -40,4 +40,23 @@ static inline int xmc_range_ok(uint64_t a, uint64_t b)
  * reverse lookup, unlock, invalidate and replace search it too. */
 extern xmc_cache *_Atomic xmc_qemu_legacy;
 
+/*
+ * Test points of the lock-free hit (cache.c), compiled in only when the C
+ * tests build the core with -DXMC_TESTING: a test sets xmc_test_point and
+ * changes the cache at the moment a hit has read the last entry but not yet
+ * validated it (XMC_TP_HIT_READ), or while a writer is half way through
+ * publishing a new last entry (XMC_TP_PUBLISH), deterministically.
+ */
+enum { XMC_TP_HIT_READ = 1, XMC_TP_PUBLISH = 2 };
+#ifdef XMC_TESTING
+extern void (*xmc_test_point)(xmc_cache *c, int point);
+#define XMC_TEST_POINT(c, point)                                              \
+    do {                                                                      \
+        if (xmc_test_point)                                                   \
+            xmc_test_point((c), (point));                                     \
+    } while (0)
+#else
+#define XMC_TEST_POINT(c, point) ((void)0)
+#endif
+
 #endif /* XMC_INTERNAL_H */

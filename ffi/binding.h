@@ -14,7 +14,8 @@
  * mapping.h   Mapping, and NativeCache.map
  * group.h     MappingGroup, and NativeCache.map_sg
  * cache.h     NativeCache: its other builtins, its life cycle, xmc_py_adopt()
- * and here, xmc_py_fast_install(), which makes the types at import.
+ * and here, install(), which checks Python's table of hot methods and makes
+ * the types at import.
  *
  * Why: cffi's own calls cost a Python frame around them, an argument tuple
  * and a cdata check per call, and release the GIL every time; a Mapping
@@ -54,34 +55,51 @@ static const char *xmc_py_build_version(void)
 #include "cache.h"
 #include "special.h"
 
-/*
- * Make the three types, Mapping and MappingGroup as subclasses of those of
- * xenmapcache.cache, and put them and adopted() on the module
- * xenmapcache._core; 0 on success.
- */
-static int xmc_py_fast_install(void)
+/* 0 when names (Python's table) are the hot methods, each once; else -1
+ * with an ImportError: a binding built for another table. */
+static int xmc_py_check_hot(PyObject *names)
 {
-    PyGILState_STATE gil = PyGILState_Ensure(); /* cffi released it for this call */
-    PyObject *module = NULL, *api = NULL, *base = NULL, *bases = NULL, *fn = NULL;
-    PyObject *gbase = NULL, *gbases = NULL;
-    PyObject *errors = NULL;
-    int rc = -1;
+    PyObject *ours = PyTuple_New(XMC_PY_NHOT), *theirs = NULL, *mine = NULL;
+    int same = -1;
 
-    if (xmc_py_cache_type) {
-        rc = 0;
-        goto out;
+    for (int i = 0; ours && i < XMC_PY_NHOT; i++) {
+        PyObject *name = PyUnicode_FromString(xmc_py_hot_names[i]);
+
+        if (!name || PyTuple_SetItem(ours, i, name) < 0) /* steals name */
+            goto out;
+        if (!xmc_py_cache_method(xmc_py_hot_names[i])) {
+            PyErr_Format(PyExc_SystemError, "xenmapcache: no builtin for %s", xmc_py_hot_names[i]);
+            goto out;
+        }
     }
-    if (!(module = PyImport_ImportModule("xenmapcache._core")) ||
-        !(api = PyImport_ImportModule("xenmapcache.cache")) ||
-        !(errors = PyImport_ImportModule("xenmapcache.errors")) ||
-        !(base = PyObject_GetAttrString(api, "Mapping")) || !(bases = PyTuple_Pack(1, base)) ||
-        !(gbase = PyObject_GetAttrString(api, "MappingGroup")) ||
-        !(gbases = PyTuple_Pack(1, gbase)) ||
-        !(xmc_py_closed_error = PyObject_GetAttrString(errors, "MapCacheError")))
-        goto out;
+    if (ours && (theirs = PyFrozenSet_New(names)) && (mine = PyFrozenSet_New(ours)))
+        same = PyObject_RichCompareBool(theirs, mine, Py_EQ);
+    if (same == 1 && PyObject_Length(names) != XMC_PY_NHOT)
+        same = 0; /* a name twice */
+    if (same == 0) {
+        PyErr_Format(PyExc_ImportError,
+                     "xenmapcache: the hot methods %R are not the binding's builtins %R: "
+                     "rebuild the binding with 'pip install .'", names, ours);
+        same = -1;
+    }
+out:
+    Py_XDECREF(mine);
+    Py_XDECREF(theirs);
+    Py_XDECREF(ours);
+    return same == 1 ? 0 : -1;
+}
+
+/* Make the types, Mapping and MappingGroup as subclasses of mapping and
+ * group, and put them on module; 0, or -1 with an error set. */
+static int xmc_py_make_types(PyObject *module, PyObject *mapping, PyObject *group)
+{
+    PyObject *bases = PyTuple_Pack(1, mapping), *gbases = PyTuple_Pack(1, group);
+
     for (size_t i = 0; i < XMC_PY_NNAMES; i++)
         if (!xmc_py_interned[i] && !(xmc_py_interned[i] = PyUnicode_InternFromString(xmc_py_names[i])))
-            goto out;
+            goto fail;
+    if (!bases || !gbases)
+        goto fail;
     xmc_py_mapping_type = (PyTypeObject *)PyType_FromSpecWithBases(&xmc_py_mapping_spec, bases);
     xmc_py_group_type = (PyTypeObject *)PyType_FromSpecWithBases(&xmc_py_group_spec, gbases);
     xmc_py_cache_type = (PyTypeObject *)PyType_FromSpec(&xmc_py_cache_spec);
@@ -95,27 +113,73 @@ static int xmc_py_fast_install(void)
         xmc_py_add_special(xmc_py_mapping_type, "__exit__", xmc_py_mapping_release, -1) ||
         xmc_py_add_special(xmc_py_group_type, "__enter__", xmc_py_mapping_enter, 0) ||
         xmc_py_add_special(xmc_py_group_type, "__exit__", xmc_py_group_release, -1) ||
-        !(fn = PyCFunction_NewEx(&xmc_py_adopted_def, NULL, NULL)) ||
-        PyObject_SetAttrString(module, "adopted", fn) < 0 ||
         PyObject_SetAttrString(module, "Mapping", (PyObject *)xmc_py_mapping_type) < 0 ||
         PyObject_SetAttrString(module, "MappingGroup", (PyObject *)xmc_py_group_type) < 0 ||
-        PyObject_SetAttrString(module, "NativeCache", (PyObject *)xmc_py_cache_type) < 0) {
-        Py_CLEAR(xmc_py_mapping_type);
-        Py_CLEAR(xmc_py_group_type);
-        Py_CLEAR(xmc_py_cache_type);
-        goto out;
-    }
-    rc = 0;
-out:
-    if (rc)
-        PyErr_Clear(); /* the caller falls back to cffi calls and the Python Mapping */
-    Py_XDECREF(fn);
+        PyObject_SetAttrString(module, "NativeCache", (PyObject *)xmc_py_cache_type) < 0)
+        goto fail;
+    Py_DECREF(bases);
+    Py_DECREF(gbases);
+    return 0;
+fail:
+    Py_CLEAR(xmc_py_mapping_type);
+    Py_CLEAR(xmc_py_group_type);
+    Py_CLEAR(xmc_py_cache_type);
     Py_XDECREF(bases);
-    Py_XDECREF(base);
     Py_XDECREF(gbases);
-    Py_XDECREF(gbase);
-    Py_XDECREF(errors);
-    Py_XDECREF(api);
+    return -1;
+}
+
+/*
+ * install(hot_methods, Mapping, MappingGroup): check Python's
+ * table of hot methods against the builtins (ImportError when they differ),
+ * then, the first time, make the types.  Python hands over what the types
+ * need from the package: the base classes.
+ */
+static PyObject *xmc_py_install(PyObject *unused, PyObject *const *args, Py_ssize_t n)
+{
+    PyObject *module;
+    int rc;
+
+    (void)unused;
+    if (n != 3 || !PyType_Check(args[1]) || !PyType_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "install(hot_methods, Mapping, MappingGroup)");
+        return NULL;
+    }
+    if (xmc_py_check_hot(args[0]) < 0)
+        return NULL;
+    if (xmc_py_cache_type)
+        Py_RETURN_NONE;
+    if (!(module = PyImport_ImportModule("xenmapcache._core")))
+        return NULL;
+    rc = xmc_py_make_types(module, args[1], args[2]);
+    Py_DECREF(module);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef xmc_py_install_def = {
+    "install", (PyCFunction)(void (*)(void))xmc_py_install, METH_FASTCALL,
+    "install(hot_methods, Mapping, MappingGroup)\n--\n\n"
+    "Check the table of hot methods (ImportError when it is not the builtins'), make the types.",
+};
+
+/* Put install() and adopted() on the module xenmapcache._core; 0 on success
+ * (-1: no types, the caller runs on cffi calls and the Python Mapping). */
+static int xmc_py_fast_install(void)
+{
+    PyGILState_STATE gil = PyGILState_Ensure(); /* cffi released it for this call */
+    PyObject *module = PyImport_ImportModule("xenmapcache._core"), *install = NULL, *adopted = NULL;
+    int rc = module && (install = PyCFunction_NewEx(&xmc_py_install_def, NULL, NULL)) &&
+                     (adopted = PyCFunction_NewEx(&xmc_py_adopted_def, NULL, NULL)) &&
+                     PyObject_SetAttrString(module, "install", install) == 0 &&
+                     PyObject_SetAttrString(module, "adopted", adopted) == 0
+                 ? 0 : -1;
+
+    if (rc)
+        PyErr_Clear();
+    Py_XDECREF(adopted);
+    Py_XDECREF(install);
     Py_XDECREF(module);
     PyGILState_Release(gil);
     return rc;

@@ -181,7 +181,8 @@ static PyObject *xmc_py_unlock_fast(PyObject *op, PyObject *const *args, Py_ssiz
 
     if (a)
         XMC_PY_CALL(rc, xmc_unlock_tag_nowait(self->c, a, 0), xmc_unlock_tag(self->c, a, 0));
-    if (rc == XMC_ESYS) /* unlocked, but a grant entry failed to unmap: never retried */
+    if (rc == XMC_ESYS /* unlocked, but a grant entry failed to unmap: never retried */ ||
+        rc == XMC_ECLOSED)
         return xmc_py_fail(self, rc, "unlock", (uint64_t)(uintptr_t)a, 0);
     if (rc != XMC_OK) /* nothing done (no raw lock there, say): the checked method tries Mappings */
         return xmc_py_checked(self, XMC_PY_UNLOCK, args, n, kwnames);
@@ -201,29 +202,41 @@ static PyObject *xmc_py_refuse_copy(PyObject *op, PyObject *const *args, Py_ssiz
     return NULL;
 }
 
+static int xmc_py_document_hot(PyObject *const *checked); /* below the method table */
+
 /*
- * bind(owner, fail, max_size, bucket_size, map_ptr, read, readinto,
- *      ram_addr, unlock, map, map_sg): owner is a weakref to the MapCache,
- * the seven callables its checked methods (unbound), fail(rc, what, paddr,
- * size) raises.
+ * bind(owner, fail, max_size, bucket_size, checked): owner is a weakref to
+ * the MapCache, fail(rc, what, paddr, size) raises, checked is {name:
+ * MapCache's checked method} for each name of xmc_py_hot_names, no more.
  */
 static PyObject *xmc_py_bind(PyObject *op, PyObject *args)
 {
     xmc_py_cache *self = (xmc_py_cache *)op;
-    PyObject *o[2 + XMC_PY_NCHECKED];
+    PyObject *owner, *fail, *checked, *fn[XMC_PY_NHOT];
     unsigned long long max_size, bucket_size;
 
-    if (!PyArg_ParseTuple(args, "OOKKOOOOOOOO", &o[0], &o[1], &max_size, &bucket_size, &o[2],
-                          &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9]))
+    if (!PyArg_ParseTuple(args, "OOKKO!", &owner, &fail, &max_size, &bucket_size, &PyDict_Type,
+                          &checked))
         return NULL;
     if (self->owner || !bucket_size || (bucket_size & (bucket_size - 1))) {
         PyErr_SetString(PyExc_ValueError, "bind() once, with a power-of-two bucket size");
         return NULL;
     }
-    self->owner = Py_NewRef(o[0]);
-    self->fail = Py_NewRef(o[1]);
-    for (int i = 0; i < XMC_PY_NCHECKED; i++)
-        self->checked[i] = Py_NewRef(o[2 + i]);
+    for (int i = 0; i < XMC_PY_NHOT; i++)
+        if (!(fn[i] = PyDict_GetItemString(checked, xmc_py_hot_names[i]))) { /* borrowed */
+            PyErr_Format(PyExc_TypeError, "bind(): no checked method for %s", xmc_py_hot_names[i]);
+            return NULL;
+        }
+    if (PyDict_Size(checked) != XMC_PY_NHOT) {
+        PyErr_Format(PyExc_TypeError, "bind(): checked methods for other names than the builtins'");
+        return NULL;
+    }
+    if (xmc_py_document_hot(fn) < 0)
+        return NULL;
+    self->owner = Py_NewRef(owner);
+    self->fail = Py_NewRef(fail);
+    for (int i = 0; i < XMC_PY_NHOT; i++)
+        self->checked[i] = Py_NewRef(fn[i]);
     self->max_size = max_size;
     self->bucket_size = bucket_size;
     Py_RETURN_NONE;
@@ -236,7 +249,7 @@ static int xmc_py_cache_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(op));
     Py_VISIT(self->owner);
     Py_VISIT(self->fail);
-    for (int i = 0; i < XMC_PY_NCHECKED; i++)
+    for (int i = 0; i < XMC_PY_NHOT; i++)
         Py_VISIT(self->checked[i]);
     for (xmc_py_mapping *m = self->first; m; m = m->next)
         Py_VISIT((PyObject *)m);
@@ -251,7 +264,7 @@ static int xmc_py_cache_clear(PyObject *op)
 
     Py_CLEAR(self->owner);
     Py_CLEAR(self->fail);
-    for (int i = 0; i < XMC_PY_NCHECKED; i++)
+    for (int i = 0; i < XMC_PY_NHOT; i++)
         Py_CLEAR(self->checked[i]);
     Py_CLEAR(self->tag_index);
     Py_CLEAR(self->take_interrupt);
@@ -311,6 +324,10 @@ static PyMethodDef xmc_py_cache_methods[] = {
     { "map_sg", (PyCFunction)(void (*)(void))xmc_py_map_sg_fast, XMC_PY_FAST,
       "map_sg(segments, dma=False, tag=None)\n--\n\n"
       "Map every ``(paddr, size)`` of ``segments`` locked, in one call; all or nothing." },
+    { "mapping", (PyCFunction)(void (*)(void))xmc_py_mapping_checked, METH_FASTCALL,
+      "mapping(paddr, size, dma, tag)\n--\n\nMap for MapCache.map, its arguments checked." },
+    { "group", (PyCFunction)(void (*)(void))xmc_py_group_checked, METH_FASTCALL,
+      "group(segments, dma, tag)\n--\n\nMap for MapCache.map_sg, its arguments checked." },
     { "set_after_free", xmc_py_set_after_free, METH_O,
       "set_after_free(fn)\n--\n\nCall fn() once the core is freed." },
     { "set_take_interrupt", xmc_py_set_take_interrupt, METH_O,
@@ -329,11 +346,62 @@ static PyMethodDef xmc_py_cache_methods[] = {
     { "close_registry", xmc_py_close_registry, METH_NOARGS,
       "close_registry()\n--\n\nRelease every Mapping (BufferError while views live)." },
     { "bind", xmc_py_bind, METH_VARARGS,
-      "bind(owner, fail, max_size, bucket_size, map_ptr, read, readinto, ram_addr, unlock, "
-      "map, map_sg)\n--\n\nSet the MapCache and its checked methods." },
+      "bind(owner, fail, max_size, bucket_size, checked)\n--\n\n"
+      "Set the MapCache and its checked methods, {name: method}." },
     { "__reduce__", (PyCFunction)(void (*)(void))xmc_py_refuse_copy, METH_FASTCALL, NULL },
     { NULL, NULL, 0, NULL },
 };
+
+/* The entry of xmc_py_cache_methods named name, or NULL. */
+static PyMethodDef *xmc_py_cache_method(const char *name)
+{
+    for (PyMethodDef *def = xmc_py_cache_methods; def->ml_name; def++)
+        if (!strcmp(def->ml_name, name))
+            return def;
+    return NULL;
+}
+
+/*
+ * The doc of each hot method's builtin: its signature, then the whole
+ * docstring of the checked method it falls back on, so that help(cache.map)
+ * on an instance says what map raises.  Set once, by the first bind(), and
+ * kept as long as the type (the process): a builtin's __doc__ is read from
+ * its PyMethodDef at each access.
+ */
+static int xmc_py_document_hot(PyObject *const *checked)
+{
+    static int done;
+
+    for (int i = 0; !done && i < XMC_PY_NHOT; i++) {
+        PyMethodDef *def = xmc_py_cache_method(xmc_py_hot_names[i]);
+        const char *end = def && def->ml_doc ? strstr(def->ml_doc, "\n--\n\n") : NULL;
+        PyObject *doc = PyObject_GetAttrString(checked[i], "__doc__");
+        const char *text;
+        Py_ssize_t len;
+        size_t sig;
+        char *out;
+
+        if (!doc)
+            return -1;
+        text = end && PyUnicode_Check(doc) ? PyUnicode_AsUTF8AndSize(doc, &len) : NULL;
+        if (text) {
+            sig = (size_t)(end - def->ml_doc) + 5; /* through "\n--\n\n" */
+            if (!(out = PyMem_Malloc(sig + (size_t)len + 1))) {
+                Py_DECREF(doc);
+                PyErr_NoMemory();
+                return -1;
+            }
+            memcpy(out, def->ml_doc, sig);
+            memcpy(out + sig, text, (size_t)len + 1);
+            def->ml_doc = out;
+        }
+        Py_DECREF(doc);
+        if (!text && PyErr_Occurred())
+            return -1;
+    }
+    done = 1;
+    return 0;
+}
 
 static PyType_Slot xmc_py_cache_slots[] = {
     { Py_tp_doc, "One xmc_cache, its hot calls and its registry of Mappings (ffi/cache.h)." },

@@ -14,8 +14,8 @@ static PyObject *xmc_py_fail(xmc_py_cache *self, int rc, const char *what, uint6
 {
     PyObject *r;
 
-    if (!self->fail) {
-        PyErr_SetString(xmc_py_closed_error, "the cache is not bound");
+    if (!self->fail) { /* not bound yet, or cleared by the GC */
+        PyErr_SetString(PyExc_ReferenceError, "the cache is gone");
         return NULL;
     }
     r = PyObject_CallFunction(self->fail, "isKK", rc, what, (unsigned long long)paddr,

@@ -213,57 +213,49 @@ static PyType_Spec xmc_py_group_spec = {
 };
 
 /*
- * map_sg(segments, dma=False, tag=None) -> MappingGroup: one Mapping per
- * (paddr, size) of a list or tuple, in one core call, all or nothing.  They
- * share one tag id (the core's batch takes one), so locked() names each by
- * the group's tag.
+ * A new MappingGroup: one Mapping per (paddr, size) of segments, an exact
+ * list or tuple of 1 to XMC_SG_MAX exact tuples of two ints in range, mapped
+ * in one core call, all or nothing; NULL with an error set (a closed
+ * cache's too).  They share one tag id (the core's batch takes one), so
+ * locked() names each by the group's tag.  *refused (no error set) when
+ * segments are not such a sequence: only the checked method says why.
  */
-static PyObject *xmc_py_map_sg_fast(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
-                                    PyObject *kwnames)
+static PyObject *xmc_py_new_group(xmc_py_cache *self, PyObject *segments, int dma, PyObject *tag,
+                                  int *refused)
 {
-    const char *const names[] = { xmc_py_names[8], xmc_py_names[3],
-                                  xmc_py_names[6] }; /* segments, dma, tag */
-    xmc_py_cache *self = (xmc_py_cache *)op;
     xmc_sg segstack[16], *segs = segstack;
     void *outstack[16], **out = outstack;
-    PyObject *a[3], *items = NULL, *tag;
+    PyObject *items = NULL;
     xmc_py_group *g = NULL;
     Py_ssize_t n = 0;
-    int dma = 0, rc = XMC_OK, ok;
+    int rc = XMC_OK, ok;
     uint64_t id;
 
-    ok = xmc_py_args(args, nargs, kwnames, names, 3, a) && a[0] &&
-         (PyList_CheckExact(a[0]) || PyTuple_CheckExact(a[0])) &&
-         (n = PyObject_Length(a[0])) > 0 && n <= XMC_SG_MAX &&
-         (!a[1] || (dma = xmc_py_flag(a[1])) >= 0) && !self->closed;
+    *refused = 0;
+    ok = (PyList_CheckExact(segments) || PyTuple_CheckExact(segments)) &&
+         (n = PyObject_Length(segments)) > 0 && n <= XMC_SG_MAX;
     if (ok && n > 16) {
         segs = PyMem_Malloc((size_t)n * sizeof(*segs));
         out = PyMem_Malloc((size_t)n * sizeof(*out));
         if (!segs || !out) {
-            ok = 0;
-            rc = XMC_ENOMEM;
+            PyErr_NoMemory();
+            goto out;
         }
     }
     for (Py_ssize_t i = 0; ok && i < n; i++) {
-        PyObject *seg = PyList_CheckExact(a[0]) ? PyList_GetItem(a[0], i)
-                                                : PyTuple_GetItem(a[0], i);
+        PyObject *seg = PyList_CheckExact(segments) ? PyList_GetItem(segments, i)
+                                                    : PyTuple_GetItem(segments, i);
         ok = seg && xmc_py_segment(seg, self->max_size, &segs[i]);
     }
     if (!ok) {
+        *refused = 1;
         PyErr_Clear();
-        if (segs != segstack)
-            PyMem_Free(segs);
-        if (out != outstack)
-            PyMem_Free(out);
-        if (rc == XMC_ENOMEM)
-            return PyErr_NoMemory();
-        if (self->closed) {
-            PyErr_SetString(xmc_py_closed_error, "the cache is closed");
-            return NULL;
-        }
-        return xmc_py_checked(self, XMC_PY_MAP_SG, args, nargs, kwnames);
+        goto out;
     }
-    tag = a[2] ? a[2] : Py_None;
+    if (self->closed) {
+        xmc_py_fail(self, XMC_ECLOSED, "map_sg", (uint64_t)n, 0);
+        goto out;
+    }
     id = ++self->next_id;
     if (!(items = PyTuple_New(n)) ||
         !(g = (xmc_py_group *)PyType_GenericAlloc(xmc_py_group_type, 0)))
@@ -273,7 +265,7 @@ static PyObject *xmc_py_map_sg_fast(PyObject *op, PyObject *const *args, Py_ssiz
         if (!m)
             goto out;
         m->id = id;
-        m->cache = (xmc_py_cache *)Py_NewRef(op);
+        m->cache = (xmc_py_cache *)Py_NewRef((PyObject *)self);
         m->tag = Py_NewRef(tag);
         m->paddr = segs[i].paddr;
         m->size = segs[i].size;
@@ -301,16 +293,18 @@ static PyObject *xmc_py_map_sg_fast(PyObject *op, PyObject *const *args, Py_ssiz
         }
     }
     if (rc != XMC_OK) {
-        if (rc == XMC_ECLOSED)
-            PyErr_SetString(xmc_py_closed_error, "the cache was closed");
-        else
-            xmc_py_fail(self, rc, "map_sg", (uint64_t)n, 0);
+        xmc_py_fail(self, rc, "map_sg", (uint64_t)n, 0);
         goto out;
     }
-    g->cache = (xmc_py_cache *)Py_NewRef(op);
+    g->cache = (xmc_py_cache *)Py_NewRef((PyObject *)self);
     g->items = items;
     g->id = id;
     items = NULL;
+out:
+    if (items) { /* failed: not a group */
+        Py_CLEAR(items);
+        Py_CLEAR(g);
+    }
     if (segs != segstack)
         PyMem_Free(segs);
     if (out != outstack)
@@ -321,13 +315,38 @@ static PyObject *xmc_py_map_sg_fast(PyObject *op, PyObject *const *args, Py_ssiz
         return NULL;
     }
     return (PyObject *)g;
-out:
-    Py_XDECREF(items);
-    Py_XDECREF((PyObject *)g);
-    if (segs != segstack)
-        PyMem_Free(segs);
-    if (out != outstack)
-        PyMem_Free(out);
+}
+
+/* map_sg(segments, dma=False, tag=None) -> MappingGroup */
+static PyObject *xmc_py_map_sg_fast(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                                    PyObject *kwnames)
+{
+    const char *const names[] = { xmc_py_names[8], xmc_py_names[3],
+                                  xmc_py_names[6] }; /* segments, dma, tag */
+    xmc_py_cache *self = (xmc_py_cache *)op;
+    PyObject *a[3], *g;
+    int dma = 0, refused = 1;
+
+    if (xmc_py_args(args, nargs, kwnames, names, 3, a) && a[0] &&
+        (!a[1] || (dma = xmc_py_flag(a[1])) >= 0) &&
+        ((g = xmc_py_new_group(self, a[0], dma, a[2] ? a[2] : Py_None, &refused)) || !refused))
+        return g;
+    PyErr_Clear();
+    return xmc_py_checked(self, XMC_PY_MAP_SG, args, nargs, kwnames);
+}
+
+/* group(segments, dma, tag) -> MappingGroup: MapCache.map_sg's call, with
+ * its arguments checked (a TypeError here is a bug of the caller). */
+static PyObject *xmc_py_group_checked(PyObject *op, PyObject *const *args, Py_ssize_t n)
+{
+    PyObject *g = NULL;
+    int refused = 1;
+
+    if (n == 3 && PyBool_Check(args[1]) &&
+        ((g = xmc_py_new_group((xmc_py_cache *)op, args[0], args[1] == Py_True, args[2],
+                               &refused)) || !refused))
+        return g;
+    PyErr_SetString(PyExc_TypeError, "group(segments, dma, tag): checked arguments");
     return NULL;
 }
 

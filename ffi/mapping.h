@@ -202,40 +202,30 @@ static PyType_Spec xmc_py_mapping_spec = {
 };
 
 /*
- * map(paddr, size, dma=False, tag=None) -> Mapping.  Registered before the
- * core call (invalidate() may list it at once); a failed call unregisters it.
+ * A new Mapping of [paddr, paddr + size), locked in the core; NULL with an
+ * error set (a closed cache's too).  Registered before the core call
+ * (invalidate() may list it at once); a failed call unregisters it.
  */
-static PyObject *xmc_py_map_fast(PyObject *op, PyObject *const *args, Py_ssize_t n,
-                                 PyObject *kwnames)
+static PyObject *xmc_py_new_mapping(xmc_py_cache *self, uint64_t paddr, uint64_t size, int dma,
+                                    PyObject *tag)
 {
-    const char *const names[] = { xmc_py_names[0], xmc_py_names[1], xmc_py_names[3],
-                                  xmc_py_names[6] }; /* paddr, size, dma, tag */
-    xmc_py_cache *self = (xmc_py_cache *)op;
-    uint64_t paddr, size, id;
-    PyObject *a[4];
+    unsigned flags = XMC_LOCK | (dma ? XMC_DMA : 0u);
     xmc_py_mapping *m;
-    unsigned flags;
-    int dma = 0, rc;
     void *p = NULL;
+    uint64_t id;
+    int rc;
 
-    if (!xmc_py_args(args, n, kwnames, names, 4, a) || !a[0] || !a[1] ||
-        !xmc_py_u64(a[0], &paddr) || !xmc_py_u64(a[1], &size) || size > self->max_size ||
-        (size && paddr > UINT64_MAX - (size - 1)) || (a[2] && (dma = xmc_py_flag(a[2])) < 0) ||
-        self->closed) {
-        PyErr_Clear();
-        return xmc_py_checked(self, XMC_PY_MAP, args, n, kwnames);
-    }
-    m = xmc_py_mapping_new();
-    if (!m)
+    if (self->closed)
+        return xmc_py_fail(self, XMC_ECLOSED, "map", paddr, size);
+    if (!(m = xmc_py_mapping_new()))
         return NULL;
     m->id = id = ++self->next_id;
-    m->cache = (xmc_py_cache *)Py_NewRef(op);
-    m->tag = Py_NewRef(a[3] ? a[3] : Py_None);
+    m->cache = (xmc_py_cache *)Py_NewRef((PyObject *)self);
+    m->tag = Py_NewRef(tag);
     m->paddr = paddr;
     m->size = size;
     m->dma = (char)dma;
     xmc_py_register(self, m);
-    flags = XMC_LOCK | (dma ? XMC_DMA : 0u);
     XMC_PY_CALL(rc, xmc_map_nowait(self->c, paddr, size, flags, id, &p),
                 xmc_map(self->c, paddr, size, flags, id, &p));
     if (rc == XMC_OK && p && self->closed) /* closed while we mapped: unmapped already */
@@ -247,10 +237,6 @@ static PyObject *xmc_py_map_fast(PyObject *op, PyObject *const *args, Py_ssize_t
             Py_DECREF((PyObject *)m);
         }
         Py_DECREF((PyObject *)m);
-        if (rc == XMC_ECLOSED) {
-            PyErr_SetString(xmc_py_closed_error, "the cache was closed");
-            return NULL;
-        }
         return xmc_py_fail(self, rc != XMC_OK ? rc : XMC_EMAP, "map", paddr, size);
     }
     m->address = (unsigned long long)(uintptr_t)p;
@@ -260,6 +246,40 @@ static PyObject *xmc_py_map_fast(PyObject *op, PyObject *const *args, Py_ssize_t
         return NULL;
     }
     return (PyObject *)m;
+}
+
+/* map(paddr, size, dma=False, tag=None) -> Mapping */
+static PyObject *xmc_py_map_fast(PyObject *op, PyObject *const *args, Py_ssize_t n,
+                                 PyObject *kwnames)
+{
+    const char *const names[] = { xmc_py_names[0], xmc_py_names[1], xmc_py_names[3],
+                                  xmc_py_names[6] }; /* paddr, size, dma, tag */
+    xmc_py_cache *self = (xmc_py_cache *)op;
+    uint64_t paddr, size;
+    PyObject *a[4];
+    int dma = 0;
+
+    if (!xmc_py_args(args, n, kwnames, names, 4, a) || !a[0] || !a[1] ||
+        !xmc_py_u64(a[0], &paddr) || !xmc_py_u64(a[1], &size) || size > self->max_size ||
+        (size && paddr > UINT64_MAX - (size - 1)) || (a[2] && (dma = xmc_py_flag(a[2])) < 0)) {
+        PyErr_Clear();
+        return xmc_py_checked(self, XMC_PY_MAP, args, n, kwnames);
+    }
+    return xmc_py_new_mapping(self, paddr, size, dma, a[3] ? a[3] : Py_None);
+}
+
+/* mapping(paddr, size, dma, tag) -> Mapping: MapCache.map's call, with its
+ * arguments checked (a TypeError here is a bug of the caller). */
+static PyObject *xmc_py_mapping_checked(PyObject *op, PyObject *const *args, Py_ssize_t n)
+{
+    uint64_t paddr, size;
+
+    if (n != 4 || !xmc_py_u64(args[0], &paddr) || !xmc_py_u64(args[1], &size) ||
+        !PyBool_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "mapping(paddr, size, dma, tag): checked arguments");
+        return NULL;
+    }
+    return xmc_py_new_mapping((xmc_py_cache *)op, paddr, size, args[2] == Py_True, args[3]);
 }
 
 #endif /* XMC_PY_MAPPING_H */

@@ -10,7 +10,13 @@
 
 #include "xenmapcache.h"
 
-/* MapCache's checked methods, in bind()'s argument order. */
+/*
+ * The hot methods: NativeCache has a builtin for each (cache.h, mapping.h,
+ * group.h), whose fallback is MapCache's checked method of the same name.
+ * Python binds both by these names, from its own table
+ * (xenmapcache._native.HOT_METHODS), which install() checks against this one
+ * at import: a difference is an ImportError, never a wrong method.
+ */
 enum {
     XMC_PY_MAP_PTR,
     XMC_PY_READ,
@@ -20,7 +26,13 @@ enum {
     XMC_PY_UNLOCK,
     XMC_PY_MAP,
     XMC_PY_MAP_SG,
-    XMC_PY_NCHECKED
+    XMC_PY_NHOT
+};
+
+static const char *const xmc_py_hot_names[XMC_PY_NHOT] = {
+    [XMC_PY_MAP_PTR] = "map_ptr",   [XMC_PY_READ] = "read",     [XMC_PY_READINTO] = "readinto",
+    [XMC_PY_WRITE] = "write",       [XMC_PY_RAM_ADDR] = "ram_addr", [XMC_PY_UNLOCK] = "unlock",
+    [XMC_PY_MAP] = "map",           [XMC_PY_MAP_SG] = "map_sg",
 };
 
 typedef struct xmc_py_cache {
@@ -28,7 +40,7 @@ typedef struct xmc_py_cache {
     xmc_cache *c;
     PyObject *owner;    /* weakref to the MapCache */
     PyObject *fail;     /* fail(rc, what, paddr, size): raises */
-    PyObject *checked[XMC_PY_NCHECKED];
+    PyObject *checked[XMC_PY_NHOT]; /* MapCache's checked methods, by xmc_py_hot_names */
     struct xmc_py_mapping *first, *last; /* the live Mappings, oldest first */
     /* For tag_of: the Mapping being released (NULL otherwise), and {id: tag}
      * of the live Mappings as of registry version tag_index_version. */
@@ -74,7 +86,6 @@ typedef struct xmc_py_group {
 static PyTypeObject *xmc_py_cache_type;
 static PyTypeObject *xmc_py_mapping_type;
 static PyTypeObject *xmc_py_group_type;
-static PyObject *xmc_py_closed_error; /* xenmapcache.MapCacheError */
 
 /*
  * rc = the core call, keeping the GIL when it cannot wait: first its _nowait

@@ -53,9 +53,17 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path: Path) -> None:
     api = (tmp_path / "html" / "python-api.html").read_text()
     for name in xenmapcache.__all__:
         assert f'id="xenmapcache.{name}"' in api, name
+    # The C API is in Sphinx's C domain: every function of both headers, and
+    # every xmc_*/XMC_* name of the native one, has its anchor and index entry.
     c_api = (tmp_path / "html" / "c-api.html").read_text()
-    for name in c_functions(REPO / "csrc" / "xenmapcache.h"):
-        assert name in c_api, name
+    index = (tmp_path / "html" / "genindex.html").read_text()
+    native = re.sub(r"/\*.*?\*/", "", (REPO / "csrc" / "xenmapcache.h").read_text(), flags=re.S)
+    names = set(re.findall(r"\b((?:xmc|XMC)_\w+)\b", native))
+    names |= {*c_functions(REPO / "csrc" / "xenmapcache.h"), *c_functions(REPO / "csrc" / "xenmapcache_qemu.h")}
+    assert "xmc_map" in names and "xen_map_cache" in names and "xmc_backend" in names
+    for name in sorted(names):
+        assert f'id="c.{name}"' in c_api, name
+        assert f'c-api.html#c.{name}"' in index, name
 
 
 def public_members() -> list[tuple[str, object]]:

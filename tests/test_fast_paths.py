@@ -1,4 +1,4 @@
-"""The per-cache fast paths over map_ptr, read, ram_addr and unlock keep the contract.
+"""The per-cache fast paths of the hot methods (``_native.HOT_METHODS``) keep the contract.
 
 On CPython the C core's cache gets builtins (ffi/binding.h) that fall back
 straight on MapCache's checked methods; elsewhere the checked methods alone,
@@ -204,3 +204,40 @@ def test_the_fast_paths_leak_nothing(xmc: ModuleType, cache: Any, arrangement: s
     tracemalloc.stop()
     assert grown < 64 * 1024, grown
     assert (sys.getrefcount(cache.map_ptr), sys.getrefcount(cache)) == refs
+
+
+def test_help_on_a_cache_method_says_what_it_raises(xmc: ModuleType, cache: Any) -> None:
+    # On CPython cache.map is the builtin, and help(cache.map) shows its doc:
+    # the checked method's whole docstring, Raises list included.
+    import pydoc
+
+    from xenmapcache._native import HOT_METHODS
+
+    for name in HOT_METHODS:
+        method = getattr(cache, name)
+        assert method.__doc__ == getattr(xmc.MapCache, name).__doc__, name
+        text = pydoc.render_doc(method, renderer=pydoc.plaintext)
+        assert ":raises MapCacheError: the cache is closed" in text, name
+
+
+def test_the_builtins_are_bound_by_name(xmc: ModuleType, cache: Any, arrangement: str) -> None:
+    # Each builtin falls back on the checked method of its own name: an
+    # argument only the checked method takes (an int subclass) gets the
+    # answer of that method.
+    class Int(int):
+        pass
+
+    one = Int(1)
+    assert cache.read(one, 2) == cache.read(1, 2)
+    assert cache.map_ptr(one) == cache.map_ptr(1)
+    with cache.map(one, 8) as m:
+        assert m.paddr == 1
+    with cache.map_sg([(one, 8)]) as g:
+        assert g[0].paddr == 1
+    assert cache.readinto(one, bytearray(2)) == 2
+    cache.write(one, b"ab")
+    assert cache.read(1, 2) == b"ab"
+    address = cache.map_ptr(0x1000, 8, lock=True)
+    assert cache.ram_addr(Int(address)) == 0x1000
+    cache.unlock(Int(address))
+    assert cache.stats().locked == 0

@@ -122,6 +122,19 @@ def test_guest_ram_bounds(xmc: ModuleType, ram: Any) -> None:
     assert ram.read(ram.size - 1, 1) == b"\0"
 
 
+def test_page_error_checks_its_page_number(xmc: ModuleType, ram: Any) -> None:
+    # GuestRAM(...).page_error(-1) once answered 0, "RAM", for a page that cannot exist.
+    for bad in (-1, -(1 << 70), 1 << 52):
+        with pytest.raises(xmc.InvalidAddress):
+            ram.page_error(bad)
+    for bad in ("0", 1.0, None):
+        with pytest.raises(TypeError):
+            ram.page_error(bad)
+    assert ram.page_error(0) == 0
+    assert ram.page_error((1 << 52) - 1) == 6  # ENXIO: past the end of RAM
+    assert ram.page_error(32 * MIB >> 12) == 14  # EFAULT: the hole
+
+
 def test_guest_ram_from_an_image_file(xmc: ModuleType, tmp_path: Any) -> None:
     image = tmp_path / "ram.img"
     image.write_bytes(b"\x11" * 5000)

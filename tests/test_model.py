@@ -6,7 +6,9 @@ configuration, one over the C core (``xenmapcache``) and one over the reference
 holes and contents, through random sequences of map (locked or not, DMA,
 tags), map_sg batches and their release, map_ptr, unlock, Mapping.release, memoryview reads and writes, cache
 reads and writes, ram_addr (exact, interior and foreign pointers), invalidate,
-replace and close/reopen, on small caches (bucket_shift 12..14, one to four
+replace and close/reopen, the hit of the last entry from the main thread or
+from one of two other threads (the C core's lock-free hit: each thread counts
+its hits apart, and the stats must still equal the reference's), on small caches (bucket_shift 12..14, one to four
 slots, so chains collide), with holes, a small lock_limit, dummy mode,
 translate callbacks, grant rules (``grants=True``: locked requests only,
 entries unmapped at their last unlock) and trace hooks (half the caches: then
@@ -38,6 +40,7 @@ import random
 import sys
 import warnings
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -70,6 +73,8 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
     print_blob=True,
 )
+# Two long-lived threads besides the main one, for hits from other threads.
+HIT_THREADS = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-hitter-{i}") for i in range(2)]
 COUNTS = {"checks": 0, "setups": 0, "calls": 0, "events": 0}
 OUTCOMES: Counter[str] = Counter()  # "rule: ok" or "rule: ExceptionType", printed at the end
 
@@ -514,15 +519,19 @@ class CacheModel(RuleBasedStateMachine):
         if lock:
             self.raw.append(Held(ac, ap, offset, entry_size, size))
 
-    @rule(data=st.data())
-    def map_ptr_fast(self, data: st.DataObject) -> None:
-        """QEMU's most common call: an unlocked size-0 map near the last one (the fast path)."""
+    @rule(data=st.data(), thread=st.sampled_from([None, None, 0, 1]))
+    def map_ptr_fast(self, data: st.DataObject, thread: int | None) -> None:
+        """QEMU's most common call: an unlocked size-0 map near the last one (the fast path),
+        from this thread or another (``thread``)."""
         base = data.draw(st.sampled_from(self.recent), label="near")
         paddr = (base & ~(PAGE - 1)) + data.draw(st.integers(0, PAGE - 1), label="offset")
         kind, where = self.land(paddr, 0) if paddr < TOP else ("skip", None)
         if self.cfg.grants:
             kind, where = "error", xenmapcache.MapCacheError
-        got = self.both(lambda s: s.cache.map_ptr(paddr))
+        if thread is None:
+            got = self.both(lambda s: s.cache.map_ptr(paddr))
+        else:
+            got = self.both(lambda s: HIT_THREADS[thread].submit(s.cache.map_ptr, paddr).result())
         if got is None:
             self.expect_failure(kind, where)
             return

@@ -487,6 +487,38 @@ def test_the_hot_methods_are_the_builtins_on_cpython() -> None:
             assert type(again) is type(cache) and again.map_ptr(0) == again.map_ptr(0)
 
 
+@pytest.mark.skipif(sys.implementation.name != "cpython", reason="the builtins are CPython's")
+def test_the_binding_refuses_another_table_of_hot_methods() -> None:
+    from xenmapcache import _core, _native
+    from xenmapcache.cache import Mapping, MappingGroup
+
+    assert _native.native_types() is _core
+    hot = _native.HOT_METHODS
+    for table in (hot + ("stats",), hot[1:], hot[:-1] + ("map",), tuple(reversed(hot))):
+        if sorted(table) == sorted(hot):
+            _core.install(table, Mapping, MappingGroup)  # by name: the order is free
+            continue
+        with pytest.raises(ImportError, match="are not the binding's builtins"):
+            _core.install(table, Mapping, MappingGroup)
+
+
+@pytest.mark.skipif(sys.implementation.name != "cpython", reason="the builtins are CPython's")
+def test_a_table_the_binding_was_not_built_for_fails_at_import() -> None:
+    # A Python table that names a method the compiled binding lacks (a stale
+    # binding): the first cache fails with ImportError, not with a wrong method.
+    code = (
+        "import xenmapcache._native as n\n"
+        "n.HOT_METHODS += ('locked',)\n"
+        "import xenmapcache\n"
+        "try:\n"
+        "    xenmapcache.MapCache(xenmapcache.GuestRAM(1 << 20))\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "'locked'" in out and "are not the binding's builtins" in out, out
+
+
 def test_a_hole_that_ends_or_starts_inside_a_page_takes_all_of_that_page(xmc: ModuleType) -> None:
     holes = [(5 * PAGE, 6 * PAGE + 0x800), (9 * PAGE + 0x800, 10 * PAGE)]
     with xmc.GuestRAM(MIB, holes=holes) as ram, xmc.MapCache(ram, bucket_shift=16) as cache:

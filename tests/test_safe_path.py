@@ -75,6 +75,92 @@ def test_a_failure_gives_one_message_whatever_path_raised_it(ram: Any, call: str
     assert messages[0] == messages[1] == messages[2], messages
 
 
+# Arguments only the checked methods take (an int subclass), so that each
+# builtin hands its call to the checked method of its name.
+class _Int(int):
+    pass
+
+
+def _unusual_calls(cache: Any) -> dict[str, Any]:
+    one = _Int(1)
+    address = cache.map_ptr(0x1000, 8, lock=True)
+    return {
+        "map_ptr": lambda: cache.map_ptr(one),
+        "read": lambda: cache.read(one, 2),
+        "readinto": lambda: cache.readinto(one, bytearray(2)),
+        "write": lambda: cache.write(one, b"ab"),
+        "ram_addr": lambda: cache.ram_addr(_Int(address)),
+        "unlock": lambda: cache.unlock(_Int(address)),
+        "map": lambda: cache.map(one, 8).release(),
+        "map_sg": lambda: cache.map_sg([(one, 8)]).release(),
+    }
+
+
+@pytest.mark.skipif(sys.implementation.name != "cpython", reason="the builtins are CPython's")
+def test_a_checked_method_calls_the_core_never_a_builtin() -> None:
+    # One fast path and one checked path: a builtin hands an unusual call to
+    # the checked method of its name, which checks and calls the core (and
+    # the registry), never a builtin of the hot methods again.
+    import xenmapcache
+    from xenmapcache._native import HOT_METHODS
+
+    class Watch:
+        name = ""
+        inside: list[Any] = []  # the frames of the checked method running
+        called: list[str] = []  # the builtins called while it runs
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code.co_qualname == f"MapCache.{Watch.name}":
+            Watch.inside.append(frame)
+        elif event == "return" and Watch.inside and frame is Watch.inside[-1]:
+            Watch.inside.pop()
+        elif event == "c_call" and Watch.inside:
+            Watch.called.append(getattr(arg, "__name__", ""))
+
+    with xenmapcache.GuestRAM(MIB) as ram, xenmapcache.MapCache(ram) as cache:
+        for name, call in _unusual_calls(cache).items():
+            Watch.name, Watch.called = name, []
+            sys.setprofile(profile)
+            try:
+                call()
+            finally:
+                sys.setprofile(None)
+            assert Watch.called, name  # the checked method ran, and reached the core
+            assert not set(Watch.called) & set(HOT_METHODS), (name, Watch.called)
+
+
+@pytest.mark.parametrize("name", ["map_ptr", "read", "readinto", "write", "ram_addr", "unlock", "map", "map_sg"])
+def test_a_closed_cache_raises_from_the_fast_path_itself(xmc: ModuleType, ram: Any, arrangement: str, name: str) -> None:
+    # A call on a closed cache raises MapCacheError wherever it is served:
+    # the builtin raises it itself, without handing over to the checked method.
+    cache = xmc.MapCache(ram)
+    address = cache.map_ptr(0x1000, 8, lock=True)
+    calls = {
+        "map_ptr": lambda: cache.map_ptr(0x1000),
+        "read": lambda: cache.read(0x1000, 2),
+        "readinto": lambda: cache.readinto(0x1000, bytearray(2)),
+        "write": lambda: cache.write(0x1000, b"ab"),
+        "ram_addr": lambda: cache.ram_addr(address),
+        "unlock": lambda: cache.unlock(address),
+        "map": lambda: cache.map(0x1000, 8),
+        "map_sg": lambda: cache.map_sg([(0x1000, 8)]),
+    }
+    builtin = type(getattr(cache, name)).__name__ == "builtin_function_or_method"
+    cache.close()
+    with pytest.raises(xmc.MapCacheError, match="the cache is closed") as info:
+        calls[name]()
+    frames = [f.f_code.co_qualname for f, _ in __import__("traceback").walk_tb(info.value.__traceback__)]
+    assert (f"MapCache.{name}" in frames) != builtin, frames
+
+
+def test_the_checked_path_takes_what_the_fast_path_refuses(xmc: ModuleType, ram: Any, arrangement: str) -> None:
+    with xmc.MapCache(ram) as cache:
+        for name, call in _unusual_calls(cache).items():
+            call()
+        assert cache.read(1, 2) == b"ab"
+        assert cache.stats().locked == 0
+
+
 def test_a_subclass_override_is_never_shadowed(xmc: ModuleType, ram: Any) -> None:
     seen = []
 

@@ -5,7 +5,8 @@
     with xmc.MapCache(ram) as cache, cache.map(0x1000, 512, dma=True, tag="disk") as m:
         memoryview(m)[:4] = b"data"
 
-See docs/getting-started.md for the tour and docs/contract.md for the contract.
+The tour: https://xenmapcache.readthedocs.io/en/latest/getting-started.html
+The contract: https://xenmapcache.readthedocs.io/en/latest/contract.html
 """
 
 from .backends import CallbackBackend

@@ -1,40 +1,43 @@
-"""Command line: ``python -m xenmapcache demo``, ``bench`` and ``soak``."""
+"""Command line: ``xenmapcache demo``, ``bench`` and ``soak`` (also as ``python -m xenmapcache``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from ._cli import Parser, program
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xenmapcache", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="play an emulator's life through the mapcache")
+    """The ``xenmapcache`` console script: run one command, return its exit status."""
+    prog = program()
+    parser = Parser(prog, __doc__)
+    # The commands parse their own options (xenmapcache bench --help).
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=argparse.ArgumentParser)
+    sub.add_parser("demo", add_help=False, help="play an emulator's life through the mapcache")
     sub.add_parser(
         "bench",
-        add_help=False,  # its own options: python -m xenmapcache bench --help
+        add_help=False,
         help="measure the performance table (ratio vs target per row; --plot FILE.png for curves)",
     )
     sub.add_parser(
         "soak",
-        add_help=False,  # its own options: python -m xenmapcache soak --help
+        add_help=False,
         help="mixed traffic for --seconds N, failing on any drift or differing byte (--plot FILE.png)",
     )
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
         from . import demo
 
-        return demo.main()
+        return demo.main(rest, prog=f"{prog} demo")
     if args.command == "bench":
         from . import bench
 
-        return bench.main(rest)
+        return bench.main(rest, prog=f"{prog} bench")
     if args.command == "soak":
         from . import soak
 
-        return soak.main(rest)
+        return soak.main(rest, prog=f"{prog} soak")
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

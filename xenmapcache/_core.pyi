@@ -3,3 +3,7 @@ from typing import Any
 
 ffi: Any
 lib: Any
+
+# Put on the module by lib.xmc_py_fast_install() (CPython only; ffi/binding.h).
+def install(hot_methods: tuple[str, ...], mapping: type, group: type, /) -> None: ...
+def adopted() -> Any: ...

@@ -21,14 +21,17 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import _version
-from .errors import MapCacheError, exception_for
+from .errors import status_error
 from .trace import guard, take_interrupt
 
 logger = logging.getLogger("xenmapcache")
 
 
-# The methods NativeCache has builtins for, in the order its bind() takes
-# their checked fallbacks (the XMC_PY_* enum of ffi/objects.h).
+# The hot methods: on CPython each cache has a builtin for each (``fast_paths()``),
+# which falls back on ``MapCache``'s checked method of the same name.  Both are
+# bound by these names; the binding checks at import that it has a builtin for
+# each of them and for no other (``install()``, ffi/binding.h): a difference is
+# an ImportError.
 HOT_METHODS = ("map_ptr", "read", "readinto", "write", "ram_addr", "unlock", "map", "map_sg")
 
 
@@ -88,7 +91,9 @@ def native_types() -> Any:
     if lib.xmc_py_fast_install() != 0:
         return None
     from . import _core
+    from .cache import Mapping, MappingGroup
 
+    _core.install(HOT_METHODS, Mapping, MappingGroup)  # ImportError: a stale binding
     return _core
 
 
@@ -101,10 +106,11 @@ def check_stamp(built_for: str, path: str | None) -> None:
         )
 
 
-def raise_for(rc: int, what: str) -> NoReturn:
-    """Raise the exception for the core's status code ``rc`` (non-zero)."""
+def raise_for(rc: int, what: str, *where: int, cause: BaseException | None = None) -> NoReturn:
+    """Raise the exception for the core's status code ``rc`` (non-zero) of the call
+    ``what`` given ``where`` (see :func:`errors.status_error`)."""
     ffi, lib = binding()
-    raise exception_for(rc, f"{what}: {ffi.string(lib.xmc_strerror(rc)).decode()}")
+    raise status_error(rc, ffi.string(lib.xmc_strerror(rc)).decode(), what, *where) from cause
 
 
 def check(rc: int, what: str) -> None:
@@ -182,38 +188,33 @@ class NativeCore:
         (CPython with the binding's types; not a free-threaded build)."""
         return native_types() is not None
 
-    def _fail(self, rc: int, what: str) -> NoReturn:
-        fail_with(self._take, self._keys, rc, what)
+    def _fail(self, rc: int, what: str, *where: int) -> NoReturn:
+        """Raise for a failed core call, with the exception of one of this cache's
+        Python callbacks (a backend's, translate's) as its cause."""
+        fail_with(self._take, self._keys, rc, what, *where)
 
-    def registry(self, cache: Any) -> Any:
+    def registry(self, cache: Any, checked: dict[str, Callable[..., Any]]) -> Any:
         """The registry of ``cache``'s Mappings: the ``NativeCache`` itself, bound
-        to ``cache`` and its checked methods, or None (the cache keeps its own)."""
+        to ``cache`` and to ``checked``, its checked method for each name of
+        ``HOT_METHODS``; or None (the cache keeps its own)."""
         native = self._native
         if native is None:
             return None
-        from .cache import MapCache
-
         lib = self._lib
         owner = weakref.ref(cache)
         take, keys = self._take, self._keys
 
         def fail(rc: int, what: str, paddr: int, size: int) -> NoReturn:
-            # Holds the cache weakly, and neither it nor the core otherwise:
-            # no cycle.  A builtin kept after its MapCache went (rd = c.read;
-            # del c) still fails with the exception of its status code.
+            # What a builtin calls with a failed core call's status (a closed
+            # cache's too).  Holds the cache weakly, and neither it nor the
+            # core otherwise: no cycle.  A builtin kept after its MapCache
+            # went (rd = c.read; del c) fails as it would have.
             live = owner()
-            if live is not None:
-                live._check_open()
-                if what == "ram_addr" and rc == lib.XMC_ENOENT:  # once per call, as the method does
-                    live._trace_unknown("ram_addr_unknown", paddr)
-            if what in ("map_sg", "unlock_sg"):  # paddr is the number of segments
-                where = f"of {paddr} segment(s)"
-            else:
-                where = f"{paddr:#x}+{size:#x}" if what in ("map", "read", "write") else f"{paddr:#x}"
-            fail_with(take, keys, rc, f"{what} {where}")
+            if live is not None and what == "ram_addr" and rc == lib.XMC_ENOENT:  # once per call, as the method does
+                live._trace_unknown("ram_addr_unknown", paddr)
+            fail_with(take, keys, rc, what, paddr, size)
 
-        checked = [getattr(MapCache, name) for name in HOT_METHODS]
-        native.bind(owner, fail, cache.max_size, 1 << cache.bucket_shift, *checked)
+        native.bind(owner, fail, cache.max_size, 1 << cache.bucket_shift, checked)
         return native
 
     def fast_paths(self) -> dict[str, Callable[..., Any]]:
@@ -227,7 +228,7 @@ class NativeCore:
         # The address comes back as the return value: nothing shared between threads.
         address: int = self._lib.xmc_py_map(self._c, paddr, size, flags, tag)
         if not address:
-            self._fail(self._lib.xmc_py_last_error(), f"map {paddr:#x}+{size:#x}")
+            self._fail(self._lib.xmc_py_last_error(), "map", paddr, size)
         return address
 
     def map_sg(self, segments: list[tuple[int, int]], flags: int, tag: int) -> list[int]:
@@ -236,7 +237,7 @@ class NativeCore:
         segs, out = ffi.new("xmc_sg[]", segments), ffi.new("void *[]", n)
         rc = self._lib.xmc_map_sg(self._c, segs, n, flags, tag, out)
         if rc:
-            self._fail(rc, f"map_sg of {n} segment(s)")
+            self._fail(rc, "map_sg", n)
         return [int(ffi.cast("uintptr_t", p)) for p in out]
 
     def unlock_sg(self, addresses: list[int], tag: int) -> None:
@@ -245,18 +246,18 @@ class NativeCore:
         addrs = ffi.new("void *[]", [ffi.cast("void *", a) for a in addresses])
         rc = self._lib.xmc_unlock_sg(self._c, addrs, n, tag)
         if rc:
-            self._fail(rc, f"unlock_sg of {n} segment(s)")
+            self._fail(rc, "unlock_sg", n)
 
     def unlock(self, address: int, tag: int) -> None:
         rc = self._lib.xmc_py_unlock(self._c, address, tag)
         if rc:
-            self._fail(rc, f"unlock {address:#x}")
+            self._fail(rc, "unlock", address)
 
     def ram_addr(self, address: int) -> int:
         out = self._ffi.new("uint64_t *")
         rc = self._lib.xmc_ram_addr(self._c, self._ffi.cast("void *", address), out)
         if rc:
-            self._fail(rc, f"ram_addr {address:#x}")
+            self._fail(rc, "ram_addr", address)
         return int(out[0])
 
     def _take_records(self, arr: Any, n: int) -> list[tuple[int, int, int, int, bool]]:
@@ -292,14 +293,14 @@ class NativeCore:
         out = self._ffi.new("void **")
         rc = self._lib.xmc_replace(self._c, old, new, size, out)
         if rc:
-            self._fail(rc, f"replace {old:#x} -> {new:#x}")
+            self._fail(rc, "replace", old, new)
         return int(self._ffi.cast("uintptr_t", out[0]))
 
     def read(self, paddr: int, n: int) -> bytes:
         buf = bytearray(n)  # never a bytes object written through cffi
         rc = self._lib.xmc_read(self._c, paddr, self._ffi.from_buffer(buf), n)
         if rc:
-            self._fail(rc, f"read {paddr:#x}+{n:#x}")
+            self._fail(rc, "read", paddr, n)
         return bytes(buf)
 
     def write(self, paddr: int, data: Any) -> None:
@@ -310,7 +311,7 @@ class NativeCore:
             n = len(src)
             rc = self._lib.xmc_write(self._c, paddr, src, n)
         if rc:
-            self._fail(rc, f"write {paddr:#x}+{n:#x}")
+            self._fail(rc, "write", paddr, n)
 
     def stats(self) -> tuple[int, ...]:
         st = self._ffi.new("xmc_stats *")
@@ -331,19 +332,19 @@ class NativeCore:
             self._fail(rc, "close")
 
 
-def fail_with(take: Callable[[tuple[int, ...]], BaseException | None], keys: tuple[int, ...], rc: int, what: str) -> NoReturn:
-    """Raise the exception of status ``rc``, caused by what the cache's callbacks
-    (``keys``) raised meanwhile; an interrupt is raised as it is."""
+def fail_with(
+    take: Callable[[tuple[int, ...]], BaseException | None], keys: tuple[int, ...], rc: int, what: str, *where: int
+) -> NoReturn:
+    """Raise for the call ``what`` that failed with status ``rc``, caused by what
+    the cache's callbacks (``keys``) raised meanwhile; an interrupt, theirs or
+    the trace hook's, is raised as it is."""
     cause = take(keys)
     if cause is not None and not isinstance(cause, Exception):
         raise cause  # KeyboardInterrupt, SystemExit: what the caller sees
-    interrupt = take_interrupt()  # a trace hook's, which comes first as well
+    interrupt = take_interrupt()
     if interrupt is not None:
         raise interrupt
-    try:
-        raise_for(rc, what)
-    except MapCacheError as exc:
-        raise exc from cause
+    raise_for(rc, what, *where, cause=cause)
 
 
 def _collected(

@@ -1,4 +1,6 @@
-"""Objects that own a resource refuse to be copied or pickled (docs/contract.md, section 10).
+"""Objects that own a resource refuse to be copied or pickled (the contract, section 10).
+
+The contract: https://xenmapcache.readthedocs.io/en/latest/contract.html
 
 A copy of a cache, a mapping, guest RAM or a backend would share what the
 original owns (a C handle, a lock on a record, a file descriptor) and later

@@ -35,7 +35,8 @@ class CallbackBackend(NoCopy):
 
     Cost: each miss of a cache on this backend costs a call of ``map`` from C
     into Python (a few microseconds besides the mapping itself), each dropped
-    entry a call of ``unmap``.  See docs/backends.md for a complete example.
+    entry a call of ``unmap``.  A complete example:
+    https://xenmapcache.readthedocs.io/en/latest/backends.html
     """
 
     _no_copy_why = "its callbacks are the emulator's own mappings, which a copy cannot own"

@@ -9,7 +9,8 @@ side's fastest round; ``benchmarks/`` runs the same sides through
 pytest-benchmark, one group per row.
 
 The C rows (``benchmarks/c/bench.c``) are built and run with
-``make -C csrc bench`` when the source tree and a C compiler are at hand.
+``make -C csrc bench`` in a checkout; an installed package runs the Python
+rows and says once that the C rows need a checkout.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
+
+from . import _cli
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -749,6 +752,12 @@ def run_rows(rows: tuple[Row, ...], rounds: int, round_s: float, progress: Progr
     return results
 
 
+NO_CHECKOUT = (
+    "not measured: they need a checkout of the repository (csrc/ and benchmarks/c), "
+    "and this package is installed without one"
+)
+
+
 def source_tree() -> Path | None:
     """The checkout this package runs from, when it has the C sources."""
     root = Path(__file__).resolve().parent.parent
@@ -759,7 +768,7 @@ def run_c(quick: bool, scaling: bool) -> tuple[list[Result], list[dict[str, Any]
     """Build and run benchmarks/c; returns rows, scaling points and why it did not run."""
     root = source_tree()
     if root is None:
-        return [], [], "no source tree (csrc/) next to the package"
+        return [], [], NO_CHECKOUT
     if shutil.which("make") is None or not (shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")):
         return [], [], "no C compiler or make"
     args = ["--json"] + (["--quick"] if quick else []) + (["--scaling"] if scaling else [])
@@ -831,7 +840,8 @@ def pyplot() -> Any:
     """matplotlib's ``pyplot`` on the Agg backend (files, no display), for ``--plot``.
 
     :raises SystemExit: matplotlib is missing (the optional extra:
-        ``pip install 'xenmapcache[plot]'``).
+        ``pip install 'xenmapcache[plot]'``); the commands check for it
+        before they start (``_cli.plot_file``).
 
     Cost: the import of matplotlib, once.
     """
@@ -843,7 +853,22 @@ def pyplot() -> Any:
         raise SystemExit("--plot needs matplotlib: pip install 'xenmapcache[plot]'") from exc
 
 
-def plot(curves: dict[str, list[tuple[int, float]]], path: str) -> None:
+def growth(curves: dict[str, list[tuple[int, float]]], panel: str) -> str:
+    """What a panel's curves show: the one that grows most, from its first point to its last."""
+    worst = ""
+    most = 0.0
+    for name, points in curves.items():
+        if (name.startswith("invalidate")) != (panel == "invalidate") or len(points) < 2:
+            continue
+        (x0, y0), (x1, y1) = min(points), max(points)
+        if y0 > 0 and y1 / y0 > most:
+            most = y1 / y0
+            worst = f"at most {most:.1f}x from {x0:,} to {x1:,} ({name})"
+    return worst or "no points"
+
+
+def plot(curves: dict[str, list[tuple[int, float]]], path: str, verdict: str) -> None:
+    """The scaling curves in a PNG, titled with what this run found (``verdict``, each panel's growth)."""
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     for name, points in sorted(curves.items()):
@@ -851,41 +876,46 @@ def plot(curves: dict[str, list[tuple[int, float]]], path: str) -> None:
         xs, ys = zip(*sorted(points))
         axis.plot(xs, [y / 1000 for y in ys], marker="o", label=name)
     left.set(xscale="log", yscale="log", xlabel="outstanding locked mappings", ylabel="time per operation (us)")
-    left.set_title("FIFO cycle and reverse lookup")
+    left.set_title(f"FIFO cycle and reverse lookup: {growth(curves, 'cycle')}", fontsize=9)
     right.set(xscale="log", yscale="log", xlabel="hash slots", ylabel="time per invalidate() (us)")
-    right.set_title("invalidate() with 10 live entries")
+    right.set_title(f"invalidate() with 10 live entries: {growth(curves, 'invalidate')}", fontsize=9)
     for axis in (left, right):
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
-    fig.suptitle("xenmapcache: C core (from C and through the Python API) vs the pure-Python reference")
+    fig.suptitle(f"xenmapcache bench: {verdict}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
-    """``python -m xenmapcache bench``: the table, measured ratio vs target per row."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m xenmapcache bench", description=main.__doc__)
+def main(argv: list[str] | None = None, out: TextIO = sys.stdout, prog: str = "python -m xenmapcache bench") -> int:
+    """``xenmapcache bench``: the table, measured ratio vs target per row."""
+    parser = _cli.Parser(prog, main.__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds (proves it runs; noisy)")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds per side (default 15, quick 3)")
+    parser.add_argument("--rounds", type=_cli.count(10_000), default=None, help="rounds per side (default 15, quick 3)")
     parser.add_argument("--no-c", action="store_true", help="skip the C benchmark (benchmarks/c)")
-    parser.add_argument("--plot", metavar="FILE.png", help="also draw the scaling curves (needs matplotlib)")
-    parser.add_argument("--json", metavar="FILE", help="also write the rows to FILE, one JSON object per line")
+    parser.add_argument(
+        "--plot", metavar="FILE.png", type=_cli.plot_file, help="also draw the scaling curves (needs matplotlib)"
+    )
+    parser.add_argument(
+        "--json", metavar="FILE", type=_cli.output_file, help="also write the rows to FILE, one JSON object per line"
+    )
     args = parser.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 15)
     round_s = 0.005 if args.quick else 0.05
     impls = [name for name in ("c", "reference") if implementation(name) is not None]
+    # An installed package has no C benchmark to build: the Python rows alone, said once, are no failure.
+    c_wanted = not args.no_c and source_tree() is not None
+    why = "skipped (--no-c)" if args.no_c else "" if c_wanted else NO_CHECKOUT
 
-    progress = Progress(len(ROWS) + 1 + (len(impls) * (len(OUTSTANDING) + len(SLOTS)) if args.plot else 0))
+    progress = Progress(len(ROWS) + c_wanted + (len(impls) * (len(OUTSTANDING) + len(SLOTS)) if args.plot else 0))
     results = run_rows(ROWS, rounds, round_s, progress)
     c_rows: list[Result] = []
     points: list[dict[str, Any]] = []
-    why = "skipped (--no-c)"
-    if not args.no_c:
+    c_failed = False
+    if c_wanted:
         progress.step("C benchmark (make -C csrc bench)")
         c_rows, points, why_not = run_c(args.quick, bool(args.plot))
-        why = why_not or ""
+        why, c_failed = why_not or "", why_not is not None
     curves = scaling(impls, rounds, round_s / 2, progress) if args.plot else {}
     progress.close()
 
@@ -897,14 +927,15 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     if why:
         print(f"\nC rows: {why}", file=out)
     failed = [r for r in results + c_rows if not r.passed]
-    print(f"\n{len(results) + len(c_rows) - len(failed)} of {len(results) + len(c_rows)} rows meet their target", file=out)
-    if why and not args.no_c:  # the C rows are missing: that fails the run too
+    verdict = f"{len(results) + len(c_rows) - len(failed)} of {len(results) + len(c_rows)} rows meet their target"
+    print(f"\n{verdict}", file=out)
+    if c_failed:  # the C rows are missing from a checkout: that fails the run too
         print("the C rows are missing (--no-c leaves them out on purpose)", file=out)
         return 1
     if args.plot:
         for p in points:
             name = f"{C_SERIES.get(str(p['series']), str(p['series']))}, C level"
             curves.setdefault(name, []).append((int(p["x"]), float(p["ns"])))
-        plot(curves, args.plot)
+        plot(curves, args.plot, verdict + ("" if c_rows else " (no C rows)"))
         print(f"scaling curves drawn in {args.plot}", file=out)
     return 1 if failed else 0

@@ -1,4 +1,6 @@
-"""The public mapcache API (docs/contract.md, section 6) over an interchangeable core.
+"""The public mapcache API (the contract, section 6) over an interchangeable core.
+
+The contract: https://xenmapcache.readthedocs.io/en/latest/contract.html
 
 ``MapCache`` adds to a core (the C one here, the pure-Python reference in
 ``xenmapcache.reference``) what belongs to Python: input checks, ``Mapping``
@@ -7,11 +9,10 @@ A core exposes: map, unlock, ram_addr, invalidate, replace, locked, read,
 write, stats, view and close (see ``NativeCore`` in ``_native.py``, the
 binding).  A core may also offer ``registry(cache)``, which keeps the cache's
 Mappings (else a :class:`_PyRegistry` does), and ``has_fast_paths()`` with
-``fast_paths()``: builtins that the cache installs over its own ``map_ptr``,
-``read``, ``readinto``, ``write``, ``ram_addr``, ``unlock``, ``map`` and ``map_sg``
-(unless a subclass overrides them), so that the common case costs one C
-call and no Python frame; anything else they hand straight to the method
-here, which checks and raises.
+``fast_paths()``: builtins that the cache installs over its own hot methods
+(``HOT_METHODS``, unless a subclass overrides them), so that the common case
+costs one C call and no Python frame; anything else they hand straight to
+the method here of the same name, which checks and raises.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ class LockedMapping:
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """Counters of one cache, as returned by ``cache.stats()`` (docs/contract.md, section 6).
+    """Counters of one cache, as returned by ``cache.stats()`` (the contract, section 6:
+    https://xenmapcache.readthedocs.io/en/latest/contract.html).
 
     - ``hits``: requests served by an entry already mapped;
     - ``misses``: requests that had to map;
@@ -335,13 +337,13 @@ class _PyRegistry:
     """The live Mappings of one cache, in Python (the reference core, and the
     C core where the binding has no types of its own: not CPython).
 
-    The same interface as ``NativeCache`` of ffi/cache.h: ``map``, ``tags``,
-    ``tag_of``, ``release_at``, ``mappings``, ``set_paddr``,
-    ``close_registry``.  Its lock guards exports and the registry, never held
-    across a core call: the core serialises the cache itself.  A Mapping is
-    registered (its tag id found by a trace event) from before its core call
-    until after its unlock returns, but found by address only once mapped:
-    never while in flight, when it has no address yet.
+    The same interface as ``NativeCache`` of ffi/cache.h: ``mapping``,
+    ``group``, ``tags``, ``tag_of``, ``release_at``, ``mappings``,
+    ``set_paddr``, ``close_registry``.  Its lock guards exports and the
+    registry, never held across a core call: the core serialises the cache
+    itself.  A Mapping is registered (its tag id found by a trace event) from
+    before its core call until after its unlock returns, but found by address
+    only once mapped: never while in flight, when it has no address yet.
     """
 
     def __init__(self, core: Any) -> None:
@@ -380,7 +382,7 @@ class _PyRegistry:
                 if not same:
                     del self._at[m._address]
 
-    def map(self, paddr: int, size: int, dma: bool, tag: Any) -> Mapping:
+    def mapping(self, paddr: int, size: int, dma: bool, tag: Any) -> Mapping:
         ident = next(self._ids)
         m = _PyMapping(self, ident, paddr, size, dma, tag)
         with self.lock:
@@ -411,7 +413,7 @@ class _PyRegistry:
             with self.lock:
                 self._forget((m,))
 
-    def map_sg(self, segments: list[tuple[int, int]], dma: bool, tag: Any) -> MappingGroup:
+    def group(self, segments: list[tuple[int, int]], dma: bool, tag: Any) -> MappingGroup:
         ident = next(self._ids)  # one tag id for the batch, as the core's batch takes
         items = tuple(_PyMapping(self, ident, paddr, size, dma, tag) for paddr, size in segments)
         with self.lock:
@@ -519,10 +521,10 @@ os.register_at_fork(after_in_child=_after_fork)
 
 
 class MapCache(NoCopy):
-    """A Xen mapcache over guest memory (docs/contract.md, sections 3 and 6).
+    """A Xen mapcache over guest memory (the contract, sections 3 and 6: https://xenmapcache.readthedocs.io/en/latest/contract.html).
 
     ``ram`` is the backend the cache maps through: a :class:`GuestRAM`, a
-    :class:`XenForeignMemory` or a :class:`CallbackBackend`; the cache keeps it
+    :class:`XenForeignMemory`, a :class:`XenGrantTable` or a :class:`CallbackBackend`; the cache keeps it
     alive while it needs it.  ``bucket_shift`` (12 to 32) sets the bucket size,
     ``2**bucket_shift`` bytes.  ``max_size`` bounds the size of one request and
     sets the number of hash slots, ``max_size / bucket size`` (None: 32 GiB on
@@ -532,8 +534,8 @@ class MapCache(NoCopy):
     memory where guest pages cannot be mapped, instead of failing (an incoming
     migration; ``replace()`` later swaps in the real pages).  ``lock_limit``
     caps the lock count of each entry (at most ``2**32 - 1``).
-    ``grants=True`` applies the grant rules of QEMU's grant caches (see
-    docs/trace-and-grants.md): only locked requests (``map``, ``map_ptr``
+    ``grants=True`` applies the grant rules of QEMU's grant caches
+    (https://xenmapcache.readthedocs.io/en/latest/trace-and-grants.html): only locked requests (``map``, ``map_ptr``
     with ``lock=True``), page-granular entries (``bucket_shift`` must be 12,
     else ``InvalidAddress``), each entry unmapped as soon as its last lock is
     released; an unlocked request, ``read``, ``write`` and ``replace`` raise
@@ -642,7 +644,7 @@ class MapCache(NoCopy):
         self._ram = ram
         self._closed = False
         registry = getattr(self._core, "registry", None)
-        self._reg: Any = (registry(self) if registry is not None else None) or _PyRegistry(self._core)
+        self._reg: Any = (registry(self, _CHECKED) if registry is not None else None) or _PyRegistry(self._core)
         slots = getattr(type(self), "_fast_slots", ())
         if slots:
             fast = self._core.fast_paths()
@@ -675,19 +677,19 @@ class MapCache(NoCopy):
 
         Cost: on a hit, on the C core under CPython, one builtin call that
         makes one C call and the :class:`Mapping`, about as much as the raw
-        ``map_ptr(..., lock=True)`` + ``unlock`` pair (see
-        docs/scatter-gather.md); elsewhere a few microseconds of Python.  On
+        ``map_ptr(..., lock=True)`` + ``unlock`` pair
+        (https://xenmapcache.readthedocs.io/en/latest/scatter-gather.html); elsewhere a few microseconds of Python.  On
         a miss, the backend's map of the entry's buckets.  O(1) in the number
         of locked mappings.
         """
         self._check_open()
         paddr, size = check_range(paddr, size, self.max_size)
-        return self._reg.map(paddr, size, bool(dma), tag)  # type: ignore[no-any-return]
+        return self._reg.mapping(paddr, size, bool(dma), tag)  # type: ignore[no-any-return]
 
     def map_sg(self, segments: Iterable[tuple[int, int]], dma: bool = False, tag: Any = None) -> MappingGroup:
         """Map every ``(paddr, size)`` of ``segments`` locked, in one core call; return a :class:`MappingGroup`.
 
-        Scatter-gather DMA (see docs/scatter-gather.md): ``with
+        Scatter-gather DMA (https://xenmapcache.readthedocs.io/en/latest/scatter-gather.html): ``with
         cache.map_sg(sg, dma=True) as g: os.preadv(fd, g.buffers(), offset)``.
         All or nothing: when a segment cannot be mapped, none stays locked,
         and the statistics move only as that segment's failed :meth:`map`
@@ -714,7 +716,7 @@ class MapCache(NoCopy):
             checked.append(check_range(segment[0], segment[1], self.max_size))
         if not 0 < len(checked) <= SG_MAX:
             raise InvalidAddress(f"map_sg takes 1 to {SG_MAX} segments, not {len(checked)}")
-        return self._reg.map_sg(checked, bool(dma), tag)  # type: ignore[no-any-return]
+        return self._reg.group(checked, bool(dma), tag)  # type: ignore[no-any-return]
 
     def map_ptr(self, paddr: int, size: int = 0, lock: bool = False, dma: bool = False) -> int:
         """Map like QEMU's ``xen_map_cache``: return the host address of ``paddr`` as an int.
@@ -733,7 +735,8 @@ class MapCache(NoCopy):
         :raises MapCacheError: the cache is closed.
 
         Cost: the fast path.  A hit is one C call that keeps the GIL, under
-        0.1 us on CPython (see docs/performance.md); a miss maps, as :meth:`map`.
+        0.1 us on CPython (https://xenmapcache.readthedocs.io/en/latest/performance.html); a miss maps, as
+        :meth:`map`.
         """
         self._check_open()
         paddr, size = check_range(paddr, size, self.max_size)
@@ -1052,6 +1055,8 @@ def _init_signature(cls: type[MapCache]) -> inspect.Signature:
 
 
 MapCache.__signature__ = _init_signature(MapCache)
+# What the builtins of the hot methods fall back on, by name.
+_CHECKED = {name: getattr(MapCache, name) for name in HOT_METHODS}
 
 _FAST_CLASSES: dict[type[MapCache], type[MapCache]] = {}
 

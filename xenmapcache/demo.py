@@ -18,6 +18,7 @@ import warnings
 from typing import TextIO
 
 from . import DMAMappingWarning, GuestRAM, MapCache, MappingError
+from ._cli import Parser
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -112,7 +113,8 @@ def run(out: TextIO = sys.stdout, seed: int = 2026) -> int:
     return 0 if ok else 1
 
 
-def main() -> int:
-    """Entry point of ``python -m xenmapcache demo``."""
+def main(argv: list[str] | None = None, prog: str = "python -m xenmapcache demo") -> int:
+    """Entry point of ``xenmapcache demo`` (it takes no options)."""
+    Parser(prog, main.__doc__).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="   log %(levelname)s %(name)s: %(message)s")
     return run()

@@ -1,4 +1,4 @@
-"""Exceptions and warnings of xenmapcache (docs/contract.md, section 6)."""
+"""Exceptions and warnings of xenmapcache (the contract, section 6: https://xenmapcache.readthedocs.io/en/latest/contract.html)."""
 
 from __future__ import annotations
 
@@ -71,6 +71,31 @@ EXCEPTION_OF: dict[int, type[Exception]] = {
 def exception_for(rc: int, message: str) -> Exception:
     """The exception for the core's status code ``rc``: ``MapCacheError`` for any code not in the table."""
     return EXCEPTION_OF.get(rc, MapCacheError)(message)
+
+
+def status_error(rc: int, reason: str, what: str, *where: int) -> Exception:
+    """The exception of a core call ``what`` that failed with status ``rc``.
+
+    The one place a status becomes an exception, for every path of both
+    implementations: its type from :data:`EXCEPTION_OF`, its message the
+    call, its arguments and ``reason`` (the core's ``xmc_strerror(rc)``), as
+    ``map 0x1000+0x40: ...``, ``unlock 0x7f00...: ...``, ``map_sg of 3
+    segment(s): ...``, ``replace 0x1000 -> 0x2000: ...``.  ``where`` is what
+    the call was given: (paddr, size), (address,), (segment count,), (old,
+    new) or nothing; a caller that passes more than the call's kind shows
+    (a size of 0 to unlock, say) loses nothing.
+    """
+    if not where:
+        call = what
+    elif what in ("map_sg", "unlock_sg"):
+        call = f"{what} of {where[0]} segment(s)"
+    elif what == "replace":
+        call = f"replace {where[0]:#x} -> {where[1]:#x}"
+    elif what in ("map", "read", "write"):
+        call = f"{what} {where[0]:#x}+{where[1]:#x}"
+    else:
+        call = f"{what} {where[0]:#x}"
+    return exception_for(rc, f"{call}: {reason}")
 
 
 __all__ = [

@@ -115,11 +115,15 @@ class GuestRAM(NoCopy):
         """Return 0 when guest page ``pfn`` is RAM, else an errno saying why not.
 
         ``ENXIO`` (6) past the end of RAM, ``EFAULT`` (14) in a hole: what the
-        backend reports for that page.  Raises nothing.
+        backend reports for that page.
+
+        :raises InvalidAddress: ``pfn`` is negative, or not below 2**52 (the
+            page of no 64-bit guest address).
+        :raises TypeError: ``pfn`` is not an int.
 
         Cost: O(number of holes).
         """
-        start = pfn << PAGE_SHIFT
+        start = as_uint(pfn, "pfn", 1 << (64 - PAGE_SHIFT)) << PAGE_SHIFT
         if start + PAGE_SIZE > self._size:
             return 6  # ENXIO
         for lo, hi in self._holes:

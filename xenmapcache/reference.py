@@ -1,7 +1,8 @@
 """The pure-Python reference implementation of the mapcache: the oracle.
 
 ``xenmapcache.reference`` exports the same public names as ``xenmapcache``
-(docs/contract.md, section 6), but its ``MapCache`` runs on ``_PyCore``, a line-by-line
+(the contract, section 6: https://xenmapcache.readthedocs.io/en/latest/contract.html), but its
+``MapCache`` runs on ``_PyCore``, a line-by-line
 Python rendering of ``csrc/cache.c`` and of the memfd backend of
 ``csrc/ram.c``.  It needs no compiler and never imports the C extension, so
 it can stand in for the C core anywhere and be compared with it step by step
@@ -124,10 +125,10 @@ def _sys_munmap(addr: int, length: int) -> int:
     return OK if _c_munmap(addr, length) == 0 else ESYS
 
 
-def _raise(rc: int, what: str, cause: BaseException | None = None) -> NoReturn:
+def _raise(rc: int, what: str, *where: int, cause: BaseException | None = None) -> NoReturn:
     if cause is not None and not isinstance(cause, Exception):
-        raise cause  # an interrupt stays what it was, as _NativeCore._fail
-    raise _errors.exception_for(rc, f"{what}: {_MESSAGES.get(rc, 'unknown error')}") from cause
+        raise cause  # an interrupt stays what it was, as _native.fail_with
+    raise _errors.status_error(rc, _MESSAGES.get(rc, "unknown error"), what, *where) from cause
 
 
 def _range_ok(a: int, b: int) -> bool:
@@ -847,7 +848,7 @@ class _PyCore:
             self._check_open()
             rc, address, cause = self._map_traced(paddr, size, flags, tag)
         if rc != OK:
-            _raise(rc, f"map {paddr:#x}+{size:#x}", cause or self._take_error())
+            _raise(rc, "map", paddr, size, cause=cause or self._take_error())
         return address
 
     def _map_sg_locked(self, segs: list[tuple[int, int]], flags: int, tag: int) -> tuple[int, list[int], BaseException | None]:
@@ -882,7 +883,7 @@ class _PyCore:
             self._check_open()
             rc, addresses, cause = self._map_sg_locked(segments, flags, tag)
         if rc != OK:
-            _raise(rc, f"map_sg of {len(segments)} segment(s)", cause or self._take_error())
+            _raise(rc, "map_sg", len(segments), cause=cause or self._take_error())
         return addresses
 
     def unlock_sg(self, addresses: list[int], tag: int) -> None:
@@ -907,7 +908,7 @@ class _PyCore:
                     if self._record_drop(r) != OK:
                         rc = ESYS  # unlocked all the same: reported once
         if rc != OK:
-            _raise(rc, f"unlock_sg of {len(addresses)} segment(s)", self._take_error() if rc == ESYS else None)
+            _raise(rc, "unlock_sg", len(addresses), cause=self._take_error() if rc == ESYS else None)
 
     def _record_drop(self, r: _Rec) -> int:
         """``record_drop``: its unlock event, ``_record_del``, then the grant rule
@@ -934,9 +935,9 @@ class _PyCore:
                 if self._grants and r.entry.lock == 0:  # the last lock: unmap now
                     rc = OK if self._st.destroy(r.entry) == OK else ESYS
         if r is None:
-            _raise(ENOENT, f"unlock {address:#x}")
+            _raise(ENOENT, "unlock", address)
         if rc != OK:
-            _raise(rc, f"unlock {address:#x}", self._take_error())
+            _raise(rc, "unlock", address, cause=self._take_error())
 
     def ram_addr(self, address: int) -> int:
         """Guest address behind a host address inside a live entry."""
@@ -948,7 +949,7 @@ class _PyCore:
             if e is None:
                 self._st.trace("ram_addr_unknown", ENOENT, 0, 0, 0, address)
         if paddr is None:
-            _raise(ENOENT, f"ram_addr {address:#x}")
+            _raise(ENOENT, "ram_addr", address)
         return paddr
 
     def invalidate(self) -> tuple[list[Record], BaseException | None]:
@@ -994,7 +995,7 @@ class _PyCore:
             rc, address = self._replace_locked(old, new, size)
             self._st.trace("replace", rc, 0, new, size, address if rc == OK else 0, 0, old)
         if rc != OK:
-            _raise(rc, f"replace {old:#x} -> {new:#x}", self._take_error())
+            _raise(rc, "replace", old, new, cause=self._take_error())
         return address
 
     def read(self, paddr: int, n: int) -> bytes:
@@ -1004,7 +1005,7 @@ class _PyCore:
             self._check_open()
             rc, cause = self._copy_locked(paddr, n, None, out)
         if rc != OK:
-            _raise(rc, f"read {paddr:#x}+{n:#x}", cause or self._take_error())
+            _raise(rc, "read", paddr, n, cause=cause or self._take_error())
         return b"".join(out)
 
     def write(self, paddr: int, data: Any) -> None:
@@ -1014,7 +1015,7 @@ class _PyCore:
             self._check_open()
             rc, cause = self._copy_locked(paddr, len(src), src, [])
         if rc != OK:
-            _raise(rc, f"write {paddr:#x}+{len(src):#x}", cause or self._take_error())
+            _raise(rc, "write", paddr, len(src), cause=cause or self._take_error())
 
     def stats(self) -> tuple[int, ...]:
         """(hits, misses, remaps, entries, locked, dma_locked, mapped_bytes, invalidations)."""
@@ -1042,10 +1043,10 @@ class _PyCore:
                 return
             rc = self._st.free()
         if rc != OK:
-            _raise(rc, "close", self._take_error())
+            _raise(rc, "close", cause=self._take_error())
 
 
 class MapCache(_cache.MapCache):
-    """The mapcache of docs/contract.md, section 6 on the pure-Python reference core."""
+    """The mapcache of the contract, section 6, on the pure-Python reference core (https://xenmapcache.readthedocs.io/en/latest/contract.html)."""
 
     _Core = _PyCore

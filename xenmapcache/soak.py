@@ -25,7 +25,6 @@ sawtooth of caches left to the garbage collector does not).
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import faulthandler
 import gc
@@ -43,11 +42,15 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, TextIO
 
+from . import _cli
+
 MIB = 1 << 20
 PAGE = 4096
 RAM_SIZE = 64 * MIB
 REGION = 4 * MIB  # pages each worker thread owns: [i * REGION, (i + 1) * REGION)
 MAX_THREADS = 5
+MAX_SECONDS = 7 * 86400.0  # a week: longer is a typo, not a soak
+LOG_EVERY = 10  # seconds between progress lines when stderr is not a terminal
 CHILD_BASE, CHILD_SIZE = 20 * MIB, 4 * MIB  # the forked children's pages
 CONST_BASE, CONST_SIZE = 24 * MIB, 8 * MIB  # never written; replace moves its entries
 FENCE = 40 * MIB  # a hole of three pages: writes that reach it must write nothing (below it: zeros)
@@ -356,8 +359,15 @@ def drift(samples: list[dict[str, float]]) -> list[str]:
     return grown
 
 
-def plot(samples: list[dict[str, float]], path: str) -> None:
-    """RSS, mappings and descriptors over time, in a PNG (needs matplotlib)."""
+def verdict(failures: list[str]) -> str:
+    """What the run found, in one line: its last line and its plot's title."""
+    if not failures:
+        return "ok, nothing drifted and every byte matched"
+    return f"FAILED: {failures[0]}" + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else "")
+
+
+def plot(samples: list[dict[str, float]], path: str, failures: list[str]) -> None:
+    """RSS, mappings and descriptors over time, in a PNG (needs matplotlib), titled with the verdict."""
     from .bench import pyplot
 
     plt = pyplot()
@@ -373,7 +383,7 @@ def plot(samples: list[dict[str, float]], path: str) -> None:
     for axis in axes:
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=8, loc="upper left")
-    fig.suptitle("xenmapcache soak: nothing drifts")
+    fig.suptitle(f"xenmapcache soak, {samples[-1]['t'] if samples else 0:.0f} s: {verdict(failures)}"[:110])
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -399,6 +409,7 @@ def run(
     warnings.simplefilter("ignore", xmc.DMAMappingWarning)
     logging.getLogger("xenmapcache").setLevel(logging.ERROR)
     soak = Soak(xmc, seed)
+    tty = err.isatty()
     workers = [Worker(soak, i * REGION, REGION, seed * 1000 + i) for i in range(threads)]
     pool = [threading.Thread(target=w.run, args=(soak.stop,), name=f"soak-{i}") for i, w in enumerate(workers)]
     failures: list[str] = []
@@ -456,11 +467,15 @@ def run(
             samples.append(sample(soak, now - start))
             s = samples[-1]
             ops = sum(w.count.ops for w in workers)
-            err.write(
-                f"\rsoak {now - start:7.0f}/{seconds:.0f} s  {ops:>10} ops  rss {s['rss_mib']:6.1f} MiB  "
+            line = (
+                f"soak {now - start:7.0f}/{seconds:.0f} s  {ops:>10} ops  rss {s['rss_mib']:6.1f} MiB  "
                 f"maps {s['maps_lines']:5.0f}  fds {s['fds']:3.0f}  entries {s['entries']:4.0f}  "
                 f"children {totals['children']}"
             )
+            if tty:  # redrawn in place each second
+                err.write("\r" + line)
+            elif len(samples) % LOG_EVERY == 1:  # a log file gets a line every LOG_EVERY seconds
+                err.write(line + "\n")
             err.flush()
             soak.stop.wait(1.0)
     finally:
@@ -469,7 +484,8 @@ def run(
             t.join()
         if child is not None:
             reap(child, block=True)
-        err.write("\n")
+        if tty:
+            err.write("\n")
     gc.collect()
     for i, w in enumerate(workers):
         failures += [f"thread {i}: {e}" for e in w.count.errors]
@@ -486,20 +502,23 @@ def run(
     return samples, failures, totals
 
 
-def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """``python -m xenmapcache soak``: mixed traffic for N seconds; exit 1 on any drift or differing byte."""
-    parser = argparse.ArgumentParser(prog="python -m xenmapcache soak", description=main.__doc__)
-    parser.add_argument("--seconds", type=float, default=60.0, help="how long to run (default 60)")
-    parser.add_argument("--threads", type=int, default=4, help=f"worker threads, 1..{MAX_THREADS} (default 4)")
-    parser.add_argument("--child-every", type=float, default=5.0, help="seconds between forked children (default 5)")
+def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+         prog: str = "python -m xenmapcache soak") -> int:
+    """``xenmapcache soak``: mixed traffic for N seconds; exit 1 on any drift or differing byte."""
+    parser = _cli.Parser(prog, main.__doc__)
+    parser.add_argument("--seconds", type=_cli.seconds(MAX_SECONDS), default=60.0, help="how long to run (default 60)")
+    parser.add_argument(
+        "--threads", type=_cli.count(MAX_THREADS), default=4, help=f"worker threads, 1..{MAX_THREADS} (default 4)"
+    )
+    parser.add_argument(
+        "--child-every", type=_cli.seconds(MAX_SECONDS), default=5.0, help="seconds between forked children (default 5)"
+    )
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     parser.add_argument("--reference", action="store_true", help="soak the pure-Python reference instead")
-    parser.add_argument("--plot", metavar="FILE.png", help="draw RSS, mappings and fds over time (needs matplotlib)")
+    parser.add_argument(
+        "--plot", metavar="FILE.png", type=_cli.plot_file, help="draw RSS, mappings and fds over time (needs matplotlib)"
+    )
     args = parser.parse_args(argv)
-    if not 1 <= args.threads <= MAX_THREADS:
-        parser.error(f"--threads must be in 1..{MAX_THREADS}")
-    if args.seconds <= 0 or args.child_every <= 0:
-        parser.error("--seconds and --child-every must be positive")
     xmc = importlib.import_module("xenmapcache.reference" if args.reference else "xenmapcache")
     samples, failures, totals = run(xmc, args.seconds, args.threads, args.child_every, args.seed, err)
     summary(samples, out)
@@ -512,9 +531,9 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
         file=out,
     )
     if args.plot:
-        plot(samples, args.plot)
+        plot(samples, args.plot, failures)
         print(f"curves drawn in {args.plot}", file=out)
     for f in failures:
         print(f"FAIL {f}", file=out)
-    print("soak: " + ("FAILED" if failures else "ok, nothing drifted and every byte matched"), file=out)
+    print("soak: " + verdict(failures), file=out)
     return 1 if failures else 0

@@ -2,7 +2,7 @@
 
 ``MapCache(..., trace=fn)`` calls ``fn(event)`` with a :class:`TraceEvent` for
 every event of the C core's ``xmc_cache_set_trace`` (the reference core emits
-the same events in the same order).  See docs/trace-and-grants.md.
+the same events in the same order).  More: https://xenmapcache.readthedocs.io/en/latest/trace-and-grants.html
 
 The core calls in with the cache's mutex held: ``fn`` must not call the same
 cache (that raises ``MapCacheError``).  An exception raised by ``fn`` is

@@ -17,7 +17,9 @@
  * flags), a batch of locked maps (xmc_map_sg), unlock by address, by tag and
  * by batch (xmc_unlock_sg), unlock of foreign and interior pointers, ram_addr
  * of exact/interior/foreign pointers, invalidate, replace, read, write,
- * writes through held mappings, dummy mode, lock limit, stats.
+ * writes through held mappings, dummy mode, lock limit, stats.  Every third
+ * unlocked map is raced (see race()): a writer runs in the middle of its
+ * lock-free hit, or a hit in the middle of its publication.
  *
  * Invariants checked: every status code is one the model allows; a pointer
  * handed out resolves back to the guest address asked for (or its
@@ -41,7 +43,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "xenmapcache.h"
+#include "xmc_internal.h" /* the core's test points: built with XMC_TESTING */
 
 #define PAGE UINT64_C(4096)
 #define RAM_PAGES 64
@@ -556,6 +558,52 @@ static void hold_add(uint8_t *p, uint64_t paddr, uint64_t size, uint64_t tag, bo
     classify(h);
 }
 
+/*
+ * Races, made deterministic by the core's test points.  An armed unlocked map
+ * runs, in the middle of its lock-free hit (after it read the published last
+ * entry, before it validated it), an invalidate, a map of another page or a
+ * switch of the trace hook, each checked against the model as usual; or, in
+ * the middle of the publication of its entry (the mutex held), a _nowait hit
+ * of that address, which must be refused: XMC_EAGAIN.  Then the map itself
+ * is checked as any other.  No input byte decides which, so the corpus keeps
+ * its meaning.
+ */
+static unsigned long unlocked_maps, races;
+static uint64_t race_paddr;
+static int race_at; /* the point armed */
+
+static void op_invalidate(void);
+static void op_trace(void);
+
+static void race(xmc_cache *c, int point)
+{
+    uint64_t other = (race_paddr + races * 5 * PAGE) % RAM_SIZE;
+    void *p;
+
+    if (c != cache || point != race_at)
+        return;
+    xmc_test_point = NULL; /* once: what runs here passes the points again */
+    TRACE("race %lu at point %d\n", races, point);
+    if (point == XMC_TP_PUBLISH) {
+        EXPECT(xmc_map_nowait(cache, race_paddr, 0, 0, 0, &p) == XMC_EAGAIN);
+    } else if (races % 4 == 0) {
+        op_invalidate();
+    } else if (races % 4 == 1) {
+        while (!valid(other, 0))
+            other = (other + PAGE) % RAM_SIZE;
+        if (grants) {
+            EXPECT(xmc_map(cache, other, 0, 0, 0, &p) == XMC_EGRANT);
+        } else {
+            EXPECT(xmc_map(cache, other, 0, 0, 0, &p) == XMC_OK);
+            check_pointer(p, other, 0, true, other);
+        }
+    } else {
+        op_trace();
+    }
+    maps_fresh = false;
+    races++;
+}
+
 static void op_map(unsigned flags)
 {
     uint64_t paddr = gen_paddr(), size = gen_size(), tag = next_tag++, back, tp;
@@ -569,7 +617,15 @@ static void op_map(unsigned flags)
     if (lock)
         make_room(1);
     tp = translate_on ? translate_model(paddr, &trc) : paddr;
-    rc = map_hot(paddr, size, flags, tag, (void **)&p);
+    if (flags == 0 && unlocked_maps++ % 3 == 0) { /* raced, so waiting at once */
+        race_paddr = paddr;
+        race_at = races % 4 == 3 ? XMC_TP_PUBLISH : XMC_TP_HIT_READ;
+        xmc_test_point = race;
+        rc = xmc_map(cache, paddr, size, flags, tag, (void **)&p);
+        xmc_test_point = NULL;
+    } else {
+        rc = map_hot(paddr, size, flags, tag, (void **)&p);
+    }
     TRACE("map(%#" PRIx64 ", %#" PRIx64 ", %u) tag %" PRIu64 " = %d %p\n", paddr, size,
           flags, tag, rc, (void *)p);
     if (!ok_flags || !ok_range) {

@@ -25,6 +25,15 @@
  * records listed == mappings the workers hold, dma_locked likewise, every
  * record matches a held mapping exactly, and guest RAM equals the shadow.
  *
+ * Hitters do nothing but hits (unlocked, size 0, mostly the lock-free hit)
+ * of a few buckets at a time, under the feet of the workers' remaps, the
+ * invalidator's invalidates, replaces and trace switches, and of its forks:
+ * now and then it forks, and the child's hit must answer at once, a hit only
+ * if the cache it inherited is whole (XMC_EFORKED otherwise, for every call).
+ * A hit is never dereferenced while others run (what it returns is valid
+ * until the next call that may remap, which is any other thread's); between
+ * rounds the main thread checks that hits return the guest's bytes.
+ *
  * Last, the workers hammer the cache while the main thread closes it: every
  * call must end in a documented code, XMC_ECLOSED from then on.
  *
@@ -40,12 +49,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "xenmapcache.h"
 
 #define NTHREADS 8
+#define NHITTERS 2
+#define FORKS_PER_ROUND 4
 #define ROUNDS 10
 #define SHIFT 14
 #define BUCKET (UINT64_C(1) << SHIFT)
@@ -105,7 +117,8 @@ static worker workers[NTHREADS];
 static pthread_barrier_t quiet, resume;
 static atomic_uint finished; /* workers done with the round */
 static atomic_bool over;
-static unsigned long inv_ops, invalidations, replaces, records_seen;
+static unsigned long inv_ops, invalidations, replaces, records_seen, forks;
+static atomic_ulong hits_seen, hits_refused;
 
 static uint64_t rnd(uint64_t *s)
 {
@@ -388,6 +401,92 @@ static void *work(void *arg)
     return NULL;
 }
 
+/* A guest address for the hitters: the workers' pages or the constant region. */
+static uint64_t hit_target(uint64_t *rng)
+{
+    return rnd(rng) % 2 ? rnd(rng) % OWNED : ALIAS + rnd(rng) % ALIAS_LEN;
+}
+
+/* A burst of hits of one bucket; the answer must be a hit at paddr's offset
+ * in the page, or a documented refusal (a miss, without waiting). */
+static void hit_burst(uint64_t *rng)
+{
+    uint64_t paddr = hit_target(rng);
+
+    for (int i = 0; i < 64; i++) {
+        uint64_t at = (paddr & ~(BUCKET - 1)) + (paddr + (uint64_t)i * 97) % BUCKET;
+        void *p = NULL;
+        int rc = (i % 4) ? xmc_map_nowait(cache, at, 0, 0, 0, &p)
+                         : xmc_map(cache, at, 0, 0, 0, &p);
+
+        if (rc == XMC_OK && ((uintptr_t)p & (PAGE - 1)) != (at & (PAGE - 1)))
+            FAIL("hit of %#" PRIx64 " at %p: the wrong page offset", at, p);
+        if (rc != XMC_OK && rc != XMC_EAGAIN)
+            FAIL("hit of %#" PRIx64 ": %s", at, xmc_strerror(rc));
+        atomic_fetch_add_explicit(rc == XMC_OK ? &hits_seen : &hits_refused, 1,
+                                  memory_order_relaxed);
+    }
+    sched_yield();
+}
+
+/* Hit until the workers are done with the round, then wait for the next. */
+static void *hitter(void *arg)
+{
+    uint64_t rng = 0xC0FFEEull * (uintptr_t)arg + 1;
+
+    for (;;) {
+        while (atomic_load(&finished) < NTHREADS)
+            hit_burst(&rng);
+        pthread_barrier_wait(&quiet);
+        pthread_barrier_wait(&resume);
+        if (atomic_load(&over))
+            return NULL;
+    }
+}
+
+/* Quiet: a hit, and the same hit again (the lock-free one), return the
+ * guest's bytes and resolve back to their address. */
+static void check_hits(uint64_t *rng)
+{
+    for (int k = 0; k < 32; k++) {
+        uint64_t paddr = hit_target(rng), back;
+        uint8_t *p, *q;
+
+        EXPECT(xmc_map(cache, paddr, 0, 0, 0, (void **)&p) == XMC_OK);
+        EXPECT(xmc_map_nowait(cache, paddr, 0, 0, 0, (void **)&q) == XMC_OK && q == p);
+        EXPECT(xmc_ram_addr(cache, p, &back) == XMC_OK && back == paddr);
+        if (paddr < OWNED ? *p != shadow[paddr] : *p != constant(paddr))
+            FAIL("a hit of %#" PRIx64 " reads %#x", paddr, *p);
+    }
+}
+
+/* Fork under everyone's feet; the child hits once and says what it found. */
+static void fork_check(uint64_t *rng)
+{
+    uint64_t paddr = hit_target(rng);
+    int status;
+    pid_t pid = fork();
+
+    if (pid == 0) {
+        xmc_stats st;
+        void *p;
+        int rc = xmc_map_nowait(cache, paddr, 0, 0, 0, &p);
+        int src = xmc_stats_get(cache, &st);
+
+        /* Whole (the mutex was free at fork): it answers; else every call
+         * says XMC_EFORKED, the hit included. */
+        if (src == XMC_OK ? rc != XMC_OK && rc != XMC_EAGAIN
+                          : src != XMC_EFORKED || rc != XMC_EFORKED)
+            _exit(3);
+        _exit(0);
+    }
+    EXPECT(pid > 0);
+    EXPECT(waitpid(pid, &status, 0) == pid);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        FAIL("the forked child's hit answered wrongly (status %#x)", status);
+    forks++;
+}
+
 static void check_record(const xmc_record *r, bool want_dma)
 {
     EXPECT(r->paddr == tag_paddr(r->tag) || (r->tag & BATCH_TAG));
@@ -428,8 +527,10 @@ static void *invalidator(void *arg)
     int rc;
 
     (void)arg;
-    for (;;) {
+    for (int round = 0;; round++) {
         while (atomic_load(&finished) < NTHREADS) {
+            if (rnd(&rng) % 256 == 0 && forks < FORKS_PER_ROUND * (unsigned long)(round + 1))
+                fork_check(&rng); /* a few per round: fork is slow under TSan */
             switch (rnd(&rng) % 5) {
             case 0:
                 rc = xmc_invalidate(cache, &recs, &n);
@@ -483,7 +584,7 @@ static void *invalidator(void *arg)
 }
 
 /* Between rounds: nothing runs but us. */
-static void check_quiet(void)
+static void check_quiet(uint64_t *rng)
 {
     size_t want = 0, want_dma = 0, n;
     uint8_t *buf = malloc(OWNED);
@@ -522,6 +623,7 @@ static void check_quiet(void)
         if (buf[i] != shadow[i])
             FAIL("guest RAM at %#" PRIx64 " is %#x, shadow %#x", i, buf[i], shadow[i]);
     free(buf);
+    check_hits(rng);
 }
 
 static int alias(void *opaque, uint64_t paddr, uint64_t size, uint64_t *out)
@@ -550,7 +652,10 @@ static void *hammer(void *arg)
         int rc;
 
         own_range(w, &paddr, &len);
-        switch (i % 5) {
+        switch (i % 6) {
+        case 5:
+            rc = xmc_map(cache, paddr, 0, 0, 0, &p); /* the hit, mostly lock-free */
+            break;
         case 0:
             rc = xmc_map(cache, paddr, len, XMC_LOCK | XMC_DMA, 0, &p);
             if (rc == XMC_OK) {
@@ -617,7 +722,8 @@ int main(int argc, char **argv)
 {
     unsigned long total = argc > 1 ? strtoul(argv[1], NULL, 10) : 160000;
     unsigned long ops = 0, overflows = 0, translated = 0, nowait_done = 0, batches = 0;
-    pthread_t inv;
+    pthread_t inv, hitters[NHITTERS];
+    uint64_t rng = 42;
     xmc_stats st;
     double t0 = now();
     uint8_t *init;
@@ -640,8 +746,8 @@ int main(int argc, char **argv)
     EXPECT(xmc_cache_set_lock_limit(cache, LOCK_LIMIT) == XMC_OK);
     EXPECT(xmc_cache_set_translate(cache, alias, NULL) == XMC_OK);
 
-    EXPECT(pthread_barrier_init(&quiet, NULL, NTHREADS + 2) == 0);
-    EXPECT(pthread_barrier_init(&resume, NULL, NTHREADS + 2) == 0);
+    EXPECT(pthread_barrier_init(&quiet, NULL, NTHREADS + NHITTERS + 2) == 0);
+    EXPECT(pthread_barrier_init(&resume, NULL, NTHREADS + NHITTERS + 2) == 0);
     for (unsigned t = 0; t < NTHREADS; t++) {
         workers[t].id = t;
         workers[t].rng = 0x9E3779B97F4A7C15ull * (t + 1);
@@ -649,9 +755,11 @@ int main(int argc, char **argv)
         EXPECT(pthread_create(&workers[t].th, NULL, work, &workers[t]) == 0);
     }
     EXPECT(pthread_create(&inv, NULL, invalidator, NULL) == 0);
+    for (uintptr_t t = 0; t < NHITTERS; t++)
+        EXPECT(pthread_create(&hitters[t], NULL, hitter, (void *)t) == 0);
     for (int round = 0; round < ROUNDS; round++) {
         pthread_barrier_wait(&quiet);
-        check_quiet();
+        check_quiet(&rng);
         atomic_store(&finished, 0);
         if (round == ROUNDS - 1)
             atomic_store(&over, true);
@@ -666,6 +774,9 @@ int main(int argc, char **argv)
         batches += workers[t].batches;
     }
     EXPECT(pthread_join(inv, NULL) == 0);
+    for (unsigned t = 0; t < NHITTERS; t++)
+        EXPECT(pthread_join(hitters[t], NULL) == 0);
+    EXPECT(atomic_load(&hits_seen) > 0 && forks > 0);
     EXPECT(nowait_done > 0); /* the _nowait calls were answered, not all refused */
     EXPECT(batches > 0);
     EXPECT(atomic_load(&trace_events) > 0);
@@ -679,13 +790,14 @@ int main(int argc, char **argv)
     printf("stress: %d threads, %lu operations on colliding addresses (%lu lock "
            "overflows, %lu translated reads, %lu answered without waiting, %lu batches), "
            "invalidator: %lu operations, %lu "
-           "invalidations, %lu in-place replaces, %lu records checked, %lu trace events; "
+           "invalidations, %lu in-place replaces, %lu records checked, %lu trace events, "
+           "%lu forks; %d hitters: %lu hits, %lu refused; "
            "hits %" PRIu64 ", misses %" PRIu64 ", remaps %" PRIu64 "; closed under "
            "%d threads; %.1f s\n",
            NTHREADS, ops, overflows, translated, nowait_done, batches, inv_ops, invalidations,
-           replaces,
-           records_seen, atomic_load(&trace_events), st.hits, st.misses, st.remaps, NTHREADS,
-           now() - t0);
+           replaces, records_seen, atomic_load(&trace_events), forks, NHITTERS,
+           atomic_load(&hits_seen), atomic_load(&hits_refused), st.hits, st.misses, st.remaps,
+           NTHREADS, now() - t0);
     xmc_cache_free(cache);
     xmc_ram_free(ram);
     free(shadow);

@@ -158,36 +158,6 @@ TEST(the_one_page_past_the_end_of_guest_ram_is_not_ram)
 
 /* ---- fork ------------------------------------------------------------------ */
 
-/*
- * Run fn in a forked child (with a watchdog: a hang fails): did it get to the
- * end?  The child says so through a pipe rather than its exit status, which
- * valgrind would turn into a failure for what the child leaks on purpose.
- */
-static bool in_child(void (*fn)(void))
-{
-    int fds[2], status;
-    char done = 0;
-    pid_t pid;
-
-    CHECK(pipe(fds) == 0);
-    pid = fork();
-    if (pid == 0) {
-        close(fds[0]);
-        alarm(20);
-        fn();
-        if (write(fds[1], "k", 1) != 1)
-            _exit(1);
-        _exit(0);
-    }
-    CHECK(pid > 0);
-    close(fds[1]);
-    if (read(fds[0], &done, 1) != 1)
-        done = 0;
-    close(fds[0]);
-    CHECK(waitpid(pid, &status, 0) == pid);
-    return done == 'k';
-}
-
 static xmc_cache *idle;
 
 static void child_of_a_busy_cache(void)
@@ -220,7 +190,7 @@ TEST(fork_while_a_thread_is_inside_a_cache_fails_in_the_child_only)
     OK(xmc_cache_new(&F->be, SHIFT, 4 * B, &idle));
     MAPC(idle, 0x10000, 0, 0);
     fx_park(0x30000); /* another thread holds C's mutex, in the backend */
-    CHECK(in_child(child_of_a_busy_cache));
+    CHECK(xt_in_child(child_of_a_busy_cache));
     ret = fx_unpark(); /* the parent's thread goes on undisturbed */
     CHECK(ret != NULL && xt_has_pattern(ret, 0x30000, 64));
     MAP(0x10000, 0, 0);
@@ -249,7 +219,7 @@ TEST(fork_of_an_idle_cache_works_in_the_child_on_shared_guest_ram)
 
     fx_setup(MIB, SHIFT, 4 * B);
     held = MAP(0x20000, 0x10, XMC_LOCK | XMC_DMA);
-    CHECK(in_child(child_of_an_idle_cache));
+    CHECK(xt_in_child(child_of_an_idle_cache));
     OK(xmc_read(C, 0x20000, back, sizeof(back))); /* guest RAM is shared */
     CHECK(memcmp(back, hello, sizeof(hello)) == 0);
     CHECK_EQ(xt_stats(C).locked, 1); /* the parent's own state is its own */

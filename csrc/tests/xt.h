@@ -103,6 +103,11 @@ void xt_touch_write(void *p);
 /* Open file descriptors of this process. */
 int xt_fd_count(void);
 
+/* Run fn in a forked child (with a watchdog: a hang fails): did it get to
+ * the end?  Told through a pipe, not the exit status, which valgrind would
+ * turn into a failure for what a child leaks on purpose. */
+bool xt_in_child(void (*fn)(void));
+
 /* ---- a handshake with a callback running in another thread -------------- */
 
 /* A callback calls xt_gate_pass(): it says it is inside, then waits until the
