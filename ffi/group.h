@@ -309,11 +309,9 @@ out:
         PyMem_Free(segs);
     if (out != outstack)
         PyMem_Free(out);
-    if (self->take_interrupt &&
-        xmc_py_interrupted(self, xmc_py_group_release, (PyObject *)g, NULL)) {
-        Py_DECREF((PyObject *)g);
-        return NULL;
-    }
+    if (g && self->take_interrupt &&
+        xmc_py_interrupted(self, xmc_py_group_release, (PyObject *)g, NULL))
+        Py_CLEAR(g);
     return (PyObject *)g;
 }
 
