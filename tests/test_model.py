@@ -647,67 +647,14 @@ class CacheModel(RuleBasedStateMachine):
 
     # -- interrupting callbacks --------------------------------------------------------
 
-    @precondition(lambda self: self.cfg.translate is not None)
-    @rule(
-        data=st.data(),
-        interrupt=st.sampled_from([KeyboardInterrupt, SystemExit]),
-        call=st.sampled_from(["map", "map_sg", "map_ptr", "read", "write"]),
-    )
-    def interrupted_translate(self, data: st.DataObject, interrupt: type[BaseException], call: str) -> None:
-        """translate raises an interrupt: the call raises it as it is, having
-        changed nothing (both() checks), or never needed translate."""
-        paddr, size = self.paddrs(data), self.sizes(data)
-        payload = self.pattern(data, size) if call == "write" else b""
-        ops: dict[str, Callable[[System], Any]] = {
-            "map": lambda s: s.cache.map(paddr, size, tag="irq"),
-            "map_sg": lambda s: s.cache.map_sg([(paddr, size)], tag="irq"),
-            "map_ptr": lambda s: s.cache.map_ptr(paddr, size, lock=True),
-            "read": lambda s: s.cache.read(paddr, size),
-            "write": lambda s: s.cache.write(paddr, payload),
-        }
-        plan = self.plan_copy(paddr, size)[0] if call == "write" else []
-        if call != "write" and paddr + size <= TOP and size <= self.cfg.max_size:
-            self.land(paddr, size)  # in dummy mode: where dummy memory may stand in
-        for s in self.systems():
-            s.armed = interrupt
-        try:
-            got = self.both(ops[call], interrupts=True)
-            fired = [s.armed is None for s in self.systems()]
-        finally:
-            for s in self.systems():
-                s.armed = None
-        assert fired[0] == fired[1], "translate was asked by one implementation only"
-        if got is None:
-            assert self.error is interrupt or not fired[0], f"{call} raised {self.error} for a {interrupt.__name__}"
-            return
-        assert not fired[0], f"{call} succeeded although translate raised {interrupt.__name__}"
-        if call in ("map", "map_sg"):
-            self.both(lambda s: got[0 if s is self.c else 1].release())
-        elif call == "map_ptr":
-            self.both(lambda s: s.cache.unlock(got[0 if s is self.c else 1]))
-        elif call == "read":
-            assert got[0] == got[1]
-        else:
-            for kind, where, chunk, done in plan:
-                if kind == "ram":
-                    self.store(where, payload[done : done + chunk])
+    CALLS = ["map", "map_sg", "map_ptr", "read", "write"]
 
-    @precondition(lambda self: self.cfg.traced)
-    @rule(
-        data=st.data(),
-        interrupt=st.sampled_from([KeyboardInterrupt, SystemExit]),
-        call=st.sampled_from(["map", "map_sg", "map_ptr", "read", "write", "release"]),
-    )
-    def interrupted_trace(self, data: st.DataObject, interrupt: type[BaseException], call: str) -> None:
-        """The trace hook raises an interrupt on the call's first event: the
-        core finishes the call, which then raises it as it is, having given
-        back what it locked (a write's bytes and a release stand)."""
-        if call == "release":
-            if not self.mappings:
-                return
-            held = data.draw(st.sampled_from(self.mappings), label="mapping")
-            if held.c.released or self.view is not None and self.view[2] is held:
-                return
+    def interrupted(
+        self, data: st.DataObject, call: str, hook: str, interrupt: type[BaseException], held: Held | None = None
+    ) -> tuple[Any, bool, list[tuple[str, Any, int, int]], Any, bytes]:
+        """Make ``call`` on both with ``hook`` ("armed": translate, or
+        "armed_trace") set to raise ``interrupt`` once; (what both() gave,
+        whether the hook raised, the write's plan and error, its payload)."""
         paddr, size = self.paddrs(data), self.sizes(data)
         payload = self.pattern(data, size) if call == "write" else b""
         plan, error = self.plan_copy(paddr, size) if call == "write" else ([], None)
@@ -719,31 +666,69 @@ class CacheModel(RuleBasedStateMachine):
             "map_ptr": lambda s: s.cache.map_ptr(paddr, size, lock=True),
             "read": lambda s: s.cache.read(paddr, size),
             "write": lambda s: s.cache.write(paddr, payload),
-            "release": lambda s: (held.c if s is self.c else held.py).release(),
+            "release": lambda s: getattr(held, s.name).release(),
         }
         for s in self.systems():
-            s.armed_trace = interrupt
-        try:  # no "nothing changed" check: a write or release that raises it is done
-            got = self.both(ops[call], reads_only=True, interrupts=True)
-            fired = [s.armed_trace is None for s in self.systems()]
+            setattr(s, hook, interrupt)
+        try:  # a trace hook's interrupt comes after the work: a write or release that raises it is done
+            got = self.both(ops[call], reads_only=hook == "armed_trace", interrupts=True)
+            fired = [getattr(s, hook) is None for s in self.systems()]
         finally:
             for s in self.systems():
-                s.armed_trace = None
-        assert fired[0] == fired[1], "the trace hook was called by one implementation only"
-        if fired[0]:
-            assert got is None and self.error is interrupt, f"{call} ended with {self.error} for a {interrupt.__name__}"
+                setattr(s, hook, None)
+        assert fired[0] == fired[1], f"{hook} raised in one implementation only"
+        return got, fired[0], plan, error, payload
+
+    def give_back(self, call: str, got: Any) -> None:
+        """Unlock what an interrupt rule's call locked (in both)."""
+        if call in ("map", "map_sg"):
+            self.both(lambda s: got[0 if s is self.c else 1].release())
+        elif call == "map_ptr":
+            self.both(lambda s: s.cache.unlock(got[0 if s is self.c else 1]))
+
+    def wrote(self, plan: list[tuple[str, Any, int, int]], payload: bytes) -> None:
+        for kind, where, chunk, done in plan:
+            if kind == "ram":
+                self.store(where, payload[done : done + chunk])
+
+    @precondition(lambda self: self.cfg.translate is not None)
+    @rule(data=st.data(), interrupt=st.sampled_from([KeyboardInterrupt, SystemExit]), call=st.sampled_from(CALLS))
+    def interrupted_translate(self, data: st.DataObject, interrupt: type[BaseException], call: str) -> None:
+        """translate raises an interrupt: the call raises it as it is, having
+        changed nothing (both() checks), or never needed translate."""
+        got, fired, plan, _, payload = self.interrupted(data, call, "armed", interrupt)
+        if got is None:
+            assert self.error is interrupt or not fired, f"{call} raised {self.error} for a {interrupt.__name__}"
+            return
+        assert not fired, f"{call} succeeded although translate raised {interrupt.__name__}"
+        if call == "read":
+            assert got[0] == got[1]
+        elif call == "write":
+            self.wrote(plan, payload)
+        self.give_back(call, got)
+
+    @precondition(lambda self: self.cfg.traced)
+    @rule(data=st.data(), interrupt=st.sampled_from([KeyboardInterrupt, SystemExit]), call=st.sampled_from([*CALLS, "release"]))
+    def interrupted_trace(self, data: st.DataObject, interrupt: type[BaseException], call: str) -> None:
+        """The trace hook raises an interrupt on the call's first event: the
+        core finishes the call, which then raises it as it is, having given
+        back what it locked (a write's bytes and a release stand)."""
+        held = None
         if call == "release":
+            held = data.draw(st.sampled_from(self.mappings), label="mapping") if self.mappings else None
+            if held is None or held.c.released or (self.view is not None and self.view[2] is held):
+                return
+        got, fired, plan, error, payload = self.interrupted(data, call, "armed_trace", interrupt, held)
+        if fired:
+            assert got is None and self.error is interrupt, f"{call} ended with {self.error} for a {interrupt.__name__}"
+        if held is not None:
             assert held.c.released == held.py.released
             if held.c.released:
                 self.mappings.remove(held)
-        elif call == "write" and error is None and (got is not None or fired[0]):
-            for kind, where, chunk, done in plan:
-                if kind == "ram":
-                    self.store(where, payload[done : done + chunk])
-        elif got is not None and call in ("map", "map_sg"):
-            self.both(lambda s: got[0 if s is self.c else 1].release())
-        elif got is not None and call == "map_ptr":
-            self.both(lambda s: s.cache.unlock(got[0 if s is self.c else 1]))
+        elif call == "write" and error is None and (got is not None or fired):
+            self.wrote(plan, payload)
+        elif got is not None:
+            self.give_back(call, got)
 
     # -- reverse lookups ---------------------------------------------------------
 
