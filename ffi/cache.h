@@ -95,9 +95,13 @@ static PyObject *xmc_py_read_fast(PyObject *op, PyObject *const *args, Py_ssize_
         return NULL;
     }
     rc = n ? xmc_py_copy_out(self, paddr, buf, n) : XMC_OK;
-    if (rc != XMC_OK || (self->take_interrupt && xmc_py_interrupted(self, NULL, NULL, NULL))) {
+    if (rc != XMC_OK) {
         Py_DECREF(out);
-        return rc != XMC_OK ? xmc_py_fail(self, rc, "read", paddr, n) : NULL;
+        return xmc_py_fail(self, rc, "read", paddr, n);
+    }
+    if (self->take_interrupt && xmc_py_interrupted(self, NULL, NULL, NULL)) {
+        Py_DECREF(out);
+        return NULL;
     }
     return out;
 }

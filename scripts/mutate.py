@@ -317,8 +317,8 @@ MUTANTS = [
     Mutant(
         "binding-ram-addr-32-bit",
         "ffi/cache.h",
-        '"ram_addr", (uint64_t)(uintptr_t)a, 0);\n    return PyLong_FromUnsignedLongLong((unsigned long long)paddr);',
-        '"ram_addr", (uint64_t)(uintptr_t)a, 0);\n    return PyLong_FromUnsignedLongLong((unsigned long long)(uint32_t)paddr);',
+        "        return NULL;\n    return PyLong_FromUnsignedLongLong((unsigned long long)paddr);",
+        "        return NULL;\n    return PyLong_FromUnsignedLongLong((unsigned long long)(uint32_t)paddr);",
         "the builtin ram_addr truncates guest addresses to 32 bits",
     ),
 ]
