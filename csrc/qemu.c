@@ -170,7 +170,7 @@ bool xen_map_cache_enabled(void)
 
 /* ---- the mapping calls ------------------------------------------------ */
 
-uint8_t *xen_map_cache(MemoryRegion *mr, hwaddr phys_addr, hwaddr size,
+uint8_t *xen_map_cache(XMC_QEMU_MR_CONST MemoryRegion *mr, hwaddr phys_addr, hwaddr size,
                        ram_addr_t ram_addr_offset, uint8_t lock, bool dma,
                        bool is_write)
 {

@@ -120,10 +120,16 @@ xmc_cache *xmc_qemu_cache(unsigned which);
  * abort: a failed or refused map returns NULL (an unlocked grant request, no
  * such cache, or what xmc_map() would fail with: XMC_EINVAL, XMC_EMAP,
  * XMC_EOVERFLOW...).  Cost: one xmc_map() call.
+ * QEMU 11 passes mr as a const MemoryRegion *: define XMC_QEMU_MR_CONST as
+ * const before including this header to declare it so (the library's code is
+ * the same either way: it only compares the address).
  */
+#ifndef XMC_QEMU_MR_CONST
+#define XMC_QEMU_MR_CONST /* QEMU 9.1 and 10: MemoryRegion *mr */
+#endif
 void xen_map_cache_init(phys_offset_to_gaddr_t f, void *opaque);
 bool xen_map_cache_enabled(void);
-uint8_t *xen_map_cache(MemoryRegion *mr, hwaddr phys_addr, hwaddr size,
+uint8_t *xen_map_cache(XMC_QEMU_MR_CONST MemoryRegion *mr, hwaddr phys_addr, hwaddr size,
                        ram_addr_t ram_addr_offset, uint8_t lock, bool dma,
                        bool is_write);
 

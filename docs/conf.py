@@ -35,6 +35,9 @@ myst_substitutions = facts.substitutions()
 myst_heading_anchors = 3
 exclude_patterns = ["_build"]
 
+# The qualifier xenmapcache_qemu.h puts on xen_map_cache()'s MemoryRegion (const for QEMU 11).
+c_id_attributes = ["XMC_QEMU_MR_CONST"]
+
 autodoc_typehints = "description"
 autodoc_typehints_format = "short"
 autodoc_member_order = "bysource"

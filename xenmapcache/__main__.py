@@ -1,4 +1,4 @@
-"""Command line: ``xenmapcache demo``, ``bench`` and ``soak`` (also as ``python -m xenmapcache``)."""
+"""Command line: ``xenmapcache demo``, ``bench``, ``soak`` and ``replay`` (also as ``python -m xenmapcache``)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
         add_help=False,
         help="mixed traffic for --seconds N, failing on any drift or differing byte (--plot FILE.png)",
     )
+    sub.add_parser(
+        "replay",
+        add_help=False,
+        help="play mapcache traces back on the C core, the reference, or both compared (--impl both)",
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
         from . import demo
@@ -38,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import soak
 
         return soak.main(rest, prog=f"{prog} soak")
+    if args.command == "replay":
+        from . import replay
+
+        return replay.main(rest, prog=f"{prog} replay")
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -486,6 +486,46 @@ def mixed(impl: str) -> Setup:
     return setup
 
 
+# -- a real guest's trace (benchmarks/traces, from contrib/qemu/run-guest.sh) --
+
+TRACE_CALLS = 20_000  # the prefix of the trace each replay plays
+
+
+def guest_traces() -> list[Path]:
+    """The committed traces of a guest run, when the source tree is at hand."""
+    root = source_tree()
+    return sorted((root / "benchmarks" / "traces").glob("*.xmct*")) if root else []
+
+
+@contextlib.contextmanager
+def _trace_prefix() -> Iterator[Any]:
+    from . import replay
+
+    traces = guest_traces()
+    if not traces:
+        raise Unavailable("no committed trace (benchmarks/traces/*.xmct*)")
+    trace = replay.read_trace(str(traces[0]))
+    if len(trace.calls) < TRACE_CALLS:
+        raise Unavailable(f"{traces[0].name} has fewer than {TRACE_CALLS} calls")
+    trace.calls = trace.calls[:TRACE_CALLS]
+    yield trace
+
+
+def trace_replay(impl: str) -> Setup:
+    """The first TRACE_CALLS calls of the guest's trace, on a fresh cache of ``impl`` per replay."""
+
+    @contextlib.contextmanager
+    def setup(res: Resources) -> Iterator[Call]:
+        from . import replay
+
+        if implementation(impl) is None:
+            raise Unavailable(f"no {impl} implementation here")
+        with _trace_prefix() as trace:
+            yield replay.replay, (trace, impl, None, False)
+
+    return setup
+
+
 @dataclass(frozen=True)
 class Side:
     label: str
@@ -651,6 +691,16 @@ ROWS = (
         at_least=True,
     ),
     Row(
+        "trace",
+        f"a Linux guest's trace through the Python API (first {TRACE_CALLS:,} calls)",
+        "xenmapcache.reference vs the C core (speed-up)",
+        Side("reference", trace_replay("reference")),
+        Side("C core", trace_replay("c")),
+        3.0,
+        at_least=True,
+        per_call=TRACE_CALLS,
+    ),
+    Row(
         "mixed",
         "mixed emulator workload",
         "xenmapcache.reference vs the C core (speed-up)",
@@ -790,7 +840,37 @@ def run_c(quick: bool, scaling: bool) -> tuple[list[Result], list[dict[str, Any]
             )
         else:
             points.append(item)
-    return rows, points, None
+    return rows + run_c_replay(root, quick), points, None
+
+
+# The C core over a no-op cache on the guest's trace: what the core adds per
+# call, misses (an mmap each) and invalidations (a munmap per entry) included.
+C_REPLAY_TARGET = 8.0
+
+
+def run_c_replay(root: Path, quick: bool) -> list[Result]:
+    """benchmarks/c/replay.c on the first committed trace (decompressed), if there is one."""
+    traces = guest_traces()
+    if not traces:
+        return []
+    build = subprocess.run(["make", "-C", str(root / "csrc"), "-s", "build/replay"], capture_output=True, text=True)
+    if build.returncode != 0:
+        return [Result("C: replay of a Linux guest's trace", f"missing: it did not build: {build.stderr}", 0, 0, 0,
+                       f"<= {C_REPLAY_TARGET:g}x", False)]
+    from . import replay
+
+    with tempfile.NamedTemporaryFile(suffix=".xmct") as f:
+        with replay._open(str(traces[0])) as src:
+            shutil.copyfileobj(src, f)
+        f.flush()
+        proc = subprocess.run([str(root / "csrc" / "build" / "replay"), "--json", "--rounds", "3" if quick else "10",
+                               f.name], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return [Result("C: replay of a Linux guest's trace", f"missing: {proc.stderr.strip()}", 0, 0, 0,
+                       f"<= {C_REPLAY_TARGET:g}x", False)]
+    item = json.loads(proc.stdout)
+    return [Result(item["row"], item["measured_as"], item["a"], item["b"], item["ratio"],
+                   f"<= {C_REPLAY_TARGET:g}x", item["ratio"] <= C_REPLAY_TARGET, item["unit"])]
 
 
 def print_table(results: list[Result], out: TextIO) -> None:

@@ -13,6 +13,10 @@ void xen_map_cache_init(phys_offset_to_gaddr_t f, void *opaque);
 uint8_t *xen_map_cache(MemoryRegion *mr, hwaddr phys_addr, uint32_t size,
                        ram_addr_t ram_addr_offset, uint8_t lock, bool dma,
                        bool is_write);
+#elif defined(STUB_QEMU11) /* QEMU 11 (2026) */
+uint8_t *xen_map_cache(const MemoryRegion *mr, hwaddr phys_addr, hwaddr size,
+                       ram_addr_t ram_addr_offset, uint8_t lock, bool dma,
+                       bool is_write);
 #else
 uint8_t *xen_map_cache(MemoryRegion *mr, hwaddr phys_addr, hwaddr size,
                        ram_addr_t ram_addr_offset, uint8_t lock, bool dma,
