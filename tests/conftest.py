@@ -9,8 +9,10 @@ from types import ModuleType
 
 import pytest
 
-# Implementations of docs/contract.md, section 6: the C core and the pure-Python reference.
-IMPLEMENTATIONS = {"c": "xenmapcache", "py": "xenmapcache.reference"}
+# Implementations of docs/contract.md, section 6: the C core with the binding's
+# builtins and types (CPython), the C core through cffi calls alone (what
+# PyPy and free-threaded builds run), and the pure-Python reference.
+IMPLEMENTATIONS = {"c": "xenmapcache", "c-cffi": "xenmapcache", "py": "xenmapcache.reference"}
 
 MIB = 1 << 20
 
@@ -18,9 +20,14 @@ MIB = 1 << 20
 collect_ignore = [] if os.environ.get("XMC_HOSTILE_CHILD") else ["test_input.py"]
 
 
-@pytest.fixture(params=sorted(IMPLEMENTATIONS), scope="session")
-def xmc(request: pytest.FixtureRequest) -> ModuleType:
-    """The module under test (``import xenmapcache as xmc`` or its reference)."""
+@pytest.fixture(params=sorted(IMPLEMENTATIONS))
+def xmc(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The module under test (``import xenmapcache as xmc`` or its reference);
+    for ``c-cffi``, the caches it makes while the test runs have no builtins."""
+    if request.param == "c-cffi":
+        import xenmapcache._native
+
+        monkeypatch.setattr(xenmapcache._native, "native_types", lambda: None)
     return importlib.import_module(IMPLEMENTATIONS[request.param])
 
 
@@ -38,13 +45,3 @@ def cache(xmc: ModuleType, ram: object) -> Iterator[object]:
     c = xmc.MapCache(ram)
     yield c
     c.close()
-
-
-@pytest.fixture(params=["builtins", "cffi"])
-def arrangement(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Caches with the binding's types and builtins (CPython), or with plain cffi calls alone."""
-    if request.param == "cffi":
-        import xenmapcache._native
-
-        monkeypatch.setattr(xenmapcache._native, "native_types", lambda: None)
-    yield request.param

@@ -1,30 +1,25 @@
-"""The per-cache fast paths of the hot methods (``_native.HOT_METHODS``) keep the contract.
+"""The per-cache fast paths of the hot methods (``_binding.HOT_METHODS``) keep the contract.
 
 On CPython the C core's cache gets builtins (ffi/binding.h) that fall back
 straight on MapCache's checked methods; elsewhere the checked methods alone,
-over plain cffi calls.  Every test here runs in both arrangements, and on the
-reference implementation.
+over plain cffi calls.  Every test here runs on the three implementations of
+conftest: ``c`` (the builtins), ``c-cffi`` (cffi calls alone) and ``py`` (the
+reference).
 """
 
 from __future__ import annotations
 
 import gc
 import sys
-import threading
 import tracemalloc
 from types import ModuleType
 from typing import Any
 
 import pytest
+from threads import run_threads
 
 PAGE = 4096
 MIB = 1 << 20
-
-
-@pytest.fixture(autouse=True)
-def every_arrangement(arrangement: str) -> str:
-    """Every test here with the builtins (where there are any) and with plain cffi calls alone."""
-    return arrangement
 
 
 def test_methods_kept_after_their_cache_went_still_raise_what_they_should(xmc: ModuleType, ram: Any) -> None:
@@ -144,31 +139,22 @@ def test_the_fast_paths_take_keywords_like_the_methods(xmc: ModuleType, cache: A
 
 
 def test_threads_share_the_fast_paths(xmc: ModuleType, ram: Any) -> None:
-    errors: list[BaseException] = []
     with xmc.MapCache(ram, bucket_shift=16, max_size=4 * MIB) as cache:  # few slots: remaps too
 
         def worker(seed: int) -> None:
-            try:
-                for i in range(2000):
-                    p = ((seed * 7919 + i * 104729) % (30 * MIB)) & ~7
-                    a = cache.map_ptr(p, 8, lock=True, dma=bool(i & 1))
-                    assert cache.ram_addr(a) == p
-                    assert len(cache.read(p, 64)) == 64
-                    cache.map_ptr(p ^ 0x10_0000)
-                    cache.unlock(a)
-            except BaseException as exc:  # reported below
-                errors.append(exc)
+            for i in range(2000):
+                p = ((seed * 7919 + i * 104729) % (30 * MIB)) & ~7
+                a = cache.map_ptr(p, 8, lock=True, dma=bool(i & 1))
+                assert cache.ram_addr(a) == p
+                assert len(cache.read(p, 64)) == 64
+                cache.map_ptr(p ^ 0x10_0000)
+                cache.unlock(a)
 
-        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+        run_threads(worker, 4)
         assert cache.stats().locked == 0
 
 
-def test_the_fast_paths_leak_nothing(xmc: ModuleType, cache: Any, arrangement: str) -> None:
+def test_the_fast_paths_leak_nothing(xmc: ModuleType, cache: Any) -> None:
     if xmc.__name__ != "xenmapcache":
         pytest.skip("the C core's fast paths")
 
@@ -211,7 +197,7 @@ def test_help_on_a_cache_method_says_what_it_raises(xmc: ModuleType, cache: Any)
     # the checked method's whole docstring, Raises list included.
     import pydoc
 
-    from xenmapcache._native import HOT_METHODS
+    from xenmapcache._binding import HOT_METHODS
 
     for name in HOT_METHODS:
         method = getattr(cache, name)
@@ -220,7 +206,7 @@ def test_help_on_a_cache_method_says_what_it_raises(xmc: ModuleType, cache: Any)
         assert ":raises MapCacheError: the cache is closed" in text, name
 
 
-def test_the_builtins_are_bound_by_name(xmc: ModuleType, cache: Any, arrangement: str) -> None:
+def test_the_builtins_are_bound_by_name(xmc: ModuleType, cache: Any) -> None:
     # Each builtin falls back on the checked method of its own name: an
     # argument only the checked method takes (an int subclass) gets the
     # answer of that method.

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from ctools import Flaky
+from threads import run_threads
 
 PAGE = 4096
 MIB = 1 << 20
@@ -76,7 +77,7 @@ def test_close_refuses_while_a_view_is_alive(xmc: ModuleType, ram: Any) -> None:
 @pytest.mark.parametrize("then", ["close", "collect"])
 @pytest.mark.parametrize("where", ["trace", "backend"])
 def test_a_close_refused_from_inside_a_callback_leaves_the_cache_fully_open(
-    xmc: ModuleType, arrangement: str, where: str, then: str
+    xmc: ModuleType, where: str, then: str
 ) -> None:
     # The refusal came after the cache had marked itself and its Mappings
     # closed: every Mapping read as released, and a second close did nothing.
@@ -125,7 +126,7 @@ def test_unlock_by_address_never_pulls_a_mapping_from_under_a_view(cache: Any) -
     assert m.released
 
 
-def test_unlock_by_address_never_matches_a_mapping_still_in_flight(xmc: ModuleType, arrangement: str) -> None:
+def test_unlock_by_address_never_matches_a_mapping_still_in_flight(xmc: ModuleType) -> None:
     # While a map is in flight its Mapping is registered with no address yet:
     # an unlock(0) meanwhile released it, and the lock it then took leaked.
     entered, go = threading.Event(), threading.Event()
@@ -154,7 +155,7 @@ def test_unlock_by_address_never_matches_a_mapping_still_in_flight(xmc: ModuleTy
         assert cache.stats().locked == 0 and ram.read(0, 1) == b"\x07"
 
 
-def test_the_attributes_of_a_mapping_are_read_only(xmc: ModuleType, ram: Any, arrangement: str) -> None:
+def test_the_attributes_of_a_mapping_are_read_only(xmc: ModuleType, ram: Any) -> None:
     # A size set by the user made memoryview(m) reach past the mapping: SIGSEGV.
     with xmc.MapCache(ram) as cache, cache.map(0x1000, 8, tag="t") as m:
         for name, value in (("size", 1 << 34), ("address", 0), ("paddr", 0), ("dma", True), ("tag", "u")):
@@ -165,7 +166,7 @@ def test_the_attributes_of_a_mapping_are_read_only(xmc: ModuleType, ram: Any, ar
             assert len(view) == 8
 
 
-def test_mappings_and_groups_take_weak_references(xmc: ModuleType, ram: Any, arrangement: str) -> None:
+def test_mappings_and_groups_take_weak_references(xmc: ModuleType, ram: Any) -> None:
     with xmc.MapCache(ram) as cache:
         m, g = cache.map(0, 8), cache.map_sg([(0x1000, 8), (0x2000, 8)])
         refs = [weakref.ref(m), weakref.ref(g), weakref.ref(g[0])]
@@ -259,29 +260,24 @@ def test_guest_ram_outlives_its_handle_while_a_cache_uses_it(xmc: ModuleType) ->
 def test_threads_with_a_concurrent_invalidator(xmc: ModuleType) -> None:
     ram = xmc.GuestRAM(8 * MIB)
     cache = xmc.MapCache(ram, bucket_shift=12, max_size=8 * PAGE)  # heavy collisions
-    errors: list[BaseException] = []
-    stop = threading.Event()
 
     def worker(n: int) -> None:
         rng = random.Random(n)
-        try:
-            for i in range(300):
-                base = (n * 64 + rng.randrange(64)) * PAGE + 16
-                pattern = bytes([n, i % 251]) * 16
-                cache.write(base, pattern)
-                with cache.map(base, len(pattern), dma=bool(i % 2), tag=(n, i)) as m:
-                    with memoryview(m) as view:
-                        assert bytes(view) == pattern
-                        view[:2] = b"ok"
-                    assert cache.ram_addr(m.address) == base
-                assert cache.read(base, 2) == b"ok"
-                p = cache.map_ptr(base, 16, lock=True)
-                assert cache.ram_addr(p + 3) == base + 3
-                cache.unlock(p)
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
+        for i in range(300):
+            base = (n * 64 + rng.randrange(64)) * PAGE + 16
+            pattern = bytes([n, i % 251]) * 16
+            cache.write(base, pattern)
+            with cache.map(base, len(pattern), dma=bool(i % 2), tag=(n, i)) as m:
+                with memoryview(m) as view:
+                    assert bytes(view) == pattern
+                    view[:2] = b"ok"
+                assert cache.ram_addr(m.address) == base
+            assert cache.read(base, 2) == b"ok"
+            p = cache.map_ptr(base, 16, lock=True)
+            assert cache.ram_addr(p + 3) == base + 3
+            cache.unlock(p)
 
-    def invalidator() -> None:
+    def invalidator(stop: threading.Event) -> None:
         import warnings
 
         with warnings.catch_warnings():
@@ -289,16 +285,7 @@ def test_threads_with_a_concurrent_invalidator(xmc: ModuleType) -> None:
             while not stop.is_set():
                 cache.invalidate()
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    inv = threading.Thread(target=invalidator)
-    inv.start()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    stop.set()
-    inv.join()
-    assert not errors, errors[0]
+    run_threads(worker, 8, background=invalidator)
     st = cache.stats()
     assert (st.locked, st.dma_locked) == (0, 0) and cache.locked() == []
     assert st.invalidations > 0
@@ -312,7 +299,7 @@ def test_close_while_other_threads_are_inside_calls(xmc: ModuleType) -> None:
         cache = xmc.MapCache(ram, bucket_shift=12)
         outcomes: list[str] = []
 
-        def reader() -> None:
+        def reader(_: int) -> None:
             for i in range(2000):
                 try:
                     cache.read((i % 512) * PAGE, 64)
@@ -322,11 +309,6 @@ def test_close_while_other_threads_are_inside_calls(xmc: ModuleType) -> None:
                     return
             outcomes.append("done")
 
-        threads = [threading.Thread(target=reader) for _ in range(3)]
-        for t in threads:
-            t.start()
-        cache.close()
-        for t in threads:
-            t.join()
+        run_threads(reader, 3, meanwhile=cache.close)
         assert len(outcomes) == 3
     ram.close()

@@ -198,3 +198,37 @@ def test_a_locked_mapping_costs_the_reference_core_under_200_bytes() -> None:
             tracemalloc.stop()
         assert cache.stats().locked == n
     assert per_lock < 200, per_lock
+
+
+def _header_defines(prefix: str) -> dict[str, int]:
+    """``#define <prefix>NAME value`` of csrc/xenmapcache.h, as {NAME: value}."""
+    import re
+
+    from ctools import CSRC
+
+    text = (CSRC / "xenmapcache.h").read_text()
+    return {m[1]: int(m[2]) for m in re.finditer(rf"^#define {prefix}(\w+) (-?\d+)\b", text, re.M)}
+
+
+def test_the_python_tables_are_the_c_headers() -> None:
+    # What Python knows by number (events, status codes, flags) is the
+    # header's, read from the header itself: no copy can drift.
+    import xenmapcache._mapping as mapping
+    import xenmapcache.cache
+    import xenmapcache.reference as ref
+    from xenmapcache import errors, trace
+
+    defines = _header_defines("XMC_")
+    events = _header_defines("XMC_EV_")
+    assert trace.EVENT_NAMES == {number: name.lower() for name, number in events.items()}
+    statuses = {n: v for n, v in defines.items() if n == "OK" or (n.startswith("E") and not n.startswith("EV_"))}
+    for name, code in statuses.items():
+        if hasattr(ref, name):  # the codes the reference can return
+            assert getattr(ref, name) == code, name
+    assert {"OK", "ENOMEM", "EINVAL", "EMAP", "ENOENT", "EOVERFLOW", "ESYS", "EFORKED", "EGRANT"} <= {
+        n for n in statuses if hasattr(ref, n)
+    }
+    assert set(errors.EXCEPTION_OF) <= set(statuses.values())
+    assert set(ref._MESSAGES) <= set(statuses.values())
+    assert (mapping.LOCK, mapping.DMA, trace.XMC_DMA) == (defines["LOCK"], defines["DMA"], defines["DMA"])
+    assert xenmapcache.cache.SG_MAX == defines["SG_MAX"]

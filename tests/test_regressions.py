@@ -12,6 +12,7 @@ import textwrap
 from types import ModuleType
 
 import pytest
+from threads import run_threads
 
 
 def run_scenario(xmc: ModuleType, body: str) -> str:
@@ -175,8 +176,7 @@ def test_threads_each_get_their_own_addresses(xmc: ModuleType) -> None:
     # host address: a Mapping pointing at someone else's memory, an unlock
     # that failed, a lock that leaked.  Found by a threaded run of the
     # reference and the C core side by side.
-    import threading
-
+    
     ram = xmc.GuestRAM(1 << 23)
     cache = xmc.MapCache(ram, bucket_shift=12, max_size=1 << 16)
     wrong: list[str] = []
@@ -201,11 +201,7 @@ def test_threads_each_get_their_own_addresses(xmc: ModuleType) -> None:
             except xmc.UnknownMapping:
                 wrong.append(f"thread {n}: lost the lock of {paddr:#x}")
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(worker, 8)
     assert wrong == []
     assert cache.stats().locked == 0
     cache.close()

@@ -472,7 +472,7 @@ def test_every_page_of_a_partly_mapped_entry_but_the_holes_maps(xmc: ModuleType,
 def test_the_hot_methods_are_the_builtins_on_cpython() -> None:
     # A failed install falls back to Python closures silently, and every other
     # test still passes: this one says so.
-    from xenmapcache._native import HOT_METHODS
+    from xenmapcache._binding import HOT_METHODS
 
     with xenmapcache.GuestRAM(MIB) as ram:
         for cache in (xenmapcache.MapCache(ram), xenmapcache.MapCache(ram, bucket_shift=12, grants=True)):
@@ -489,11 +489,11 @@ def test_the_hot_methods_are_the_builtins_on_cpython() -> None:
 
 @pytest.mark.skipif(sys.implementation.name != "cpython", reason="the builtins are CPython's")
 def test_the_binding_refuses_another_table_of_hot_methods() -> None:
-    from xenmapcache import _core, _native
+    from xenmapcache import _binding, _core, _native
     from xenmapcache.cache import Mapping, MappingGroup
 
     assert _native.native_types() is _core
-    hot = _native.HOT_METHODS
+    hot = _binding.HOT_METHODS
     for table in (hot + ("stats",), hot[1:], hot[:-1] + ("map",), tuple(reversed(hot))):
         if sorted(table) == sorted(hot):
             _core.install(table, Mapping, MappingGroup)  # by name: the order is free
@@ -507,7 +507,7 @@ def test_a_table_the_binding_was_not_built_for_fails_at_import() -> None:
     # A Python table that names a method the compiled binding lacks (a stale
     # binding): the first cache fails with ImportError, not with a wrong method.
     code = (
-        "import xenmapcache._native as n\n"
+        "import xenmapcache._binding as n\n"
         "n.HOT_METHODS += ('locked',)\n"
         "import xenmapcache\n"
         "try:\n"

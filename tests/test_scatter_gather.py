@@ -12,11 +12,11 @@ import gc
 import os
 import pickle
 import socket
-import threading
 from types import ModuleType
 from typing import Any
 
 import pytest
+from threads import run_threads
 
 PAGE = 4096
 MIB = 1 << 20
@@ -175,28 +175,19 @@ def test_a_forgotten_group_is_collected(xmc: ModuleType, ram: Any) -> None:
 
 
 def test_threads_share_batches(xmc: ModuleType, ram: Any) -> None:
-    errors: list[BaseException] = []
     with xmc.MapCache(ram, bucket_shift=16, max_size=4 * MIB) as cache:  # few slots: remaps
 
         def worker(seed: int) -> None:
-            try:
-                for i in range(400):
-                    base = ((seed * 7919 + i * 104729) % (30 * MIB)) & ~7
-                    segs = [(base + k * 0x1_1000, 64) for k in range(4)]
-                    with cache.map_sg(segs, dma=bool(i & 1), tag=seed) as g:
-                        for m, v in zip(g, g.buffers()):
-                            v[:8] = m.paddr.to_bytes(8, "little")
-                            del v
-                        assert all(cache.ram_addr(m.address) == m.paddr for m in g)
-            except BaseException as exc:
-                errors.append(exc)
+            for i in range(400):
+                base = ((seed * 7919 + i * 104729) % (30 * MIB)) & ~7
+                segs = [(base + k * 0x1_1000, 64) for k in range(4)]
+                with cache.map_sg(segs, dma=bool(i & 1), tag=seed) as g:
+                    for m, v in zip(g, g.buffers()):
+                        v[:8] = m.paddr.to_bytes(8, "little")
+                        del v
+                    assert all(cache.ram_addr(m.address) == m.paddr for m in g)
 
-        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+        run_threads(worker, 4)
         assert cache.stats().locked == 0
 
 

@@ -151,7 +151,7 @@ def test_a_raising_hook_is_logged_and_changes_nothing(
 
 @pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
 def test_an_interrupt_from_the_hook_is_raised_by_its_call_and_keeps_no_lock(
-    xmc: ModuleType, ram: Any, arrangement: str, interrupt: type[BaseException]
+    xmc: ModuleType, ram: Any, interrupt: type[BaseException]
 ) -> None:
     # It was swallowed (C: printed by cffi), or left a lock the Mapping said
     # was released (the reference).

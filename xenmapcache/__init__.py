@@ -10,7 +10,8 @@ The contract: https://xenmapcache.readthedocs.io/en/latest/contract.html
 """
 
 from .backends import CallbackBackend
-from .cache import LockedMapping, MapCache, Mapping, MappingGroup, Stats
+from ._mapping import Mapping, MappingGroup
+from .cache import LockedMapping, MapCache, Stats
 from .errors import (
     BackendUnavailable,
     DMAMappingWarning,

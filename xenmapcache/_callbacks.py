@@ -6,7 +6,7 @@ An exception raised by a user callback cannot cross C; it is kept in
 raised (``KeyboardInterrupt`` and ``SystemExit`` too), and the callback
 returns its declared error value, which the core takes as a failure.  The
 caller chains the exception onto the error the core returns, or raises an
-interrupt as it is (``_NativeCore._fail``).  A cache
+interrupt as it is (``NativeCore._fail``).  A cache
 takes only its own callbacks' errors, so an error can never become the cause
 of a failure on another cache; every path that can leave one (a failed call,
 an invalidate or close whose unmap failed, the garbage collection of a cache)
@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
-from ._native import binding
+from ._binding import binding
 from ._validate import U64_LIMIT
 from .trace import keep
 

@@ -1,79 +1,27 @@
-"""The binding: the one module that touches the compiled core.
+"""The C core behind ``MapCache``: ``NativeCore``, and the binding's own types.
 
-It holds ``binding()`` (``ffi`` and ``lib``), the status-code check, and
-``NativeCore``, the C core behind ``MapCache``, with its fast paths (the
-builtins of ffi/binding.h); ``cache.py`` is the API alone.  Every other module
-goes through here, never through ``_core`` directly.  The core is imported on
-first use, so the pure-Python parts of the package (the reference
-implementation, GuestRAM) import without a compiler.
+``NativeCore`` makes one core call through cffi per checked call; on CPython
+its cache is owned by a ``NativeCache`` of the binding's C (ffi/cache.h),
+whose builtins serve the common case of the hot methods and whose registry
+keeps the cache's Mappings.  ``cache.py`` is the API over it.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
 import sys
 import sysconfig
 import weakref
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NoReturn
 
-from . import _version
-from .errors import status_error
+from . import _binding
+from ._binding import binding, check, raise_for
+from ._mapping import Mapping, MappingGroup
 from .trace import guard, take_interrupt
 
 logger = logging.getLogger("xenmapcache")
-
-
-# The hot methods: on CPython each cache has a builtin for each (``fast_paths()``),
-# which falls back on ``MapCache``'s checked method of the same name.  Both are
-# bound by these names; the binding checks at import that it has a builtin for
-# each of them and for no other (``install()``, ffi/binding.h): a difference is
-# an ImportError.
-HOT_METHODS = ("map_ptr", "read", "readinto", "write", "ram_addr", "unlock", "map", "map_sg")
-
-
-@functools.cache
-def binding() -> tuple[Any, Any]:
-    """Return ``(ffi, lib)`` of the compiled core, importing it once."""
-    try:
-        from . import _core
-    except ImportError as exc:
-        _core = installed_core()
-        if _core is None:
-            raise ImportError(
-                "xenmapcache's C core is not built; install the package with "
-                "'pip install .' (it needs a C compiler)"
-            ) from exc
-    check_stamp(_core.ffi.string(_core.lib.xmc_py_build_version()).decode(), _core.__file__)
-    return _core.ffi, _core.lib
-
-
-def installed_core() -> Any:
-    """The compiled core of an installed copy of the package, or None.
-
-    ``python -m xenmapcache`` run in a checkout imports the source tree, which
-    has no compiled core after a plain ``pip install .``; the installed copy on
-    ``sys.path`` has one, and its version stamp is checked like any other.
-    """
-    here = Path(__file__).resolve().parent
-    name = f"{__package__}._core"
-    for entry in sys.path:
-        package = Path(entry or ".").resolve() / __package__
-        if package == here:
-            continue
-        for path in sorted(package.glob("_core.*.so")):
-            spec = importlib.util.spec_from_file_location(name, path)
-            if spec is None or spec.loader is None:
-                continue
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            sys.modules[name] = module
-            setattr(sys.modules[__package__], "_core", module)
-            return module
-    return None
 
 
 @functools.cache
@@ -90,33 +38,12 @@ def native_types() -> Any:
         return None
     if lib.xmc_py_fast_install() != 0:
         return None
-    from . import _core
-    from .cache import Mapping, MappingGroup
+    from . import _core  # the compiled module itself: loaded by binding() already
 
-    _core.install(HOT_METHODS, Mapping, MappingGroup)  # ImportError: a stale binding
+    _core.install(_binding.HOT_METHODS, Mapping, MappingGroup)  # ImportError: a stale binding
     return _core
 
 
-def check_stamp(built_for: str, path: str | None) -> None:
-    """Refuse a compiled core built for another version of the package (a stale .so)."""
-    if built_for != _version.__version__:  # read now: a test moves it on
-        raise ImportError(
-            f"xenmapcache {_version.__version__} found a C core built for version {built_for} at {path}: "
-            "it is stale; rebuild it with 'pip install .' (or 'pip install -e .')"
-        )
-
-
-def raise_for(rc: int, what: str, *where: int, cause: BaseException | None = None) -> NoReturn:
-    """Raise the exception for the core's status code ``rc`` (non-zero) of the call
-    ``what`` given ``where`` (see :func:`errors.status_error`)."""
-    ffi, lib = binding()
-    raise status_error(rc, ffi.string(lib.xmc_strerror(rc)).decode(), what, *where) from cause
-
-
-def check(rc: int, what: str) -> None:
-    """Raise unless ``rc`` is XMC_OK."""
-    if rc:
-        raise_for(rc, what)
 
 
 class NativeCore:
@@ -140,7 +67,7 @@ class NativeCore:
         grants: bool = False,
         trace: Callable[..., None] | None = None,
     ) -> None:
-        from . import _callbacks
+        from . import _callbacks  # registers the callbacks into Python: loads the compiled core
 
         self._ffi, self._lib = ffi, lib = binding()
         out = ffi.new("xmc_cache **")
@@ -222,7 +149,7 @@ class NativeCore:
         native = self._native
         if native is None:
             return {}
-        return {name: getattr(native, name) for name in HOT_METHODS}
+        return {name: getattr(native, name) for name in _binding.HOT_METHODS}
 
     def map(self, paddr: int, size: int, flags: int, tag: int) -> int:
         # The address comes back as the return value: nothing shared between threads.

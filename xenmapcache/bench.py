@@ -332,7 +332,7 @@ def hit_noop_attr(res: Resources) -> Iterator[Call]:
 
 @contextlib.contextmanager
 def hit_raw(res: Resources) -> Iterator[Call]:
-    from ._native import binding
+    from ._binding import binding
 
     # The C entry point itself, no Python around it: what the C work costs.
     yield binding()[1].xmc_py_map_ptr, (hit_cache(res)._core._c, HIT, 0, False, False)
@@ -545,6 +545,9 @@ class Row:
     at_least: bool = False  # the ratio must be >= target (a speed-up) instead of <=
     extra: tuple[Side, ...] = field(default=())  # in the group, not in the ratio
     per_call: int = 1  # operations in one timed call (times are shown per operation)
+    # Robust to a shared machine (both sides suffer its noise alike, far from
+    # the target): the test suite fails when it misses twice (benchmarks/test_robust.py).
+    robust: bool = False
 
     def passes(self, ratio: float) -> bool:
         return ratio >= self.target if self.at_least else ratio <= self.target
@@ -567,6 +570,7 @@ ROWS = (
         Side("no-op builtin", hit_noop),
         1.5,
         extra=(Side("C entry, no Python", hit_raw),),
+        robust=True,
     ),
     Row(
         "hit-readme",
@@ -583,6 +587,7 @@ ROWS = (
         Side("N=10000", fifo("c", 10_000)),
         Side("N=10", fifo("c", 10)),
         1.5,
+        robust=True,
     ),
     Row(
         "ram_addr",
@@ -591,6 +596,7 @@ ROWS = (
         Side("N=10000", reverse("c", 10_000)),
         Side("N=10", reverse("c", 10)),
         1.5,
+        robust=True,
     ),
     Row(
         "invalidate",
@@ -599,6 +605,7 @@ ROWS = (
         Side("8Mi slots", invalidate("c", 8 << 20)),
         Side("1024 slots", invalidate("c", 1024)),
         2.0,
+        robust=True,
     ),
     Row(
         "read",
@@ -655,6 +662,7 @@ ROWS = (
         Side("with map, view", safe("c", safe_view_step)),
         Side("the two with statements alone", with_floor),
         1.2,
+        robust=True,
     ),
     Row(
         "sg-preadv",

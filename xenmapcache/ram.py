@@ -214,14 +214,14 @@ class GuestRAM(NoCopy):
     @contextlib.contextmanager
     def _c_backend(self) -> Iterator[Any]:
         """The ``xmc_backend *`` for a C cache to retain (it keeps the memfd alive)."""
-        from ._native import binding
+        from ._binding import binding
 
         yield binding()[1].xmc_ram_backend(self._c_ram())
 
     def _c_ram(self) -> Any:
         """The C core's ``xmc_ram *`` over the same memfd (created once)."""
         if self._c is None:
-            from ._native import binding, check
+            from ._binding import binding, check
 
             ffi, lib = binding()
             self._check_open()

@@ -41,7 +41,8 @@ from typing import Any, NoReturn
 from . import cache as _cache
 from .backends import CallbackBackend
 from . import errors as _errors
-from .cache import LockedMapping, Mapping, MappingGroup, Stats
+from ._mapping import DMA, LOCK, Mapping, MappingGroup
+from .cache import LockedMapping, Stats
 from .errors import *  # noqa: F403 - the very exception classes of the package
 from .errors import BackendUnavailable, InvalidAddress, LockOverflow, MapCacheError, MappingError, UnknownMapping
 from ._version import __version__
@@ -489,6 +490,19 @@ class _PyCore:
         self._finalizer = weakref.finalize(self, _free, self._st, self._lock)
         _caches.add(self)
 
+    @staticmethod
+    def has_fast_paths() -> bool:
+        """No builtins: the checked methods serve every call."""
+        return False
+
+    def registry(self, cache: Any, checked: dict[str, Callable[..., Any]]) -> None:
+        """None: the cache keeps its Mappings in a ``_PyRegistry``."""
+        return None
+
+    def fast_paths(self) -> dict[str, Callable[..., Any]]:
+        """None: see :meth:`has_fast_paths`."""
+        return {}
+
     # -- mapping internals (the caller holds self._lock) ---------------------
 
     def _map_into(self, e: _Entry, index: int, size: int, fixed: bool, dummy: bool) -> int:
@@ -594,7 +608,7 @@ class _PyCore:
     def _map_locked(self, paddr: int, size: int, flags: int, tag: int) -> tuple[int, int, BaseException | None]:
         """``map_locked``: (status, host address, translate's exception)."""
         st = self._st
-        lock = bool(flags & _cache.LOCK)
+        lock = bool(flags & LOCK)
         shift, bucket = self._shift, self._bucket
         index = paddr >> shift
         offset = paddr & (bucket - 1)
@@ -638,7 +652,7 @@ class _PyCore:
             if found.lock >= self._lock_limit:
                 st.hits -= 1  # found locked already, not mapped: take back the hit
                 return EOVERFLOW, 0, None
-            self._record_add(found, address, size, tag, bool(flags & _cache.DMA))
+            self._record_add(found, address, size, tag, bool(flags & DMA))
             found.lock += 1
         if not self._grants:  # a grant entry may go at any unlock
             st.last = found
@@ -661,7 +675,7 @@ class _PyCore:
         elif rc == OK:
             kind = "hit"
         if kind is not None:
-            lock = flags & _cache.LOCK
+            lock = flags & LOCK
             st.trace(kind, rc, flags & 3, paddr, size, address if rc == OK else 0, tag if lock else 0)
         return rc, address, cause
 
@@ -863,7 +877,7 @@ class _PyCore:
         done: list[int] = []
         for paddr, size in segs:
             before = (st.hits, st.misses, st.remaps)
-            rc, address, cause = self._map_traced(paddr, size, flags | _cache.LOCK, tag)
+            rc, address, cause = self._map_traced(paddr, size, flags | LOCK, tag)
             if rc != OK:
                 for a in reversed(done):  # undo, newest first
                     r = self._record_find(a, tag)
@@ -913,7 +927,7 @@ class _PyCore:
     def _record_drop(self, r: _Rec) -> int:
         """``record_drop``: its unlock event, ``_record_del``, then the grant rule
         (an entry whose last lock went is unmapped)."""
-        flags = _cache.LOCK | (_cache.DMA if r.dma else 0)
+        flags = LOCK | (DMA if r.dma else 0)
         self._st.trace("unlock", OK, flags, self._entry_paddr(r.entry, r.addr), r.size, r.addr, r.tag)
         self._record_del(r)
         if self._grants and r.entry.lock == 0:
@@ -929,7 +943,7 @@ class _PyCore:
             if r is None:
                 self._st.trace("unlock_unknown", ENOENT, 0, 0, 0, address, tag)
             else:
-                flags = _cache.LOCK | (_cache.DMA if r.dma else 0)
+                flags = LOCK | (DMA if r.dma else 0)
                 self._st.trace("unlock", OK, flags, self._entry_paddr(r.entry, address), r.size, address, r.tag)
                 self._record_del(r)
                 if self._grants and r.entry.lock == 0:  # the last lock: unmap now
@@ -961,7 +975,7 @@ class _PyCore:
             in_flight = self._records(True)
             st.trace("invalidate", OK, 0, 0, len(in_flight), 0)
             for address, paddr, size, tag, _ in in_flight:
-                st.trace("dma_in_flight", OK, _cache.LOCK | _cache.DMA, paddr, size, address, tag)
+                st.trace("dma_in_flight", OK, LOCK | DMA, paddr, size, address, tag)
             rc = OK
             for e in reversed(list(st.live)):
                 if e.lock == 0:

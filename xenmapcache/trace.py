@@ -20,10 +20,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .cache import MapCache
+from typing import Any, Protocol
 
 logger = logging.getLogger("xenmapcache")
 
@@ -83,7 +80,13 @@ class TraceEvent:
     old_paddr: int = 0
 
 
-def make_sink(cache: MapCache, fn: Trace) -> Sink:
+class Tagged(Protocol):
+    """What a sink asks of its cache: the tag object behind a tag id."""
+
+    def _trace_tag(self, ident: int) -> Any: ...
+
+
+def make_sink(cache: Tagged, fn: Trace) -> Sink:
     """The callback a core emits into: builds a :class:`TraceEvent` for ``fn``.
 
     Tags travel through the core as ids; they are turned back into the

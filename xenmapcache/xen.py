@@ -35,7 +35,7 @@ class _XenBackend(NoCopy):
 
     def _open(self, domid: int, library: str | os.PathLike[str] | None, *args: Any) -> None:
         """Call ``<_what>_open(domid, *args, library, why, size, &out)``; keep the handle or raise."""
-        from ._native import binding, check
+        from ._binding import binding, check
 
         ffi, lib = binding()
         self._c = None
