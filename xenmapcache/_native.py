@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from . import _binding
 from ._binding import binding, check, raise_for
 from ._mapping import Mapping, MappingGroup
-from .trace import guard, take_interrupt
+from .trace import take_interrupt
 
 logger = logging.getLogger("xenmapcache")
 
@@ -107,7 +107,6 @@ class NativeCore:
             check(lib.xmc_cache_set_translate(self._c, lib._xmc_py_translate, self._translate), "translate")
         if self._trace is not None:
             check(lib.xmc_cache_set_trace(self._c, lib._xmc_py_trace, self._trace), "trace")
-            guard(self)  # an interrupt the hook raised is raised by the call
 
     @staticmethod
     def has_fast_paths() -> bool:

@@ -35,7 +35,7 @@ from ._validate import U64_LIMIT, as_uint, check_range
 from .backends import CallbackBackend
 from .errors import DMAMappingWarning, InvalidAddress, MapCacheError, MappingError, UnknownMapping
 from .ram import GuestRAM
-from .trace import Trace, TraceEvent, emit, make_sink, take_interrupt
+from .trace import Trace, TraceEvent, emit, guard, make_sink, take_interrupt
 from .xen import XenForeignMemory, XenGrantTable
 
 logger = logging.getLogger("xenmapcache")
@@ -244,6 +244,8 @@ class MapCache(NoCopy):
             grants=self.grants,
             trace=None if trace is None else make_sink(self, trace),
         )
+        if trace is not None:
+            guard(self._core)  # an interrupt the hook raises is raised by the call that emitted the event
         self._ram = ram
         self._closed = False
         self._reg: Registry = self._core.registry(self, _CHECKED) or _PyRegistry(self._core)

@@ -48,7 +48,7 @@ from .errors import BackendUnavailable, InvalidAddress, LockOverflow, MapCacheEr
 from ._version import __version__
 from .ram import PAGE_SHIFT, PAGE_SIZE, GuestRAM
 from .trace import EVENT_NUMBERS as _EV
-from .trace import Sink, TraceEvent, guard
+from .trace import Sink, TraceEvent
 from .xen import XenForeignMemory, XenGrantTable
 
 # The same public names as the package (tests/test_reference.py checks it).
@@ -485,8 +485,6 @@ class _PyCore:
         self._st = _State(backend)
         self._st.shift = bucket_shift
         self._st.sink = trace
-        if trace is not None:
-            guard(self)  # an interrupt the hook raised is raised by the call
         self._finalizer = weakref.finalize(self, _free, self._st, self._lock)
         _caches.add(self)
 
