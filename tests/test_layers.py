@@ -23,7 +23,7 @@ LAYERS = [
     {"_mapping", "_protocols", "_native"},
     {"cache"},
     {"reference"},
-    {"bench", "demo", "soak", "_cli", "__main__", "__init__"},
+    {"_cli", "replay", "bench", "demo", "soak", "__main__", "__init__"},
 ]
 LAYER = {module: i for i, modules in enumerate(LAYERS) for module in modules}
 

@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ._version import __version__
 
@@ -84,3 +84,20 @@ def plot_file(text: str) -> str:
     if importlib.util.find_spec("matplotlib") is None:
         raise argparse.ArgumentTypeError("needs matplotlib: pip install 'xenmapcache[plot]'")
     return output_file(text)
+
+
+def pyplot() -> Any:
+    """matplotlib's ``pyplot`` on the Agg backend (files, no display), for ``--plot``.
+
+    :raises SystemExit: matplotlib is missing (the optional extra:
+        ``pip install 'xenmapcache[plot]'``); the commands check for it
+        before they start (``plot_file``).
+
+    Cost: the import of matplotlib, once.
+    """
+    try:
+        matplotlib: Any = importlib.import_module("matplotlib")
+        matplotlib.use("Agg")
+        return importlib.import_module("matplotlib.pyplot")
+    except ImportError as exc:
+        raise SystemExit("--plot needs matplotlib: pip install 'xenmapcache[plot]'") from exc

@@ -924,23 +924,6 @@ def scaling(impls: list[str], rounds: int, round_s: float, progress: Progress) -
     return curves
 
 
-def pyplot() -> Any:
-    """matplotlib's ``pyplot`` on the Agg backend (files, no display), for ``--plot``.
-
-    :raises SystemExit: matplotlib is missing (the optional extra:
-        ``pip install 'xenmapcache[plot]'``); the commands check for it
-        before they start (``_cli.plot_file``).
-
-    Cost: the import of matplotlib, once.
-    """
-    try:
-        matplotlib: Any = importlib.import_module("matplotlib")
-        matplotlib.use("Agg")
-        return importlib.import_module("matplotlib.pyplot")
-    except ImportError as exc:
-        raise SystemExit("--plot needs matplotlib: pip install 'xenmapcache[plot]'") from exc
-
-
 def growth(curves: dict[str, list[tuple[int, float]]], panel: str) -> str:
     """What a panel's curves show: the one that grows most, from its first point to its last."""
     worst = ""
@@ -957,7 +940,7 @@ def growth(curves: dict[str, list[tuple[int, float]]], panel: str) -> str:
 
 def plot(curves: dict[str, list[tuple[int, float]]], path: str, verdict: str) -> None:
     """The scaling curves in a PNG, titled with what this run found (``verdict``, each panel's growth)."""
-    plt = pyplot()
+    plt = _cli.pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     for name, points in sorted(curves.items()):
         axis = right if name.startswith("invalidate") else left

@@ -436,9 +436,8 @@ def sweep(trace: Trace, divisors: tuple[int, ...] = (1, 2, 4, 8, 16)) -> list[tu
 
 def plot_sweeps(sweeps: dict[str, list[tuple[int, Summary]]], path: str) -> None:
     """Misses and remaps against max_size, one line per trace."""
-    from .bench import pyplot
 
-    plt = pyplot()
+    plt = _cli.pyplot()
     fig, axis = plt.subplots(figsize=(8, 5))
     for name, points in sweeps.items():
         xs = [m >> 20 for m, _s in points]

@@ -368,9 +368,8 @@ def verdict(failures: list[str]) -> str:
 
 def plot(samples: list[dict[str, float]], path: str, failures: list[str]) -> None:
     """RSS, mappings and descriptors over time, in a PNG (needs matplotlib), titled with the verdict."""
-    from .bench import pyplot
 
-    plt = pyplot()
+    plt = _cli.pyplot()
     minutes = [s["t"] / 60 for s in samples]
     fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
     axes[0].plot(minutes, [s["rss_mib"] for s in samples], label="resident set (MiB)")
