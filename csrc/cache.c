@@ -330,6 +330,7 @@ const char *xmc_strerror(int err)
     case XMC_EAGAIN: return "the call would have to wait";
     case XMC_EREENTER: return "called from inside one of the cache's own backend callbacks";
     case XMC_EGRANT: return "not allowed on a grant cache (locked requests only, no replace)";
+    case XMC_ECALLBACK: return "a callback failed; nothing was retried";
     case XMC_EFORKED:
         return "the process forked while another thread was inside the cache; unusable in the child";
     default: return "unknown error";

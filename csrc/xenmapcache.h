@@ -48,6 +48,7 @@ extern "C" {
 #define XMC_EREENTER -10 /* called from inside the cache's own backend callback */
 #define XMC_EGRANT -12   /* not allowed on a grant cache: an unlocked request, replace */
 #define XMC_EFORKED -11  /* inherited through fork() while a thread was inside the cache */
+#define XMC_ECALLBACK -13 /* a backend's map failed for good: the call stops, nothing retried */
 
 /* Limits: pages are 4 KiB; a bucket is 2**12 to 2**32 bytes; at most 16 Mi slots. */
 #define XMC_PAGE_SHIFT 12
@@ -70,7 +71,10 @@ typedef struct xmc_gnttab xmc_gnttab;
  * first_pfn, at `fixed` (replacing what is there) or anywhere when fixed is
  * NULL; it stores 0 or a positive errno per page in errs[] (a page with an
  * error is mapped with no access) and the address in *out.  It returns
- * XMC_OK, or an error when nothing was mapped.  unmap() undoes one map().
+ * XMC_OK, or an error when nothing was mapped: XMC_EMAP lets the request
+ * go on to translate and dummy mode like pages that cannot be mapped, while
+ * XMC_ECALLBACK (a Python backend that raised, an interrupt) fails it at
+ * once, having retried nothing.  unmap() undoes one map().
  * translate, retain and release may be NULL.  retain/release let a cache keep
  * the backend alive for as long as it holds mappings from it.  map and unmap
  * run under the cache's mutex: a call from them into the same cache fails

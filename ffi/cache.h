@@ -31,6 +31,8 @@ static PyObject *xmc_py_map_ptr_fast(PyObject *op, PyObject *const *args, Py_ssi
                 xmc_map(self->c, paddr, size, flags, 0, &p));
     if (rc != XMC_OK || !p)
         return xmc_py_fail(self, rc != XMC_OK ? rc : XMC_EMAP, "map", paddr, size);
+    if (self->take_interrupt && xmc_py_interrupted(self, NULL, NULL, flags & XMC_LOCK ? p : NULL))
+        return NULL;
     return PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)p);
 }
 
@@ -97,6 +99,10 @@ static PyObject *xmc_py_read_fast(PyObject *op, PyObject *const *args, Py_ssize_
         Py_DECREF(out);
         return xmc_py_fail(self, rc, "read", paddr, n);
     }
+    if (self->take_interrupt && xmc_py_interrupted(self, NULL, NULL, NULL)) {
+        Py_DECREF(out);
+        return NULL;
+    }
     return out;
 }
 
@@ -119,6 +125,8 @@ static PyObject *xmc_py_readinto_fast(PyObject *op, PyObject *const *args, Py_ss
     PyBuffer_Release(&view);
     if (rc != XMC_OK)
         return xmc_py_fail(self, rc, "read", paddr, n);
+    if (self->take_interrupt && xmc_py_interrupted(self, NULL, NULL, NULL))
+        return NULL;
     return PyLong_FromUnsignedLongLong((unsigned long long)n);
 }
 
@@ -141,6 +149,8 @@ static PyObject *xmc_py_write_fast(PyObject *op, PyObject *const *args, Py_ssize
     PyBuffer_Release(&view);
     if (rc != XMC_OK)
         return xmc_py_fail(self, rc, "write", paddr, n);
+    if (self->take_interrupt && xmc_py_interrupted(self, NULL, NULL, NULL))
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -160,6 +170,8 @@ static PyObject *xmc_py_ram_addr_fast(PyObject *op, PyObject *const *args, Py_ss
     XMC_PY_CALL(rc, xmc_ram_addr_nowait(self->c, a, &paddr), xmc_ram_addr(self->c, a, &paddr));
     if (rc != XMC_OK)
         return xmc_py_fail(self, rc, "ram_addr", (uint64_t)(uintptr_t)a, 0);
+    if (self->take_interrupt && xmc_py_interrupted(self, NULL, NULL, NULL))
+        return NULL;
     return PyLong_FromUnsignedLongLong((unsigned long long)paddr);
 }
 
@@ -178,6 +190,8 @@ static PyObject *xmc_py_unlock_fast(PyObject *op, PyObject *const *args, Py_ssiz
         return xmc_py_fail(self, rc, "unlock", (uint64_t)(uintptr_t)a, 0);
     if (rc != XMC_OK) /* nothing done (no raw lock there, say): the checked method tries Mappings */
         return xmc_py_checked(self, XMC_PY_UNLOCK, args, n, kwnames);
+    if (self->take_interrupt && xmc_py_interrupted(self, NULL, NULL, NULL))
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -243,6 +257,8 @@ static int xmc_py_cache_traverse(PyObject *op, visitproc visit, void *arg)
         Py_VISIT(self->checked[i]);
     for (xmc_py_mapping *m = self->first; m; m = m->next)
         Py_VISIT((PyObject *)m);
+    Py_VISIT(self->tag_index);
+    Py_VISIT(self->take_interrupt);
     return 0;
 }
 
@@ -254,6 +270,8 @@ static int xmc_py_cache_clear(PyObject *op)
     Py_CLEAR(self->fail);
     for (int i = 0; i < XMC_PY_NHOT; i++)
         Py_CLEAR(self->checked[i]);
+    Py_CLEAR(self->tag_index);
+    Py_CLEAR(self->take_interrupt);
     xmc_py_forget_all(self);
     return 0;
 }
@@ -316,6 +334,9 @@ static PyMethodDef xmc_py_cache_methods[] = {
       "group(segments, dma, tag)\n--\n\nMap for MapCache.map_sg, its arguments checked." },
     { "set_after_free", xmc_py_set_after_free, METH_O,
       "set_after_free(fn)\n--\n\nCall fn() once the core is freed." },
+    { "set_take_interrupt", xmc_py_set_take_interrupt, METH_O,
+      "set_take_interrupt(fn)\n--\n\nA traced cache: after each call, raise what fn() returns "
+      "(an interrupt its trace hook raised), having given back what the call locked." },
     { "tag_of", xmc_py_tag_of, METH_O,
       "tag_of(id)\n--\n\nThe tag of a live Mapping with that tag id, or None." },
     { "tags", xmc_py_tags, METH_NOARGS, "tags()\n--\n\n{tag id: tag} of the live Mappings." },

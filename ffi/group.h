@@ -51,8 +51,10 @@ static PyObject *xmc_py_group_release(PyObject *op, PyObject *unused)
         held[live++] = m;
     }
     Py_INCREF((PyObject *)cache);
+    cache->releasing = live ? held[0] : NULL; /* the batch's tag, for its unlock events */
     XMC_PY_CALL(rc, xmc_unlock_sg_nowait(cache->c, addrs, (size_t)live, g->id),
                 xmc_unlock_sg(cache->c, addrs, (size_t)live, g->id));
+    cache->releasing = NULL;
     if (rc == XMC_ECLOSED || cache->closed)
         rc = XMC_OK; /* closed meanwhile: unmapped already */
     for (Py_ssize_t i = 0; i < live; i++) {
@@ -71,7 +73,10 @@ static PyObject *xmc_py_group_release(PyObject *op, PyObject *unused)
         Py_DECREF((PyObject *)cache);
         return NULL;
     }
+    rc = cache->take_interrupt && xmc_py_interrupted(cache, NULL, NULL, NULL);
     Py_DECREF((PyObject *)cache);
+    if (rc)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -192,6 +197,8 @@ static void xmc_py_group_dealloc(PyObject *op)
     PyTypeObject *tp = Py_TYPE(op);
 
     PyObject_GC_UnTrack(op);
+    if (((xmc_py_group *)op)->weakrefs)
+        PyObject_ClearWeakRefs(op);
     xmc_py_group_clear(op);
     PyObject_GC_Del(op);
     Py_DECREF(tp);
@@ -205,6 +212,11 @@ static PyMethodDef xmc_py_group_methods[] = {
       "buffers()\n--\n\nOne writable memoryview per mapping, in order (for os.preadv, "
       "os.pwritev, socket.recvmsg_into, socket.sendmsg)." },
     { NULL, NULL, 0, NULL },
+};
+
+static PyMemberDef xmc_py_group_members[] = {
+    { "__weaklistoffset__", Py_T_PYSSIZET, offsetof(xmc_py_group, weakrefs), Py_READONLY, NULL },
+    { NULL, 0, 0, 0, NULL },
 };
 
 static PyGetSetDef xmc_py_group_getset[] = {
@@ -222,6 +234,7 @@ static PyType_Slot xmc_py_group_slots[] = {
     { Py_tp_iter, xmc_py_group_iter },
     { Py_tp_methods, xmc_py_group_methods },
     { Py_tp_getset, xmc_py_group_getset },
+    { Py_tp_members, xmc_py_group_members },
     { Py_sq_length, xmc_py_group_len },
     { Py_sq_item, xmc_py_group_item }, /* a sequence of buffers: os.preadv(fd, g, offset) */
     { Py_mp_length, xmc_py_group_len },
@@ -326,6 +339,9 @@ out:
         PyMem_Free(segs);
     if (out != outstack)
         PyMem_Free(out);
+    if (g && self->take_interrupt &&
+        xmc_py_interrupted(self, xmc_py_group_release, (PyObject *)g, NULL))
+        Py_CLEAR(g);
     return (PyObject *)g;
 }
 

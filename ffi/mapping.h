@@ -44,7 +44,9 @@ static PyObject *xmc_py_mapping_release(PyObject *op, PyObject *unused)
     m->released = 1;
     Py_INCREF((PyObject *)cache);
     Py_INCREF((PyObject *)m);
+    cache->releasing = m; /* for its unlock event's tag_of */
     rc = xmc_py_unlock_mapping(cache, m, m->id);
+    cache->releasing = NULL;
     if (rc != XMC_OK && rc != XMC_ESYS && !cache->closed) {
         /* Still locked (a call from a backend callback, say): as it was.
          * XMC_ESYS: unlocked, but a grant entry failed to unmap (reported once). */
@@ -59,7 +61,10 @@ static PyObject *xmc_py_mapping_release(PyObject *op, PyObject *unused)
         Py_DECREF((PyObject *)cache);
         return NULL;
     }
+    rc = cache->take_interrupt && xmc_py_interrupted(cache, NULL, NULL, NULL);
     Py_DECREF((PyObject *)cache);
+    if (rc)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -144,6 +149,8 @@ static xmc_py_mapping *xmc_py_mapping_new(void)
 static void xmc_py_mapping_dealloc(PyObject *op)
 {
     PyObject_GC_UnTrack(op);
+    if (((xmc_py_mapping *)op)->weakrefs)
+        PyObject_ClearWeakRefs(op);
     xmc_py_mapping_clear(op);
     xmc_py_fl_free(&xmc_py_mapping_free, op);
 }
@@ -164,6 +171,7 @@ static PyMemberDef xmc_py_mapping_members[] = {
     { "dma", Py_T_BOOL, offsetof(xmc_py_mapping, dma), Py_READONLY, "Whether it is a DMA mapping." },
     { "tag", Py_T_OBJECT_EX, offsetof(xmc_py_mapping, tag), Py_READONLY,
       "The caller's name for it, listed by locked() and invalidate()." },
+    { "__weaklistoffset__", Py_T_PYSSIZET, offsetof(xmc_py_mapping, weakrefs), Py_READONLY, NULL },
     { NULL, 0, 0, 0, NULL },
 };
 
@@ -232,6 +240,11 @@ static PyObject *xmc_py_new_mapping(xmc_py_cache *self, uint64_t paddr, uint64_t
         return xmc_py_fail(self, rc != XMC_OK ? rc : XMC_EMAP, "map", paddr, size);
     }
     m->address = (unsigned long long)(uintptr_t)p;
+    if (self->take_interrupt &&
+        xmc_py_interrupted(self, xmc_py_mapping_release, (PyObject *)m, NULL)) {
+        Py_DECREF((PyObject *)m);
+        return NULL;
+    }
     return (PyObject *)m;
 }
 

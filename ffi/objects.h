@@ -42,7 +42,13 @@ typedef struct xmc_py_cache {
     PyObject *fail;     /* fail(rc, what, paddr, size): raises */
     PyObject *checked[XMC_PY_NHOT]; /* MapCache's checked methods, by xmc_py_hot_names */
     struct xmc_py_mapping *first, *last; /* the live Mappings, oldest first */
+    /* For tag_of: the Mapping being released (NULL otherwise), and {id: tag}
+     * of the live Mappings as of registry version tag_index_version. */
+    struct xmc_py_mapping *releasing;
+    PyObject *tag_index;
+    uint64_t version, tag_index_version;
     PyObject *after_free; /* called once the core is freed (in no cycle: never cleared) */
+    PyObject *take_interrupt; /* traced: trace.take_interrupt, else NULL */
     uint64_t next_id;
     uint64_t max_size;
     uint64_t bucket_size;
@@ -57,6 +63,7 @@ typedef struct xmc_py_mapping {
     PyObject *tag;
     unsigned long long address, paddr, size;
     Py_ssize_t exports;
+    PyObject *weakrefs; /* weakref.ref(m) */
     char dma, released;
 } xmc_py_mapping;
 
@@ -64,6 +71,7 @@ typedef struct xmc_py_group {
     PyObject_VAR_HEAD /* ob_size: how many Mappings */
     xmc_py_cache *cache;
     uint64_t id;                    /* the tag of all their core records */
+    PyObject *weakrefs;             /* weakref.ref(g) */
     struct xmc_py_mapping *items[]; /* its Mappings, each a reference (NULL until made) */
 } xmc_py_group;
 
@@ -95,5 +103,38 @@ static PyTypeObject *xmc_py_group_type;
             Py_END_ALLOW_THREADS                                              \
         }                                                                     \
     } while (0)
+
+typedef PyObject *(*xmc_py_undo_fn)(PyObject *, PyObject *);
+
+/*
+ * After a traced cache's successful call (self->take_interrupt set): when
+ * its trace hook raised an interrupt meanwhile, give back what the call
+ * locked (undo(arg), or the raw lock at `raw`), raise the interrupt and
+ * return 1; else 0.
+ */
+static int xmc_py_interrupted(xmc_py_cache *self, xmc_py_undo_fn undo, PyObject *arg,
+                              const void *raw)
+{
+    PyObject *exc = PyObject_CallNoArgs(self->take_interrupt), *r;
+    int rc;
+
+    if (!exc)
+        return 1;
+    if (exc == Py_None) {
+        Py_DECREF(exc);
+        return 0;
+    }
+    if (undo && (r = undo(arg, NULL)))
+        Py_DECREF(r);
+    if (raw) {
+        XMC_PY_CALL(rc, xmc_unlock_tag_nowait(self->c, raw, 0), xmc_unlock_tag(self->c, raw, 0));
+        (void)rc;
+    }
+    PyErr_Clear(); /* the undo's own failure: the interrupt is what the caller sees */
+    Py_XDECREF(r = PyObject_CallNoArgs(self->take_interrupt)); /* the undo's events' own */
+    PyErr_Clear();
+    PyErr_SetRaisedException(exc);
+    return 1;
+}
 
 #endif /* XMC_PY_OBJECTS_H */

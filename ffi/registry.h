@@ -23,6 +23,7 @@ static void xmc_py_register(xmc_py_cache *cache, xmc_py_mapping *m)
     else
         cache->first = m;
     cache->last = m;
+    cache->version++;
     Py_INCREF((PyObject *)m);
 }
 
@@ -44,6 +45,7 @@ static void xmc_py_unregister(xmc_py_cache *cache, xmc_py_mapping *m)
     else
         cache->last = m->prev;
     m->prev = m->next = NULL;
+    cache->version++;
 }
 
 /* Mark every Mapping released and drop the list's references. */
@@ -56,19 +58,6 @@ static void xmc_py_forget_all(xmc_py_cache *self)
         xmc_py_unregister(self, m);
         Py_DECREF((PyObject *)m);
     }
-}
-
-/* tag_of(id) -> the tag of a live Mapping with that tag id, or None (for trace events) */
-static PyObject *xmc_py_tag_of(PyObject *op, PyObject *arg)
-{
-    unsigned long long id = PyLong_AsUnsignedLongLong(arg);
-
-    if (id == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    for (xmc_py_mapping *m = ((xmc_py_cache *)op)->first; m; m = m->next)
-        if (m->id == id)
-            return Py_NewRef(m->tag);
-    Py_RETURN_NONE;
 }
 
 /* tags() -> {tag id: tag} of the live Mappings (for locked() and invalidate()) */
@@ -89,6 +78,39 @@ static PyObject *xmc_py_tags(PyObject *op, PyObject *unused)
 }
 
 /*
+ * tag_of(id) -> the tag of a live Mapping with that tag id, or None (for
+ * trace events).  O(1) per event: a map's Mapping (or batch) is the newest,
+ * a release's is the one being released, and the events of one call that
+ * name others (invalidate's, one per DMA mapping in flight) share one index
+ * of the registry, rebuilt only when it changed.
+ */
+static PyObject *xmc_py_tag_of(PyObject *op, PyObject *arg)
+{
+    xmc_py_cache *self = (xmc_py_cache *)op;
+    unsigned long long id = PyLong_AsUnsignedLongLong(arg);
+    PyObject *tag;
+
+    if (id == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (self->releasing && self->releasing->id == id)
+        return Py_NewRef(self->releasing->tag);
+    if (self->last && self->last->id == id)
+        return Py_NewRef(self->last->tag);
+    if (!self->tag_index || self->tag_index_version != self->version) {
+        PyObject *index = xmc_py_tags(op, NULL);
+
+        if (!index)
+            return NULL;
+        Py_XSETREF_COMPAT(self->tag_index, index);
+        self->tag_index_version = self->version;
+    }
+    tag = PyDict_GetItemWithError(self->tag_index, arg); /* borrowed */
+    if (!tag && PyErr_Occurred())
+        return NULL;
+    return Py_NewRef(tag ? tag : Py_None);
+}
+
+/*
  * release_at(address) -> bool: release the newest live Mapping at exactly
  * address that no view holds (False: there is none).  BufferError when
  * every Mapping there has views.  A scan of the live Mappings: this is
@@ -103,6 +125,8 @@ static PyObject *xmc_py_release_at(PyObject *op, PyObject *arg)
 
     if (address == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
+    if (!address) /* a Mapping in flight: no address yet, never a match */
+        Py_RETURN_FALSE;
     for (xmc_py_mapping *m = self->first; m; m = m->next) {
         if (m->address != address || m->released)
             continue;
@@ -148,6 +172,13 @@ static PyObject *xmc_py_set_after_free(PyObject *op, PyObject *fn)
     xmc_py_cache *self = (xmc_py_cache *)op;
 
     Py_XSETREF_COMPAT(self->after_free, Py_NewRef(fn));
+    Py_RETURN_NONE;
+}
+
+/* set_take_interrupt(fn): see xmc_py_interrupted() */
+static PyObject *xmc_py_set_take_interrupt(PyObject *op, PyObject *fn)
+{
+    Py_XSETREF_COMPAT(((xmc_py_cache *)op)->take_interrupt, Py_NewRef(fn));
     Py_RETURN_NONE;
 }
 

@@ -7,9 +7,12 @@ map memory themselves (pytest puts tests/ on sys.path).
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import subprocess
 from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,7 @@ libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_i
 libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 MAP_FAILED = ctypes.c_void_p(-1).value
 MAP_FIXED = 0x10
+PAGE = 4096
 
 
 def run(cmd: Sequence[str | os.PathLike[str]], expect_ok: bool = True, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -46,3 +50,41 @@ def run(cmd: Sequence[str | os.PathLike[str]], expect_ok: bool = True, **kwargs:
 def make_csrc(*args: str) -> None:
     """``make -C csrc ARGS``: the C library as a C user builds it."""
     run(["make", "-C", CSRC, *args])
+
+
+class Flaky:
+    """Anonymous memory as guest memory for a ``CallbackBackend``; the next map,
+    unmap or translate can be made to raise (``fail``), or each call to run
+    ``hook`` first."""
+
+    def __init__(self, interrupt: type[BaseException] | None = None) -> None:
+        self.fail: set[str] = set()
+        self.live: dict[int, int] = {}
+        self.interrupt = interrupt  # raised instead of each callback's own error
+        self.hook: Any = None  # called by map, unmap and translate before they work
+
+    def _raise(self, what: str, error: Exception) -> None:
+        if self.hook is not None:
+            self.hook()
+        if what in self.fail:
+            self.fail.discard(what)
+            raise error if self.interrupt is None else self.interrupt()
+
+    def map(self, first_pfn: int, nr_pages: int, fixed: int | None) -> tuple[int, list[int]]:
+        self._raise("map", OSError("map refused"))
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (MAP_FIXED if fixed else 0)
+        base = libc.mmap(fixed, nr_pages * PAGE, mmap.PROT_READ | mmap.PROT_WRITE, flags, -1, 0)
+        self.live[base] = nr_pages * PAGE
+        return base, [0] * nr_pages
+
+    def unmap(self, address: int, length: int) -> None:
+        del self.live[address]  # never retried: a second unmap would fail here
+        libc.munmap(address, length)
+        self._raise("unmap", RuntimeError("unmap refused"))
+
+    def translate(self, paddr: int, size: int) -> int:
+        self._raise("translate", LookupError("translate refused"))
+        return paddr
+
+    def cache(self, xmc: ModuleType, **kwargs: Any) -> Any:
+        return xmc.MapCache(xmc.CallbackBackend(self.map, self.unmap), bucket_shift=16, max_size=2 << 16, **kwargs)

@@ -58,3 +58,8 @@ def test_the_virtio_blk_model_warns_about_exactly_the_requests_in_flight() -> No
     assert "40 requests served" in out[-2]
     assert out[-1] == "guest RAM and disk image verified byte for byte"
     assert f"{buffers} DMA mapping(s) in flight" in proc.stderr  # the summary on the xenmapcache logger
+    summary = next(line for line in proc.stderr.splitlines() if "DMA mapping(s) in flight" in line)
+    for line in warned:  # each request once, with its count of buffers
+        tag, count = line.split("warning: DMA mapping ", 1)[1].split(" in flight (")
+        count = count.split()[0]
+        assert summary.count(tag) == 1 and (f"{tag} ({count} mappings)" in summary or count == "1")

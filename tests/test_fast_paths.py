@@ -12,7 +12,6 @@ from __future__ import annotations
 import gc
 import sys
 import tracemalloc
-from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -21,6 +20,27 @@ from threads import run_threads
 
 PAGE = 4096
 MIB = 1 << 20
+
+
+def test_methods_kept_after_their_cache_went_still_raise_what_they_should(xmc: ModuleType, ram: Any) -> None:
+    # Every failure of a builtin whose MapCache was collected said "the cache
+    # is gone", a temporary cache's map at its lock limit too.
+    with pytest.raises(xmc.LockOverflow):
+        xmc.MapCache(ram, lock_limit=0).map(0, 1)
+    cache = xmc.MapCache(ram, bucket_shift=16, lock_limit=1)
+    read, map_, map_ptr, ram_addr = cache.read, cache.map, cache.map_ptr, cache.ram_addr
+    del cache
+    gc.collect()
+    assert read(0x1000, 2) == b"\0\0"
+    with pytest.raises(xmc.MappingError):
+        read(32 * MIB, 1)  # the hole
+    held = map_(0x1000, 8)
+    with pytest.raises(xmc.LockOverflow):
+        map_(0x1000, 8)
+    with pytest.raises(xmc.UnknownMapping):
+        ram_addr(1)
+    assert ram_addr(map_ptr(0x2000)) == 0x2000
+    held.release()
 
 
 def test_closures_kept_past_close_raise(xmc: ModuleType, ram: Any) -> None:

@@ -7,6 +7,9 @@ test instead of ending the whole run.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from types import ModuleType
 from typing import Any
 
@@ -142,6 +145,46 @@ def test_guest_ram_from_an_image_file(xmc: ModuleType, tmp_path: Any) -> None:
         cache.write(0, b"\x22")
     assert image.read_bytes()[:1] == b"\x11"  # a copy: the image is untouched
     ram.close()
+
+
+def test_guest_ram_from_a_file_copies_at_most_its_size(xmc: ModuleType, tmp_path: Any) -> None:
+    # A pipe has no size: one page, of the first bytes it gives.  (/dev/zero,
+    # which has no end either, grew the memfd until memory ran out.)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with contextlib.suppress(BrokenPipeError):
+            fifo.write_bytes(b"\x44" * 3 * 4096)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    with xmc.GuestRAM.open(fifo) as ram:
+        assert ram.size == 4096 and os.fstat(ram.fileno()).st_size == 4096
+        assert ram.read(0, 4096) == b"\x44" * 4096
+    writer.join()
+    with xmc.GuestRAM.open("/dev/zero") as ram:
+        assert ram.size == 4096 and os.fstat(ram.fileno()).st_size == 4096
+    image = tmp_path / "ram.img"
+    image.write_bytes(b"\x33" * 8192)
+    with xmc.GuestRAM.open(image, holes=[(0, 4096)]) as ram:  # the hole's bytes are copied too
+        assert os.pread(ram.fileno(), 8192, 0) == b"\x33" * 8192
+
+
+def test_guest_ram_sizes_and_holes_at_the_top_of_the_address_space(xmc: ModuleType) -> None:
+    for size in (2**64 - 4096, 2**63):  # more than a memfd holds: a clear error, not OverflowError
+        with pytest.raises(xmc.InvalidAddress, match="size"):
+            xmc.GuestRAM(size)
+    with pytest.raises(xmc.InvalidAddress):
+        xmc.GuestRAM(MIB, holes=[(MIB, 2**64 + 1)])
+    with xmc.GuestRAM(4 * MIB, holes=[(2 * MIB, 2**64)]) as ram:  # a hole may end at 2**64
+        assert ram.holes == [(2 * MIB, 2**64)]
+        with xmc.MapCache(ram, bucket_shift=12) as cache:
+            assert cache.read(2 * MIB - 1, 1) == b"\0"
+            with pytest.raises(xmc.MappingError):
+                cache.read(2 * MIB, 1)
+            with pytest.raises(xmc.MappingError):
+                cache.map_ptr(4 * MIB - 4096)
 
 
 def test_a_closed_cache_refuses_everything(xmc: ModuleType, ram: Any) -> None:

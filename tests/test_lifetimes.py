@@ -6,10 +6,12 @@ import gc
 import os
 import random
 import threading
+import weakref
 from types import ModuleType
 from typing import Any
 
 import pytest
+from ctools import Flaky
 from threads import run_threads
 
 PAGE = 4096
@@ -72,6 +74,48 @@ def test_close_refuses_while_a_view_is_alive(xmc: ModuleType, ram: Any) -> None:
     cache.close()
 
 
+@pytest.mark.parametrize("then", ["close", "collect"])
+@pytest.mark.parametrize("where", ["trace", "backend"])
+def test_a_close_refused_from_inside_a_callback_leaves_the_cache_fully_open(
+    xmc: ModuleType, where: str, then: str
+) -> None:
+    # The refusal came after the cache had marked itself and its Mappings
+    # closed: every Mapping read as released, and a second close did nothing.
+    box: list[Any] = []
+    refused: list[str] = []  # not the exception: its traceback would hold the cache
+
+    def close_now(*event: object) -> None:
+        if box and not refused:
+            try:
+                box[0].close()
+            except xmc.MapCacheError as exc:
+                refused.append(str(exc))
+
+    ram = Flaky()
+    if where == "trace":
+        cache = ram.cache(xmc, trace=close_now)
+    else:
+        ram.hook = close_now
+        cache = ram.cache(xmc)
+    m = cache.map(0, 8)
+    box.append(cache)
+    cache.map_ptr(1 << 16)  # a miss: the backend maps, and the trace hook hears of it
+    assert len(refused) == 1
+    assert not cache.closed and not m.released and cache.stats().locked == 1
+    with memoryview(m) as view:
+        view[:4] = b"open"
+    assert cache.read(0, 4) == b"open"
+    box.clear()
+    if then == "close":
+        cache.close()  # a close from outside works, and unmaps everything
+        assert cache.closed and m.released
+    else:  # nothing detached: the garbage collector still cleans up
+        m.release()
+        del cache, m
+        gc.collect()
+    assert ram.live == {}
+
+
 def test_unlock_by_address_never_pulls_a_mapping_from_under_a_view(cache: Any) -> None:
     m = cache.map(0x10, 4)
     view = memoryview(m)
@@ -80,6 +124,58 @@ def test_unlock_by_address_never_pulls_a_mapping_from_under_a_view(cache: Any) -
     view.release()
     cache.unlock(m.address)
     assert m.released
+
+
+def test_unlock_by_address_never_matches_a_mapping_still_in_flight(xmc: ModuleType) -> None:
+    # While a map is in flight its Mapping is registered with no address yet:
+    # an unlock(0) meanwhile released it, and the lock it then took leaked.
+    entered, go = threading.Event(), threading.Event()
+
+    def translate(paddr: int, size: int) -> int:  # runs without the cache's lock
+        entered.set()
+        assert go.wait(30)
+        return paddr - MIB
+
+    with xmc.GuestRAM(2 * MIB, holes=[(MIB, 2 * MIB)]) as ram, xmc.MapCache(ram, translate=translate) as cache:
+        got: list[Any] = []
+        thread = threading.Thread(target=lambda: got.append(cache.map(MIB, 8)))
+        thread.start()
+        assert entered.wait(30)
+        try:
+            with pytest.raises(xmc.UnknownMapping):
+                cache.unlock(0)
+        finally:
+            go.set()
+            thread.join()
+        (m,) = got
+        assert not m.released and m.paddr == MIB and cache.stats().locked == 1
+        with memoryview(m) as view:
+            view[0] = 7
+        m.release()
+        assert cache.stats().locked == 0 and ram.read(0, 1) == b"\x07"
+
+
+def test_the_attributes_of_a_mapping_are_read_only(xmc: ModuleType, ram: Any) -> None:
+    # A size set by the user made memoryview(m) reach past the mapping: SIGSEGV.
+    with xmc.MapCache(ram) as cache, cache.map(0x1000, 8, tag="t") as m:
+        for name, value in (("size", 1 << 34), ("address", 0), ("paddr", 0), ("dma", True), ("tag", "u")):
+            with pytest.raises(AttributeError):
+                setattr(m, name, value)
+        assert (m.size, m.paddr, m.dma, m.tag) == (8, 0x1000, False, "t")
+        with memoryview(m) as view:
+            assert len(view) == 8
+
+
+def test_mappings_and_groups_take_weak_references(xmc: ModuleType, ram: Any) -> None:
+    with xmc.MapCache(ram) as cache:
+        m, g = cache.map(0, 8), cache.map_sg([(0x1000, 8), (0x2000, 8)])
+        refs = [weakref.ref(m), weakref.ref(g), weakref.ref(g[0])]
+        assert [r() for r in refs] == [m, g, g[0]]
+        m.release()
+        g.release()
+        del m, g
+        gc.collect()
+        assert [r() for r in refs] == [None, None, None]
 
 
 def test_no_view_of_a_released_mapping(cache: Any) -> None:
@@ -131,6 +227,22 @@ def test_caches_leave_no_mapping_or_fd_behind(xmc: ModuleType, close: bool) -> N
     gc.collect()
     assert fd_count() == fds
     assert mapping_count() <= maps + 2  # the allocator may keep an arena
+
+
+def test_caches_over_one_guest_ram_share_its_descriptors(xmc: ModuleType) -> None:
+    # The reference took an fd per cache (3,000 caches: EMFILE); the C core a few in all.
+    with xmc.GuestRAM(MIB) as ram:
+        first = xmc.MapCache(ram)
+        fds = fd_count()
+        caches = [xmc.MapCache(ram) for _ in range(300)]
+        assert fd_count() <= fds + 2
+        ram.close()  # the caches keep the memory
+        for i, cache in enumerate(caches):
+            cache.write(i % 256 * PAGE, b"kept")
+        assert all(cache.read(i % 256 * PAGE, 4) == b"kept" for i, cache in enumerate(caches))
+        for cache in (first, *caches):
+            cache.close()
+    assert fd_count() < fds
 
 
 def test_guest_ram_outlives_its_handle_while_a_cache_uses_it(xmc: ModuleType) -> None:

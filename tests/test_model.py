@@ -106,17 +106,6 @@ TRANSLATES: dict[str | None, Callable[[int, int], Any] | None] = {
 }
 
 
-def logged(fn: Callable[[int, int], Any] | None, log: list[tuple[int, int]]) -> Callable[[int, int], Any] | None:
-    if fn is None:
-        return None
-
-    def translate(paddr: int, size: int) -> Any:
-        log.append((paddr, size))
-        return fn(paddr, size)
-
-    return translate
-
-
 @dataclass(frozen=True)
 class Config:
     """One cache configuration, used for both implementations."""
@@ -176,18 +165,42 @@ class System:
         self.log: list[tuple[int, int]] = []
         self.events: list[Any] = []  # trace events, when traced
         self.cache: Any = None
+        self.translate_fn: Callable[[int, int], Any] | None = None
+        self.armed: type[BaseException] | None = None  # the next translate raises it
+        self.armed_trace: type[BaseException] | None = None  # the next trace event raises it
+
+    def interrupt(self) -> None:
+        """Raise the interrupt armed for translate, once."""
+        armed, self.armed = self.armed, None
+        if armed is not None:
+            raise armed()
+
+    def trace(self, event: Any) -> None:
+        """The trace hook: records the event; raises the interrupt armed for it, once."""
+        self.events.append(event)
+        armed, self.armed_trace = self.armed_trace, None
+        if armed is not None:
+            raise armed()
+
+    def translate(self, paddr: int, size: int) -> Any:
+        """The configured translate, logged; it raises the armed interrupt instead, once."""
+        assert self.translate_fn is not None
+        self.log.append((paddr, size))
+        self.interrupt()
+        return self.translate_fn(paddr, size)
 
     def open(self, cfg: Config) -> None:
         self.log.clear()
+        self.translate_fn = TRANSLATES[cfg.translate]
         self.cache = self.xmc.MapCache(
             self.ram,
             bucket_shift=cfg.shift,
             max_size=cfg.max_size,
-            translate=logged(TRANSLATES[cfg.translate], self.log),
+            translate=None if self.translate_fn is None else self.translate,
             dummy_on_failure=cfg.dummy,
             lock_limit=cfg.lock_limit,
             grants=cfg.grants,
-            trace=self.events.append if cfg.traced else None,
+            trace=self.trace if cfg.traced else None,
         )
 
     def memory(self) -> bytes:
@@ -205,10 +218,14 @@ class Held:
     size: int
 
 
-def outcome(fn: Callable[[], Any]) -> tuple[bool, Any]:
+def outcome(fn: Callable[[], Any], interrupts: bool = False) -> tuple[bool, Any]:
     try:
         return True, fn()
     except Exception as exc:  # compared between the implementations by the caller
+        return False, exc
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if not interrupts:  # none was armed: a real one
+            raise
         return False, exc
 
 
@@ -248,7 +265,7 @@ class CacheModel(RuleBasedStateMachine):
         st = s.cache.stats()
         return s.memory(), [(r.address, r.paddr, r.size, r.dma, r.tag) for r in s.cache.locked()], st.locked, st.dma_locked
 
-    def both(self, op: Callable[[System], Any], reads_only: bool = False) -> tuple[Any, Any] | None:
+    def both(self, op: Callable[[System], Any], reads_only: bool = False, interrupts: bool = False) -> tuple[Any, Any] | None:
         """Run op on both; same exception type (and cause type) or both succeed.
 
         Every error changes nothing: after a failed call, each system's guest
@@ -256,8 +273,8 @@ class CacheModel(RuleBasedStateMachine):
         """
         c, py = self.systems()
         before = None if reads_only else (self.state(c), self.state(py))
-        ok_c, rc = outcome(lambda: op(c))
-        ok_py, rpy = outcome(lambda: op(py))
+        ok_c, rc = outcome(lambda: op(c), interrupts)
+        ok_py, rpy = outcome(lambda: op(py), interrupts)
         if not ok_c and before is not None:
             assert self.state(c) == before[0], f"C changed state in a call that raised {rc!r}"
         if not ok_py and before is not None:
@@ -628,6 +645,91 @@ class CacheModel(RuleBasedStateMachine):
             if kind == "ram":
                 self.store(where, payload[done : done + chunk])
 
+    # -- interrupting callbacks --------------------------------------------------------
+
+    CALLS = ["map", "map_sg", "map_ptr", "read", "write"]
+
+    def interrupted(
+        self, data: st.DataObject, call: str, hook: str, interrupt: type[BaseException], held: Held | None = None
+    ) -> tuple[Any, bool, list[tuple[str, Any, int, int]], Any, bytes]:
+        """Make ``call`` on both with ``hook`` ("armed": translate, or
+        "armed_trace") set to raise ``interrupt`` once; (what both() gave,
+        whether the hook raised, the write's plan and error, its payload)."""
+        paddr, size = self.paddrs(data), self.sizes(data)
+        payload = self.pattern(data, size) if call == "write" else b""
+        plan, error = self.plan_copy(paddr, size) if call == "write" else ([], None)
+        if call in ("map", "map_sg", "map_ptr") and paddr + size <= TOP and size <= self.cfg.max_size:
+            self.land(paddr, size)  # in dummy mode: where dummy memory may stand in
+        ops: dict[str, Callable[[System], Any]] = {
+            "map": lambda s: s.cache.map(paddr, size, tag="irq"),
+            "map_sg": lambda s: s.cache.map_sg([(paddr, size)], tag="irq"),
+            "map_ptr": lambda s: s.cache.map_ptr(paddr, size, lock=True),
+            "read": lambda s: s.cache.read(paddr, size),
+            "write": lambda s: s.cache.write(paddr, payload),
+            "release": lambda s: getattr(held, s.name).release(),
+        }
+        for s in self.systems():
+            setattr(s, hook, interrupt)
+        try:  # a trace hook's interrupt comes after the work: a write or release that raises it is done
+            got = self.both(ops[call], reads_only=hook == "armed_trace", interrupts=True)
+            fired = [getattr(s, hook) is None for s in self.systems()]
+        finally:
+            for s in self.systems():
+                setattr(s, hook, None)
+        assert fired[0] == fired[1], f"{hook} raised in one implementation only"
+        return got, fired[0], plan, error, payload
+
+    def give_back(self, call: str, got: Any) -> None:
+        """Unlock what an interrupt rule's call locked (in both)."""
+        if call in ("map", "map_sg"):
+            self.both(lambda s: got[0 if s is self.c else 1].release())
+        elif call == "map_ptr":
+            self.both(lambda s: s.cache.unlock(got[0 if s is self.c else 1]))
+
+    def wrote(self, plan: list[tuple[str, Any, int, int]], payload: bytes) -> None:
+        for kind, where, chunk, done in plan:
+            if kind == "ram":
+                self.store(where, payload[done : done + chunk])
+
+    @precondition(lambda self: self.cfg.translate is not None)
+    @rule(data=st.data(), interrupt=st.sampled_from([KeyboardInterrupt, SystemExit]), call=st.sampled_from(CALLS))
+    def interrupted_translate(self, data: st.DataObject, interrupt: type[BaseException], call: str) -> None:
+        """translate raises an interrupt: the call raises it as it is, having
+        changed nothing (both() checks), or never needed translate."""
+        got, fired, plan, _, payload = self.interrupted(data, call, "armed", interrupt)
+        if got is None:
+            assert self.error is interrupt or not fired, f"{call} raised {self.error} for a {interrupt.__name__}"
+            return
+        assert not fired, f"{call} succeeded although translate raised {interrupt.__name__}"
+        if call == "read":
+            assert got[0] == got[1]
+        elif call == "write":
+            self.wrote(plan, payload)
+        self.give_back(call, got)
+
+    @precondition(lambda self: self.cfg.traced)
+    @rule(data=st.data(), interrupt=st.sampled_from([KeyboardInterrupt, SystemExit]), call=st.sampled_from([*CALLS, "release"]))
+    def interrupted_trace(self, data: st.DataObject, interrupt: type[BaseException], call: str) -> None:
+        """The trace hook raises an interrupt on the call's first event: the
+        core finishes the call, which then raises it as it is, having given
+        back what it locked (a write's bytes and a release stand)."""
+        held = None
+        if call == "release":
+            held = data.draw(st.sampled_from(self.mappings), label="mapping") if self.mappings else None
+            if held is None or held.c.released or (self.view is not None and self.view[2] is held):
+                return
+        got, fired, plan, error, payload = self.interrupted(data, call, "armed_trace", interrupt, held)
+        if fired:
+            assert got is None and self.error is interrupt, f"{call} ended with {self.error} for a {interrupt.__name__}"
+        if held is not None:
+            assert held.c.released == held.py.released
+            if held.c.released:
+                self.mappings.remove(held)
+        elif call == "write" and error is None and (got is not None or fired):
+            self.wrote(plan, payload)
+        elif got is not None:
+            self.give_back(call, got)
+
     # -- reverse lookups ---------------------------------------------------------
 
     @precondition(lambda self: self.mappings or self.raw)
@@ -772,7 +874,7 @@ class CacheModel(RuleBasedStateMachine):
         live = list(state.live)
         assert stats.entries == len(live) == len(state.by_start) == len(state.starts)
         assert stats.mapped_bytes == sum(e.size for e in live)
-        assert stats.locked == sum(e.lock for e in live) == len(state.age)
+        assert stats.locked == sum(e.lock for e in live) == len(list(self.systems()[1].cache._core._ages()))
         assert state.starts == sorted(e.vaddr for e in live)
         assert sorted(id(e) for chain in state.slots.values() for e in chain) == sorted(id(e) for e in live)
         assert state.last is None or state.last in state.live

@@ -19,7 +19,6 @@ import threading
 import tracemalloc
 import types
 import weakref
-from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -41,7 +40,7 @@ def test_one_status_table_serves_both_implementations() -> None:
     ffi, lib = _binding.binding()
     names = {"ENOMEM": ref.ENOMEM, "EINVAL": ref.EINVAL, "EMAP": ref.EMAP, "ENOENT": ref.ENOENT}
     names |= {"EOVERFLOW": ref.EOVERFLOW, "EUNAVAIL": ref.EUNAVAIL, "ESYS": ref.ESYS, "EREENTER": ref.EREENTER}
-    names |= {"EFORKED": ref.EFORKED, "EGRANT": ref.EGRANT}
+    names |= {"EFORKED": ref.EFORKED, "EGRANT": ref.EGRANT, "ECALLBACK": ref.ECALLBACK}
     for name, code in names.items():
         assert getattr(lib, f"XMC_{name}") == code, name
         # the reference's copy of the messages is the C core's own
@@ -181,6 +180,20 @@ def test_a_subclass_override_is_never_shadowed(xmc: ModuleType, ram: Any) -> Non
         cache.map(0x6000, 8).release()
         assert seen == [0x5000, 0x5000, -0x6000]
         assert cache.read(0x5000, 2) == b"\0\0"  # not overridden: the fast one
+
+
+def test_a_subclass_that_skips_init_is_told_so(xmc: ModuleType, ram: Any) -> None:
+    class Forgetful(xmc.MapCache):  # type: ignore[misc,name-defined]
+        def __init__(self, ram: Any) -> None:
+            self.ram = ram  # no super().__init__()
+
+    cache = Forgetful(ram)
+    calls = (lambda: cache.read(0, 1), lambda: cache.map_ptr(0), lambda: cache.map(0, 8), cache.stats, cache.close)
+    for call in calls:  # a builtin's empty slot, or a method's missing state
+        with pytest.raises(AttributeError, match=r"never set up.*super\(\).__init__"):
+            call()
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        xmc.MapCache(ram).nothing
 
 
 def test_the_constructor_shows_its_parameters(xmc: ModuleType, ram: Any) -> None:

@@ -276,6 +276,52 @@ def test_invalidate_warns_once_per_dma_mapping_and_never_for_device_memory(
         assert cache.invalidate() == []
 
 
+class BadRepr:
+    """A tag whose repr raises ``error``."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __repr__(self) -> str:
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [ValueError("no repr"), KeyboardInterrupt()], ids=["Exception", "interrupt"])
+def test_invalidate_reports_everything_even_when_a_tag_repr_raises(
+    cache: Any, xmc: ModuleType, caplog: pytest.LogCaptureFixture, error: BaseException
+) -> None:
+    bad = BadRepr(error)
+    mappings = [cache.map(MIB, 512, dma=True, tag=bad), cache.map(2 * MIB, 512, dma=True, tag="disk")]
+    with caplog.at_level(logging.WARNING, logger="xenmapcache"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if isinstance(error, Exception):
+            in_flight = cache.invalidate()
+            assert [lm.tag for lm in in_flight] == [bad, "disk"]
+        else:  # the interrupt is raised, after the report
+            with pytest.raises(KeyboardInterrupt):
+                cache.invalidate()
+    shown = f"<BadRepr object at {id(bad):#x}>"
+    assert [str(w.message).split(" of guest")[0] for w in caught] == [f"DMA mapping {shown}", "DMA mapping 'disk'"]
+    assert f"2 DMA mapping(s) in flight: {shown}, 'disk'" in caplog.text
+    assert cache.stats().invalidations == 1 and cache.stats().locked == 2  # done, and nothing undone
+    for m in mappings:
+        m.release()
+
+
+def test_invalidate_names_a_batch_once_with_its_count(cache: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # examples/virtio_blk.py logged 'req7 read @4742' seven times, once per segment.
+    groups = [cache.map_sg([(MIB * i + PAGE * j, 512) for j in range(n)], dma=True, tag=f"req{i}") for i, n in ((1, 3), (2, 1))]
+    raw = cache.map_ptr(5 * MIB, 64, lock=True, dma=True)
+    with caplog.at_level(logging.WARNING, logger="xenmapcache"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert len(cache.invalidate()) == 5
+    summary = [r.getMessage() for r in caplog.records if r.name == "xenmapcache"]
+    assert summary == [f"mapcache invalidated with 5 DMA mapping(s) in flight: 'req1' (3 mappings), 'req2', {5 * MIB:#x}"]
+    for g in groups:
+        g.release()
+    cache.unlock(raw)
+
+
 def test_invalidate_clears_the_fast_path(cache: Any, xmc: ModuleType) -> None:
     p = cache.map_ptr(0x4000)
     cache.invalidate()

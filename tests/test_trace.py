@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -147,6 +147,48 @@ def test_a_raising_hook_is_logged_and_changes_nothing(
     failures = [r for r in caplog.records if r.name == "xenmapcache" and "trace callback" in r.getMessage()]
     assert failures and all(r.exc_info and isinstance(r.exc_info[1], RuntimeError) for r in failures)
     assert "hook failed on miss" in caplog.text
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_an_interrupt_from_the_hook_is_raised_by_its_call_and_keeps_no_lock(
+    xmc: ModuleType, ram: Any, interrupt: type[BaseException]
+) -> None:
+    # It was swallowed (C: printed by cffi), or left a lock the Mapping said
+    # was released (the reference).
+    armed: list[str] = []
+
+    def hook(event: Any) -> None:
+        if armed and event.name == armed[0]:
+            armed.clear()
+            raise interrupt()
+
+    with xmc.MapCache(ram, trace=hook) as c:
+        calls: list[tuple[str, Callable[[], object]]] = [
+            ("miss", lambda: c.map(0x1000, 8, tag="t")),
+            ("hit", lambda: c.map(0x1000, 8, tag="t")),
+            ("hit", lambda: c.map_ptr(0x1000, 8, lock=True)),
+            ("hit", lambda: c.map_sg([(0x1000, 8), (0x2000, 8)], tag="g")),
+            ("hit", lambda: c.map_ptr(0x1000)),
+            ("hit", lambda: c.read(0x1000, 4)),
+            ("hit", lambda: c.readinto(0x1000, bytearray(4))),
+            ("hit", lambda: c.write(0x1000, b"x")),
+            ("ram_addr_unknown", lambda: c.ram_addr(1)),
+            ("unlock_unknown", lambda: c.unlock(1)),
+            ("invalidate", c.invalidate),
+        ]
+        for name, call in calls:
+            armed.append(name)
+            with pytest.raises(interrupt):
+                call()
+            assert not armed and c.stats().locked == 0 and c.locked() == []
+        m, g = c.map(0x3000, 8), c.map_sg([(0x3000, 8), (0x4000, 8)])
+        raw = c.map_ptr(0x5000, 8, lock=True)
+        for release in (m.release, g.release, lambda: c.unlock(raw)):
+            armed.append("unlock")
+            with pytest.raises(interrupt):
+                release()  # done, and then the interrupt
+        assert m.released and g.released and c.stats().locked == 0
+        assert c.map_ptr(0x1000) and c.read(0x1000, 1) == b"x"  # nothing left pending
 
 
 def test_a_hook_calling_its_own_cache_gets_an_error(xmc: ModuleType, ram: Any, caplog: pytest.LogCaptureFixture) -> None:

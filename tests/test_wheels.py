@@ -26,9 +26,10 @@ from ctools import REPO, run
 from xenmapcache._version import __version__
 
 # The contract tests: every one runs on the C core and on the reference (tests/conftest.py),
-# with the helper they share.
+# with the helpers they share (threads.py; ctools.py, whose Flaky backend test_lifetimes.py uses).
 CONTRACT_TESTS = (
-    "conftest.py", "threads.py", "test_smoke.py", "test_semantics.py", "test_pitfalls.py", "test_lifetimes.py",
+    "conftest.py", "threads.py", "ctools.py", "test_smoke.py", "test_semantics.py", "test_pitfalls.py",
+    "test_lifetimes.py",
     "test_scatter_gather.py", "test_trace.py", "test_safe_path.py",
 )
 GLIBC_BASELINE = (2, 17)  # manylinux2014, as scripts/build-wheels.sh builds by default

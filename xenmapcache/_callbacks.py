@@ -2,8 +2,11 @@
 
 An exception raised by a user callback cannot cross C; it is kept in
 ``pending.error`` for the calling thread, as ``(key, exception)`` where
-``key`` names the backend or translate callback that raised, and the caller
-chains it onto the error the core returns (``NativeCore._fail``).  A cache
+``key`` names the backend or translate callback that raised, whatever it
+raised (``KeyboardInterrupt`` and ``SystemExit`` too), and the callback
+returns its declared error value, which the core takes as a failure.  The
+caller chains the exception onto the error the core returns, or raises an
+interrupt as it is (``NativeCore._fail``).  A cache
 takes only its own callbacks' errors, so an error can never become the cause
 of a failure on another cache; every path that can leave one (a failed call,
 an invalidate or close whose unmap failed, the garbage collection of a cache)
@@ -22,10 +25,12 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
+from types import TracebackType
 from typing import Any, Protocol
 
 from ._binding import binding
 from ._validate import U64_LIMIT
+from .trace import keep
 
 ffi, lib = binding()
 pending = threading.local()
@@ -76,45 +81,58 @@ def _drop(key: int) -> None:
             del backends[key]
 
 
-def _stash(key: int, exc: Exception, rc: int) -> int:
-    pending.error = (key, exc)
-    return rc
+def _keep(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    """cffi's ``onerror`` of the callbacks that return a status: keep what
+    the callback raised, ``BaseException`` included, for the caller.
+
+    The callback's own frame (the traceback's first) names the cache's key in
+    its ``opaque`` argument.  An interrupt already kept wins over a later
+    error: cleaning up after it (a remap put back, an entry unmapped) may
+    call back in and fail again.
+    """
+    opaque = tb.tb_frame.f_locals.get("opaque") if tb is not None else None
+    key = None if opaque is None else int(ffi.cast("uintptr_t", opaque))
+    got = getattr(pending, "error", None)
+    if got is None or isinstance(got[1], Exception) or got[0] != key:
+        pending.error = (key, exc)
 
 
-def take(keys: tuple[int, ...]) -> Exception | None:
-    """This thread's pending callback error if one of ``keys`` raised it (once)."""
+def take(keys: tuple[int, ...]) -> BaseException | None:
+    """This thread's pending callback error if one of ``keys`` raised it (once).
+
+    One whose callback could not be told (None) is anyone's: an interrupt is
+    never lost.
+    """
     got = getattr(pending, "error", None)
     pending.error = None
-    return got[1] if got is not None and got[0] in keys else None
+    return got[1] if got is not None and (got[0] in keys or got[0] is None) else None
 
 
-@ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
+# Each callback that returns a status declares the one it returns when it
+# raises, whatever it raises: a failure the core gives up on at once.  cffi's
+# default, 0, would be XMC_OK, and an interrupt would become a success.
+XMC_ECALLBACK = int(lib.XMC_ECALLBACK)
+
+
+@ffi.def_extern(error=XMC_ECALLBACK, onerror=_keep)  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
 def _xmc_py_map(opaque: Any, fixed: Any, first_pfn: int, nr_pages: int, errs: Any, out: Any) -> int:
-    key = int(ffi.cast("uintptr_t", opaque))
-    try:
-        backend = backends[key][0]
-        want = int(ffi.cast("uintptr_t", fixed)) or None
-        address, errors = backend._map_pages(first_pfn, nr_pages, want)
-        errors = list(errors)
-        if len(errors) != nr_pages or any(type(e) is not int or e < 0 for e in errors):
-            raise ValueError(f"map must return {nr_pages} per-page errors (0 or a positive errno)")
-        if type(address) is not int or address <= 0 or (want is not None and address != want):
-            raise ValueError(f"map returned a bad address {address!r} (fixed={want!r})")
-    except Exception as exc:  # handed to the caller, see the module docstring
-        return _stash(key, exc, int(lib.XMC_EMAP))
+    backend = backends[int(ffi.cast("uintptr_t", opaque))][0]
+    want = int(ffi.cast("uintptr_t", fixed)) or None
+    address, errors = backend._map_pages(first_pfn, nr_pages, want)
+    errors = list(errors)
+    if len(errors) != nr_pages or any(type(e) is not int or e < 0 for e in errors):
+        raise ValueError(f"map must return {nr_pages} per-page errors (0 or a positive errno)")
+    if type(address) is not int or address <= 0 or (want is not None and address != want):
+        raise ValueError(f"map returned a bad address {address!r} (fixed={want!r})")
     for i, e in enumerate(errors):
         errs[i] = e
     out[0] = ffi.cast("void *", address)
     return 0
 
 
-@ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
+@ffi.def_extern(error=int(lib.XMC_ESYS), onerror=_keep)  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
 def _xmc_py_unmap(opaque: Any, address: Any, length: int) -> int:
-    key = int(ffi.cast("uintptr_t", opaque))
-    try:
-        backends[key][0]._unmap(int(ffi.cast("uintptr_t", address)), length)
-    except Exception as exc:  # handed to the caller, see the module docstring
-        return _stash(key, exc, int(lib.XMC_ESYS))
+    backends[int(ffi.cast("uintptr_t", opaque))][0]._unmap(int(ffi.cast("uintptr_t", address)), length)
     return 0
 
 
@@ -129,23 +147,26 @@ def _xmc_py_release(opaque: Any) -> None:
     _drop(int(ffi.cast("uintptr_t", opaque)))
 
 
-@ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
+def _trace_lost(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    """cffi's ``onerror`` of the trace callback: log an error, keep an interrupt for the call."""
+    if isinstance(exc, Exception):
+        logging.getLogger("xenmapcache").error("trace event lost", exc_info=(exc_type, exc, tb))
+    else:
+        keep(exc)
+
+
+@ffi.def_extern(onerror=_trace_lost)  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
 def _xmc_py_trace(opaque: Any, ev: Any) -> None:
-    # The sink (xenmapcache.trace.make_sink) logs what the user's hook raises;
-    # nothing may cross back into C, which holds the cache's mutex here.
-    try:
-        ffi.from_handle(opaque)(ev.kind, ev.rc, ev.flags, ev.paddr, ev.size, ev.address, ev.tag, ev.old_paddr)
-    except Exception:
-        logging.getLogger("xenmapcache").exception("trace event lost")
+    # The sink (xenmapcache.trace.make_sink) logs what the user's hook raises
+    # and keeps an interrupt; nothing crosses back into C, which holds the
+    # cache's mutex here.
+    ffi.from_handle(opaque)(ev.kind, ev.rc, ev.flags, ev.paddr, ev.size, ev.address, ev.tag, ev.old_paddr)
 
 
-@ffi.def_extern()  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
+@ffi.def_extern(error=XMC_ECALLBACK, onerror=_keep)  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
 def _xmc_py_translate(opaque: Any, paddr: int, size: int, out: Any) -> int:
-    try:
-        new = ffi.from_handle(opaque)(paddr, size)
-        if type(new) is not int or not 0 <= new < U64_LIMIT:
-            raise TypeError(f"translate must return an int in [0, 2**64), not {new!r}")
-    except Exception as exc:  # handed to the caller, see the module docstring
-        return _stash(int(ffi.cast("uintptr_t", opaque)), exc, -1)
+    new = ffi.from_handle(opaque)(paddr, size)
+    if type(new) is not int or not 0 <= new < U64_LIMIT:
+        raise TypeError(f"translate must return an int in [0, 2**64), not {new!r}")
     out[0] = new
     return 0

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import collections.abc
 import itertools
+import operator
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._nocopy import NoCopy
@@ -160,18 +161,28 @@ collections.abc.Sequence.register(MappingGroup)
 
 
 class _PyMapping(Mapping):
-    """The Python ``Mapping``, kept by a :class:`_PyRegistry` (PEP 688 buffer)."""
+    """The Python ``Mapping``, kept by a :class:`_PyRegistry` (PEP 688 buffer).
 
-    __slots__ = ("address", "paddr", "size", "dma", "tag", "_reg", "_id", "_exports", "_released")
+    Its attributes are read-only properties over private slots: a ``size``
+    the user could set would make ``memoryview(m)`` reach past the mapping.
+    """
+
+    __slots__ = ("_address", "_paddr", "_size", "_dma", "_tag", "_reg", "_id", "_exports", "_released", "__weakref__")
+
+    address = property(operator.attrgetter("_address"), doc="The host address of ``paddr``.")
+    paddr = property(operator.attrgetter("_paddr"), doc="The guest-physical address (follows ``cache.replace()``).")
+    size = property(operator.attrgetter("_size"), doc="The size asked for, in bytes.")
+    dma = property(operator.attrgetter("_dma"), doc="Whether the mapping is for DMA.")
+    tag = property(operator.attrgetter("_tag"), doc="The object given to ``cache.map()``.")
 
     def __init__(self, reg: _PyRegistry, ident: int, paddr: int, size: int, dma: bool, tag: Any) -> None:
         self._reg = reg
         self._id = ident
-        self.address = 0
-        self.paddr = paddr
-        self.size = size
-        self.dma = dma
-        self.tag = tag
+        self._address = 0  # 0 while in flight: the registry indexes it by address once mapped
+        self._paddr = paddr
+        self._size = size
+        self._dma = dma
+        self._tag = tag
         self._exports = 0
         self._released = False
 
@@ -185,7 +196,7 @@ class _PyMapping(Mapping):
             if self._released:
                 raise BufferError("the mapping was released")
             self._exports += 1
-        view: memoryview = self._reg.core.view(self.address, self.size)
+        view: memoryview = self._reg.core.view(self._address, self._size)
         return view
 
     def __release_buffer__(self, view: memoryview) -> None:
@@ -198,14 +209,14 @@ class _PyMapping(Mapping):
         self._reg.release(self)
 
     def __repr__(self) -> str:
-        state = "released" if self._released else f"at {self.address:#x}"
-        return f"<Mapping paddr={self.paddr:#x} size={self.size:#x} dma={self.dma} tag={self.tag!r} {state}>"
+        state = "released" if self._released else f"at {self._address:#x}"
+        return f"<Mapping paddr={self._paddr:#x} size={self._size:#x} dma={self._dma} tag={self._tag!r} {state}>"
 
 
 class _PyMappingGroup(MappingGroup):
     """The Python ``MappingGroup``, kept by a :class:`_PyRegistry`."""
 
-    __slots__ = ("_reg", "_items", "_id")
+    __slots__ = ("_reg", "_items", "_id", "__weakref__")
 
     def __init__(self, reg: _PyRegistry, items: tuple[_PyMapping, ...], ident: int) -> None:
         self._reg = reg
@@ -242,35 +253,67 @@ class _PyRegistry:
     """The live Mappings of one cache, in Python (the reference core, and the
     C core where the binding has no types of its own: not CPython).
 
-    ``_protocols.Registry``, as ``NativeCache`` of ffi/cache.h: ``mapping``, ``group``, ``tags``,
-    ``release_at``, ``mappings``, ``set_paddr``, ``close_registry``.  Its lock
-    guards exports and the registry, never held across a core call: the core
-    serialises the cache itself.
+    ``_protocols.Registry``, as ``NativeCache`` of ffi/cache.h: ``mapping``,
+    ``group``, ``tags``, ``tag_of``, ``release_at``, ``mappings``,
+    ``set_paddr``, ``close_registry``.  Its lock guards exports and the
+    registry, never held across a core call: the core serialises the cache
+    itself.  A Mapping is registered (its tag id found by a trace event) from
+    before its core call until after its unlock returns, but found by address
+    only once mapped: never while in flight, when it has no address yet.
     """
 
     def __init__(self, core: Any) -> None:
         self.core = core
         self.lock = threading.Lock()
         self._mappings: dict[_PyMapping, None] = {}  # the live Mappings, oldest first
+        self._at: dict[int, list[_PyMapping]] = {}  # host address -> its mapped Mappings, oldest first
+        self._tags: dict[int, list[Any]] = {}  # tag id -> [tag, live Mappings carrying it]
         self._ids = itertools.count(1)
         self._closed = False
 
+    def _add(self, items: Iterable[_PyMapping], ident: int, tag: Any) -> None:
+        """Register ``items`` (holding the lock), in flight: no address yet."""
+        if self._closed:
+            raise MapCacheError("the cache is closed")
+        n = len(self._mappings)
+        self._mappings.update(dict.fromkeys(items))
+        self._tags[ident] = [tag, len(self._mappings) - n]
+
+    def _mapped(self, items: Iterable[_PyMapping]) -> None:
+        """``items`` have their addresses (holding the lock): find them by address."""
+        for m in items:
+            self._at.setdefault(m._address, []).append(m)
+
+    def _forget(self, items: Iterable[_PyMapping]) -> None:
+        """Drop ``items`` from every index (holding the lock)."""
+        for m in items:
+            if self._mappings.pop(m, False) is not False:
+                slot = self._tags[m._id]
+                slot[1] -= 1
+                if not slot[1]:
+                    del self._tags[m._id]
+            same = self._at.get(m._address)
+            if same is not None and m in same:
+                same.remove(m)
+                if not same:
+                    del self._at[m._address]
+
     def mapping(self, paddr: int, size: int, dma: bool, tag: Any) -> Mapping:
-        m = _PyMapping(self, next(self._ids), paddr, size, dma, tag)
+        ident = next(self._ids)
+        m = _PyMapping(self, ident, paddr, size, dma, tag)
         with self.lock:
-            if self._closed:
-                raise MapCacheError("the cache is closed")
-            self._mappings[m] = None  # before the call: invalidate() may list it at once
+            self._add((m,), ident, tag)  # before the call: invalidate() may list it at once
         try:
-            m.address = self.core.map(paddr, size, LOCK | (DMA if dma else 0), m._id)
+            m._address = self.core.map(paddr, size, LOCK | (DMA if dma else 0), ident)
         except BaseException:
             with self.lock:
-                self._mappings.pop(m, None)
+                self._forget((m,))
             raise
         with self.lock:
             if self._closed:  # closed while we mapped: the core has unmapped it
                 m._released = True
                 raise MapCacheError("the cache was closed")
+            self._mapped((m,))
         return m
 
     def release(self, m: _PyMapping) -> None:
@@ -281,32 +324,30 @@ class _PyRegistry:
                 raise BufferError(f"{m._exports} memoryview(s) of the mapping are still alive")
             m._released = True
         try:  # still registered meanwhile: the core's trace event names its tag
-            self.core.unlock(m.address, m._id)
+            self.core.unlock(m._address, m._id)
         finally:
             with self.lock:
-                self._mappings.pop(m, None)
+                self._forget((m,))
 
     def group(self, segments: list[tuple[int, int]], dma: bool, tag: Any) -> MappingGroup:
         ident = next(self._ids)  # one tag id for the batch, as the core's batch takes
         items = tuple(_PyMapping(self, ident, paddr, size, dma, tag) for paddr, size in segments)
         with self.lock:
-            if self._closed:
-                raise MapCacheError("the cache is closed")
-            self._mappings.update(dict.fromkeys(items))
+            self._add(items, ident, tag)
         try:
             addresses = self.core.map_sg(segments, LOCK | (DMA if dma else 0), ident)
         except BaseException:
             with self.lock:
-                for m in items:
-                    self._mappings.pop(m, None)
+                self._forget(items)
             raise
         for m, address in zip(items, addresses, strict=True):
-            m.address = address
+            m._address = address
         with self.lock:
             if self._closed:  # closed while we mapped: the core has unmapped them
                 for m in items:
                     m._released = True
                 raise MapCacheError("the cache was closed")
+            self._mapped(items)
         return _PyMappingGroup(self, items, ident)
 
     def release_group(self, g: _PyMappingGroup) -> None:
@@ -322,23 +363,22 @@ class _PyRegistry:
         # As release(): an error (a grant entry failing to unmap) is reported
         # with the locks gone.
         try:
-            self.core.unlock_sg([m.address for m in live], g._id)
+            self.core.unlock_sg([m._address for m in live], g._id)
         finally:
             with self.lock:
-                for m in live:
-                    self._mappings.pop(m, None)
+                self._forget(live)
 
     def tags(self) -> dict[int, Any]:
         with self.lock:
-            return {m._id: m.tag for m in self._mappings}
+            return {ident: slot[0] for ident, slot in self._tags.items()}
 
     def tag_of(self, ident: int) -> Any:
-        with self.lock:
-            return next((m.tag for m in self._mappings if m._id == ident), None)
+        slot = self._tags.get(ident)  # one dict lookup (atomic): O(1) per trace event
+        return None if slot is None else slot[0]
 
     def release_at(self, address: int) -> bool:
         with self.lock:
-            holders = [m for m in self._mappings if m.address == address and not m._released]
+            holders = [m for m in self._at.get(address, ()) if not m._released]
             idle = [m for m in holders if not m._exports]
         if idle:
             idle[-1].release()
@@ -352,12 +392,14 @@ class _PyRegistry:
             return list(self._mappings)
 
     def set_paddr(self, m: _PyMapping, paddr: int) -> None:
-        m.paddr = paddr
+        m._paddr = paddr
 
     def detach(self) -> None:
         """Drop the references to the Mappings (the MapCache is gone); see ffi/registry.h."""
         with self.lock:
             self._mappings.clear()
+            self._at.clear()
+            self._tags.clear()
 
     def close_registry(self) -> None:
         with self.lock:
@@ -368,3 +410,5 @@ class _PyRegistry:
             for m in self._mappings:
                 m._released = True
             self._mappings.clear()
+            self._at.clear()
+            self._tags.clear()

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from . import _binding
 from ._binding import binding, check, raise_for
 from ._mapping import Mapping, MappingGroup
+from .trace import take_interrupt
 
 logger = logging.getLogger("xenmapcache")
 
@@ -93,6 +94,8 @@ class NativeCore:
                 lib.xmc_cache_free(out[0])
                 raise_for(rc, "MapCache")
             self._native = types.adopted()  # owns the cache: frees it when it goes
+            if trace is not None:  # its builtins raise what the hook raised, as guard() below
+                self._native.set_take_interrupt(take_interrupt)
             self._native.set_after_free(after_free)
             self._c = out[0]  # used only while self, and so _native, is alive
         else:
@@ -114,7 +117,7 @@ class NativeCore:
     def _fail(self, rc: int, what: str, *where: int) -> NoReturn:
         """Raise for a failed core call, with the exception of one of this cache's
         Python callbacks (a backend's, translate's) as its cause."""
-        raise_for(rc, what, *where, cause=self._take(self._keys))
+        fail_with(self._take, self._keys, rc, what, *where)
 
     def registry(self, cache: Any, checked: dict[str, Callable[..., Any]]) -> Any:
         """The registry of ``cache``'s Mappings: the ``NativeCache`` itself, bound
@@ -125,18 +128,17 @@ class NativeCore:
             return None
         lib = self._lib
         owner = weakref.ref(cache)
+        take, keys = self._take, self._keys
 
         def fail(rc: int, what: str, paddr: int, size: int) -> NoReturn:
             # What a builtin calls with a failed core call's status (a closed
-            # cache's too).  Holds the cache weakly, and the core only
-            # through it: no cycle.
+            # cache's too).  Holds the cache weakly, and neither it nor the
+            # core otherwise: no cycle.  A builtin kept after its MapCache
+            # went (rd = c.read; del c) fails as it would have.
             live = owner()
-            if live is None:
-                raise_for(rc, what, paddr, size)
-            if what == "ram_addr" and rc == lib.XMC_ENOENT:  # once per call, as the method does
+            if live is not None and what == "ram_addr" and rc == lib.XMC_ENOENT:  # once per call, as the method does
                 live._trace_unknown("ram_addr_unknown", paddr)
-            core: NativeCore = live._core
-            core._fail(rc, what, paddr, size)
+            fail_with(take, keys, rc, what, paddr, size)
 
         native.bind(owner, fail, cache.max_size, 1 << cache.bucket_shift, checked)
         return native
@@ -191,7 +193,8 @@ class NativeCore:
         finally:
             self._lib.xmc_records_free(arr)
 
-    def invalidate(self) -> list[tuple[int, int, int, int, bool]]:
+    def invalidate(self) -> tuple[list[tuple[int, int, int, int, bool]], BaseException | None]:
+        """The DMA records in flight, and what a failed unmap raised (see MapCache.invalidate)."""
         lib = self._lib
         got = lib.xmc_py_invalidate(self._c)  # one call when no DMA is in flight
         count = got if got > 0 else lib.xmc_py_records_count() if got < 0 else 0
@@ -199,12 +202,11 @@ class NativeCore:
         rc = min(got, 0)
         if rc == lib.XMC_ESYS:
             # The invalidation happened; an entry failed to unmap and is gone
-            # all the same (never retried).  Say so once and keep the records.
-            cause = self._take(self._keys)
-            logger.error("invalidate: unmapping an entry failed: %s", cause or "system call failed")
-        elif rc:
+            # all the same (never retried): its error goes with the records.
+            return records, self._take(self._keys) or OSError("system call failed")
+        if rc:
             self._fail(rc, "invalidate")
-        return records
+        return records, None
 
     def locked(self) -> list[tuple[int, int, int, int, bool]]:
         arr, n = self._ffi.new("xmc_record **"), self._ffi.new("size_t *")
@@ -254,6 +256,21 @@ class NativeCore:
         rc = self._lib.xmc_cache_close(self._c)
         if rc:
             self._fail(rc, "close")
+
+
+def fail_with(
+    take: Callable[[tuple[int, ...]], BaseException | None], keys: tuple[int, ...], rc: int, what: str, *where: int
+) -> NoReturn:
+    """Raise for the call ``what`` that failed with status ``rc``, caused by what
+    the cache's callbacks (``keys``) raised meanwhile; an interrupt, theirs or
+    the trace hook's, is raised as it is."""
+    cause = take(keys)
+    if cause is not None and not isinstance(cause, Exception):
+        raise cause  # KeyboardInterrupt, SystemExit: what the caller sees
+    interrupt = take_interrupt()
+    if interrupt is not None:
+        raise interrupt
+    raise_for(rc, what, *where, cause=cause)
 
 
 def _collected(

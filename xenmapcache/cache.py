@@ -35,7 +35,7 @@ from ._validate import U64_LIMIT, as_uint, check_range
 from .backends import CallbackBackend
 from .errors import DMAMappingWarning, InvalidAddress, MapCacheError, MappingError, UnknownMapping
 from .ram import GuestRAM
-from .trace import Trace, TraceEvent, emit, make_sink
+from .trace import Trace, TraceEvent, emit, guard, make_sink, take_interrupt
 from .xen import XenForeignMemory, XenGrantTable
 
 logger = logging.getLogger("xenmapcache")
@@ -182,6 +182,18 @@ class MapCache(NoCopy):
             cls = _with_fast_slots(cls)
         return super().__new__(cls)
 
+    def __getattr__(self, name: str) -> Any:
+        # Only for what normal lookup misses: a subclass whose __init__ never
+        # called MapCache.__init__ has no core and empty builtin slots.
+        if not name.startswith("__") and "_core" not in vars(self):
+            raise AttributeError(
+                f"{type(self).__name__}.{name}: the cache was never set up "
+                "(a subclass's __init__ must call super().__init__(...))",
+                name=name,
+                obj=self,
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self)
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:  # its own parameters
@@ -232,6 +244,8 @@ class MapCache(NoCopy):
             grants=self.grants,
             trace=None if trace is None else make_sink(self, trace),
         )
+        if trace is not None:
+            guard(self._core)  # an interrupt the hook raises is raised by the call that emitted the event
         self._ram = ram
         self._closed = False
         self._reg: Registry = self._core.registry(self, _CHECKED) or _PyRegistry(self._core)
@@ -514,26 +528,51 @@ class MapCache(NoCopy):
         :raises MapCacheError: the cache is closed.  (An unmap failure of the
             backend is logged at ERROR level, not raised: the invalidation has
             happened.)
+        :raises KeyboardInterrupt: (or any other interrupt) raised by a
+            backend's unmap or a tag's ``repr``: after the report, which is
+            made first (a tag whose ``repr`` raises is shown by its type and id).
 
         Cost: O(live entries + DMA mappings in flight), independent of the
         number of hash slots; one C call when no DMA is in flight.
         """
         self._check_open()
-        in_flight = self._locked_mappings(self._core.invalidate())
+        records, failed = self._core.invalidate()
+        in_flight = self._locked_mappings(records)
+        # The whole report is built before anything that can raise runs (a
+        # warnings filter set to "error", an interrupt in a tag's repr).
+        interrupt = failed if failed is not None and not isinstance(failed, Exception) else None
+        shown: dict[int, tuple[str, int]] = {}  # id(tag) -> (its repr, how many mappings); a batch shares one
+        messages = []
         for lm in in_flight:
-            warnings.warn(
-                DMAMappingWarning(
-                    f"DMA mapping {lm.tag!r} of guest [{lm.paddr:#x}, +{lm.size:#x}) at {lm.address:#x} "
-                    "is still in flight across a mapcache invalidation"
-                ),
-                stacklevel=2,
+            if lm.tag is None:
+                name = f"{lm.paddr:#x}"
+            elif id(lm.tag) in shown:
+                name = shown[id(lm.tag)][0]
+            else:
+                try:
+                    name = repr(lm.tag)
+                except BaseException as exc:  # noqa: BLE001 - kept, raised after the report
+                    name = f"<{type(lm.tag).__name__} object at {id(lm.tag):#x}>"
+                    if interrupt is None and not isinstance(exc, Exception):
+                        interrupt = exc
+            if lm.tag is not None:
+                shown[id(lm.tag)] = (name, shown.get(id(lm.tag), ("", 0))[1] + 1)
+            messages.append(
+                f"DMA mapping {name} of guest [{lm.paddr:#x}, +{lm.size:#x}) at {lm.address:#x} "
+                "is still in flight across a mapcache invalidation"
             )
+        if failed is not None:
+            logger.error("invalidate: unmapping an entry failed: %s", failed)
         if in_flight:
+            untagged = [f"{lm.paddr:#x}" for lm in in_flight if lm.tag is None]
+            tagged = [name if count == 1 else f"{name} ({count} mappings)" for name, count in shown.values()]
             logger.warning(
-                "mapcache invalidated with %d DMA mapping(s) in flight: %s",
-                len(in_flight),
-                ", ".join(repr(lm.tag) if lm.tag is not None else f"{lm.paddr:#x}" for lm in in_flight),
+                "mapcache invalidated with %d DMA mapping(s) in flight: %s", len(in_flight), ", ".join(tagged + untagged)
             )
+        for message in messages:
+            warnings.warn(DMAMappingWarning(message), stacklevel=2)
+        if interrupt is not None:
+            raise interrupt
         return in_flight
 
     def stats(self) -> Stats:
@@ -560,6 +599,9 @@ class MapCache(NoCopy):
         """Trace a lookup of an unknown address: here, once per call (the core may be asked twice)."""
         if self._trace is not None:
             emit(self._trace, TraceEvent(name, 0, 0, address, None, False, False))
+            interrupt = take_interrupt()
+            if interrupt is not None:  # raised instead of UnknownMapping
+                raise interrupt
 
     def _check_open(self) -> None:
         if self._closed:
@@ -579,8 +621,9 @@ class MapCache(NoCopy):
 
         :raises BufferError: a memoryview of one of its mappings is still alive
             (then nothing is closed or unmapped).
-        :raises MapCacheError: called from inside a backend callback of this
-            very cache (which runs under its mutex); or a backend unmap failed
+        :raises MapCacheError: called from inside a backend callback or the
+            trace hook of this very cache (which run under its mutex): then
+            nothing is closed; or a backend unmap failed
             (its exception is the cause): everything else is unmapped, and the
             cache is closed all the same.  In a child process forked while
             another thread was inside the cache: that cache cannot be used
@@ -590,7 +633,11 @@ class MapCache(NoCopy):
         """
         if self._closed:
             return
-        self._reg.close_registry()  # BufferError while a Mapping has views
+        # Decide before changing anything: a core call is refused here from
+        # inside one of the cache's own callbacks (or in a forked child), and
+        # the registry refuses while a Mapping has views (BufferError).
+        self._core.stats()
+        self._reg.close_registry()
         self._closed = True
         self._core.close()
 

@@ -64,6 +64,7 @@ EXCEPTION_OF: dict[int, type[Exception]] = {
     -4: UnknownMapping,  # XMC_ENOENT
     -5: LockOverflow,  # XMC_EOVERFLOW
     -6: BackendUnavailable,  # XMC_EUNAVAIL
+    -13: MappingError,  # XMC_ECALLBACK: a Python backend's map raised (the cause)
 }
 
 

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ._nocopy import NoCopy
-from ._validate import as_uint
+from ._validate import U64_LIMIT, as_uint
 from .errors import InvalidAddress, MapCacheError, MappingError
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
+MAX_SIZE = (1 << 63) - PAGE_SIZE  # the largest memfd (an off_t), in whole pages
 
 
 class GuestRAM(NoCopy):
@@ -31,8 +32,9 @@ class GuestRAM(NoCopy):
     kernel as it is touched.  Pass it to :class:`MapCache`; the cache keeps
     the memory alive even after :meth:`close`.  Also a context manager.
 
-    :raises InvalidAddress: ``size`` is zero or not a multiple of 4096, or a
-        hole is empty, negative or not a ``(start, end)`` pair.
+    :raises InvalidAddress: ``size`` is zero, not a multiple of 4096 or over
+        ``2**63 - 4096`` (the largest file a memfd holds), or a hole is empty,
+        negative, ends past ``2**64`` or is not a ``(start, end)`` pair.
     :raises TypeError: ``size`` or a hole bound is not an int.
     :raises OSError: the memfd cannot be made (too many open files, say).
 
@@ -42,7 +44,7 @@ class GuestRAM(NoCopy):
     _no_copy_why = "it owns a memfd; a copy would close it twice, a pickle would carry a bare fd number"
 
     def __init__(self, size: int, holes: Iterable[tuple[int, int]] = ()) -> None:
-        size = as_uint(size, "size")
+        size = as_uint(size, "size", MAX_SIZE + 1)
         if size == 0 or size % PAGE_SIZE:
             raise InvalidAddress(f"RAM size must be a positive multiple of {PAGE_SIZE}")
         self._holes = _parse_holes(holes)
@@ -54,23 +56,34 @@ class GuestRAM(NoCopy):
         except BaseException:
             os.close(self._fd)
             raise
+        self._memfd = _SharedFd(self._fd)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], holes: Iterable[tuple[int, int]] = ()) -> GuestRAM:
         """Make guest RAM holding a copy of the raw RAM image at ``path``.
 
-        The size is the image's, rounded up to whole pages (at least one page).
+        The size is the image's, rounded up to whole pages (at least one page),
+        as it is when opened; at most that many bytes are copied, whatever
+        the file holds by then (a device such as ``/dev/zero``, a file that
+        grows meanwhile).
 
         :raises OSError: the file cannot be read.
         :raises InvalidAddress: a bad hole (see the class).
 
         Cost: one copy of the image into the memfd.
         """
-        with open(path, "rb") as image:
+        with open(path, "rb", buffering=0) as image:
             length = os.fstat(image.fileno()).st_size
             ram = cls(max(PAGE_SIZE, -(-length // PAGE_SIZE) * PAGE_SIZE), holes)
-            with os.fdopen(os.dup(ram._fd), "r+b") as dest:
-                shutil.copyfileobj(image, dest, 1 << 20)
+            try:
+                done = 0  # holes too: the image is all of RAM
+                while done < ram.size and (chunk := memoryview(image.read(min(1 << 20, ram.size - done)))):
+                    while chunk:
+                        wrote = os.pwrite(ram._fd, chunk, done)
+                        chunk, done = chunk[wrote:], done + wrote
+            except BaseException:
+                ram.close()
+                raise
         return ram
 
     @property
@@ -177,8 +190,8 @@ class GuestRAM(NoCopy):
         Cost: one ``close`` system call.
         """
         if self._fd >= 0:
-            os.close(self._fd)
             self._fd = -1
+            self._memfd.release()
         self._c = None
 
     def __enter__(self) -> GuestRAM:
@@ -190,6 +203,13 @@ class GuestRAM(NoCopy):
     def _check_open(self) -> None:
         if self._fd < 0:
             raise MapCacheError("guest RAM is closed")
+
+    def _share(self) -> _SharedFd:
+        """The memfd, for a reference cache to keep open until it lets go
+        (``release()``): one descriptor however many caches use it."""
+        self._check_open()
+        self._memfd.retain()
+        return self._memfd
 
     @contextlib.contextmanager
     def _c_backend(self) -> Iterator[Any]:
@@ -208,13 +228,35 @@ class GuestRAM(NoCopy):
             out = ffi.new("xmc_ram **")
             check(lib.xmc_ram_new_fd(self._fd, self._size, out), "GuestRAM")
             ram = ffi.gc(out[0], lib.xmc_ram_free)
-            for lo, hi in self._holes:
-                check(lib.xmc_ram_add_hole(ram, lo, hi), "GuestRAM hole")
+            for lo, hi in self._holes:  # one ending at 2**64 takes the top page all the same
+                check(lib.xmc_ram_add_hole(ram, lo, min(hi, U64_LIMIT - 1)), "GuestRAM hole")
             self._c = ram
         return self._c
 
     def __repr__(self) -> str:
         return f"GuestRAM(size={self._size:#x}, holes={self._holes!r})"
+
+
+class _SharedFd:
+    """A file descriptor with users, closed when the last of them lets go."""
+
+    __slots__ = ("fd", "_users", "_lock")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._users = 1
+        self._lock = threading.Lock()
+
+    def retain(self) -> None:
+        with self._lock:
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                os.close(self.fd)
+                self.fd = -1
 
 
 def _parse_holes(holes: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -224,7 +266,7 @@ def _parse_holes(holes: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
             lo, hi = hole
         except (TypeError, ValueError):
             raise InvalidAddress(f"a hole is a (start, end) pair, not {hole!r}") from None
-        lo, hi = as_uint(lo, "hole start"), as_uint(hi, "hole end")
+        lo, hi = as_uint(lo, "hole start"), as_uint(hi, "hole end", U64_LIMIT + 1)
         if lo >= hi:
             raise InvalidAddress(f"hole ({lo:#x}, {hi:#x}) is empty")
         parsed.append((lo, hi))

@@ -35,7 +35,7 @@ import mmap as _mmap
 import os
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 from . import cache as _cache
@@ -69,7 +69,7 @@ __all__ = [
 
 # Status codes, as in csrc/xenmapcache.h (internal: they become exceptions at the edge).
 OK, ENOMEM, EINVAL, EMAP, ENOENT, EOVERFLOW, EUNAVAIL, ESYS = 0, -1, -2, -3, -4, -5, -6, -7
-EREENTER, EFORKED, EGRANT = -10, -11, -12
+EREENTER, EFORKED, EGRANT, ECALLBACK = -10, -11, -12, -13
 # The messages of xmc_strerror(); the exception of each code comes from the
 # package's one table (errors.EXCEPTION_OF).
 _MESSAGES: dict[int, str] = {
@@ -83,6 +83,7 @@ _MESSAGES: dict[int, str] = {
     EREENTER: "called from inside one of the cache's own backend callbacks",
     EGRANT: "not allowed on a grant cache (locked requests only, no replace)",
     EFORKED: "the process forked while another thread was inside the cache; unusable in the child",
+    ECALLBACK: "a callback failed; nothing was retried",
 }
 
 MAX_SLOTS = 1 << 24  # XMC_MAX_SLOTS
@@ -126,6 +127,8 @@ def _sys_munmap(addr: int, length: int) -> int:
 
 
 def _raise(rc: int, what: str, *where: int, cause: BaseException | None = None) -> NoReturn:
+    if cause is not None and not isinstance(cause, Exception):
+        raise cause  # an interrupt stays what it was, as _native.fail_with
     raise _errors.status_error(rc, _MESSAGES.get(rc, "unknown error"), what, *where) from cause
 
 
@@ -135,14 +138,15 @@ def _range_ok(a: int, b: int) -> bool:
 
 
 class _RamBackend:
-    """The memfd backend of csrc/ram.c over a :class:`GuestRAM` (its own dup of the fd)."""
+    """The memfd backend of csrc/ram.c over a :class:`GuestRAM` (sharing its fd, which it keeps open)."""
 
     error: BaseException | None = None  # never set: no Python callback to fail
     inside: frozenset[int] = frozenset()  # no callback to be inside
 
     def __init__(self, ram: GuestRAM) -> None:
         self.ram = ram
-        self.fd = os.dup(ram.fileno())
+        self._memfd = ram._share()
+        self.fd = self._memfd.fd
         self._pages = ram.size >> PAGE_SHIFT
         self._hole_pages = [(lo >> PAGE_SHIFT, -(-hi // PAGE_SIZE)) for lo, hi in ram.holes]
 
@@ -200,8 +204,8 @@ class _RamBackend:
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
             self.fd = -1
+            self._memfd.release()
 
 
 class _CallbackAdapter:
@@ -222,19 +226,24 @@ class _CallbackAdapter:
                 raise ValueError(f"map must return {nr_pages} per-page errors (0 or a positive errno)")
             if type(address) is not int or address <= 0 or (fixed is not None and address != fixed):
                 raise ValueError(f"map returned a bad address {address!r} (fixed={fixed!r})")
-        except Exception as exc:
-            self.error = exc
-            return EMAP, 0, 0
+        except BaseException as exc:  # an interrupt too: the call fails, as XMC_ECALLBACK in C
+            self._keep(exc)
+            return ECALLBACK, 0, 0
         finally:
             self.inside.discard(threading.get_ident())
         return OK, address, sum(1 << i for i, e in enumerate(errors) if not e)
+
+    def _keep(self, exc: BaseException) -> None:
+        """Keep ``exc`` for the caller; an interrupt kept already wins (see _callbacks._keep)."""
+        if self.error is None or isinstance(self.error, Exception):
+            self.error = exc
 
     def unmap(self, addr: int, length: int) -> int:
         self.inside.add(threading.get_ident())
         try:
             self.backend._unmap(addr, length)
-        except Exception as exc:
-            self.error = exc
+        except BaseException as exc:
+            self._keep(exc)
             return ESYS
         finally:
             self.inside.discard(threading.get_ident())
@@ -268,9 +277,15 @@ class _Entry:
 
 
 class _Rec:
-    """One locked mapping (``record``)."""
+    """One locked mapping (``record``).
 
-    __slots__ = ("addr", "entry", "size", "tag", "dma")
+    Kept small (a million locked mappings are a real load): no list or dict
+    of its own.  ``shadow`` is the next older record at the same address
+    (the reverse index holds the newest); ``older`` and ``newer`` link every
+    record in age order, as the C core's ``oldest`` list does.
+    """
+
+    __slots__ = ("addr", "entry", "size", "tag", "dma", "shadow", "older", "newer")
 
     def __init__(self, addr: int, entry: _Entry, size: int, tag: int, dma: bool) -> None:
         self.addr = addr
@@ -278,6 +293,9 @@ class _Rec:
         self.size = size
         self.tag = tag
         self.dma = dma
+        self.shadow: _Rec | None = None
+        self.older: _Rec | None = None
+        self.newer: _Rec | None = None
 
 
 class _State:
@@ -290,8 +308,9 @@ class _State:
         self.starts: list[int] = []  # sorted host start addresses of live entries
         self.by_start: dict[int, _Entry] = {}
         self.shift = 0  # the cache's bucket shift, for trace events
-        self.rev: dict[int, list[_Rec]] = {}  # host address -> records, newest last
-        self.age: dict[_Rec, None] = {}  # oldest first
+        self.rev: dict[int, _Rec] = {}  # host address -> its newest record (older ones: shadow)
+        self.oldest: _Rec | None = None  # the age list (older, newer)
+        self.newest: _Rec | None = None
         self.last: _Entry | None = None
         self.hits = self.misses = self.remaps = self.entries = 0
         self.locked = self.dma_locked = self.mapped_bytes = self.invalidations = 0
@@ -368,7 +387,7 @@ class _State:
         self.closed = True
         self.sink = None  # closing says nothing, as in C
         self.rev.clear()
-        self.age.clear()
+        self.oldest = self.newest = None
         rc = OK
         for e in list(self.live):
             if e.size:
@@ -576,7 +595,7 @@ class _PyCore:
             new = fn(paddr, size)
             if type(new) is not int or not 0 <= new <= U64_MAX:
                 raise TypeError(f"translate must return an int in [0, 2**64), not {new!r}")
-        except Exception as exc:  # the C core sees a failed callback the same way
+        except BaseException as exc:  # an interrupt too: the C core sees a failed callback the same way
             return EMAP, 0, exc
         finally:
             self._lock.acquire()
@@ -663,24 +682,50 @@ class _PyCore:
     def _record_add(self, e: _Entry, addr: int, size: int, tag: int, dma: bool) -> None:
         st = self._st
         r = _Rec(addr, e, size, tag, dma)
-        st.rev.setdefault(addr, []).append(r)
-        st.age[r] = None
+        r.shadow = st.rev.get(addr)
+        st.rev[addr] = r
+        r.older = st.newest
+        if st.newest is None:
+            st.oldest = r
+        else:
+            st.newest.newer = r
+        st.newest = r
         st.locked += 1
         st.dma_locked += dma
 
     def _record_find(self, addr: int, tag: int | None) -> _Rec | None:
-        for r in reversed(self._st.rev.get(addr, ())):
-            if tag is None or r.tag == tag:
-                return r
-        return None
+        r = self._st.rev.get(addr)
+        while r is not None and tag is not None and r.tag != tag:
+            r = r.shadow
+        return r
+
+    def _ages(self) -> Iterator[_Rec]:
+        """Every record, oldest first."""
+        r = self._st.oldest
+        while r is not None:
+            yield r
+            r = r.newer
 
     def _record_del(self, r: _Rec) -> None:
         st = self._st
-        same = st.rev[r.addr]
-        same.remove(r)
-        if not same:
-            del st.rev[r.addr]
-        del st.age[r]
+        top = st.rev[r.addr]
+        if top is r:
+            if r.shadow is None:
+                del st.rev[r.addr]
+            else:
+                st.rev[r.addr] = r.shadow
+        else:
+            while top.shadow is not r:
+                top = top.shadow  # type: ignore[assignment]  # r is below it
+            top.shadow = r.shadow
+        if r.older is None:
+            st.oldest = r.newer
+        else:
+            r.older.newer = r.newer
+        if r.newer is None:
+            st.newest = r.older
+        else:
+            r.newer.older = r.older
         r.entry.lock -= 1
         st.locked -= 1
         st.dma_locked -= r.dma
@@ -691,7 +736,7 @@ class _PyCore:
     def _records(self, dma_only: bool) -> list[Record]:
         return [
             (r.addr, self._entry_paddr(r.entry, r.addr), r.size, r.tag, r.dma)
-            for r in self._st.age
+            for r in self._ages()
             if not dma_only or r.dma
         ]
 
@@ -699,7 +744,7 @@ class _PyCore:
 
     def _records_valid(self, e: _Entry) -> bool:
         """Do the locked mappings of e all lie on pages e has mapped?"""
-        for r in self._st.age:
+        for r in self._ages():
             off = r.addr - e.vaddr
             n = ((off & (PAGE_SIZE - 1)) + (r.size or 1) + PAGE_SIZE - 1) >> PAGE_SHIFT
             if r.entry is e and not e.pages_valid(off >> PAGE_SHIFT, n):
@@ -860,11 +905,15 @@ class _PyCore:
             self._check_open()
             rc = EINVAL if not 0 < len(addresses) <= SG_MAX else OK
             claimed: list[_Rec] = []
+            below: dict[int, _Rec] = {}  # address -> its record claimed last: the next is older
             for a in addresses if rc == OK else ():
-                r = next((r for r in reversed(self._st.rev.get(a, ())) if r.tag == tag and r not in claimed), None)
+                r = below[a].shadow if a in below else self._st.rev.get(a)
+                while r is not None and r.tag != tag:
+                    r = r.shadow
                 if r is None:
                     rc = ENOENT
                     break
+                below[a] = r
                 claimed.append(r)
             if rc == OK:
                 for r in claimed:
@@ -915,8 +964,9 @@ class _PyCore:
             _raise(ENOENT, "ram_addr", address)
         return paddr
 
-    def invalidate(self) -> list[Record]:
-        """Unmap every unlocked entry; the DMA records still outstanding, oldest first."""
+    def invalidate(self) -> tuple[list[Record], BaseException | None]:
+        """Unmap every unlocked entry; the DMA records still outstanding, oldest
+        first, and what a failed unmap raised."""
         with _entered(self._st, self._lock, "invalidate"):
             self._check_open()
             st = self._st
@@ -932,12 +982,11 @@ class _PyCore:
                         rc = urc
             st.last = None
             st.invalidations += 1
-        if rc == ESYS:  # as the C core's binding: report once, keep the records
-            cause = self._take_error()
-            _cache.logger.error("invalidate: unmapping an entry failed: %s", cause or "system call failed")
-        elif rc != OK:
+        if rc == ESYS:  # as the C core's binding: the error goes with the records
+            return in_flight, self._take_error() or OSError("system call failed")
+        if rc != OK:
             _raise(rc, "invalidate")
-        return in_flight
+        return in_flight, None
 
     def _take_error(self) -> BaseException | None:
         """The exception of the backend's last failed callback, if any (once)."""
@@ -1001,9 +1050,9 @@ class _PyCore:
 
     def close(self) -> None:
         """Unmap everything and close the cache's handle on guest RAM; a failed unmap raises."""
-        if not self._finalizer.detach():
-            return
-        with _entered(self._st, self._lock, "close"):
+        with _entered(self._st, self._lock, "close"):  # refused before anything changes
+            if not self._finalizer.detach():
+                return
             rc = self._st.free()
         if rc != OK:
             _raise(rc, "close", cause=self._take_error())

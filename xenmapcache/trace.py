@@ -8,11 +8,15 @@ The core calls in with the cache's mutex held: ``fn`` must not call the same
 cache (that raises ``MapCacheError``).  An exception raised by ``fn`` is
 logged on the ``xenmapcache`` logger (with its traceback) and the call that
 emitted the event carries on: a trace hook never changes what the cache does.
+An interrupt (``KeyboardInterrupt``, ``SystemExit``: anything not an
+``Exception``) is never lost: the core finishes the call, which then raises
+it, having given back any lock it took (see :func:`guard`).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,8 +106,72 @@ def make_sink(cache: Tagged, fn: Trace) -> Sink:
 
 
 def emit(fn: Trace, event: TraceEvent) -> None:
-    """Call ``fn(event)``; log what it raises."""
+    """Call ``fn(event)``; log an exception it raises, keep an interrupt (:func:`keep`)."""
     try:
         fn(event)
     except Exception:
         logger.exception("trace callback %r raised on %s", fn, event)
+    except BaseException as exc:  # KeyboardInterrupt, SystemExit: for the caller
+        keep(exc)
+
+
+_kept = threading.local()
+
+
+def keep(exc: BaseException) -> None:
+    """Keep an interrupt a trace hook raised for this thread's call (the first one wins)."""
+    if getattr(_kept, "interrupt", None) is None:
+        _kept.interrupt = exc
+
+
+def take_interrupt() -> BaseException | None:
+    """This thread's kept interrupt, if any (once)."""
+    exc: BaseException | None = getattr(_kept, "interrupt", None)
+    _kept.interrupt = None
+    return exc
+
+
+# The core methods that emit events, and how each gives back what it locked.
+_UNDO: dict[str, Callable[[Any, Any, tuple[Any, ...]], object] | None] = {
+    "map": lambda core, address, args: type(core).unlock(core, address, args[3]) if args[2] & 1 else None,  # XMC_LOCK
+    "map_sg": lambda core, addresses, args: type(core).unlock_sg(core, addresses, args[2]),
+    "unlock": None,
+    "unlock_sg": None,
+    "ram_addr": None,
+    "invalidate": None,
+    "replace": None,
+    "read": None,
+    "write": None,
+}
+
+
+def guard(core: Any) -> None:
+    """Make each call of a traced core raise the interrupt its trace hook raised
+    meanwhile (instead of what the call returned or raised); a map first gives
+    back the locks it took.  The calls are wrapped on the instance, holding it
+    weakly (no cycle)."""
+    owner = weakref.ref(core)
+    cls = type(core)
+    for name, undo in _UNDO.items():
+        setattr(core, name, _guarded(owner, getattr(cls, name), undo))
+
+
+def _guarded(owner: Callable[[], Any], method: Callable[..., Any], undo: Callable[[Any, Any, tuple[Any, ...]], object] | None) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        core = owner()
+        try:
+            result = method(core, *args)
+        except BaseException:
+            interrupt = take_interrupt()
+            if interrupt is not None:
+                raise interrupt from None
+            raise
+        interrupt = take_interrupt()
+        if interrupt is not None:
+            if undo is not None:
+                undo(core, result, args)
+                take_interrupt()  # the undo's own events may raise again: the first one is the one
+            raise interrupt
+        return result
+
+    return call
