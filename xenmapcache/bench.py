@@ -669,7 +669,7 @@ ROWS = (
         "xenmapcache.reference vs the C core (speed-up)",
         Side("reference", trace_replay("reference")),
         Side("C core", trace_replay("c")),
-        3.0,
+        2.0,
         at_least=True,
         per_call=TRACE_CALLS,
     ),
