@@ -26,6 +26,22 @@ static PyObject *xmc_py_fail(xmc_py_cache *self, int rc, const char *what, uint6
     return NULL;
 }
 
+/* The end of a release (one Mapping's or a group's): a failure of the core
+ * (`failed`, status rc) or an interrupt a trace hook raised meanwhile becomes
+ * the exception; else None.  Takes over the caller's reference to cache. */
+static PyObject *xmc_py_released(xmc_py_cache *cache, int failed, int rc, const char *what,
+                                 uint64_t arg)
+{
+    PyObject *r = NULL;
+
+    if (failed)
+        (void)xmc_py_fail(cache, rc, what, arg, 0);
+    else if (!(cache->take_interrupt && xmc_py_interrupted(cache, NULL, NULL, NULL)))
+        r = Py_NewRef(Py_None);
+    Py_DECREF((PyObject *)cache);
+    return r;
+}
+
 /* MapCache's checked method `which`, called with the MapCache prepended. */
 static PyObject *xmc_py_checked(xmc_py_cache *self, int which, PyObject *const *args,
                                 Py_ssize_t n, PyObject *kwnames)

@@ -68,16 +68,7 @@ static PyObject *xmc_py_group_release(PyObject *op, PyObject *unused)
     }
     if (addrs != stack)
         PyMem_Free(addrs);
-    if (rc != XMC_OK) {
-        xmc_py_fail(cache, rc, "unlock_sg", (uint64_t)live, 0);
-        Py_DECREF((PyObject *)cache);
-        return NULL;
-    }
-    rc = cache->take_interrupt && xmc_py_interrupted(cache, NULL, NULL, NULL);
-    Py_DECREF((PyObject *)cache);
-    if (rc)
-        return NULL;
-    Py_RETURN_NONE;
+    return xmc_py_released(cache, rc != XMC_OK, rc, "unlock_sg", (uint64_t)live);
 }
 
 /* g.buffers() -> a list of one memoryview per Mapping, for os.preadv() and the like */

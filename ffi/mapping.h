@@ -56,16 +56,7 @@ static PyObject *xmc_py_mapping_release(PyObject *op, PyObject *unused)
         Py_DECREF((PyObject *)m); /* the list's reference */
     }
     Py_DECREF((PyObject *)m);
-    if (rc != XMC_OK && !cache->closed) {
-        xmc_py_fail(cache, rc, "unlock", m->address, 0);
-        Py_DECREF((PyObject *)cache);
-        return NULL;
-    }
-    rc = cache->take_interrupt && xmc_py_interrupted(cache, NULL, NULL, NULL);
-    Py_DECREF((PyObject *)cache);
-    if (rc)
-        return NULL;
-    Py_RETURN_NONE;
+    return xmc_py_released(cache, rc != XMC_OK && !cache->closed, rc, "unlock", m->address);
 }
 
 static PyObject *xmc_py_mapping_enter(PyObject *op, PyObject *unused)
