@@ -38,7 +38,7 @@ static const char *const xmc_py_hot_names[XMC_PY_NHOT] = {
 typedef struct xmc_py_cache {
     PyObject_HEAD
     xmc_cache *c;
-    PyObject *owner;    /* weakref to the MapCache */
+    PyObject *owner;    /* owner(self): the MapCache, or its stand-in once it is gone */
     PyObject *fail;     /* fail(rc, what, paddr, size): raises */
     PyObject *checked[XMC_PY_NHOT]; /* MapCache's checked methods, by xmc_py_hot_names */
     struct xmc_py_mapping *first, *last; /* the live Mappings, oldest first */
