@@ -89,6 +89,7 @@ def test_a_method_kept_after_its_cache_went_traces_and_knows_it_was_closed(xmc: 
     with pytest.raises(xmc.UnknownMapping):
         unlock(0x1000)
     assert events.count("unlock_unknown") == 1
+    assert [e for e in events if e.endswith("_unknown")] == ["unlock_unknown"]
     cache = xmc.MapCache(ram)
     read = cache.read
     cache.close()

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 from . import _binding
 from ._binding import binding, check, raise_for
 from ._mapping import Mapping, MappingGroup
-from .trace import guard, take_interrupt
+from .trace import emit_unknown, guard, take_interrupt
 
 logger = logging.getLogger("xenmapcache")
 
@@ -130,7 +130,8 @@ class NativeCore:
         lib = self._lib
         owner = weakref.ref(cache)
         take, keys = self._take, self._keys
-        parts = (self._unowned(), cache.max_size, cache._trace, type(cache)._trace_unknown)
+        trace = cache._trace
+        parts = (self._unowned(), cache.max_size, trace)
 
         def stand_in(native: Any) -> Any:
             # What a builtin's checked method runs on: the MapCache, or once
@@ -144,9 +145,8 @@ class NativeCore:
             # cache's too).  Holds the cache weakly, and neither it nor the
             # core otherwise: no cycle.  A builtin kept after its MapCache
             # went (rd = c.read; del c) fails as it would have.
-            live = owner()
-            if live is not None and what == "ram_addr" and rc == lib.XMC_ENOENT:  # once per call, as the method does
-                live._trace_unknown("ram_addr_unknown", paddr)
+            if what == "ram_addr" and rc == lib.XMC_ENOENT:  # once per call, as the method does
+                emit_unknown(trace, "ram_addr_unknown", paddr)
             fail_with(take, keys, rc, what, paddr, size)
 
         native.bind(stand_in, fail, cache.max_size, 1 << cache.bucket_shift, checked)
@@ -281,20 +281,19 @@ class _Orphan:
     builtins' ``NativeCache``, held for the call) and its settings.  Made for
     one call: nothing keeps it."""
 
-    def __init__(self, native: Any, core: NativeCore, max_size: int, trace: Any, trace_unknown: Callable[..., None]) -> None:
+    def __init__(self, native: Any, core: NativeCore, max_size: int, trace: Any) -> None:
         self._reg = native
         self._core = copy.copy(core)  # its own, guarded like the MapCache's for a traced cache
         if trace is not None:
             guard(self._core)
         self.max_size = max_size
         self._trace = trace
-        self._trace_unknown_of = trace_unknown
 
     def _check_open(self) -> None:
         self._core.stats()  # "the cache is closed" if it was closed before it went
 
     def _trace_unknown(self, name: str, address: int) -> None:
-        self._trace_unknown_of(self, name, address)
+        emit_unknown(self._trace, name, address)
 
 
 def fail_with(

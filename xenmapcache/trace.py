@@ -124,6 +124,17 @@ def keep(exc: BaseException) -> None:
         _kept.interrupt = exc
 
 
+def emit_unknown(fn: Trace | None, name: str, address: int) -> None:
+    """Trace a lookup of an unknown address with ``fn`` (if any): once per call,
+    from Python, as the core may be asked twice.  An interrupt the hook raised
+    is raised here, instead of UnknownMapping."""
+    if fn is not None:
+        emit(fn, TraceEvent(name, 0, 0, address, None, False, False))
+        interrupt = take_interrupt()
+        if interrupt is not None:
+            raise interrupt
+
+
 def take_interrupt() -> BaseException | None:
     """This thread's kept interrupt, if any (once)."""
     exc: BaseException | None = getattr(_kept, "interrupt", None)
