@@ -39,7 +39,13 @@ enum {
 #if defined(__GNUC__)
 #define XMC_NOINLINE __attribute__((noinline))
 #define XMC_COLD __attribute__((noinline, cold))
+#define XMC_LIKELY(x) __builtin_expect(!!(x), 1)
+/* A function whose hit path starts a cache line: it spans two lines of
+ * instructions, not three, wherever the linker puts it. */
+#define XMC_LINE_ALIGNED __attribute__((aligned(LINE)))
 #else
+#define XMC_LIKELY(x) (x)
+#define XMC_LINE_ALIGNED
 #define XMC_COLD
 #define XMC_NOINLINE
 #endif
@@ -160,13 +166,28 @@ static inline uintptr_t this_thread(void)
     return (uintptr_t)pthread_self();
 }
 
+/* The calling thread's home hit slot, where it claims one first: bits 40
+ * to 45 of self times an odd 31-bit constant (one instruction, no 64-bit
+ * constant to load), which depend on bits 9 to 45 of self, where thread
+ * pointers differ, scaled to a slot by a mask rather than a shift. */
+static inline hit_slot *slot_home(hit_slot *slots, uintptr_t self)
+{
+    _Static_assert(sizeof(hit_slot) == LINE && LINE == 64, "a hit slot is one line");
+    return (hit_slot *)((char *)slots + (((uint64_t)self * UINT64_C(0x61C88647)) >> (40 - 6) &
+                                         (HIT_SLOTS - 1) * sizeof(hit_slot)));
+}
+
 struct xmc_cache {
     /* The line the lock-free hit reads, written only by changes of the last
      * entry and around backend calls. */
     _Alignas(LINE) _Atomic uint64_t seq; /* odd while the published last entry
                                            * changes; 64 bits: it never wraps */
-    _Atomic(uint8_t *) pub_vaddr;    /* the last entry's mapping; NULL: none */
-    _Atomic uint64_t pub_index;      /* and its bucket index */
+    /* The published last entry: the guest-physical address of its bucket
+     * (PUB_NONE: none), and its mapping less that address, modulo 2^64, so
+     * that the host address of a paddr in it is paddr + pub_delta. */
+    _Atomic uint64_t pub_base;
+    _Atomic uint64_t pub_delta;
+    uint64_t bucket_mask; /* ~(bucket_size - 1): a bucket's base, no bit below */
     /* this_thread() of the thread inside a backend map or unmap, else 0: it
      * holds the mutex, so a call of its into this cache would wait for itself. */
     atomic_uintptr_t callback_thread;
@@ -214,11 +235,42 @@ struct xmc_cache {
     hit_slot hits[HIT_SLOTS]; /* the threads' counts of lock-free hits */
 };
 
+/* ---- calls out of the cache ---------------------------------------------- */
+
+/*
+ * Around every call the cache makes out of itself under its mutex (a backend
+ * map or unmap, a trace hook), so that a call of the callback's into this
+ * cache fails with XMC_EREENTER instead of waiting for itself: the
+ * callback_thread for cache_lock() and hit_fast(), and the calling thread's
+ * home hit slot, if it is the thread's, marked away (~self, no thread's id:
+ * ids are user-space addresses) for hit_home(), which checks its owner
+ * anyway and so needs no check of its own.  Only a slot's owner writes a
+ * slot that has one, and slot_find() and slot_claim() pass over a marked one
+ * as taken.
+ */
+static void callback_enter(xmc_cache *c)
+{
+    uintptr_t self = this_thread();
+    hit_slot *home = slot_home(c->hits, self);
+
+    atomic_store_explicit(&c->callback_thread, self, memory_order_relaxed);
+    if (atomic_load_explicit(&home->owner, memory_order_relaxed) == self)
+        atomic_store_explicit(&home->owner, ~self, memory_order_relaxed);
+}
+
+static void callback_leave(xmc_cache *c)
+{
+    uintptr_t self = this_thread();
+    hit_slot *home = slot_home(c->hits, self);
+
+    if (atomic_load_explicit(&home->owner, memory_order_relaxed) == ~self)
+        atomic_store_explicit(&home->owner, self, memory_order_relaxed);
+    atomic_store_explicit(&c->callback_thread, 0, memory_order_relaxed);
+}
+
 /* ---- trace events ------------------------------------------------------- */
 
-/* Call the hook; the caller checked that there is one (TRACE does).  Marked
- * as a callback, so that a call of the hook's into this cache fails with
- * XMC_EREENTER instead of waiting for itself. */
+/* Call the hook; the caller checked that there is one (TRACE does). */
 XMC_COLD static void trace_emit(xmc_cache *c, uint32_t kind, int rc, unsigned flags,
                                 uint64_t paddr, uint64_t size, uintptr_t address,
                                 uint64_t tag, uint64_t old_paddr)
@@ -226,9 +278,9 @@ XMC_COLD static void trace_emit(xmc_cache *c, uint32_t kind, int rc, unsigned fl
     xmc_event ev = { .struct_size = sizeof(ev), .kind = kind, .rc = rc, .flags = flags,
                      .paddr = paddr, .size = size, .address = address, .tag = tag,
                      .old_paddr = old_paddr };
-    atomic_store_explicit(&c->callback_thread, this_thread(), memory_order_relaxed);
+    callback_enter(c);
     c->trace(c->trace_opaque, &ev);
-    atomic_store_explicit(&c->callback_thread, 0, memory_order_relaxed);
+    callback_leave(c);
 }
 
 #define TRACE(c, ...)                                                         \
@@ -245,8 +297,12 @@ XMC_COLD static void trace_unknown(xmc_cache *c, uint32_t kind, uintptr_t addr, 
 
 /* ---- the published last entry (the lock-free hit reads it) -------------- */
 
+/* No bucket: pub_base when nothing is published (never a multiple of the
+ * bucket size, unlike paddr & bucket_mask). */
+#define PUB_NONE UINT64_C(1)
+
 /*
- * Publish (vaddr, index) for hit_fast(); vaddr NULL publishes nothing.  The
+ * Publish (vaddr, index) for hit_check(); vaddr NULL publishes nothing.  The
  * writer side of the seqlock: the counter odd, then the copy, then the
  * counter even again.  The copy's stores are releases, so a reader that
  * acquires a new value has the odd counter before it; the last store is a
@@ -257,14 +313,16 @@ XMC_COLD static void trace_unknown(xmc_cache *c, uint32_t kind, uintptr_t addr, 
 static void publish(xmc_cache *c, uint8_t *vaddr, uint64_t index)
 {
     uint64_t seq = atomic_load_explicit(&c->seq, memory_order_relaxed);
+    uint64_t base = vaddr ? index << c->shift : PUB_NONE;
+    uint64_t delta = vaddr ? (uint64_t)(uintptr_t)vaddr - base : 0;
 
-    if (atomic_load_explicit(&c->pub_vaddr, memory_order_relaxed) == vaddr &&
-        (!vaddr || atomic_load_explicit(&c->pub_index, memory_order_relaxed) == index))
+    if (atomic_load_explicit(&c->pub_base, memory_order_relaxed) == base &&
+        atomic_load_explicit(&c->pub_delta, memory_order_relaxed) == delta)
         return;
     atomic_store_explicit(&c->seq, seq + 1, memory_order_relaxed);
-    atomic_store_explicit(&c->pub_index, index, memory_order_release);
+    atomic_store_explicit(&c->pub_base, base, memory_order_release);
     XMC_TEST_POINT(c, XMC_TP_PUBLISH);
-    atomic_store_explicit(&c->pub_vaddr, vaddr, memory_order_release);
+    atomic_store_explicit(&c->pub_delta, delta, memory_order_release);
     atomic_store_explicit(&c->seq, seq + 2, memory_order_release);
 }
 
@@ -479,9 +537,9 @@ static int backend_map(xmc_cache *c, void *fixed, uint64_t pfn, size_t n, int *e
 {
     int rc;
 
-    atomic_store_explicit(&c->callback_thread, this_thread(), memory_order_relaxed);
+    callback_enter(c);
     rc = c->be->map(c->be->opaque, fixed, pfn, n, errs, out);
-    atomic_store_explicit(&c->callback_thread, 0, memory_order_relaxed);
+    callback_leave(c);
     return rc;
 }
 
@@ -489,9 +547,9 @@ static int backend_unmap(xmc_cache *c, void *addr, size_t len)
 {
     int rc;
 
-    atomic_store_explicit(&c->callback_thread, this_thread(), memory_order_relaxed);
+    callback_enter(c);
     rc = c->be->unmap(c->be->opaque, addr, len);
-    atomic_store_explicit(&c->callback_thread, 0, memory_order_relaxed);
+    callback_leave(c);
     return rc;
 }
 
@@ -983,11 +1041,12 @@ int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_siz
     }
     atomic_init(&c->callback_thread, 0);
     atomic_init(&c->seq, 0);
-    atomic_init(&c->pub_vaddr, NULL);
-    atomic_init(&c->pub_index, 0);
+    atomic_init(&c->pub_base, PUB_NONE);
+    atomic_init(&c->pub_delta, 0);
     c->be = be;
     c->shift = bucket_shift;
     c->bucket_size = bucket;
+    c->bucket_mask = ~(bucket - 1);
     c->max_size = max_size;
     c->nr_slots = slots;
     c->slot_mask = (slots & (slots - 1)) == 0 ? slots - 1 : 0;
@@ -1229,17 +1288,12 @@ static int translate_unlocked(xmc_cache *c, uint64_t paddr, uint64_t size,
 
 /* ---- the lock-free hit ---------------------------------------------------- */
 
-static size_t slot_home(uintptr_t self)
-{
-    return (size_t)(((uint64_t)self * UINT64_C(0x9E3779B97F4A7C15)) >> (64 - HIT_SLOT_BITS));
-}
-
 /* The calling thread's hit slot, or NULL: none claimed yet, or no room.
  * Slots are claimed in probe order and never given back, so the slots before
  * a thread's own were taken before it claimed it, and it sees them taken. */
 static hit_slot *slot_find(hit_slot *slots, uintptr_t self)
 {
-    size_t home = slot_home(self);
+    size_t home = (size_t)(slot_home(slots, self) - slots);
 
     for (size_t i = 0; i < HIT_PROBE; i++) {
         hit_slot *s = &slots[(home + i) % HIT_SLOTS];
@@ -1258,7 +1312,7 @@ static hit_slot *slot_find(hit_slot *slots, uintptr_t self)
 static void slot_claim(xmc_cache *c)
 {
     uintptr_t self = this_thread();
-    size_t home = slot_home(self);
+    size_t home = (size_t)(slot_home(c->hits, self) - c->hits);
 
     for (size_t i = 0; i < HIT_PROBE; i++) {
         hit_slot *s = &c->hits[(home + i) % HIT_SLOTS];
@@ -1291,22 +1345,22 @@ enum { HIT_NONE, HIT_DONE, HIT_UNCOUNTED };
  * are mapped).  The reader side of the seqlock: the counter, the copy and
  * the counter again, the first three loads acquires (free on x86), so the
  * last cannot be done before them; an odd or changed counter means a writer
- * was at work, and the locked path decides.  So does a call from inside one
- * of the cache's backend callbacks (XMC_EREENTER).  The host address of
- * paddr, or NULL.  Writes nothing.
+ * was at work, and the locked path decides.  (So must a call from inside
+ * one of the cache's callbacks, XMC_EREENTER: the callers see to that.)
+ * Zero when it hits, then with the host address of paddr in *p (written
+ * either way); the tests are or'ed, not branched on, so that a hit costs one
+ * branch.  Writes nothing else.
  */
-static inline uint8_t *hit_check(xmc_cache *c, uint64_t paddr, uintptr_t self)
+static inline uint64_t hit_check(xmc_cache *c, uint64_t paddr, uint64_t miss, void **p)
 {
     uint64_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
-    uint8_t *vaddr = atomic_load_explicit(&c->pub_vaddr, memory_order_acquire);
-    uint64_t index = atomic_load_explicit(&c->pub_index, memory_order_acquire);
+    uint64_t base = atomic_load_explicit(&c->pub_base, memory_order_acquire);
+    uint64_t delta = atomic_load_explicit(&c->pub_delta, memory_order_acquire);
 
     XMC_TEST_POINT(c, XMC_TP_HIT_READ);
-    if ((seq & 1) || !vaddr || index != paddr >> c->shift ||
-        atomic_load_explicit(&c->seq, memory_order_relaxed) != seq ||
-        atomic_load_explicit(&c->callback_thread, memory_order_relaxed) == self)
-        return NULL;
-    return vaddr + (paddr & (c->bucket_size - 1));
+    *p = (void *)(uintptr_t)(paddr + delta);
+    miss |= (paddr & c->bucket_mask) ^ base;
+    return miss | (atomic_load_explicit(&c->seq, memory_order_relaxed) ^ (seq & ~UINT64_C(1)));
 }
 
 /* One more hit in the calling thread's own slot: a load and a store. */
@@ -1317,29 +1371,34 @@ static inline void hit_count(hit_slot *s)
 }
 
 /* Inline in xmc_map(): the lock-free hit of a thread whose slot is its home
- * slot, as almost every thread's is. */
+ * slot, as almost every thread's is.  Inside a callback the thread's home
+ * slot is marked away (callback_enter), so the owner check sends a call from
+ * there to map_call(). */
 static inline bool hit_home(xmc_cache *c, uint64_t paddr, void **out)
 {
     uintptr_t self = this_thread();
-    hit_slot *home = &c->hits[slot_home(self)];
-    uint8_t *p = hit_check(c, paddr, self);
+    hit_slot *home = slot_home(c->hits, self);
+    void *p;
 
-    if (!p || atomic_load_explicit(&home->owner, memory_order_relaxed) != self)
+    if (!XMC_LIKELY(atomic_load_explicit(&home->owner, memory_order_relaxed) == self &&
+                    !hit_check(c, paddr, 0, &p)))
         return false;
     hit_count(home);
     *out = p;
     return true;
 }
 
-/* The lock-free hit of any thread.  HIT_DONE: hit, counted, *out set;
- * HIT_UNCOUNTED: it would hit, but the thread has no slot yet. */
+/* The lock-free hit of any thread but one inside a callback of the cache's.
+ * HIT_DONE: hit, counted, *out set; HIT_UNCOUNTED: it would hit, but the
+ * thread has no slot yet. */
 static int hit_fast(xmc_cache *c, uint64_t paddr, void **out)
 {
     uintptr_t self = this_thread();
     hit_slot *mine;
-    uint8_t *p = hit_check(c, paddr, self);
+    void *p;
 
-    if (!p)
+    if (atomic_load_explicit(&c->callback_thread, memory_order_relaxed) == self ||
+        hit_check(c, paddr, 0, &p))
         return HIT_NONE;
     if (!(mine = slot_find(c->hits, self)))
         return HIT_UNCOUNTED;
@@ -1490,27 +1549,28 @@ XMC_NOINLINE static int map_call(xmc_cache *c, uint64_t paddr, uint64_t size,
     return rc;
 }
 
-/* The lock-free hit first, inline, for an unlocked request of size 0; then
- * the rest (in which size is 0: one register fewer to keep). */
-#define HIT_FIRST(c, paddr, size, flags, tag, out, more)                      \
+/* The lock-free hit first, inline, for a request of size 0 and no flags
+ * (an unlocked one that is not DMA); then the rest, in which size, flags and
+ * tag (unused unlocked) are constants, so that the hit keeps only c, paddr
+ * and out.  (An unlocked DMA request hits lock-free in map_call().) */
+#define HIT_FIRST(c, paddr, size, flags, out, more)                           \
     do {                                                                      \
-        if (!((size) | ((flags) & ~(unsigned)XMC_DMA)) && (c) && (out))       \
-            return hit_home((c), (paddr), (out))                              \
-                       ? XMC_OK                                               \
-                       : map_call((c), (paddr), 0, (flags) | (more), (tag), (out)); \
+        if (XMC_LIKELY(!((size) | (flags)) && (c) && (out)))                  \
+            return hit_home((c), (paddr), (out)) ? XMC_OK                     \
+                                                 : map_call((c), (paddr), 0, (more), 0, (out)); \
     } while (0)
 
-int xmc_map(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
-            uint64_t tag, void **out)
+XMC_LINE_ALIGNED int xmc_map(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
+                             uint64_t tag, void **out)
 {
-    HIT_FIRST(c, paddr, size, flags, tag, out, 0u);
+    HIT_FIRST(c, paddr, size, flags, out, 0u);
     return (flags & MAP_NOWAIT) ? XMC_EINVAL : map_call(c, paddr, size, flags, tag, out);
 }
 
-int xmc_map_nowait(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
-                   uint64_t tag, void **out)
+XMC_LINE_ALIGNED int xmc_map_nowait(xmc_cache *c, uint64_t paddr, uint64_t size,
+                                    unsigned flags, uint64_t tag, void **out)
 {
-    HIT_FIRST(c, paddr, size, flags, tag, out, MAP_NOWAIT);
+    HIT_FIRST(c, paddr, size, flags, out, MAP_NOWAIT);
     return (flags & MAP_NOWAIT) ? XMC_EINVAL
                                 : map_call(c, paddr, size, flags | MAP_NOWAIT, tag, out);
 }
