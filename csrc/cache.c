@@ -177,11 +177,32 @@ static inline hit_slot *slot_home(hit_slot *slots, uintptr_t self)
                                          (HIT_SLOTS - 1) * sizeof(hit_slot)));
 }
 
+/* The calling thread's hit slot, or NULL: none claimed yet, or no room.
+ * Slots are claimed in probe order and never given back, so the slots before
+ * a thread's own were taken before it claimed it, and it sees them taken. */
+static hit_slot *slot_find(hit_slot *slots, uintptr_t self)
+{
+    size_t home = (size_t)(slot_home(slots, self) - slots);
+
+    for (size_t i = 0; i < HIT_PROBE; i++) {
+        hit_slot *s = &slots[(home + i) % HIT_SLOTS];
+        uintptr_t owner = atomic_load_explicit(&s->owner, memory_order_relaxed);
+
+        if (owner == self)
+            return s;
+        if (owner == 0)
+            break;
+    }
+    return NULL;
+}
+
 struct xmc_cache {
     /* The line the lock-free hit reads, written only by changes of the last
      * entry and around backend calls. */
-    _Alignas(LINE) _Atomic uint64_t seq; /* odd while the published last entry
-                                           * changes; 64 bits: it never wraps */
+    /* Changes of the published last entry, counted twice: pub_gen as one
+     * starts, pub_done once it is over; they differ while one is under way. */
+    _Alignas(LINE) _Atomic uint64_t pub_gen;
+    _Atomic uint64_t pub_done;
     /* The published last entry: the guest-physical address of its bucket
      * (PUB_NONE: none), and its mapping less that address, modulo 2^64, so
      * that the host address of a paddr in it is paddr + pub_delta. */
@@ -240,31 +261,30 @@ struct xmc_cache {
 /*
  * Around every call the cache makes out of itself under its mutex (a backend
  * map or unmap, a trace hook), so that a call of the callback's into this
- * cache fails with XMC_EREENTER instead of waiting for itself: the
- * callback_thread for cache_lock() and hit_fast(), and the calling thread's
- * home hit slot, if it is the thread's, marked away (~self, no thread's id:
- * ids are user-space addresses) for hit_home(), which checks its owner
- * anyway and so needs no check of its own.  Only a slot's owner writes a
- * slot that has one, and slot_find() and slot_claim() pass over a marked one
- * as taken.
+ * cache fails with XMC_EREENTER instead of waiting for itself.  The calling
+ * thread becomes the callback_thread, for cache_lock(), and its hit slot,
+ * if it has one, is marked away (~self, no thread's id: ids are user-space
+ * addresses), so that no lock-free hit of the callback's finds a slot: every
+ * one takes the locked path, which answers XMC_EREENTER, and the hits need
+ * no check of their own.  Only a slot's owner writes a slot that has one;
+ * slot_find() and slot_claim() pass over a marked one as taken.  Returns the
+ * marked slot, for callback_leave() to give back.
  */
-static void callback_enter(xmc_cache *c)
+static hit_slot *callback_enter(xmc_cache *c)
 {
     uintptr_t self = this_thread();
-    hit_slot *home = slot_home(c->hits, self);
+    hit_slot *mine = slot_find(c->hits, self);
 
     atomic_store_explicit(&c->callback_thread, self, memory_order_relaxed);
-    if (atomic_load_explicit(&home->owner, memory_order_relaxed) == self)
-        atomic_store_explicit(&home->owner, ~self, memory_order_relaxed);
+    if (mine)
+        atomic_store_explicit(&mine->owner, ~self, memory_order_relaxed);
+    return mine;
 }
 
-static void callback_leave(xmc_cache *c)
+static void callback_leave(xmc_cache *c, hit_slot *mine)
 {
-    uintptr_t self = this_thread();
-    hit_slot *home = slot_home(c->hits, self);
-
-    if (atomic_load_explicit(&home->owner, memory_order_relaxed) == ~self)
-        atomic_store_explicit(&home->owner, self, memory_order_relaxed);
+    if (mine)
+        atomic_store_explicit(&mine->owner, this_thread(), memory_order_relaxed);
     atomic_store_explicit(&c->callback_thread, 0, memory_order_relaxed);
 }
 
@@ -278,9 +298,9 @@ XMC_COLD static void trace_emit(xmc_cache *c, uint32_t kind, int rc, unsigned fl
     xmc_event ev = { .struct_size = sizeof(ev), .kind = kind, .rc = rc, .flags = flags,
                      .paddr = paddr, .size = size, .address = address, .tag = tag,
                      .old_paddr = old_paddr };
-    callback_enter(c);
+    hit_slot *mine = callback_enter(c);
     c->trace(c->trace_opaque, &ev);
-    callback_leave(c);
+    callback_leave(c, mine);
 }
 
 #define TRACE(c, ...)                                                         \
@@ -303,27 +323,28 @@ XMC_COLD static void trace_unknown(xmc_cache *c, uint32_t kind, uintptr_t addr, 
 
 /*
  * Publish (vaddr, index) for hit_check(); vaddr NULL publishes nothing.  The
- * writer side of the seqlock: the counter odd, then the copy, then the
- * counter even again.  The copy's stores are releases, so a reader that
- * acquires a new value has the odd counter before it; the last store is a
- * release too, handing the mapping itself to a reader that acquires the
- * counter.  (No standalone fence: ThreadSanitizer models none.)  Under the
- * mutex; no store at all when nothing changes, as at every locked hit.
+ * writer side of a seqlock whose counter is kept twice: pub_gen one ahead,
+ * then the copy, then pub_done caught up.  The copy's stores are releases,
+ * so a reader that acquires a new value has the new pub_gen before it; the
+ * last store is a release too, handing the copy and the mapping itself to a
+ * reader that acquires pub_done.  (No standalone fence: ThreadSanitizer
+ * models none.)  Under the mutex; no store at all when nothing changes, as
+ * at every locked hit.
  */
 static void publish(xmc_cache *c, uint8_t *vaddr, uint64_t index)
 {
-    uint64_t seq = atomic_load_explicit(&c->seq, memory_order_relaxed);
+    uint64_t gen = atomic_load_explicit(&c->pub_gen, memory_order_relaxed) + 1;
     uint64_t base = vaddr ? index << c->shift : PUB_NONE;
     uint64_t delta = vaddr ? (uint64_t)(uintptr_t)vaddr - base : 0;
 
     if (atomic_load_explicit(&c->pub_base, memory_order_relaxed) == base &&
         atomic_load_explicit(&c->pub_delta, memory_order_relaxed) == delta)
         return;
-    atomic_store_explicit(&c->seq, seq + 1, memory_order_relaxed);
+    atomic_store_explicit(&c->pub_gen, gen, memory_order_relaxed);
     atomic_store_explicit(&c->pub_base, base, memory_order_release);
     XMC_TEST_POINT(c, XMC_TP_PUBLISH);
     atomic_store_explicit(&c->pub_delta, delta, memory_order_release);
-    atomic_store_explicit(&c->seq, seq + 2, memory_order_release);
+    atomic_store_explicit(&c->pub_done, gen, memory_order_release);
 }
 
 /*
@@ -535,21 +556,19 @@ static void chain_del(xmc_entry *e)
 static int backend_map(xmc_cache *c, void *fixed, uint64_t pfn, size_t n, int *errs,
                        void **out)
 {
-    int rc;
+    hit_slot *mine = callback_enter(c);
+    int rc = c->be->map(c->be->opaque, fixed, pfn, n, errs, out);
 
-    callback_enter(c);
-    rc = c->be->map(c->be->opaque, fixed, pfn, n, errs, out);
-    callback_leave(c);
+    callback_leave(c, mine);
     return rc;
 }
 
 static int backend_unmap(xmc_cache *c, void *addr, size_t len)
 {
-    int rc;
+    hit_slot *mine = callback_enter(c);
+    int rc = c->be->unmap(c->be->opaque, addr, len);
 
-    callback_enter(c);
-    rc = c->be->unmap(c->be->opaque, addr, len);
-    callback_leave(c);
+    callback_leave(c, mine);
     return rc;
 }
 
@@ -967,9 +986,9 @@ static void fork_child(void)
         if (atomic_load_explicit(&c->mutex.state, memory_order_relaxed) != 0 &&
             atomic_load_explicit(&c->callback_thread, memory_order_relaxed) != self) {
             c->forked = true;
-            /* An odd counter for good: every hit takes the locked path,
-             * which answers XMC_EFORKED.  (No writer is left to change it.) */
-            atomic_fetch_or_explicit(&c->seq, 1, memory_order_relaxed);
+            /* A change under way for good: every hit takes the locked path,
+             * which answers XMC_EFORKED.  (No writer is left to end it.) */
+            atomic_fetch_add_explicit(&c->pub_gen, 1, memory_order_relaxed);
         }
     pthread_mutex_unlock(&caches_lock);
 }
@@ -1040,7 +1059,8 @@ int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_siz
         return XMC_ENOMEM;
     }
     atomic_init(&c->callback_thread, 0);
-    atomic_init(&c->seq, 0);
+    atomic_init(&c->pub_gen, 0);
+    atomic_init(&c->pub_done, 0);
     atomic_init(&c->pub_base, PUB_NONE);
     atomic_init(&c->pub_delta, 0);
     c->be = be;
@@ -1288,25 +1308,6 @@ static int translate_unlocked(xmc_cache *c, uint64_t paddr, uint64_t size,
 
 /* ---- the lock-free hit ---------------------------------------------------- */
 
-/* The calling thread's hit slot, or NULL: none claimed yet, or no room.
- * Slots are claimed in probe order and never given back, so the slots before
- * a thread's own were taken before it claimed it, and it sees them taken. */
-static hit_slot *slot_find(hit_slot *slots, uintptr_t self)
-{
-    size_t home = (size_t)(slot_home(slots, self) - slots);
-
-    for (size_t i = 0; i < HIT_PROBE; i++) {
-        hit_slot *s = &slots[(home + i) % HIT_SLOTS];
-        uintptr_t owner = atomic_load_explicit(&s->owner, memory_order_relaxed);
-
-        if (owner == self)
-            return s;
-        if (owner == 0)
-            break;
-    }
-    return NULL;
-}
-
 /* Give the calling thread a hit slot, unless it has one or there is no room;
  * then its hits are counted under the mutex. */
 static void slot_claim(xmc_cache *c)
@@ -1342,25 +1343,27 @@ enum { HIT_NONE, HIT_DONE, HIT_UNCOUNTED };
 /*
  * The hit without a lock, for an unlocked request of size 0: the published
  * last entry covers paddr's bucket (it is published only when all its pages
- * are mapped).  The reader side of the seqlock: the counter, the copy and
- * the counter again, the first three loads acquires (free on x86), so the
- * last cannot be done before them; an odd or changed counter means a writer
- * was at work, and the locked path decides.  (So must a call from inside
- * one of the cache's callbacks, XMC_EREENTER: the callers see to that.)
- * Zero when it hits, then with the host address of paddr in *p (written
- * either way); the tests are or'ed, not branched on, so that a hit costs one
- * branch.  Writes nothing else.
+ * are mapped).  The reader side of the seqlock (see publish()): pub_done,
+ * the copy and pub_gen, the first three loads acquires (free on x86), so the
+ * last cannot be done before them.  pub_gen then differs from pub_done when
+ * a change was under way as the reader began (its pub_gen was stored before
+ * the pub_done read, which saw it not done) or began while it read (its
+ * pub_gen was stored before a new value the copy read, or is read now
+ * anyway); then the locked path decides.  (So must a call from inside one
+ * of the cache's callbacks, XMC_EREENTER: the callers see to that.)  Zero
+ * when it hits, with the host address of paddr in *p (written either way):
+ * the two tests are or'ed into one branch.  Writes nothing else.
  */
-static inline uint64_t hit_check(xmc_cache *c, uint64_t paddr, uint64_t miss, void **p)
+static inline uint64_t hit_check(xmc_cache *c, uint64_t paddr, void **p)
 {
-    uint64_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
+    uint64_t done = atomic_load_explicit(&c->pub_done, memory_order_acquire);
     uint64_t base = atomic_load_explicit(&c->pub_base, memory_order_acquire);
     uint64_t delta = atomic_load_explicit(&c->pub_delta, memory_order_acquire);
 
     XMC_TEST_POINT(c, XMC_TP_HIT_READ);
     *p = (void *)(uintptr_t)(paddr + delta);
-    miss |= (paddr & c->bucket_mask) ^ base;
-    return miss | (atomic_load_explicit(&c->seq, memory_order_relaxed) ^ (seq & ~UINT64_C(1)));
+    return ((paddr & c->bucket_mask) ^ base) |
+           (atomic_load_explicit(&c->pub_gen, memory_order_relaxed) ^ done);
 }
 
 /* One more hit in the calling thread's own slot: a load and a store. */
@@ -1371,9 +1374,7 @@ static inline void hit_count(hit_slot *s)
 }
 
 /* Inline in xmc_map(): the lock-free hit of a thread whose slot is its home
- * slot, as almost every thread's is.  Inside a callback the thread's home
- * slot is marked away (callback_enter), so the owner check sends a call from
- * there to map_call(). */
+ * slot, as almost every thread's is. */
 static inline bool hit_home(xmc_cache *c, uint64_t paddr, void **out)
 {
     uintptr_t self = this_thread();
@@ -1381,24 +1382,23 @@ static inline bool hit_home(xmc_cache *c, uint64_t paddr, void **out)
     void *p;
 
     if (!XMC_LIKELY(atomic_load_explicit(&home->owner, memory_order_relaxed) == self &&
-                    !hit_check(c, paddr, 0, &p)))
+                    !hit_check(c, paddr, &p)))
         return false;
     hit_count(home);
     *out = p;
     return true;
 }
 
-/* The lock-free hit of any thread but one inside a callback of the cache's.
- * HIT_DONE: hit, counted, *out set; HIT_UNCOUNTED: it would hit, but the
- * thread has no slot yet. */
+/* The lock-free hit of any thread.  HIT_DONE: hit, counted, *out set;
+ * HIT_UNCOUNTED: it would hit, but the thread has no slot (yet, or while it
+ * is inside a callback of the cache's). */
 static int hit_fast(xmc_cache *c, uint64_t paddr, void **out)
 {
     uintptr_t self = this_thread();
     hit_slot *mine;
     void *p;
 
-    if (atomic_load_explicit(&c->callback_thread, memory_order_relaxed) == self ||
-        hit_check(c, paddr, 0, &p))
+    if (hit_check(c, paddr, &p))
         return HIT_NONE;
     if (!(mine = slot_find(c->hits, self)))
         return HIT_UNCOUNTED;
