@@ -166,14 +166,17 @@ static inline uintptr_t this_thread(void)
     return (uintptr_t)pthread_self();
 }
 
-/* The calling thread's home hit slot, where it claims one first: bits 40
- * to 45 of self times an odd 31-bit constant (one instruction, no 64-bit
- * constant to load), which depend on bits 9 to 45 of self, where thread
- * pointers differ, scaled to a slot by a mask rather than a shift. */
+/* The calling thread's home hit slot, where it claims one first: bits 34 to
+ * 39 of self times a 30-bit constant (one instruction, no 64-bit constant to
+ * load), scaled to a slot by a mask rather than a shift.  Thread pointers
+ * differ by the threads' stack size; the constant was searched for so that
+ * 16 threads created one after another get 16 homes for stacks of 16 KiB to
+ * 16 MiB, with or without a guard page (a Fibonacci hash of the pointer gave
+ * glibc's default 8 MiB stacks 8 homes for 16 threads). */
 static inline hit_slot *slot_home(hit_slot *slots, uintptr_t self)
 {
     _Static_assert(sizeof(hit_slot) == LINE && LINE == 64, "a hit slot is one line");
-    return (hit_slot *)((char *)slots + (((uint64_t)self * UINT64_C(0x61C88647)) >> (40 - 6) &
+    return (hit_slot *)((char *)slots + (((uint64_t)self * UINT64_C(0x3BDEFB01)) >> (34 - 6) &
                                          (HIT_SLOTS - 1) * sizeof(hit_slot)));
 }
 
