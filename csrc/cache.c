@@ -16,13 +16,14 @@
  *
  * Lock convention: every public xmc_x() takes c->mutex and calls x_locked();
  * helpers without the suffix also expect the caller to hold it.  The one
- * exception is the hit (hit_fast), which takes no lock and writes no shared
- * cache line: the last entry is published as a copy of its bucket index and
- * host address under a sequence counter (a seqlock), which writers, holding
- * the mutex, make odd while they change the copy and even again after; a
- * reader validates what it read by finding the counter even and unchanged.
- * The copy, not the entry, is read, so nothing a reader touches is ever
- * freed under it; an entry is unpublished before it is remapped, blanked or
+ * exception is the hit (hit_home, hit_fast), which takes no lock and writes
+ * no shared cache line: the last entry is published as a copy, its bucket's
+ * guest-physical base and its mapping less that base, under a seqlock whose
+ * counter is kept twice: writers, holding the mutex, move pub_gen on before
+ * they change the copy and pub_done up to it after; a reader validates what
+ * it read by finding pub_gen, read last, equal to pub_done, read first.  The
+ * copy, not the entry, is read, so nothing a reader touches is ever freed
+ * under it; an entry is unpublished before it is remapped, blanked or
  * unmapped.  Each thread counts its hits in a slot of its own.
  */
 #include "xmc_internal.h"
