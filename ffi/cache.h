@@ -209,9 +209,10 @@ static PyObject *xmc_py_refuse_copy(PyObject *op, PyObject *const *args, Py_ssiz
 static int xmc_py_document_hot(PyObject *const *checked); /* below the method table */
 
 /*
- * bind(owner, fail, max_size, bucket_size, checked): owner is a weakref to
- * the MapCache, fail(rc, what, paddr, size) raises, checked is {name:
- * MapCache's checked method} for each name of xmc_py_hot_names, no more.
+ * bind(owner, fail, max_size, bucket_size, checked): owner(this cache) is
+ * the MapCache, or its stand-in once it is gone; fail(rc, what, paddr, size)
+ * raises; checked is {name: MapCache's checked method} for each name of
+ * xmc_py_hot_names, no more.
  */
 static PyObject *xmc_py_bind(PyObject *op, PyObject *args)
 {

@@ -59,7 +59,7 @@ typedef struct xmc_py_seg {
 typedef struct xmc_py_cache {
     PyObject_HEAD
     xmc_cache *c;
-    PyObject *owner;    /* weakref to the MapCache */
+    PyObject *owner;    /* owner(self): the MapCache, or its stand-in once it is gone */
     PyObject *fail;     /* fail(rc, what, paddr, size): raises */
     PyObject *checked[XMC_PY_NHOT]; /* MapCache's checked methods, by xmc_py_hot_names */
     xmc_py_node *first, *last; /* the registry: live Mappings and groups, oldest first */

@@ -123,6 +123,28 @@ def test_a_failed_translate_is_the_cause_of_that_map_only(xmc: ModuleType) -> No
         unrelated_failure_has_no_cause(xmc)
 
 
+def test_a_cache_collected_during_a_failing_call_leaves_that_calls_cause(xmc: ModuleType) -> None:
+    # A collected cache takes its own pending callback errors: it took every
+    # one of the thread, so a collection in the middle of another cache's
+    # failing call (here from its trace hook; in the model test, the garbage
+    # collector) lost that call's cause (MappingError caused by None).
+    flaky = Flaky()
+    events: list[str] = []
+    with xmc.GuestRAM(MIB, holes=[(0, PAGE)]) as ram:
+        others = [xmc.MapCache(ram) for _ in range(4)]
+
+        def hook(event: Any) -> None:
+            events.append(event.name)
+            if others:
+                others.pop()  # its last reference: collected here, in the call
+
+        with xmc.MapCache(ram, translate=flaky.translate, trace=hook) as cache:
+            flaky.fail.add("translate")
+            with pytest.raises(xmc.MappingError) as info:
+                cache.map(0, 8)
+            assert isinstance(info.value.__cause__, LookupError)
+            assert len(others) < 4, f"no cache was collected during the call: {events}"
+
 def test_a_failed_unmap_during_a_map_fails_that_map(xmc: ModuleType) -> None:
     flaky = Flaky()
     with flaky.cache(xmc) as cache:

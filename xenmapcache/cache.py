@@ -35,7 +35,7 @@ from ._validate import U64_LIMIT, as_uint, check_range
 from .backends import CallbackBackend
 from .errors import DMAMappingWarning, InvalidAddress, MapCacheError, MappingError, UnknownMapping
 from .ram import GuestRAM
-from .trace import Trace, TraceEvent, emit, guard, make_sink, take_interrupt
+from .trace import Trace, emit_unknown, guard, make_sink
 from .xen import XenForeignMemory, XenGrantTable
 
 logger = logging.getLogger("xenmapcache")
@@ -599,11 +599,7 @@ class MapCache(NoCopy):
 
     def _trace_unknown(self, name: str, address: int) -> None:
         """Trace a lookup of an unknown address: here, once per call (the core may be asked twice)."""
-        if self._trace is not None:
-            emit(self._trace, TraceEvent(name, 0, 0, address, None, False, False))
-            interrupt = take_interrupt()
-            if interrupt is not None:  # raised instead of UnknownMapping
-                raise interrupt
+        emit_unknown(self._trace, name, address)
 
     def _check_open(self) -> None:
         if self._closed:
