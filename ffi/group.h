@@ -67,7 +67,8 @@ static PyObject *xmc_py_group_member(xmc_py_group *g, Py_ssize_t i)
     return Py_NewRef((PyObject *)m);
 }
 
-/* g is going and someone else holds its member m: m stands alone from now on. */
+/* g is going and something else can reach its member m: m stands alone from
+ * now on, its state copied, the cache and tag its own references. */
 static void xmc_py_member_leave(xmc_py_group *g, xmc_py_mapping *m)
 {
     m->own = *m->seg;
@@ -261,29 +262,28 @@ static int xmc_py_group_clear(PyObject *op)
 }
 
 /*
- * Members held elsewhere stand alone; the rest (only the group holds them)
- * stay with the group, which goes to the pool, or with it.
+ * Members someone else can reach (held, or through a weak reference) stand
+ * alone first, before any Python code can run (a weak reference's callback, a
+ * tag's or the cache's end), so that none of that code finds g going; the
+ * rest, which only g holds, stay with it into the pool, or go with it.
  */
 static void xmc_py_group_dealloc(PyObject *op)
 {
     PyTypeObject *tp = Py_TYPE(op);
     xmc_py_group *g = (xmc_py_group *)op;
+    xmc_py_mapping *m;
 
     PyObject_GC_UnTrack(op);
-    if (g->weakrefs)
-        PyObject_ClearWeakRefs(op);
-    for (Py_ssize_t i = 0; i < g->capacity; i++) {
-        xmc_py_mapping *m = g->members[i];
-
-        if (m && Py_REFCNT((PyObject *)m) > 1) {
+    for (Py_ssize_t i = 0; i < g->capacity; i++)
+        if ((m = g->members[i]) && (Py_REFCNT((PyObject *)m) > 1 || m->weakrefs))
             xmc_py_member_leave(g, m);
-            g->members[i] = NULL;
-            Py_DECREF((PyObject *)m);
-        } else if (m && m->weakrefs) { /* a later group's member is another: it goes */
+    for (Py_ssize_t i = 0; i < g->capacity; i++)
+        if ((m = g->members[i]) && !m->group) {
             g->members[i] = NULL;
             Py_DECREF((PyObject *)m);
         }
-    }
+    if (g->weakrefs)
+        PyObject_ClearWeakRefs(op);
     xmc_py_group_clear(op);
     if (g->capacity <= XMC_PY_POOL_LARGEST && xmc_py_pool.n < XMC_PY_POOL) {
         xmc_py_pool.items[xmc_py_pool.n++] = g;

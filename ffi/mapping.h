@@ -91,9 +91,18 @@ static int xmc_py_mapping_getbuffer(PyObject *op, Py_buffer *view, int flags)
         view->obj = NULL;
         return -1;
     }
-    if (PyBuffer_FillInfo(view, op, (void *)(uintptr_t)seg->address, (Py_ssize_t)seg->size, 0,
-                          flags) < 0)
-        return -1;
+    /* PyBuffer_FillInfo()'s writable bytes, inline: one call fewer per export */
+    view->obj = Py_NewRef(op);
+    view->buf = (void *)(uintptr_t)seg->address;
+    view->len = (Py_ssize_t)seg->size;
+    view->readonly = 0;
+    view->itemsize = 1;
+    view->format = (flags & PyBUF_FORMAT) == PyBUF_FORMAT ? (char *)"B" : NULL;
+    view->ndim = 1;
+    view->shape = (flags & PyBUF_ND) == PyBUF_ND ? &view->len : NULL;
+    view->strides = (flags & PyBUF_STRIDES) == PyBUF_STRIDES ? &view->itemsize : NULL;
+    view->suboffsets = NULL;
+    view->internal = NULL;
     seg->exports++;
     return 0;
 }

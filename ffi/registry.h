@@ -178,8 +178,11 @@ static PyObject *xmc_py_release_at(PyObject *op, PyObject *arg)
     }
     if (idle) {
         xmc_py_group *g = xmc_py_entry_group(idle);
+        PyObject *holder = Py_NewRef(idle->self); /* making a member may run any code */
 
-        if (!(m = g ? xmc_py_group_member(g, at) : Py_NewRef(idle->self)))
+        m = g ? xmc_py_group_member(g, at) : Py_NewRef(holder);
+        Py_DECREF(holder);
+        if (!m)
             return NULL;
         r = xmc_py_mapping_release(m, NULL);
         Py_DECREF(m);
@@ -196,26 +199,37 @@ static PyObject *xmc_py_release_at(PyObject *op, PyObject *arg)
     Py_RETURN_FALSE;
 }
 
-/* mappings() -> list of the live Mappings, oldest first (a group's: each not released) */
+/*
+ * mappings() -> list of the live Mappings, oldest first (a group's: each not
+ * released).  Making a group's members may run the GC, and so any code:
+ * the entries are taken (and held) first, their members made after.
+ */
 static PyObject *xmc_py_mappings(PyObject *op, PyObject *unused)
 {
-    PyObject *out = PyList_New(0), *m;
+    PyObject *entries = PyList_New(0), *out = NULL, *m;
     Py_ssize_t n;
 
     (void)unused;
-    for (xmc_py_node *e = ((xmc_py_cache *)op)->first; out && e; e = e->next) {
-        xmc_py_group *g = xmc_py_entry_group(e);
-        xmc_py_seg *segs = xmc_py_entry_segs(e, &n);
+    for (xmc_py_node *e = ((xmc_py_cache *)op)->first; entries && e; e = e->next)
+        if (PyList_Append(entries, e->self) < 0)
+            Py_CLEAR(entries);
+    if (!entries || !(out = PyList_New(0)))
+        goto done;
+    for (Py_ssize_t k = 0; out && k < PyList_Size(entries); k++) {
+        PyObject *self = PyList_GetItem(entries, k);
+        xmc_py_group *g = Py_TYPE(self) == xmc_py_group_type ? (xmc_py_group *)self : NULL;
 
+        n = g ? Py_SIZE(self) : 1;
         for (Py_ssize_t i = 0; out && i < n; i++) {
-            if (g && segs[i].released)
+            if (g && g->segs[i].released)
                 continue;
-            if (!(m = g ? xmc_py_group_member(g, i) : Py_NewRef(e->self)) ||
-                PyList_Append(out, m) < 0)
+            if (!(m = g ? xmc_py_group_member(g, i) : Py_NewRef(self)) || PyList_Append(out, m) < 0)
                 Py_CLEAR(out);
             Py_XDECREF(m);
         }
     }
+done:
+    Py_XDECREF(entries);
     return out;
 }
 

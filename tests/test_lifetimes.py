@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
+import hashlib
+import inspect
 import os
 import random
+import struct
 import threading
 import time
 import weakref
@@ -27,6 +31,23 @@ def test_memoryview_shape(cache: Any) -> None:
     with cache.map(0x100, 300) as m:
         with memoryview(m) as view:
             assert (view.format, view.ndim, len(view), view.readonly, view.itemsize) == ("B", 1, 300, False, 1)
+
+
+def test_every_export_request_gets_the_bytes_of_the_mapping(cache: Any) -> None:
+    # Whatever a consumer asks for, 1-D unsigned bytes of the mapping, writable;
+    # the binding fills its exports itself, so there every request flag is tried.
+    with cache.map(0x100, 300) as m, cache.map_sg([(0x2000, 40)]) as g:
+        for x in (m, g[0]):
+            n = x.size
+            (ctypes.c_char * n).from_buffer(x)[n - 1] = b"\x09"  # a writable simple buffer
+            assert struct.unpack_from("B", x, n - 1) == (9,) and cache.read(x.paddr + n - 1, 1) == b"\x09"
+            assert hashlib.sha256(x).digest() == hashlib.sha256(cache.read(x.paddr, n)).digest()
+            if type(x).__module__ != "xenmapcache._core":
+                continue
+            for flags in set(inspect.BufferFlags) - {inspect.BufferFlags.READ, inspect.BufferFlags.WRITE}:
+                with x.__buffer__(flags) as view:
+                    assert (view.format, view.ndim, view.shape, view.strides, view.readonly) == ("B", 1, (n,), (1,), False)
+    assert m.released and g.released  # every export was given back: the releases went through
 
 
 def test_release_refuses_while_a_view_is_alive(cache: Any) -> None:

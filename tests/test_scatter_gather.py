@@ -327,3 +327,28 @@ def test_a_group_in_a_cycle_through_its_tag_is_collected(cache: Any) -> None:
     del g, box
     gc.collect()
     assert gone() is None
+
+
+def test_code_run_as_a_group_goes_finds_its_members_standing_alone(xmc: ModuleType, ram: Any) -> None:
+    cache = xmc.MapCache(ram)
+    g = cache.map_sg([(0x1000, 8), (0x2000, 8), (0x3000, 8)])
+    held, watched = g[0], weakref.ref(g[1])
+    seen: list[Any] = []
+
+    def at_its_end(_: Any) -> None:  # Python code while the group goes: release what it reaches
+        seen.extend(m for m in (held, watched()) if m is not None)
+        for m in seen:
+            m.release()
+
+    gone = weakref.ref(g, at_its_end)
+    del cache  # the registry lets go of the group, its mappings still locked
+    gc.collect()
+    del g
+    gc.collect()
+    assert gone() is None and seen[0] is held and all(m.released for m in seen)
+    assert (held.paddr, held.size) == (0x1000, 8)
+    with xmc.MapCache(ram) as cache:  # the group went once: each later group is one of its own
+        groups = [cache.map_sg([(0x1000 * (i + 1), 8)], tag=i) for i in range(12)]
+        assert len({id(g) for g in groups}) == 12 and [g[0].tag for g in groups] == list(range(12))
+        for g in groups:
+            g.release()

@@ -309,8 +309,10 @@ class MapCache(NoCopy):
 
         Cost: one C call (``xmc_map_sg``, one acquisition of the mutex) and
         one :class:`Mapping` per segment; on the C core under CPython a list
-        or tuple of int pairs is served with no Python frame.  O(n) in the
-        segments, O(1) in the locked mappings.
+        or tuple of int pairs is served with no Python frame, and the group
+        makes each :class:`Mapping` only when it is first asked for (an
+        index, iteration, ``os.preadv``), from groups kept for reuse.  O(n)
+        in the segments, O(1) in the locked mappings.
         """
         self._check_open()
         checked = []
