@@ -10,7 +10,7 @@
  * fallback.h  back to Python: MapCache's checked method, fail() for a status code
  * freelist.h  a free list of GC objects
  * special.h   __enter__/__exit__ descriptors and their bound method
- * registry.h  the list of a NativeCache's live Mappings, and its methods
+ * registry.h  the list of a NativeCache's live Mappings and groups, and its methods
  * mapping.h   Mapping, and NativeCache.map
  * group.h     MappingGroup, and NativeCache.map_sg
  * cache.h     NativeCache: its other builtins, its life cycle, xmc_py_adopt()
@@ -34,7 +34,8 @@
  *   `fail(rc, what, paddr, size)` that raises, so nothing is done twice.  It
  *   also holds the registry of live Mappings.
  * - Mapping exports the host memory itself and counts its exports;
- *   MappingGroup holds the Mappings of one map_sg() call.
+ *   MappingGroup keeps the state of the mappings of one map_sg() call and
+ *   makes their Mappings only when they are asked for (group.h).
  *
  * Every state change of a Mapping or of the registry happens with the GIL
  * held and no core call in between, so the GIL is their lock; core calls

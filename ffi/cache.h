@@ -256,8 +256,8 @@ static int xmc_py_cache_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->fail);
     for (int i = 0; i < XMC_PY_NHOT; i++)
         Py_VISIT(self->checked[i]);
-    for (xmc_py_mapping *m = self->first; m; m = m->next)
-        Py_VISIT((PyObject *)m);
+    for (xmc_py_node *e = self->first; e; e = e->next)
+        Py_VISIT(e->self);
     Py_VISIT(self->tag_index);
     Py_VISIT(self->take_interrupt);
     return 0;
