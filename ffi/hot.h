@@ -16,7 +16,7 @@
 #ifndef XMC_PY_HOT_H
 #define XMC_PY_HOT_H
 
-#include "objects.h"
+#include "cache.h"
 
 typedef struct {
     PyObject_HEAD
@@ -28,20 +28,15 @@ typedef PyObject *(*xmc_py_fastfn)(PyObject *self, PyObject *const *args, Py_ssi
 
 static PyTypeObject *xmc_py_fast_type;
 static PyObject *xmc_py_hot_funcs[XMC_PY_NHOT]; /* MapCache's methods, by xmc_py_hot_names */
-static xmc_py_fastfn xmc_py_hot_fns[XMC_PY_NHOT]; /* the builtins' C functions */
 static PyMethodDef xmc_py_hot_defs[XMC_PY_NHOT];
 
-/* MapCache's hot method i on self (a FastCache: the descriptor checked it) */
-static PyObject *xmc_py_hot_call(int i, PyObject *self, PyObject *const *args, Py_ssize_t n,
-                                 PyObject *kwnames)
+/* MapCache's method i, for a cache without builtins: self prepended. */
+static PyObject *xmc_py_hot_method(int i, PyObject *self, PyObject *const *args, Py_ssize_t n,
+                                   PyObject *kwnames)
 {
-    PyObject *native = ((xmc_py_fast *)self)->native; /* set once: lives as long as self */
+    Py_ssize_t total = n + (kwnames ? PyTuple_Size(kwnames) : 0);
     PyObject *stack[8], **buf = stack, *r;
-    Py_ssize_t total;
 
-    if (native)
-        return xmc_py_hot_fns[i](native, args, n, kwnames);
-    total = n + (kwnames ? PyTuple_Size(kwnames) : 0);
     if (total + 1 > (Py_ssize_t)(sizeof(stack) / sizeof(stack[0])) &&
         !(buf = PyMem_Malloc((size_t)(total + 1) * sizeof(*buf))))
         return PyErr_NoMemory();
@@ -54,28 +49,34 @@ static PyObject *xmc_py_hot_call(int i, PyObject *self, PyObject *const *args, P
     return r;
 }
 
-#define XMC_PY_HOT(i)                                                                      \
-    static PyObject *xmc_py_hot_##i(PyObject *self, PyObject *const *args, Py_ssize_t n,  \
-                                    PyObject *kwnames)                                    \
-    {                                                                                      \
-        return xmc_py_hot_call(i, self, args, n, kwnames);                                 \
+/* MapCache's hot method i on self (a FastCache: its descriptor checked it):
+ * the builtin's C function on the cache's NativeCache (set once, it lives
+ * as long as self), else the method. */
+#define XMC_PY_HOT(i, builtin)                                                              \
+    static PyObject *xmc_py_hot_##i(PyObject *self, PyObject *const *args, Py_ssize_t n,   \
+                                    PyObject *kwnames)                                     \
+    {                                                                                       \
+        PyObject *native = ((xmc_py_fast *)self)->native;                                   \
+                                                                                            \
+        return native ? builtin(native, args, n, kwnames)                                   \
+                      : xmc_py_hot_method(i, self, args, n, kwnames);                       \
     }
-XMC_PY_HOT(0)
-XMC_PY_HOT(1)
-XMC_PY_HOT(2)
-XMC_PY_HOT(3)
-XMC_PY_HOT(4)
-XMC_PY_HOT(5)
-XMC_PY_HOT(6)
-XMC_PY_HOT(7)
+XMC_PY_HOT(XMC_PY_MAP_PTR, xmc_py_map_ptr_fast)
+XMC_PY_HOT(XMC_PY_READ, xmc_py_read_fast)
+XMC_PY_HOT(XMC_PY_READINTO, xmc_py_readinto_fast)
+XMC_PY_HOT(XMC_PY_WRITE, xmc_py_write_fast)
+XMC_PY_HOT(XMC_PY_RAM_ADDR, xmc_py_ram_addr_fast)
+XMC_PY_HOT(XMC_PY_UNLOCK, xmc_py_unlock_fast)
+XMC_PY_HOT(XMC_PY_MAP, xmc_py_map_fast)
+XMC_PY_HOT(XMC_PY_MAP_SG, xmc_py_map_sg_fast)
 #undef XMC_PY_HOT
 
-static const xmc_py_fastfn xmc_py_hot_entry[] = {
-    xmc_py_hot_0, xmc_py_hot_1, xmc_py_hot_2, xmc_py_hot_3,
-    xmc_py_hot_4, xmc_py_hot_5, xmc_py_hot_6, xmc_py_hot_7,
+static const xmc_py_fastfn xmc_py_hot_entry[XMC_PY_NHOT] = {
+    [XMC_PY_MAP_PTR] = xmc_py_hot_XMC_PY_MAP_PTR,   [XMC_PY_READ] = xmc_py_hot_XMC_PY_READ,
+    [XMC_PY_READINTO] = xmc_py_hot_XMC_PY_READINTO, [XMC_PY_WRITE] = xmc_py_hot_XMC_PY_WRITE,
+    [XMC_PY_RAM_ADDR] = xmc_py_hot_XMC_PY_RAM_ADDR, [XMC_PY_UNLOCK] = xmc_py_hot_XMC_PY_UNLOCK,
+    [XMC_PY_MAP] = xmc_py_hot_XMC_PY_MAP,           [XMC_PY_MAP_SG] = xmc_py_hot_XMC_PY_MAP_SG,
 };
-_Static_assert(sizeof(xmc_py_hot_entry) / sizeof(xmc_py_hot_entry[0]) == XMC_PY_NHOT,
-               "one entry per hot method");
 
 static int xmc_py_fast_traverse(PyObject *op, visitproc visit, void *arg)
 {
@@ -172,7 +173,6 @@ static PyObject *xmc_py_make_hot(PyObject *unused, PyObject *cls)
         memcpy(doc, def->ml_doc, name);           /* "name(" */
         memcpy(doc + name, "$self, ", 7);          /* the signature of a method */
         memcpy(doc + name + 7, def->ml_doc + name, len - name + 1);
-        xmc_py_hot_fns[i] = (xmc_py_fastfn)(void (*)(void))def->ml_meth;
         xmc_py_hot_defs[i] = (PyMethodDef){ def->ml_name,
                                             (PyCFunction)(void (*)(void))xmc_py_hot_entry[i],
                                             METH_FASTCALL | METH_KEYWORDS, doc };
