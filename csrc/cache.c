@@ -294,8 +294,15 @@ static void callback_leave(xmc_cache *c, hit_slot *mine)
 
 /* ---- trace events ------------------------------------------------------- */
 
-/* Call the hook; the caller checked that there is one (TRACE does). */
-XMC_COLD static void trace_emit(xmc_cache *c, uint32_t kind, int rc, unsigned flags,
+/* The hook's refusals in this thread (see trace_emit): a call that can still
+ * stop compares it with what it was when the call began (copy_locked). */
+static _Thread_local unsigned trace_refusals;
+
+/* Call the hook; the caller checked that there is one (TRACE does).  Whether
+ * the hook refused the event (returned nonzero): the calls whose effect
+ * follows their events (an unlock, a copy) then stop with nothing changed;
+ * every other call goes on, its work being done. */
+XMC_COLD static bool trace_emit(xmc_cache *c, uint32_t kind, int rc, unsigned flags,
                                 uint64_t paddr, uint64_t size, uintptr_t address,
                                 uint64_t tag, uint64_t old_paddr)
 {
@@ -303,8 +310,11 @@ XMC_COLD static void trace_emit(xmc_cache *c, uint32_t kind, int rc, unsigned fl
                      .paddr = paddr, .size = size, .address = address, .tag = tag,
                      .old_paddr = old_paddr };
     hit_slot *mine = callback_enter(c);
-    c->trace(c->trace_opaque, &ev);
+    bool refused = c->trace(c->trace_opaque, &ev) != 0;
+
     callback_leave(c, mine);
+    trace_refusals += refused;
+    return refused;
 }
 
 #define TRACE(c, ...)                                                         \
@@ -901,26 +911,35 @@ static void record_del(xmc_cache *c, uint32_t *link)
     c->free_ids = id;
 }
 
-/* The unlock event of the record r. */
-XMC_COLD static void trace_unlock(xmc_cache *c, const record *r)
+/* The unlock event of the record r, if traced; whether the hook refused it. */
+XMC_COLD static bool trace_unlock(xmc_cache *c, const record *r)
 {
-    TRACE(c, XMC_EV_UNLOCK, XMC_OK, XMC_LOCK | (r->dma ? XMC_DMA : 0),
-          (r->e->index << c->shift) + (r->addr - (uintptr_t)r->e->vaddr), r->size, r->addr,
-          r->tag, 0);
+    return c->traced &&
+           trace_emit(c, XMC_EV_UNLOCK, XMC_OK, XMC_LOCK | (r->dma ? XMC_DMA : 0),
+                      (r->e->index << c->shift) + (r->addr - (uintptr_t)r->e->vaddr), r->size,
+                      r->addr, r->tag, 0);
 }
 
 /* record_del(), then the grant rule: an entry whose last lock went is unmapped
  * at once (XMC_ESYS when the backend fails to; the lock is gone all the same). */
-static int record_drop(xmc_cache *c, uint32_t *link)
+static int record_release(xmc_cache *c, uint32_t *link)
 {
     xmc_entry *e = rec(c, *link)->e;
 
-    if (c->unusual)
-        trace_unlock(c, rec(c, *link));
     record_del(c, link);
     if (c->grants && e->lock == 0)
         return entry_destroy(c, e) == XMC_OK ? XMC_OK : XMC_ESYS;
     return XMC_OK;
+}
+
+/* Its unlock event, then record_release().  A refused event stops an unlock
+ * (XMC_ECALLBACK, nothing changed); an undo (!stoppable) drops all the same,
+ * or a hook that keeps refusing would leak the lock. */
+static int record_drop(xmc_cache *c, uint32_t *link, bool stoppable)
+{
+    if (c->unusual && trace_unlock(c, rec(c, *link)) && stoppable)
+        return XMC_ECALLBACK;
+    return record_release(c, link);
 }
 
 static uint64_t entry_paddr(const xmc_cache *c, const xmc_entry *e, uintptr_t addr)
@@ -1617,7 +1636,7 @@ static int map_sg_locked(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned fl
     while (i--) {
         uint32_t *link = record_find(c, (uintptr_t)addrs[i], true, tag);
         if (link)
-            (void)record_drop(c, link); /* the batch's own error is the one to report */
+            (void)record_drop(c, link, false); /* the batch's own error is the one to report */
     }
     c->st.hits -= before.hits;
     c->st.misses -= before.misses;
@@ -1693,9 +1712,10 @@ int xmc_map_sg_nowait(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags
                                 : map_sg_call(c, segs, n, flags | MAP_NOWAIT, tag, out);
 }
 
-/* The hash link of the newest record at addr with tag whose claim is `claimed`. */
+/* The hash link of the newest record at addr with tag whose claim is `claimed`
+ * (0: none, 1: claimed, 2: claimed and its unlock event told). */
 static uint32_t *record_find_claimed(xmc_cache *c, uintptr_t addr, uint64_t tag,
-                                     bool claimed)
+                                     unsigned claimed)
 {
     uint32_t *link;
 
@@ -1709,29 +1729,50 @@ static uint32_t *record_find_claimed(xmc_cache *c, uintptr_t addr, uint64_t tag,
     return NULL;
 }
 
-/* Claim a record for every address first, then drop the claimed ones. */
+/* Give back the claims `claim` of the first n addresses. */
+static void claims_undo(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag,
+                        unsigned claim)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t *link;
+        while ((link = record_find_claimed(c, (uintptr_t)addrs[i], tag, claim)))
+            rec(c, *link)->claimed = 0;
+    }
+}
+
+/* Claim a record for every address first; when traced, tell every unlock
+ * (a refused one stops the batch, nothing changed); then drop the claimed ones. */
 static int unlock_sg_locked(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag)
 {
+    unsigned claim = 1;
     size_t i;
     int rc = XMC_OK;
 
     for (i = 0; i < n; i++) {
-        uint32_t *link = record_find_claimed(c, (uintptr_t)addrs[i], tag, false);
+        uint32_t *link = record_find_claimed(c, (uintptr_t)addrs[i], tag, 0);
         if (!link)
             break;
         rec(c, *link)->claimed = 1;
     }
     if (i < n) { /* give the claims back */
         TRACE(c, XMC_EV_UNLOCK_UNKNOWN, XMC_ENOENT, 0, 0, 0, (uintptr_t)addrs[i], tag, 0);
-        while (i--) {
-            uint32_t *link;
-            while ((link = record_find_claimed(c, (uintptr_t)addrs[i], tag, true)))
-                rec(c, *link)->claimed = 0;
-        }
+        claims_undo(c, addrs, i, tag, 1);
         return XMC_ENOENT;
     }
+    if (c->traced) {
+        for (i = 0; i < n; i++) {
+            record *r = rec(c, *record_find_claimed(c, (uintptr_t)addrs[i], tag, 1));
+            r->claimed = 2;
+            if (trace_unlock(c, r)) {
+                claims_undo(c, addrs, n, tag, 1);
+                claims_undo(c, addrs, n, tag, 2);
+                return XMC_ECALLBACK;
+            }
+        }
+        claim = 2;
+    }
     for (i = 0; i < n; i++)
-        if (record_drop(c, record_find_claimed(c, (uintptr_t)addrs[i], tag, true)) != XMC_OK)
+        if (record_release(c, record_find_claimed(c, (uintptr_t)addrs[i], tag, claim)) != XMC_OK)
             rc = XMC_ESYS;
     return rc;
 }
@@ -1762,6 +1803,7 @@ static inline int unlock_locked(xmc_cache *c, uintptr_t addr, bool by_tag, uint6
     uint32_t *link = record_find(c, addr, by_tag, tag);
     const record *r;
     xmc_entry *e;
+    int rc;
 
     if (!link) {
         if (c->unusual)
@@ -1772,9 +1814,11 @@ static inline int unlock_locked(xmc_cache *c, uintptr_t addr, bool by_tag, uint6
     e = r->e;
     if (nowait && c->grants && e->lock == 1)
         return XMC_EAGAIN;
-    if (tag_out)
-        *tag_out = r->tag;
-    return record_drop(c, link);
+    tag = r->tag;
+    rc = record_drop(c, link, true);
+    if (tag_out && rc != XMC_ECALLBACK)
+        *tag_out = tag;
+    return rc;
 }
 
 int xmc_unlock(xmc_cache *c, const void *addr, uint64_t *tag_out)
@@ -2009,10 +2053,36 @@ static size_t copy_chunk(const xmc_cache *c, uint64_t paddr, size_t n)
 #define PIECES_ON_STACK 16
 
 /*
+ * map_slow() for a copy: also counts in *hits the hits it served, which a
+ * copy stopped by its trace hook takes back (copy_stopped).
+ */
+static int copy_map(xmc_cache *c, uint64_t paddr, size_t n, unsigned flags, void **out,
+                    uint64_t *hits)
+{
+    uint64_t misses = c->st.misses;
+    int rc = map_slow(c, paddr, n, flags, 0, out);
+
+    *hits += rc == XMC_OK && c->st.misses == misses;
+    return rc;
+}
+
+/* Whether the trace hook refused one of this copy's events (refusals: the
+ * count when it began); then the hits it counted are taken back. */
+static bool copy_stopped(xmc_cache *c, unsigned refusals, uint64_t hits)
+{
+    if (trace_refusals == refusals)
+        return false;
+    c->st.hits -= hits;
+    return true;
+}
+
+/*
  * Copy n bytes between buf and guest memory, all or nothing: every chunk is
  * mapped first, its entry pinned (lock count raised, no record) so that a
  * later chunk cannot remap it, and only then is a byte copied.  A failure
- * leaves guest memory and buf untouched.
+ * leaves guest memory and buf untouched.  So does a trace hook that refuses
+ * one of the copy's events: XMC_ECALLBACK, and no hit counted (the entries
+ * it mapped stay, as after any failure).
  */
 static int copy_locked(xmc_cache *c, uint64_t paddr, uint8_t *buf, size_t n,
                        bool to_guest, unsigned flags)
@@ -2021,6 +2091,8 @@ static int copy_locked(xmc_cache *c, uint64_t paddr, uint8_t *buf, size_t n,
         stack[PIECES_ON_STACK];
     struct piece *pieces = stack;
     size_t count = 0, pinned = 0, chunk;
+    unsigned refusals = trace_refusals;
+    uint64_t hits = 0;
     xmc_entry *e;
     void *p;
     int rc = XMC_OK;
@@ -2035,8 +2107,10 @@ static int copy_locked(xmc_cache *c, uint64_t paddr, uint8_t *buf, size_t n,
     if ((flags & MAP_NOWAIT) && chunk < n)
         return XMC_EAGAIN;
     if (chunk == n) { /* the common case: one map, nothing to pin */
-        if ((rc = map_slow(c, paddr, n, flags, 0, &p)) != XMC_OK)
+        if ((rc = copy_map(c, paddr, n, flags, &p, &hits)) != XMC_OK)
             return rc;
+        if (copy_stopped(c, refusals, hits))
+            return XMC_ECALLBACK;
         memcpy(to_guest ? p : buf, to_guest ? buf : p, n);
         return XMC_OK;
     }
@@ -2047,7 +2121,7 @@ static int copy_locked(xmc_cache *c, uint64_t paddr, uint8_t *buf, size_t n,
 again:
     for (uint64_t at = paddr, left = n; left; at += chunk, left -= chunk) {
         chunk = copy_chunk(c, at, (size_t)left);
-        if ((rc = map_slow(c, at, chunk, flags, 0, &p)) != XMC_OK)
+        if ((rc = copy_map(c, at, chunk, flags, &p, &hits)) != XMC_OK)
             break;
         e = get_last(c); /* the entry that served this chunk */
         if (e->lock == UINT32_MAX) { /* no room to pin it */
@@ -2066,6 +2140,8 @@ again:
                 pieces[--pinned].e->lock--;
             goto again;
         }
+    if (rc == XMC_OK && copy_stopped(c, refusals, hits))
+        rc = XMC_ECALLBACK;
     for (size_t i = 0; rc == XMC_OK && i < pinned; buf += pieces[i].len, i++)
         memcpy(to_guest ? pieces[i].p : buf, to_guest ? buf : pieces[i].p, pieces[i].len);
     /* A cache closed while translate ran has freed every entry, pinned or not. */

@@ -423,8 +423,17 @@ int xmc_memory_get(xmc_cache *c, xmc_memory *out);
  * thread, under the cache's mutex and in order: it may record, count or
  * print, but must not call into the same cache (that fails with
  * XMC_EREENTER) nor wait for a thread that does; *ev lives only during the
- * call.  Closing and freeing the cache emit nothing.  Errors: the common
- * ones.  Cost: O(1) to set; while no hook is set a hit costs nothing more
+ * call.  Closing and freeing the cache emit nothing.
+ *
+ * The hook returns 0 to let the call go on.  Nonzero refuses the event: a
+ * call whose effect comes after its events then stops, fails with
+ * XMC_ECALLBACK and changes nothing (no byte copied, no lock dropped, no hit
+ * counted; entries it mapped stay, as after any failure): xmc_read() and
+ * xmc_write() (any event of theirs), xmc_unlock(), xmc_unlock_tag() and
+ * xmc_unlock_sg() (their XMC_EV_UNLOCK events, all told before any lock
+ * goes: all or nothing), and their _nowait forms.  Every other call has done
+ * its work when it reports it, and ignores the answer (a map that must not
+ * stand is the caller's to unlock).  Errors: the common ones.  Cost: O(1) to set; while no hook is set a hit costs nothing more
  * (hits are traced off the fast path, which is taken only while no hook is
  * set), and every other call one test of a flag per event.
  *
@@ -460,7 +469,7 @@ typedef struct xmc_event {
     uint64_t old_paddr;   /* REPLACE: where it was; TRANSLATE: what was asked */
 } xmc_event;
 
-typedef void (*xmc_trace_fn)(void *opaque, const xmc_event *ev);
+typedef int (*xmc_trace_fn)(void *opaque, const xmc_event *ev);
 int xmc_cache_set_trace(xmc_cache *c, xmc_trace_fn fn, void *opaque);
 
 /* cdef-end */

@@ -186,6 +186,7 @@ static PyObject *xmc_py_unlock_fast(PyObject *op, PyObject *const *args, Py_ssiz
     if (a)
         XMC_PY_CALL(rc, xmc_unlock_tag_nowait(self->c, a, 0), xmc_unlock_tag(self->c, a, 0));
     if (rc == XMC_ESYS /* unlocked, but a grant entry failed to unmap: never retried */ ||
+        rc == XMC_ECALLBACK /* stopped by the trace hook: its interrupt */ ||
         rc == XMC_ECLOSED)
         return xmc_py_fail(self, rc, "unlock", (uint64_t)(uintptr_t)a, 0);
     if (rc != XMC_OK) /* nothing done (no raw lock there, say): the checked method tries Mappings */

@@ -9,4 +9,4 @@ extern "Python" int _xmc_py_map(void *, void *, uint64_t, size_t, int *, void **
 extern "Python" int _xmc_py_unmap(void *, void *, size_t);
 extern "Python" void _xmc_py_retain(void *);
 extern "Python" void _xmc_py_release(void *);
-extern "Python" void _xmc_py_trace(void *, const xmc_event *);
+extern "Python" int _xmc_py_trace(void *, const xmc_event *);

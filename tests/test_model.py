@@ -650,7 +650,13 @@ class CacheModel(RuleBasedStateMachine):
     CALLS = ["map", "map_sg", "map_ptr", "read", "write"]
 
     def interrupted(
-        self, data: st.DataObject, call: str, hook: str, interrupt: type[BaseException], held: Held | None = None
+        self,
+        data: st.DataObject,
+        call: str,
+        hook: str,
+        interrupt: type[BaseException],
+        held: Held | None = None,
+        group: tuple[Any, Any] | None = None,
     ) -> tuple[Any, bool, list[tuple[str, Any, int, int]], Any, bytes]:
         """Make ``call`` on both with ``hook`` ("armed": translate, or
         "armed_trace") set to raise ``interrupt`` once; (what both() gave,
@@ -667,11 +673,13 @@ class CacheModel(RuleBasedStateMachine):
             "read": lambda s: s.cache.read(paddr, size),
             "write": lambda s: s.cache.write(paddr, payload),
             "release": lambda s: getattr(held, s.name).release(),
+            "release_group": lambda s: (group[0] if s is self.c else group[1]).release(),  # type: ignore[index]
+            "unlock": lambda s: s.cache.unlock(getattr(held, s.name)),
         }
         for s in self.systems():
             setattr(s, hook, interrupt)
-        try:  # a trace hook's interrupt comes after the work: a write or release that raises it is done
-            got = self.both(ops[call], reads_only=hook == "armed_trace", interrupts=True)
+        try:  # a call that raises the interrupt has changed nothing (both() checks)
+            got = self.both(ops[call], interrupts=True)
             fired = [getattr(s, hook) is None for s in self.systems()]
         finally:
             for s in self.systems():
@@ -708,24 +716,47 @@ class CacheModel(RuleBasedStateMachine):
         self.give_back(call, got)
 
     @precondition(lambda self: self.cfg.traced)
-    @rule(data=st.data(), interrupt=st.sampled_from([KeyboardInterrupt, SystemExit]), call=st.sampled_from([*CALLS, "release"]))
+    @rule(
+        data=st.data(),
+        interrupt=st.sampled_from([KeyboardInterrupt, SystemExit]),
+        call=st.sampled_from([*CALLS, "release", "release_group", "unlock"]),
+    )
     def interrupted_trace(self, data: st.DataObject, interrupt: type[BaseException], call: str) -> None:
         """The trace hook raises an interrupt on the call's first event: the
-        core finishes the call, which then raises it as it is, having given
-        back what it locked (a write's bytes and a release stand)."""
-        held = None
+        call raises it as it is, having changed nothing (both() checks): a
+        read, a write or an unlock (of a Mapping, a group or a raw lock) stops
+        before its effect, a map gives back what it locked."""
+        held, group = None, None
         if call == "release":
             held = data.draw(st.sampled_from(self.mappings), label="mapping") if self.mappings else None
             if held is None or held.c.released or (self.view is not None and self.view[2] is held):
                 return
-        got, fired, plan, error, payload = self.interrupted(data, call, "armed_trace", interrupt, held)
+        elif call == "release_group":
+            group = data.draw(st.sampled_from(self.groups), label="group") if self.groups else None
+            if group is None or (self.view is not None and any(self.view[2].c is m for m in group[0])):
+                return
+        elif call == "unlock":
+            held = data.draw(st.sampled_from(self.raw), label="raw") if self.raw else None
+            if held is None:
+                return
+        got, fired, plan, error, payload = self.interrupted(data, call, "armed_trace", interrupt, held, group)
         if fired:
             assert got is None and self.error is interrupt, f"{call} ended with {self.error} for a {interrupt.__name__}"
-        if held is not None:
-            assert held.c.released == held.py.released
+        if call == "release":
+            assert held is not None and held.c.released == held.py.released
+            assert held.c.released is not fired
             if held.c.released:
                 self.mappings.remove(held)
-        elif call == "write" and error is None and (got is not None or fired):
+        elif call == "release_group":
+            assert group is not None and group[0].released == group[1].released
+            assert [m.released for m in group[0]] == [m.released for m in group[1]]
+            if group[0].released:
+                self.groups.remove(group)
+                self.mappings = [h for h in self.mappings if not h.c.released]
+        elif call == "unlock":
+            if got is not None:
+                self.raw.remove(held)  # type: ignore[arg-type]
+        elif call == "write" and error is None and got is not None:
             self.wrote(plan, payload)
         elif got is not None:
             self.give_back(call, got)

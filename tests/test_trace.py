@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import inspect
 import logging
+import os
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
@@ -184,14 +185,71 @@ def test_an_interrupt_from_the_hook_is_raised_by_its_call_and_keeps_no_lock(
             with pytest.raises(interrupt):
                 call()
             assert not armed and c.stats().locked == 0 and c.locked() == []
-        m, g = c.map(0x3000, 8), c.map_sg([(0x3000, 8), (0x4000, 8)])
-        raw = c.map_ptr(0x5000, 8, lock=True)
-        for release in (m.release, g.release, lambda: c.unlock(raw)):
-            armed.append("unlock")
+        assert c.map_ptr(0x1000) and c.read(0x1000, 1) == b"\0"  # nothing left pending, nothing written
+
+
+def _state(c: Any, ram: Any) -> tuple[Any, ...]:
+    """What a call stopped by its trace hook must leave as it was."""
+    st = c.stats()
+    return (os.pread(ram.fileno(), 64, 0x3FF0), os.pread(ram.fileno(), 64, 0x7FFF0), st.hits, st.misses,
+            st.locked, st.dma_locked, st.entries, c.locked())
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_an_interrupt_from_the_hook_stops_a_write_before_its_bytes(
+    xmc: ModuleType, ram: Any, interrupt: type[BaseException]
+) -> None:
+    # The core copied the bytes, then the call raised the hook's interrupt.
+    armed: list[int] = []  # how many hits to let go first
+
+    def hook(event: Any) -> None:
+        if armed and event.name == "hit":
+            armed[0] -= 1
+            if armed[0] < 0:
+                armed.clear()
+                raise interrupt()
+
+    with xmc.MapCache(ram, bucket_shift=19, trace=hook) as c:
+        c.write(0x4000 - 4, b"abcdefgh")  # one bucket
+        edge = (1 << 19) - 4
+        c.write(edge, b"12345678")  # two: the first is pinned while the second maps
+        before = _state(c, ram)
+        for skip, paddr, data in [(0, 0x4000 - 4, b"ABCDEFGH"), (0, edge, b"XXXXXXXX"), (1, edge, b"YYYYYYYY")]:
+            armed.append(skip)
             with pytest.raises(interrupt):
-                release()  # done, and then the interrupt
+                c.write(paddr, data)
+            assert not armed and _state(c, ram) == before
+        assert c.read(0x4000 - 4, 8) == b"abcdefgh" and c.read(edge, 8) == b"12345678"
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_an_interrupt_from_the_hook_stops_an_unlock_before_it_drops(
+    xmc: ModuleType, ram: Any, interrupt: type[BaseException]
+) -> None:
+    # The core dropped the lock, then the call raised the hook's interrupt.
+    armed: list[int] = []  # how many unlock events to let go first
+
+    def hook(event: Any) -> None:
+        if armed and event.name == "unlock":
+            armed[0] -= 1
+            if armed[0] < 0:
+                armed.clear()
+                raise interrupt()
+
+    with xmc.MapCache(ram, trace=hook) as c:
+        m, g = c.map(0x3000, 8, dma=True), c.map_sg([(0x3000, 8), (0x4000, 8), (0x3000, 8)], tag="g")
+        raw = c.map_ptr(0x5000, 8, lock=True)
+        before = _state(c, ram)
+        for skip, release in [(0, m.release), (0, g.release), (2, g.release), (0, lambda: c.unlock(raw))]:
+            armed.append(skip)
+            with pytest.raises(interrupt):
+                release()
+            assert not armed and _state(c, ram) == before
+            assert not m.released and not g.released and not any(x.released for x in g)
+        m.release()
+        g.release()
+        c.unlock(raw)
         assert m.released and g.released and c.stats().locked == 0
-        assert c.map_ptr(0x1000) and c.read(0x1000, 1) == b"x"  # nothing left pending
 
 
 def test_an_exception_the_hook_keeps_does_not_keep_its_cache(xmc: ModuleType, ram: Any) -> None:

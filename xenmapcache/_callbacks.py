@@ -160,19 +160,21 @@ def _xmc_py_release(opaque: Any) -> None:
 
 
 def _trace_lost(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
-    """cffi's ``onerror`` of the trace callback: log an error, keep an interrupt for the call."""
+    """cffi's ``onerror`` of the trace callback: log an error, keep an interrupt for
+    the call (either way the event is refused: the callback returns 1)."""
     if isinstance(exc, Exception):
         logging.getLogger("xenmapcache").error("trace event lost", exc_info=(exc_type, exc, tb))
     else:
         keep(exc)
 
 
-@ffi.def_extern(onerror=_trace_lost)  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
-def _xmc_py_trace(opaque: Any, ev: Any) -> None:
+@ffi.def_extern(error=1, onerror=_trace_lost)  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version
+def _xmc_py_trace(opaque: Any, ev: Any) -> int:
     # The sink (xenmapcache.trace.make_sink) logs what the user's hook raises
     # and keeps an interrupt; nothing crosses back into C, which holds the
-    # cache's mutex here.
-    ffi.from_handle(opaque)(ev.kind, ev.rc, ev.flags, ev.paddr, ev.size, ev.address, ev.tag, ev.old_paddr)
+    # cache's mutex here, but the answer: 1 (refused) while an interrupt is
+    # kept, which stops an unlock, a read or a write with nothing changed.
+    return int(ffi.from_handle(opaque)(ev.kind, ev.rc, ev.flags, ev.paddr, ev.size, ev.address, ev.tag, ev.old_paddr))
 
 
 @ffi.def_extern(error=XMC_ECALLBACK, onerror=_keep)  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version

@@ -325,9 +325,28 @@ class _PyRegistry:
             m._released = True
         try:  # still registered meanwhile: the core's trace event names its tag
             self.core.unlock(m._address, m._id)
-        finally:
-            with self.lock:
-                self._forget((m,))
+        except BaseException:
+            self._failed((m,))
+            raise
+        with self.lock:
+            self._forget((m,))
+
+    def _failed(self, items: tuple[_PyMapping, ...] | list[_PyMapping]) -> None:
+        """After a failed core unlock of ``items`` (one tag id, all or nothing):
+        as they were when the core still holds their locks (a call stopped
+        before its effect: its trace hook's interrupt, a refused re-entry),
+        else released (a grant entry that failed to unmap; a closed cache).
+        O(locked mappings), on this rare path only."""
+        try:
+            held = sum(r[3] == items[0]._id for r in self.core.locked())
+        except MapCacheError:  # closed, or asked from inside a callback
+            held = 0
+        with self.lock:
+            if held >= len(items) and not self._closed:
+                for m in items:
+                    m._released = False
+            else:
+                self._forget(items)
 
     def group(self, segments: list[tuple[int, int]], dma: bool, tag: Any) -> MappingGroup:
         ident = next(self._ids)  # one tag id for the batch, as the core's batch takes
@@ -360,13 +379,15 @@ class _PyRegistry:
                 return
             for m in live:
                 m._released = True
-        # As release(): an error (a grant entry failing to unmap) is reported
-        # with the locks gone.
+        # As release(): an error is reported with the locks gone (a grant
+        # entry failing to unmap) or all kept (the call stopped).
         try:
             self.core.unlock_sg([m._address for m in live], g._id)
-        finally:
-            with self.lock:
-                self._forget(live)
+        except BaseException:
+            self._failed(live)
+            raise
+        with self.lock:
+            self._forget(live)
 
     def tags(self) -> dict[int, Any]:
         with self.lock:

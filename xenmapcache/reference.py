@@ -298,6 +298,15 @@ class _Rec:
         self.newer: _Rec | None = None
 
 
+class _Refusals(threading.local):
+    """``trace_refusals``: the trace hook's refusals in this thread."""
+
+    count = 0
+
+
+_refusals = _Refusals()
+
+
 class _State:
     """Everything a cache owns, apart from the core object, so a finalizer can free it."""
 
@@ -321,16 +330,20 @@ class _State:
 
     def trace(
         self, kind: str, rc: int, flags: int, paddr: int, size: int, address: int, tag: int = 0, old: int = 0
-    ) -> None:
-        """Emit a trace event (``trace_emit``): the hook runs holding the cache's lock."""
+    ) -> bool:
+        """Emit a trace event (``trace_emit``): the hook runs holding the cache's lock.
+        Whether it refused the event (counted in ``_refusals``, per thread)."""
         if self.sink is None:
-            return
+            return False
         me = threading.get_ident()
         self.tracing.add(me)
         try:
-            self.sink(_EV[kind], rc, flags, paddr, size, address, tag, old)
+            refused = self.sink(_EV[kind], rc, flags, paddr, size, address, tag, old)
         finally:
             self.tracing.discard(me)
+        if refused:
+            _refusals.count = _refusals.count + 1
+        return refused
 
     def unmap_entry(self, e: _Entry) -> int:
         if e.flags & ENTRY_ANON:
@@ -821,11 +834,14 @@ class _PyCore:
         pieces: list[tuple[_Entry, int, int]] = []  # (entry, host address, length)
         pin = self._copy_chunk(paddr, n) < n  # one chunk alone needs no pin
         rc, cause = OK, None
+        st, refusals, hits = self._st, _refusals.count, 0
         while n:
             chunk = self._copy_chunk(paddr, n)
+            misses = st.misses
             rc, p, cause = self._map_traced(paddr, chunk, 0, 0)
             if rc != OK:
                 break
+            hits += st.misses == misses
             e = self._st.last
             assert e is not None  # map_locked leaves the entry that served in last
             if pin:
@@ -833,6 +849,9 @@ class _PyCore:
             pieces.append((e, p, chunk))
             paddr += chunk
             n -= chunk
+        if rc == OK and _refusals.count != refusals:  # the trace hook stopped the copy
+            st.hits -= hits
+            rc = ECALLBACK
         if rc == OK:
             done = 0
             for _, p, chunk in pieces:
@@ -880,7 +899,7 @@ class _PyCore:
                 for a in reversed(done):  # undo, newest first
                     r = self._record_find(a, tag)
                     if r is not None:
-                        self._record_drop(r)  # the batch's own error is the one to report
+                        self._record_drop(r, False)  # the batch's own error is the one to report
                 # Only what the failing segment's own attempt moved stays counted.
                 st.hits -= before[0] - start[0]
                 st.misses -= before[1] - start[1]
@@ -915,41 +934,52 @@ class _PyCore:
                     break
                 below[a] = r
                 claimed.append(r)
+            if rc == OK and self._st.sink is not None:  # every unlock told before any lock goes
+                for r in claimed:
+                    if self._trace_unlock(r):
+                        rc = ECALLBACK
+                        break
             if rc == OK:
                 for r in claimed:
-                    if self._record_drop(r) != OK:
+                    if self._record_release(r) != OK:
                         rc = ESYS  # unlocked all the same: reported once
         if rc != OK:
             _raise(rc, "unlock_sg", len(addresses), cause=self._take_error() if rc == ESYS else None)
 
-    def _record_drop(self, r: _Rec) -> int:
-        """``record_drop``: its unlock event, ``_record_del``, then the grant rule
-        (an entry whose last lock went is unmapped)."""
+    def _trace_unlock(self, r: _Rec) -> bool:
+        """``trace_unlock``: the unlock event of r; whether the hook refused it."""
         flags = LOCK | (DMA if r.dma else 0)
-        self._st.trace("unlock", OK, flags, self._entry_paddr(r.entry, r.addr), r.size, r.addr, r.tag)
+        return self._st.trace("unlock", OK, flags, self._entry_paddr(r.entry, r.addr), r.size, r.addr, r.tag)
+
+    def _record_release(self, r: _Rec) -> int:
+        """``record_release``: ``_record_del``, then the grant rule (an entry whose
+        last lock went is unmapped)."""
         self._record_del(r)
         if self._grants and r.entry.lock == 0:
             return OK if self._st.destroy(r.entry) == OK else ESYS
         return OK
+
+    def _record_drop(self, r: _Rec, stoppable: bool) -> int:
+        """``record_drop``: its unlock event, then ``_record_release``; a refused
+        event stops an unlock (ECALLBACK, nothing changed), never an undo."""
+        if self._trace_unlock(r) and stoppable:
+            return ECALLBACK
+        return self._record_release(r)
 
     def unlock(self, address: int, tag: int) -> None:
         """Drop the newest locked mapping at exactly ``address`` that carries ``tag``."""
         with _entered(self._st, self._lock, "unlock"):
             self._check_open()
             r = self._record_find(address, tag)
-            rc = OK
             if r is None:
                 self._st.trace("unlock_unknown", ENOENT, 0, 0, 0, address, tag)
-            else:
-                flags = LOCK | (DMA if r.dma else 0)
-                self._st.trace("unlock", OK, flags, self._entry_paddr(r.entry, address), r.size, address, r.tag)
-                self._record_del(r)
-                if self._grants and r.entry.lock == 0:  # the last lock: unmap now
-                    rc = OK if self._st.destroy(r.entry) == OK else ESYS
-        if r is None:
+                rc = ENOENT
+            else:  # the last lock of a grant entry: unmapped now
+                rc = self._record_drop(r, True)
+        if rc == ENOENT:
             _raise(ENOENT, "unlock", address)
         if rc != OK:
-            _raise(rc, "unlock", address, cause=self._take_error())
+            _raise(rc, "unlock", address, cause=self._take_error() if rc == ESYS else None)
 
     def ram_addr(self, address: int) -> int:
         """Guest address behind a host address inside a live entry."""

@@ -9,8 +9,11 @@ cache (that raises ``MapCacheError``).  An exception raised by ``fn`` is
 logged on the ``xenmapcache`` logger (with its traceback) and the call that
 emitted the event carries on: a trace hook never changes what the cache does.
 An interrupt (``KeyboardInterrupt``, ``SystemExit``: anything not an
-``Exception``) is never lost: the core finishes the call, which then raises
-it, having given back any lock it took (see :func:`guard`).
+``Exception``) is never lost and the call raises it having changed nothing:
+the sink answers the core that the event is refused, which stops a read, a
+write or an unlock (``unlock_sg`` all or nothing) before its effect; a call
+whose work is done when it reports it (a map) finishes, then gives back any
+lock it took (see :func:`guard`).
 """
 
 from __future__ import annotations
@@ -49,8 +52,9 @@ PYTHON_LEVEL = frozenset({10, 11})
 XMC_DMA = 2
 
 Trace = Callable[["TraceEvent"], object]
-# What a core calls: (kind, rc, flags, paddr, size, address, tag id, old_paddr).
-Sink = Callable[[int, int, int, int, int, int, int, int], None]
+# What a core calls: (kind, rc, flags, paddr, size, address, tag id, old_paddr);
+# True refuses the event (an interrupt is kept for the call).
+Sink = Callable[[int, int, int, int, int, int, int, int], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +101,11 @@ def make_sink(cache: Tagged, fn: Trace) -> Sink:
     """
     owner = weakref.ref(cache)
 
-    def sink(kind: int, rc: int, flags: int, paddr: int, size: int, address: int, tag: int, old: int) -> None:
-        if kind in PYTHON_LEVEL:
-            return
-        emit(fn, TraceEvent(EVENT_NAMES.get(kind, f"event {kind}"), paddr, size, address, _tag_object(owner, tag),
-                            bool(flags & XMC_DMA), rc == 0, old))
+    def sink(kind: int, rc: int, flags: int, paddr: int, size: int, address: int, tag: int, old: int) -> bool:
+        if kind not in PYTHON_LEVEL:
+            emit(fn, TraceEvent(EVENT_NAMES.get(kind, f"event {kind}"), paddr, size, address, _tag_object(owner, tag),
+                                bool(flags & XMC_DMA), rc == 0, old))
+        return getattr(_kept, "interrupt", None) is not None
 
     return sink
 

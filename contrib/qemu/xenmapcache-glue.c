@@ -126,9 +126,9 @@ static void xmc_glue_keep_in_flight(const xmc_event *ev)
 /*
  * The cache's trace hook, called under its mutex.  As QEMU's xen_remap_bucket
  * does, tell the RAM-block notifiers of each entry of guest memory mapped and
- * unmapped; keep the DMA mappings an invalidation reports.
+ * unmapped; keep the DMA mappings an invalidation reports.  Refuses nothing.
  */
-static void xmc_glue_event(void *opaque, const xmc_event *ev)
+static int xmc_glue_event(void *opaque, const xmc_event *ev)
 {
     void *host = (void *)ev->address;
 
@@ -162,6 +162,7 @@ static void xmc_glue_event(void *opaque, const xmc_event *ev)
     default:
         break;
     }
+    return 0;
 }
 
 /* QEMU's xen_map_cache_init() raises the address-space limit, as we do. */

@@ -876,7 +876,7 @@ static void op_copy(bool write)
 static bool trace_on;
 static unsigned long trace_events;
 
-static void on_event(void *opaque, const xmc_event *ev)
+static int on_event(void *opaque, const xmc_event *ev)
 {
     xmc_stats st;
 
@@ -886,6 +886,7 @@ static void on_event(void *opaque, const xmc_event *ev)
     EXPECT(ev->rc <= 0);
     if (trace_events++ % 16 == 0)
         EXPECT(xmc_stats_get(cache, &st) == XMC_EREENTER);
+    return 0;
 }
 
 static void op_trace(void)

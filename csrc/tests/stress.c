@@ -505,7 +505,7 @@ static void check_record(const xmc_record *r, bool want_dma)
  */
 static atomic_ulong trace_events;
 
-static void on_event(void *opaque, const xmc_event *ev)
+static int on_event(void *opaque, const xmc_event *ev)
 {
     xmc_stats st;
 
@@ -514,6 +514,7 @@ static void on_event(void *opaque, const xmc_event *ev)
            ev->kind <= XMC_EV_REFUSED);
     if (atomic_fetch_add(&trace_events, 1) % 64 == 0)
         EXPECT(xmc_stats_get(cache, &st) == XMC_EREENTER);
+    return 0;
 }
 
 static void *invalidator(void *arg)

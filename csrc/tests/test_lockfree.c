@@ -300,10 +300,11 @@ TEST(lockfree_hit_never_serves_a_partly_mapped_page)
 
 static int traced_hits;
 
-static void count_hits(void *opaque, const xmc_event *ev)
+static int count_hits(void *opaque, const xmc_event *ev)
 {
     (void)opaque;
     traced_hits += ev->kind == XMC_EV_HIT;
+    return 0;
 }
 
 TEST(lockfree_hit_of_a_closed_or_traced_cache_takes_the_locked_path)

@@ -504,7 +504,7 @@ TEST(sg_hostile_arguments_are_refused_and_change_nothing)
 static char events[64];
 static size_t nevents;
 
-static void trace_letters(void *opaque, const xmc_event *e)
+static int trace_letters(void *opaque, const xmc_event *e)
 {
     static const char letters[] = "?hmMRxdtoUlaIDrG"; /* by XMC_EV_* number */
 
@@ -513,6 +513,7 @@ static void trace_letters(void *opaque, const xmc_event *e)
         events[nevents++] = e->kind < sizeof(letters) - 1 ? letters[e->kind] : '!';
     if (e->kind == XMC_EV_UNLOCK_UNKNOWN)
         CHECK(e->tag == TAG && e->address == (uintptr_t)UNSET && e->rc == XMC_ENOENT);
+    return 0;
 }
 
 /* The events since the last call, as letters (h hit, m miss, M map, t

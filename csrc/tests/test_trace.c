@@ -19,8 +19,10 @@ static xmc_event ev[MAX_EV];
 static size_t nev;
 static int reentry_rc = 1;
 static bool reenter;
+static uint32_t refuse; /* the hook refuses an event of this kind (0: none) */
+static int refuse_skip; /* after letting this many of them go */
 
-static void hook(void *opaque, const xmc_event *e)
+static int hook(void *opaque, const xmc_event *e)
 {
     CHECK(opaque == &nev);
     CHECK_EQ(e->struct_size, sizeof(xmc_event));
@@ -30,6 +32,7 @@ static void hook(void *opaque, const xmc_event *e)
         xmc_stats st;
         reentry_rc = xmc_stats_get(C, &st);
     }
+    return e->kind == refuse && refuse_skip-- == 0;
 }
 
 static void setup(void)
@@ -256,7 +259,110 @@ TEST(trace_off_means_no_events_and_close_says_nothing)
     fx_teardown();
 }
 
+/* What a refused call must leave as it was. */
+static bool same_stats(xmc_stats a, xmc_stats b)
+{
+    return a.hits == b.hits && a.misses == b.misses && a.locked == b.locked &&
+           a.dma_locked == b.dma_locked && a.entries == b.entries;
+}
+
+TEST(trace_refused_write_copies_nothing)
+{
+    uint8_t got[4];
+    xmc_stats st;
+
+    setup();
+    OK(xmc_write(C, 2 * B - 2, "abcd", 4)); /* maps both buckets */
+    KINDS("MmMm");
+    st = xt_stats(C);
+    refuse = XMC_EV_HIT;
+    refuse_skip = 0;
+    CHECK_EQ(xmc_write(C, 2 * B - 1, "X", 1), XMC_ECALLBACK); /* one bucket */
+    KINDS("h");
+    CHECK(same_stats(xt_stats(C), st));
+    refuse_skip = 1; /* the second chunk's hit: after the first was pinned */
+    CHECK_EQ(xmc_write(C, 2 * B - 2, "WXYZ", 4), XMC_ECALLBACK);
+    KINDS("hh");
+    CHECK(same_stats(xt_stats(C), st));
+    CHECK_EQ(xmc_read(C, 2 * B - 2, got, 4), XMC_OK); /* refuse_skip spent */
+    KINDS("hh");
+    CHECK(memcmp(got, "abcd", 4) == 0);
+    /* read stops too, and a refused miss keeps the entry it mapped. */
+    refuse = XMC_EV_MISS;
+    refuse_skip = 0;
+    CHECK_EQ(xmc_read(C, 3 * B, got, 4), XMC_ECALLBACK);
+    KINDS("Mm");
+    CHECK_EQ(xt_stats(C).entries, st.entries + 1);
+    refuse = 0;
+    fx_teardown();
+}
+
+TEST(trace_refused_unlock_drops_nothing)
+{
+    uint8_t *a, *b;
+    void *addrs[3];
+    xmc_stats st;
+
+    setup();
+    a = MAPT(0x10000, 16, XMC_LOCK | XMC_DMA, 7);
+    b = MAPT(0x10100, 16, XMC_LOCK, 7);
+    KINDS("Mmh");
+    st = xt_stats(C);
+    refuse = XMC_EV_UNLOCK;
+    refuse_skip = 0;
+    CHECK_EQ(xmc_unlock_tag(C, a, 7), XMC_ECALLBACK);
+    KINDS("U");
+    CHECK(same_stats(xt_stats(C), st));
+    refuse_skip = 0;
+    CHECK_EQ(xmc_unlock_tag_nowait(C, a, 7), XMC_ECALLBACK);
+    CHECK(same_stats(xt_stats(C), st));
+    OK(xmc_unlock_tag_nowait(C, a, 7)); /* refuse_skip spent */
+    KINDS("UU");
+    CHECK_EQ(xt_stats(C).dma_locked, st.dma_locked - 1);
+    /* A batch tells every unlock before any lock goes: all or nothing. */
+    a = MAPT(0x10000, 16, XMC_LOCK, 7);
+    a = MAPT(0x10000, 16, XMC_LOCK, 7); /* twice at one address */
+    addrs[0] = a;
+    addrs[1] = b;
+    addrs[2] = a;
+    nev = 0;
+    st = xt_stats(C);
+    refuse_skip = 2;
+    CHECK_EQ(xmc_unlock_sg(C, addrs, 3, 7), XMC_ECALLBACK);
+    KINDS("UUU");
+    CHECK(same_stats(xt_stats(C), st));
+    refuse_skip = 1;
+    CHECK_EQ(xmc_unlock_sg_nowait(C, addrs, 3, 7), XMC_ECALLBACK);
+    KINDS("UU");
+    CHECK(same_stats(xt_stats(C), st));
+    OK(xmc_unlock_sg(C, addrs, 3, 7)); /* refuse_skip spent */
+    KINDS("UUU");
+    CHECK_EQ(xt_stats(C).locked, st.locked - 3);
+    CHECK_EQ(xt_stats(C).locked, 0);
+    refuse = 0;
+    fx_teardown();
+}
+
+TEST(trace_refused_undo_of_a_failed_batch_still_unlocks)
+{
+    xmc_sg segs[2] = { { 0, 16 }, { 2 * MIB, 16 } }; /* the second is no RAM */
+    void *out[2];
+    xmc_stats st;
+
+    setup();
+    st = xt_stats(C);
+    refuse = XMC_EV_UNLOCK;
+    refuse_skip = 0;
+    CHECK(xmc_map_sg(C, segs, 2, 0, 5, out) != XMC_OK);
+    CHECK_EQ(xt_stats(C).locked, st.locked); /* the undo's unlock dropped it */
+    refuse = 0;
+    fx_teardown();
+}
+
 const xt_test xt_trace_tests[] = {
+    XT(trace_refused_write_copies_nothing),
+    XT(trace_refused_unlock_drops_nothing),
+    XT(trace_refused_undo_of_a_failed_batch_still_unlocks),
     XT(trace_map_hit_miss_and_fast_path),
     XT(trace_remap_unmap_and_invalidate),
     XT(trace_failed_unmap_carries_its_error),
