@@ -1907,7 +1907,7 @@ static int replace_locked(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
     uint64_t new_offset = new_paddr & (c->bucket_size - 1);
     uint64_t cache_size = c->bucket_size, n = 1;
     xmc_entry *e;
-    bool was_dummy;
+    bool was_dummy, was_last;
     int rc;
 
     if (!xmc_range_ok(old_paddr, size) || !xmc_range_ok(new_paddr, size) ||
@@ -1931,6 +1931,7 @@ static int replace_locked(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
         return XMC_EINVAL;
     old_index = e->index;
     was_dummy = e->flags & ENTRY_DUMMY;
+    was_last = get_last(c) == e; /* map_into() forgets it */
     rc = map_into(c, e, new_paddr >> c->shift, cache_size, true, false);
     if (rc == XMC_OK && (!pages_valid(e, new_offset >> XMC_PAGE_SHIFT, n) ||
                          (e->lock && !records_valid(c, e))))
@@ -1938,28 +1939,34 @@ static int replace_locked(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,
     if (rc != XMC_OK) {
         /* Put back what was there: guest pages, or anonymous memory for a
          * dummy entry (whose old guest pages may not be mappable at all). */
-        if (map_into(c, e, old_index, cache_size, true, was_dummy) == XMC_OK)
-            return rc;
-        e->index = old_index; /* the records still name the old address */
-        if (e->lock == 0) {
-            entry_blank(c, e);
-            entry_destroy(c, e);
-        } else if (map_into(c, e, old_index, cache_size, true, true) == XMC_OK) {
-            /* Its holders still use it: dummy memory, never no-access; but
-             * no lookup may match it again, so its pages count as invalid. */
-            e->flags &= ~ENTRY_ALLVALID;
-            memset(e->valid, 0, bitmap_words(e->size >> XMC_PAGE_SHIFT) * sizeof(*e->valid));
-        } else {
-            entry_blank(c, e); /* not even anonymous memory could be had */
+        if (map_into(c, e, old_index, cache_size, true, was_dummy) != XMC_OK) {
+            e->index = old_index; /* the records still name the old address */
+            if (e->lock == 0) {
+                entry_blank(c, e);
+                entry_destroy(c, e);
+                return rc;
+            }
+            if (map_into(c, e, old_index, cache_size, true, true) == XMC_OK) {
+                /* Its holders still use it: dummy memory, never no-access; but
+                 * no lookup may match it again, so its pages count as invalid. */
+                e->flags &= ~ENTRY_ALLVALID;
+                memset(e->valid, 0, bitmap_words(e->size >> XMC_PAGE_SHIFT) * sizeof(*e->valid));
+            } else {
+                entry_blank(c, e); /* not even anonymous memory could be had */
+            }
         }
-        return rc;
-    }
-    if (slot_of(c, e->index) != slot_of(c, old_index)) {
+    } else if (slot_of(c, e->index) != slot_of(c, old_index)) {
         chain_del(e);
         chain_append(c, e);
     }
-    *out = e->vaddr + new_offset;
-    return XMC_OK;
+    /* As in QEMU, a replace leaves the last entry alone, failed or not: still
+     * e, over whatever bucket it now holds (published again if every page of
+     * it is mapped; an entry with no valid page never hits). */
+    if (was_last)
+        set_last(c, e);
+    if (rc == XMC_OK)
+        *out = e->vaddr + new_offset;
+    return rc;
 }
 
 static int replace_traced(xmc_cache *c, uint64_t old_paddr, uint64_t new_paddr,

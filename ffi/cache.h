@@ -209,9 +209,10 @@ static PyObject *xmc_py_refuse_copy(PyObject *op, PyObject *const *args, Py_ssiz
 static int xmc_py_document_hot(PyObject *const *checked); /* below the method table */
 
 /*
- * bind(owner, fail, max_size, bucket_size, checked): owner is a weakref to
- * the MapCache, fail(rc, what, paddr, size) raises, checked is {name:
- * MapCache's checked method} for each name of xmc_py_hot_names, no more.
+ * bind(owner, fail, max_size, bucket_size, checked): owner(this cache) is
+ * the MapCache, or its stand-in once it is gone; fail(rc, what, paddr, size)
+ * raises; checked is {name: MapCache's checked method} for each name of
+ * xmc_py_hot_names, no more.
  */
 static PyObject *xmc_py_bind(PyObject *op, PyObject *args)
 {
@@ -255,8 +256,8 @@ static int xmc_py_cache_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->fail);
     for (int i = 0; i < XMC_PY_NHOT; i++)
         Py_VISIT(self->checked[i]);
-    for (xmc_py_mapping *m = self->first; m; m = m->next)
-        Py_VISIT((PyObject *)m);
+    for (xmc_py_node *e = self->first; e; e = e->next)
+        Py_VISIT(e->self);
     Py_VISIT(self->tag_index);
     Py_VISIT(self->take_interrupt);
     return 0;

@@ -42,7 +42,8 @@ static PyObject *xmc_py_released(xmc_py_cache *cache, int failed, int rc, const 
     return r;
 }
 
-/* MapCache's checked method `which`, called with the MapCache prepended. */
+/* MapCache's checked method `which`, called with owner(self) prepended: the
+ * MapCache, or what stands in for it once it is gone (a kept builtin). */
 static PyObject *xmc_py_checked(xmc_py_cache *self, int which, PyObject *const *args,
                                 Py_ssize_t n, PyObject *kwnames)
 {
@@ -51,13 +52,9 @@ static PyObject *xmc_py_checked(xmc_py_cache *self, int which, PyObject *const *
 
     if (!self->owner || !self->checked[which])
         return xmc_py_fail(self, XMC_ECLOSED, "call", 0, 0);
-    owner = PyObject_CallNoArgs(self->owner);
+    owner = PyObject_CallFunctionObjArgs(self->owner, (PyObject *)self, NULL);
     if (!owner)
         return NULL;
-    if (owner == Py_None) {
-        Py_DECREF(owner);
-        return xmc_py_fail(self, XMC_ECLOSED, "call", 0, 0);
-    }
     if (total + 1 > (Py_ssize_t)(sizeof(stack) / sizeof(stack[0])) &&
         !(buf = PyMem_Malloc((size_t)(total + 1) * sizeof(*buf)))) {
         Py_DECREF(owner);

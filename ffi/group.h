@@ -1,14 +1,90 @@
 /*
- * group.h - MappingGroup: the Mappings of one map_sg() call, and
+ * group.h - MappingGroup: the mappings of one map_sg() call, and
  * NativeCache.map_sg, which makes it.
+ *
+ * A group keeps its mappings' state in slots of its own (objects.h), is one
+ * entry of the registry, and makes its member Mappings only when asked
+ * (g[i], iteration, os.preadv(fd, g, offset)), once each: a member refers
+ * to its slot and, borrowed, to the group, which holds it.  When the group
+ * goes, a member held elsewhere is made to stand alone (its state copied, a
+ * reference to the cache and tag of its own); the others stay with the
+ * group, which is kept for reuse (up to XMC_PY_POOL of them), so a group
+ * costs no allocation at all once its members were made.
  */
 #ifndef XMC_PY_GROUP_H
 #define XMC_PY_GROUP_H
 
 #include "mapping.h"
 
+#define XMC_PY_POOL 8           /* groups kept for reuse, their members with them */
+#define XMC_PY_POOL_LARGEST 64  /* the most slots of a group kept */
+
+static struct {
+    xmc_py_group *items[XMC_PY_POOL];
+    int n;
+} xmc_py_pool;
+
+/* A group of n slots, tracked, with no state set; NULL with an error set. */
+static xmc_py_group *xmc_py_group_alloc(Py_ssize_t n)
+{
+    Py_ssize_t capacity = n;
+    xmc_py_group *g;
+
+    for (int k = xmc_py_pool.n; k-- > 0;) {
+        g = xmc_py_pool.items[k];
+        if (g->capacity < n)
+            continue;
+        xmc_py_pool.items[k] = xmc_py_pool.items[--xmc_py_pool.n];
+        PyObject_Init((PyObject *)g, xmc_py_group_type);
+        Py_SET_SIZE((PyVarObject *)g, n);
+        PyObject_GC_Track((PyObject *)g);
+        return g;
+    }
+    if (n <= XMC_PY_POOL_LARGEST) /* a size others can reuse */
+        for (capacity = 4; capacity < n; capacity *= 2)
+            ;
+    g = (xmc_py_group *)PyType_GenericAlloc(xmc_py_group_type, capacity); /* zeroed */
+    if (!g)
+        return NULL;
+    g->capacity = capacity;
+    g->members = (xmc_py_mapping **)(g->segs + capacity);
+    Py_SET_SIZE((PyVarObject *)g, n);
+    return g;
+}
+
+/* Member i of g (a new reference), made the first time. */
+static PyObject *xmc_py_group_member(xmc_py_group *g, Py_ssize_t i)
+{
+    xmc_py_mapping *m = g->members[i];
+
+    if (!m) {
+        if (!(m = xmc_py_mapping_new(0)))
+            return NULL;
+        m->group = g;
+        m->seg = &g->segs[i];
+        g->members[i] = m;
+    }
+    return Py_NewRef((PyObject *)m);
+}
+
+/* g is going and something else can reach its member m: m stands alone from
+ * now on, its state copied, the cache and tag its own references. */
+static void xmc_py_member_leave(xmc_py_group *g, xmc_py_mapping *m)
+{
+    m->own = *m->seg;
+    m->seg = &m->own;
+    m->cache = (xmc_py_cache *)Py_XNewRef((PyObject *)g->cache);
+    m->node.self = (PyObject *)m;
+    m->node.tag = Py_XNewRef(g->node.tag);
+    m->node.id = g->node.id;
+    m->node.live = !m->own.released;
+    m->node.dma = g->node.dma;
+    m->group = NULL;
+    PyObject_GC_Track((PyObject *)m); /* it holds references now */
+}
+
 /*
- * g.release(): unlock every Mapping of the group still locked, in one core
+ * g.release(): unlock every mapping of the group still locked, in one core
  * call, all or nothing: BufferError (nothing released) while a view of any
  * of them is alive.  A second call does nothing.
  */
@@ -16,18 +92,17 @@ static PyObject *xmc_py_group_release(PyObject *op, PyObject *unused)
 {
     xmc_py_group *g = (xmc_py_group *)op;
     xmc_py_cache *cache = g->cache;
-    Py_ssize_t n = Py_SIZE(op), live = 0, busy = 0;
-    void *stack[16], **addrs = stack;
-    xmc_py_mapping **held;
+    Py_ssize_t n = Py_SIZE(op), live = 0, busy = 0, istack[16], *idx = istack;
+    void *astack[16], **addrs = astack;
+    PyObject *r;
     int rc;
 
     (void)unused;
-    if (!cache || n <= 0)
+    if (!cache)
         Py_RETURN_NONE;
     for (Py_ssize_t i = 0; i < n; i++) {
-        xmc_py_mapping *m = g->items[i];
-        live += !m->released;
-        busy += !m->released && m->exports;
+        live += !g->segs[i].released;
+        busy += !g->segs[i].released && g->segs[i].exports;
     }
     if (busy) {
         PyErr_Format(PyExc_BufferError, "memoryviews of %zd mapping(s) of the group are still alive",
@@ -36,51 +111,56 @@ static PyObject *xmc_py_group_release(PyObject *op, PyObject *unused)
     }
     if (!live)
         Py_RETURN_NONE;
-    if ((size_t)live > sizeof(stack) / sizeof(stack[0]) / 2 &&
-        !(addrs = PyMem_Malloc((size_t)live * 2 * sizeof(*addrs))))
-        return PyErr_NoMemory();
-    held = (xmc_py_mapping **)(addrs + live);
+    if (live > 16) {
+        addrs = PyMem_Malloc((size_t)live * sizeof(*addrs));
+        idx = PyMem_Malloc((size_t)live * sizeof(*idx));
+        if (!addrs || !idx) {
+            PyMem_Free(addrs);
+            PyMem_Free(idx);
+            return PyErr_NoMemory();
+        }
+    }
     live = 0;
     for (Py_ssize_t i = 0; i < n; i++) { /* released; on the list until the call returns */
-        xmc_py_mapping *m = g->items[i];
-        if (m->released)
+        if (g->segs[i].released)
             continue;
-        m->released = 1;
-        Py_INCREF((PyObject *)m);
-        addrs[live] = (void *)(uintptr_t)m->address;
-        held[live++] = m;
+        g->segs[i].released = 1;
+        addrs[live] = (void *)(uintptr_t)g->segs[i].address;
+        idx[live++] = i;
     }
     Py_INCREF((PyObject *)cache);
-    cache->releasing = live ? held[0] : NULL; /* the batch's tag, for its unlock events */
-    XMC_PY_CALL(rc, xmc_unlock_sg_nowait(cache->c, addrs, (size_t)live, g->id),
-                xmc_unlock_sg(cache->c, addrs, (size_t)live, g->id));
+    Py_INCREF(op);
+    cache->releasing = &g->node; /* the batch's tag, for its unlock events */
+    XMC_PY_CALL(rc, xmc_unlock_sg_nowait(cache->c, addrs, (size_t)live, g->node.id),
+                xmc_unlock_sg(cache->c, addrs, (size_t)live, g->node.id));
     cache->releasing = NULL;
     if (rc == XMC_ECLOSED || cache->closed)
         rc = XMC_OK; /* closed meanwhile: unmapped already */
-    for (Py_ssize_t i = 0; i < live; i++) {
-        if (rc != XMC_OK && rc != XMC_ESYS) { /* nothing was unlocked: as it was */
-            held[i]->released = 0;
-        } else if (xmc_py_linked(cache, held[i])) {
-            xmc_py_unregister(cache, held[i]);
-            Py_DECREF((PyObject *)held[i]); /* the list's reference */
-        }
-        Py_DECREF((PyObject *)held[i]);
+    if (rc != XMC_OK && rc != XMC_ESYS) { /* nothing was unlocked: as it was */
+        for (Py_ssize_t i = 0; i < live; i++)
+            g->segs[idx[i]].released = 0;
+    } else {
+        xmc_py_entry_done(cache, &g->node, live);
     }
-    if (addrs != stack)
+    if (addrs != astack) {
         PyMem_Free(addrs);
-    return xmc_py_released(cache, rc != XMC_OK, rc, "unlock_sg", (uint64_t)live);
+        PyMem_Free(idx);
+    }
+    r = xmc_py_released(cache, rc != XMC_OK, rc, "unlock_sg", (uint64_t)live);
+    Py_DECREF(op);
+    return r;
 }
 
 /* g.buffers() -> a list of one memoryview per Mapping, for os.preadv() and the like */
 static PyObject *xmc_py_group_buffers(PyObject *op, PyObject *unused)
 {
-    xmc_py_group *g = (xmc_py_group *)op;
     Py_ssize_t n = Py_SIZE(op);
-    PyObject *out = PyList_New(n);
+    PyObject *out = PyList_New(n), *m, *v;
 
     (void)unused;
     for (Py_ssize_t i = 0; out && i < n; i++) {
-        PyObject *v = PyMemoryView_FromObject((PyObject *)g->items[i]);
+        v = (m = xmc_py_group_member((xmc_py_group *)op, i)) ? PyMemoryView_FromObject(m) : NULL;
+        Py_XDECREF(m);
         if (!v)
             Py_CLEAR(out);
         else
@@ -92,11 +172,10 @@ static PyObject *xmc_py_group_buffers(PyObject *op, PyObject *unused)
 static PyObject *xmc_py_group_released(PyObject *op, void *closure)
 {
     xmc_py_group *g = (xmc_py_group *)op;
-    Py_ssize_t n = Py_SIZE(op);
 
     (void)closure;
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (!g->items[i]->released)
+    for (Py_ssize_t i = 0; g->cache && i < Py_SIZE(op); i++)
+        if (!g->segs[i].released)
             Py_RETURN_FALSE;
     Py_RETURN_TRUE;
 }
@@ -113,17 +192,18 @@ static PyObject *xmc_py_group_item(PyObject *op, Py_ssize_t i)
         PyErr_SetString(PyExc_IndexError, "MappingGroup index out of range");
         return NULL;
     }
-    return Py_NewRef((PyObject *)((xmc_py_group *)op)->items[i]);
+    return xmc_py_group_member((xmc_py_group *)op, i);
 }
 
 /* A tuple of the group's Mappings (slices, repr: not hot). */
 static PyObject *xmc_py_group_tuple(PyObject *op)
 {
     Py_ssize_t n = Py_SIZE(op);
-    PyObject *t = PyTuple_New(n);
+    PyObject *t = PyTuple_New(n), *m;
 
     for (Py_ssize_t i = 0; t && i < n; i++)
-        PyTuple_SetItem(t, i, xmc_py_group_item(op, i)); /* steals it */
+        if (!(m = xmc_py_group_item(op, i)) || PyTuple_SetItem(t, i, m) < 0) /* steals m */
+            Py_CLEAR(t);
     return t;
 }
 
@@ -161,14 +241,14 @@ static PyObject *xmc_py_group_repr(PyObject *op)
     return r;
 }
 
+/* Its members hold nothing: they are in no cycle (and not tracked). */
 static int xmc_py_group_traverse(PyObject *op, visitproc visit, void *arg)
 {
     xmc_py_group *g = (xmc_py_group *)op;
 
     Py_VISIT(Py_TYPE(op));
     Py_VISIT((PyObject *)g->cache);
-    for (Py_ssize_t i = 0; i < Py_SIZE(op); i++)
-        Py_VISIT((PyObject *)g->items[i]);
+    Py_VISIT(g->node.tag);
     return 0;
 }
 
@@ -177,21 +257,41 @@ static int xmc_py_group_clear(PyObject *op)
     xmc_py_group *g = (xmc_py_group *)op;
 
     Py_CLEAR(g->cache); /* first: release() and the rest then do nothing */
-    for (Py_ssize_t i = 0; i < Py_SIZE(op); i++)
-        Py_CLEAR(g->items[i]);
-    Py_SET_SIZE((PyVarObject *)op, 0); /* an empty group, if anything still sees it */
+    Py_CLEAR(g->node.tag);
     return 0;
 }
 
+/*
+ * Members someone else can reach (held, or through a weak reference) stand
+ * alone first, before any Python code can run (a weak reference's callback, a
+ * tag's or the cache's end), so that none of that code finds g going; the
+ * rest, which only g holds, stay with it into the pool, or go with it.
+ */
 static void xmc_py_group_dealloc(PyObject *op)
 {
     PyTypeObject *tp = Py_TYPE(op);
+    xmc_py_group *g = (xmc_py_group *)op;
+    xmc_py_mapping *m;
 
     PyObject_GC_UnTrack(op);
-    if (((xmc_py_group *)op)->weakrefs)
+    for (Py_ssize_t i = 0; i < g->capacity; i++)
+        if ((m = g->members[i]) && (Py_REFCNT((PyObject *)m) > 1 || m->weakrefs))
+            xmc_py_member_leave(g, m);
+    for (Py_ssize_t i = 0; i < g->capacity; i++)
+        if ((m = g->members[i]) && !m->group) {
+            g->members[i] = NULL;
+            Py_DECREF((PyObject *)m);
+        }
+    if (g->weakrefs)
         PyObject_ClearWeakRefs(op);
     xmc_py_group_clear(op);
-    PyObject_GC_Del(op);
+    if (g->capacity <= XMC_PY_POOL_LARGEST && xmc_py_pool.n < XMC_PY_POOL) {
+        xmc_py_pool.items[xmc_py_pool.n++] = g;
+    } else {
+        for (Py_ssize_t i = 0; i < g->capacity; i++)
+            Py_CLEAR(g->members[i]);
+        PyObject_GC_Del(op);
+    }
     Py_DECREF(tp);
 }
 
@@ -234,7 +334,8 @@ static PyType_Slot xmc_py_group_slots[] = {
 };
 
 static PyType_Spec xmc_py_group_spec = {
-    "xenmapcache._core.MappingGroup", sizeof(xmc_py_group), sizeof(xmc_py_mapping *),
+    "xenmapcache._core.MappingGroup", sizeof(xmc_py_group),
+    sizeof(xmc_py_seg) + sizeof(xmc_py_mapping *), /* per slot: its state and its member */
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
     xmc_py_group_slots,
 };
@@ -255,7 +356,6 @@ static PyObject *xmc_py_new_group(xmc_py_cache *self, PyObject *segments, int dm
     xmc_py_group *g = NULL;
     Py_ssize_t n = 0;
     int rc = XMC_OK, ok;
-    uint64_t id;
 
     *refused = 0;
     ok = (PyList_CheckExact(segments) || PyTuple_CheckExact(segments)) &&
@@ -282,49 +382,29 @@ static PyObject *xmc_py_new_group(xmc_py_cache *self, PyObject *segments, int dm
         xmc_py_fail(self, XMC_ECLOSED, "map_sg", (uint64_t)n, 0);
         goto out;
     }
-    id = ++self->next_id;
-    if (!(g = (xmc_py_group *)PyType_GenericAlloc(xmc_py_group_type, n))) /* no cache: inert */
+    if (!(g = xmc_py_group_alloc(n)))
         goto out;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        xmc_py_mapping *m = g->items[i] = xmc_py_mapping_new();
-        if (!m)
-            goto fail;
-        m->id = id;
-        m->cache = (xmc_py_cache *)Py_NewRef((PyObject *)self);
-        m->tag = Py_NewRef(tag);
-        m->paddr = segs[i].paddr;
-        m->size = segs[i].size;
-        m->dma = (char)dma;
-        m->released = 1; /* until registered */
-    }
-    for (Py_ssize_t i = 0; i < n; i++) { /* before the call: invalidate() may list them */
-        xmc_py_mapping *m = g->items[i];
-        m->released = 0;
-        xmc_py_register(self, m);
-    }
-    XMC_PY_CALL(rc, xmc_map_sg_nowait(self->c, segs, (size_t)n, dma ? XMC_DMA : 0u, id, out),
-                xmc_map_sg(self->c, segs, (size_t)n, dma ? XMC_DMA : 0u, id, out));
+    g->cache = (xmc_py_cache *)Py_NewRef((PyObject *)self);
+    g->weakrefs = NULL;
+    g->node = (xmc_py_node){ .self = (PyObject *)g, .tag = Py_NewRef(tag), .id = ++self->next_id,
+                             .live = n, .dma = (char)dma };
+    for (Py_ssize_t i = 0; i < n; i++)
+        g->segs[i] = (xmc_py_seg){ .paddr = segs[i].paddr, .size = segs[i].size };
+    xmc_py_register(self, &g->node); /* before the call: invalidate() may list them */
+    XMC_PY_CALL(rc, xmc_map_sg_nowait(self->c, segs, (size_t)n, dma ? XMC_DMA : 0u, g->node.id, out),
+                xmc_map_sg(self->c, segs, (size_t)n, dma ? XMC_DMA : 0u, g->node.id, out));
     if (rc == XMC_OK && self->closed)
         rc = XMC_ECLOSED; /* closed while we mapped: unmapped already */
-    for (Py_ssize_t i = 0; i < n; i++) {
-        xmc_py_mapping *m = g->items[i];
-        if (rc == XMC_OK) {
-            m->address = (unsigned long long)(uintptr_t)out[i];
-        } else if (!m->released) { /* else close_registry() took it off */
-            m->released = 1;
-            xmc_py_unregister(self, m);
-            Py_DECREF((PyObject *)m);
-        }
-    }
     if (rc != XMC_OK) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            g->segs[i].released = 1;
+        xmc_py_entry_done(self, &g->node, n); /* unless close_registry() took it off */
+        Py_CLEAR(g);
         xmc_py_fail(self, rc, "map_sg", (uint64_t)n, 0);
-        goto fail;
+        goto out;
     }
-    g->cache = (xmc_py_cache *)Py_NewRef((PyObject *)self);
-    g->id = id;
-    goto out;
-fail: /* not a group */
-    Py_CLEAR(g);
+    for (Py_ssize_t i = 0; i < n; i++)
+        g->segs[i].address = (unsigned long long)(uintptr_t)out[i];
 out:
     if (segs != segstack)
         PyMem_Free(segs);

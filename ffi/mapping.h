@@ -4,7 +4,9 @@
  *
  * A Mapping exports the host memory itself (bf_getbuffer), counts its
  * exports (a memoryview and all its slices hold one), and refuses to be
- * released, or its cache closed, while one is alive.
+ * released, or its cache closed, while one is alive.  Each works on its
+ * state through m->seg: its own, or, for a member of a group, the group's
+ * slot (objects.h).
  */
 #ifndef XMC_PY_MAPPING_H
 #define XMC_PY_MAPPING_H
@@ -14,10 +16,21 @@
 #include "parser.h"
 #include "registry.h"
 
-/* Unlock m in the core; the caller has marked it released and unregistered it. */
-static int xmc_py_unlock_mapping(xmc_py_cache *cache, xmc_py_mapping *m, uint64_t id)
+/* The entry m is registered by (its own, or its group's), and its cache. */
+static xmc_py_node *xmc_py_mapping_entry(xmc_py_mapping *m)
 {
-    const void *a = (const void *)(uintptr_t)m->address;
+    return m->group ? &m->group->node : &m->node;
+}
+
+static xmc_py_cache *xmc_py_mapping_cache(const xmc_py_mapping *m)
+{
+    return m->group ? m->group->cache : m->cache;
+}
+
+/* Unlock the mapping at address in the core; the caller has marked it released. */
+static int xmc_py_unlock_mapping(xmc_py_cache *cache, unsigned long long address, uint64_t id)
+{
+    const void *a = (const void *)(uintptr_t)address;
     int rc;
 
     XMC_PY_CALL(rc, xmc_unlock_tag_nowait(cache->c, a, id), xmc_unlock_tag(cache->c, a, id));
@@ -28,35 +41,38 @@ static int xmc_py_unlock_mapping(xmc_py_cache *cache, xmc_py_mapping *m, uint64_
 static PyObject *xmc_py_mapping_release(PyObject *op, PyObject *unused)
 {
     xmc_py_mapping *m = (xmc_py_mapping *)op;
-    xmc_py_cache *cache = m->cache;
+    xmc_py_cache *cache = xmc_py_mapping_cache(m);
+    xmc_py_node *entry = xmc_py_mapping_entry(m);
+    PyObject *holder = entry->self, *r; /* m, or its group: kept until the end */
+    xmc_py_seg *seg = m->seg;
     int rc;
 
     (void)unused;
-    if (m->released || !cache)
+    if (seg->released || !cache)
         Py_RETURN_NONE;
-    if (m->exports) {
+    if (seg->exports) {
         PyErr_Format(PyExc_BufferError, "%zd memoryview(s) of the mapping are still alive",
-                     m->exports);
+                     seg->exports);
         return NULL;
     }
-    /* Released, but on the list until the core call returns: its trace
-     * event finds its tag there.  close() may take it off meanwhile. */
-    m->released = 1;
+    /* Released, but its entry is on the list until the core call returns:
+     * its trace event finds the tag there.  close() may take it off meanwhile. */
+    seg->released = 1;
     Py_INCREF((PyObject *)cache);
-    Py_INCREF((PyObject *)m);
-    cache->releasing = m; /* for its unlock event's tag_of */
-    rc = xmc_py_unlock_mapping(cache, m, m->id);
+    Py_INCREF(holder);
+    cache->releasing = entry; /* for its unlock event's tag_of */
+    rc = xmc_py_unlock_mapping(cache, seg->address, entry->id);
     cache->releasing = NULL;
     if (rc != XMC_OK && rc != XMC_ESYS && !cache->closed) {
         /* Still locked (a call from a backend callback, say): as it was.
          * XMC_ESYS: unlocked, but a grant entry failed to unmap (reported once). */
-        m->released = 0;
-    } else if (xmc_py_linked(cache, m)) {
-        xmc_py_unregister(cache, m);
-        Py_DECREF((PyObject *)m); /* the list's reference */
+        seg->released = 0;
+    } else {
+        xmc_py_entry_done(cache, entry, 1);
     }
-    Py_DECREF((PyObject *)m);
-    return xmc_py_released(cache, rc != XMC_OK && !cache->closed, rc, "unlock", m->address);
+    r = xmc_py_released(cache, rc != XMC_OK && !cache->closed, rc, "unlock", seg->address);
+    Py_DECREF(holder); /* a group going may make m stand alone (group.h) */
+    return r;
 }
 
 static PyObject *xmc_py_mapping_enter(PyObject *op, PyObject *unused)
@@ -68,23 +84,33 @@ static PyObject *xmc_py_mapping_enter(PyObject *op, PyObject *unused)
 static int xmc_py_mapping_getbuffer(PyObject *op, Py_buffer *view, int flags)
 {
     xmc_py_mapping *m = (xmc_py_mapping *)op;
+    xmc_py_seg *seg = m->seg;
 
-    if (m->released || !m->cache) {
+    if (seg->released || !xmc_py_mapping_cache(m)) {
         PyErr_SetString(PyExc_BufferError, "the mapping was released");
         view->obj = NULL;
         return -1;
     }
-    if (PyBuffer_FillInfo(view, op, (void *)(uintptr_t)m->address, (Py_ssize_t)m->size, 0,
-                          flags) < 0)
-        return -1;
-    m->exports++;
+    /* PyBuffer_FillInfo()'s writable bytes, inline: one call fewer per export */
+    view->obj = Py_NewRef(op);
+    view->buf = (void *)(uintptr_t)seg->address;
+    view->len = (Py_ssize_t)seg->size;
+    view->readonly = 0;
+    view->itemsize = 1;
+    view->format = (flags & PyBUF_FORMAT) == PyBUF_FORMAT ? (char *)"B" : NULL;
+    view->ndim = 1;
+    view->shape = (flags & PyBUF_ND) == PyBUF_ND ? &view->len : NULL;
+    view->strides = (flags & PyBUF_STRIDES) == PyBUF_STRIDES ? &view->itemsize : NULL;
+    view->suboffsets = NULL;
+    view->internal = NULL;
+    seg->exports++;
     return 0;
 }
 
 static void xmc_py_mapping_releasebuffer(PyObject *op, Py_buffer *view)
 {
     (void)view;
-    ((xmc_py_mapping *)op)->exports--;
+    ((xmc_py_mapping *)op)->seg->exports--;
 }
 
 static PyObject *xmc_py_mapping_released(PyObject *op, void *closure)
@@ -92,30 +118,54 @@ static PyObject *xmc_py_mapping_released(PyObject *op, void *closure)
     xmc_py_mapping *m = (xmc_py_mapping *)op;
 
     (void)closure;
-    return PyBool_FromLong(m->released || !m->cache);
+    return PyBool_FromLong(m->seg->released || !xmc_py_mapping_cache(m));
+}
+
+/* The read-only attributes: a member's state is its group's. */
+static PyObject *xmc_py_mapping_attr(PyObject *op, void *closure)
+{
+    xmc_py_mapping *m = (xmc_py_mapping *)op;
+    const xmc_py_node *entry = xmc_py_mapping_entry(m);
+
+    switch ((char)(intptr_t)closure) {
+    case 'a':
+        return PyLong_FromUnsignedLongLong(m->seg->address);
+    case 'p':
+        return PyLong_FromUnsignedLongLong(m->seg->paddr);
+    case 's':
+        return PyLong_FromUnsignedLongLong(m->seg->size);
+    case 'd':
+        return PyBool_FromLong(entry->dma);
+    default:
+        return Py_NewRef(entry->tag ? entry->tag : Py_None);
+    }
 }
 
 static PyObject *xmc_py_mapping_repr(PyObject *op)
 {
     xmc_py_mapping *m = (xmc_py_mapping *)op;
-    PyObject *state = m->released ? PyUnicode_FromString("released")
-                                  : PyUnicode_FromFormat("at 0x%llx", m->address);
+    const xmc_py_node *entry = xmc_py_mapping_entry(m);
+    const xmc_py_seg *seg = m->seg;
+    PyObject *state = seg->released ? PyUnicode_FromString("released")
+                                    : PyUnicode_FromFormat("at 0x%llx", seg->address);
     PyObject *r = NULL;
 
     if (state)
         r = PyUnicode_FromFormat("<Mapping paddr=0x%llx size=0x%llx dma=%s tag=%R %U>",
-                                 m->paddr, m->size, m->dma ? "True" : "False", m->tag, state);
+                                 seg->paddr, seg->size, entry->dma ? "True" : "False",
+                                 entry->tag ? entry->tag : Py_None, state);
     Py_XDECREF(state);
     return r;
 }
 
+/* A member holds nothing (and is not tracked); a standalone Mapping its cache and tag. */
 static int xmc_py_mapping_traverse(PyObject *op, visitproc visit, void *arg)
 {
     xmc_py_mapping *m = (xmc_py_mapping *)op;
 
     Py_VISIT(Py_TYPE(op));
     Py_VISIT((PyObject *)m->cache);
-    Py_VISIT(m->tag);
+    Py_VISIT(m->node.tag);
     return 0;
 }
 
@@ -124,19 +174,20 @@ static int xmc_py_mapping_clear(PyObject *op)
     xmc_py_mapping *m = (xmc_py_mapping *)op;
 
     Py_CLEAR(m->cache);
-    Py_CLEAR(m->tag);
+    Py_CLEAR(m->node.tag);
     return 0;
 }
 
 static xmc_py_freelist xmc_py_mapping_free;
 
-/* A new Mapping, zeroed and tracked by the GC, or NULL with an error set. */
-static xmc_py_mapping *xmc_py_mapping_new(void)
+/* A new Mapping, zeroed (tracked by the GC when track is), or NULL with an error set. */
+static xmc_py_mapping *xmc_py_mapping_new(int track)
 {
     return (xmc_py_mapping *)xmc_py_fl_new(&xmc_py_mapping_free, xmc_py_mapping_type,
-                                           sizeof(xmc_py_mapping));
+                                           sizeof(xmc_py_mapping), track);
 }
 
+/* A Mapping's end; a member's comes only with its group's (group.h), which it never touches. */
 static void xmc_py_mapping_dealloc(PyObject *op)
 {
     PyObject_GC_UnTrack(op);
@@ -154,19 +205,17 @@ static PyMethodDef xmc_py_mapping_methods[] = {
 };
 
 static PyMemberDef xmc_py_mapping_members[] = {
-    { "address", Py_T_ULONGLONG, offsetof(xmc_py_mapping, address), Py_READONLY,
-      "The host address of the mapping's first byte." },
-    { "paddr", Py_T_ULONGLONG, offsetof(xmc_py_mapping, paddr), Py_READONLY,
-      "The guest-physical address mapped (follows replace())." },
-    { "size", Py_T_ULONGLONG, offsetof(xmc_py_mapping, size), Py_READONLY, "Its length in bytes." },
-    { "dma", Py_T_BOOL, offsetof(xmc_py_mapping, dma), Py_READONLY, "Whether it is a DMA mapping." },
-    { "tag", Py_T_OBJECT_EX, offsetof(xmc_py_mapping, tag), Py_READONLY,
-      "The caller's name for it, listed by locked() and invalidate()." },
     { "__weaklistoffset__", Py_T_PYSSIZET, offsetof(xmc_py_mapping, weakrefs), Py_READONLY, NULL },
     { NULL, 0, 0, 0, NULL },
 };
 
+#define XMC_PY_ATTR(name, key, doc) { name, xmc_py_mapping_attr, NULL, doc, (void *)(intptr_t)key }
 static PyGetSetDef xmc_py_mapping_getset[] = {
+    XMC_PY_ATTR("address", 'a', "The host address of the mapping's first byte."),
+    XMC_PY_ATTR("paddr", 'p', "The guest-physical address mapped (follows replace())."),
+    XMC_PY_ATTR("size", 's', "Its length in bytes."),
+    XMC_PY_ATTR("dma", 'd', "Whether it is a DMA mapping."),
+    XMC_PY_ATTR("tag", 't', "The caller's name for it, listed by locked() and invalidate()."),
     { "released", xmc_py_mapping_released, NULL,
       "Whether the mapping was released (or its cache closed).", NULL },
     { NULL, NULL, NULL, NULL, NULL },
@@ -203,34 +252,33 @@ static PyObject *xmc_py_new_mapping(xmc_py_cache *self, uint64_t paddr, uint64_t
     unsigned flags = XMC_LOCK | (dma ? XMC_DMA : 0u);
     xmc_py_mapping *m;
     void *p = NULL;
-    uint64_t id;
     int rc;
 
     if (self->closed)
         return xmc_py_fail(self, XMC_ECLOSED, "map", paddr, size);
-    if (!(m = xmc_py_mapping_new()))
+    if (!(m = xmc_py_mapping_new(1)))
         return NULL;
-    m->id = id = ++self->next_id;
     m->cache = (xmc_py_cache *)Py_NewRef((PyObject *)self);
-    m->tag = Py_NewRef(tag);
-    m->paddr = paddr;
-    m->size = size;
-    m->dma = (char)dma;
-    xmc_py_register(self, m);
-    XMC_PY_CALL(rc, xmc_map_nowait(self->c, paddr, size, flags, id, &p),
-                xmc_map(self->c, paddr, size, flags, id, &p));
+    m->seg = &m->own;
+    m->own.paddr = paddr;
+    m->own.size = size;
+    m->node.self = (PyObject *)m;
+    m->node.tag = Py_NewRef(tag);
+    m->node.id = ++self->next_id;
+    m->node.live = 1;
+    m->node.dma = (char)dma;
+    xmc_py_register(self, &m->node);
+    XMC_PY_CALL(rc, xmc_map_nowait(self->c, paddr, size, flags, m->node.id, &p),
+                xmc_map(self->c, paddr, size, flags, m->node.id, &p));
     if (rc == XMC_OK && p && self->closed) /* closed while we mapped: unmapped already */
         rc = XMC_ECLOSED;
     if (rc != XMC_OK || !p) {
-        if (!m->released) { /* else close_registry() took it off */
-            m->released = 1;
-            xmc_py_unregister(self, m);
-            Py_DECREF((PyObject *)m);
-        }
+        m->own.released = 1;
+        xmc_py_entry_done(self, &m->node, 1); /* unless close_registry() took it off */
         Py_DECREF((PyObject *)m);
         return xmc_py_fail(self, rc != XMC_OK ? rc : XMC_EMAP, "map", paddr, size);
     }
-    m->address = (unsigned long long)(uintptr_t)p;
+    m->own.address = (unsigned long long)(uintptr_t)p;
     if (self->take_interrupt &&
         xmc_py_interrupted(self, xmc_py_mapping_release, (PyObject *)m, NULL)) {
         Py_DECREF((PyObject *)m);

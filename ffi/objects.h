@@ -35,16 +35,37 @@ static const char *const xmc_py_hot_names[XMC_PY_NHOT] = {
     [XMC_PY_MAP] = "map",           [XMC_PY_MAP_SG] = "map_sg",
 };
 
+/*
+ * What the registry of a NativeCache lists: one entry per standalone Mapping
+ * and one per MappingGroup (its Mappings are found through it), linked
+ * through the objects themselves, oldest first.
+ */
+typedef struct xmc_py_node {
+    struct xmc_py_node *prev, *next; /* in the cache's list while registered */
+    PyObject *self;   /* the Mapping or MappingGroup this is the entry of */
+    PyObject *tag;    /* the caller's name for its mappings (self's reference) */
+    uint64_t id;      /* the tag id of its core records */
+    Py_ssize_t live;  /* its mappings not yet released: off the list at 0 */
+    char dma;
+} xmc_py_node;
+
+/* One locked mapping's state: a Mapping's own, or a slot of its group. */
+typedef struct xmc_py_seg {
+    unsigned long long address, paddr, size; /* address 0: in flight */
+    Py_ssize_t exports; /* the buffers exported from it (memoryviews and slices) */
+    char released;
+} xmc_py_seg;
+
 typedef struct xmc_py_cache {
     PyObject_HEAD
     xmc_cache *c;
-    PyObject *owner;    /* weakref to the MapCache */
+    PyObject *owner;    /* owner(self): the MapCache, or its stand-in once it is gone */
     PyObject *fail;     /* fail(rc, what, paddr, size): raises */
     PyObject *checked[XMC_PY_NHOT]; /* MapCache's checked methods, by xmc_py_hot_names */
-    struct xmc_py_mapping *first, *last; /* the live Mappings, oldest first */
-    /* For tag_of: the Mapping being released (NULL otherwise), and {id: tag}
-     * of the live Mappings as of registry version tag_index_version. */
-    struct xmc_py_mapping *releasing;
+    xmc_py_node *first, *last; /* the registry: live Mappings and groups, oldest first */
+    /* For tag_of: the entry being released (NULL otherwise), and {id: tag}
+     * of the live entries as of registry version tag_index_version. */
+    xmc_py_node *releasing;
     PyObject *tag_index;
     uint64_t version, tag_index_version;
     PyObject *after_free; /* called once the core is freed (in no cycle: never cleared) */
@@ -55,24 +76,32 @@ typedef struct xmc_py_cache {
     int closed;
 } xmc_py_cache;
 
+/*
+ * A Mapping stands alone (made by map(): its own state, entry and cache
+ * reference) or is a member of a group (made by indexing it): then its state
+ * is the group's slot, and group is borrowed, since the group holds the
+ * member until the group goes (see group.h), which makes a member held
+ * elsewhere stand alone.  A member holds nothing, so it is never in a
+ * reference cycle: it is not tracked by the GC.
+ */
 typedef struct xmc_py_mapping {
     PyObject_HEAD
-    xmc_py_cache *cache; /* NULL once cleared by the GC */
-    struct xmc_py_mapping *prev, *next; /* in cache's list while registered */
-    uint64_t id;         /* the tag of its core record */
-    PyObject *tag;
-    unsigned long long address, paddr, size;
-    Py_ssize_t exports;
-    PyObject *weakrefs; /* weakref.ref(m) */
-    char dma, released;
+    xmc_py_cache *cache;        /* standalone: its cache (NULL once cleared by the GC) */
+    struct xmc_py_group *group; /* a member: its group (borrowed), else NULL */
+    xmc_py_seg *seg;            /* &own, or the group's slot */
+    xmc_py_node node;           /* standalone: its registry entry */
+    xmc_py_seg own;
+    PyObject *weakrefs;         /* weakref.ref(m) */
 } xmc_py_mapping;
 
 typedef struct xmc_py_group {
-    PyObject_VAR_HEAD /* ob_size: how many Mappings */
+    PyObject_VAR_HEAD /* ob_size: how many mappings */
     xmc_py_cache *cache;
-    uint64_t id;                    /* the tag of all their core records */
-    PyObject *weakrefs;             /* weakref.ref(g) */
-    struct xmc_py_mapping *items[]; /* its Mappings, each a reference (NULL until made) */
+    xmc_py_node node;
+    PyObject *weakrefs;            /* weakref.ref(g) */
+    Py_ssize_t capacity;           /* slots allocated (a pooled group is reused for fewer) */
+    xmc_py_mapping **members;      /* [capacity], after segs: each a reference, NULL until made */
+    xmc_py_seg segs[];             /* [capacity] */
 } xmc_py_group;
 
 /* Py_XSETREF is not in the limited API. */

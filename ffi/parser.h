@@ -145,7 +145,7 @@ static const void *xmc_py_address(PyObject *const *args, Py_ssize_t n, PyObject 
 /* One (paddr, size) segment: an exact tuple of two exact ints in range. */
 static int xmc_py_segment(PyObject *o, uint64_t max_size, xmc_sg *out)
 {
-    if (!PyTuple_CheckExact(o) || PyTuple_Size(o) != 2 ||
+    if (!PyTuple_CheckExact(o) || Py_SIZE(o) != 2 ||
         !xmc_py_u64(PyTuple_GetItem(o, 0), &out->paddr) ||
         !xmc_py_u64(PyTuple_GetItem(o, 1), &out->size) || out->size > max_size ||
         (out->size && out->paddr > UINT64_MAX - (out->size - 1)))

@@ -1,9 +1,11 @@
 /*
  * registry.h - a NativeCache's registry of live Mappings, and its methods.
  *
- * A doubly linked list through the Mappings themselves, oldest first: no
- * allocation to register or unregister one.  The list holds a reference to
- * each Mapping on it; each Mapping carries the tag id of its core record.
+ * A doubly linked list of entries (objects.h: xmc_py_node) kept in the
+ * objects themselves, oldest first: one per standalone Mapping and one per
+ * MappingGroup, whose member Mappings are found through it.  No allocation
+ * to register or unregister one; the list holds a reference to each object
+ * on it, and each entry carries the tag id of its core records.
  */
 #ifndef XMC_PY_REGISTRY_H
 #define XMC_PY_REGISTRY_H
@@ -12,51 +14,82 @@
 #include "parser.h"
 
 static PyObject *xmc_py_mapping_release(PyObject *op, PyObject *unused); /* mapping.h */
+static PyObject *xmc_py_group_member(xmc_py_group *g, Py_ssize_t i);     /* group.h */
 
-/* Put m at the end of the cache's list, which holds a reference to it. */
-static void xmc_py_register(xmc_py_cache *cache, xmc_py_mapping *m)
+/* The group whose entry e is, or NULL (a standalone Mapping's). */
+static xmc_py_group *xmc_py_entry_group(const xmc_py_node *e)
 {
-    m->prev = cache->last;
-    m->next = NULL;
+    return Py_TYPE(e->self) == xmc_py_group_type ? (xmc_py_group *)e->self : NULL;
+}
+
+/* The mappings of entry e, *n of them: its group's slots, or the Mapping's own. */
+static xmc_py_seg *xmc_py_entry_segs(const xmc_py_node *e, Py_ssize_t *n)
+{
+    xmc_py_group *g = xmc_py_entry_group(e);
+
+    *n = g ? Py_SIZE((PyObject *)g) : 1;
+    return g ? g->segs : ((xmc_py_mapping *)e->self)->seg;
+}
+
+/* Put e at the end of the cache's list, which holds a reference to its object. */
+static void xmc_py_register(xmc_py_cache *cache, xmc_py_node *e)
+{
+    e->prev = cache->last;
+    e->next = NULL;
     if (cache->last)
-        cache->last->next = m;
+        cache->last->next = e;
     else
-        cache->first = m;
-    cache->last = m;
+        cache->first = e;
+    cache->last = e;
     cache->version++;
-    Py_INCREF((PyObject *)m);
+    Py_INCREF(e->self);
 }
 
-/* Whether m is on the cache's list. */
-static int xmc_py_linked(const xmc_py_cache *cache, const xmc_py_mapping *m)
+/* Whether e is on the cache's list. */
+static int xmc_py_linked(const xmc_py_cache *cache, const xmc_py_node *e)
 {
-    return m->prev || m->next || cache->first == m;
+    return e->prev || e->next || cache->first == e;
 }
 
-/* Take m off the list; the caller gets the list's reference. */
-static void xmc_py_unregister(xmc_py_cache *cache, xmc_py_mapping *m)
+/* Take e off the list; the caller gets the list's reference. */
+static void xmc_py_unregister(xmc_py_cache *cache, xmc_py_node *e)
 {
-    if (m->prev)
-        m->prev->next = m->next;
+    if (e->prev)
+        e->prev->next = e->next;
     else
-        cache->first = m->next;
-    if (m->next)
-        m->next->prev = m->prev;
+        cache->first = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
     else
-        cache->last = m->prev;
-    m->prev = m->next = NULL;
+        cache->last = e->prev;
+    e->prev = e->next = NULL;
     cache->version++;
 }
 
-/* Mark every Mapping released and drop the list's references. */
+/* n mappings of entry e were released (or refused): on the list, the entry
+ * goes once none of its mappings is left, and with it the list's reference. */
+static void xmc_py_entry_done(xmc_py_cache *cache, xmc_py_node *e, Py_ssize_t n)
+{
+    if (xmc_py_linked(cache, e) && (e->live -= n) <= 0) {
+        xmc_py_unregister(cache, e);
+        Py_DECREF(e->self);
+    }
+}
+
+/* Mark every mapping released and drop the list's references. */
 static void xmc_py_forget_all(xmc_py_cache *self)
 {
-    xmc_py_mapping *m;
+    xmc_py_node *e;
+    xmc_py_seg *segs;
+    Py_ssize_t n;
 
-    while ((m = self->first)) {
-        m->released = 1;
-        xmc_py_unregister(self, m);
-        Py_DECREF((PyObject *)m);
+    while ((e = self->first)) {
+        segs = xmc_py_entry_segs(e, &n);
+        for (Py_ssize_t i = 0; i < n; i++)
+            segs[i].released = 1;
+        e->live = 0;
+        xmc_py_unregister(self, e);
+        Py_DECREF(e->self);
     }
 }
 
@@ -67,10 +100,10 @@ static PyObject *xmc_py_tags(PyObject *op, PyObject *unused)
     PyObject *out = PyDict_New();
 
     (void)unused;
-    for (xmc_py_mapping *m = self->first; out && m; m = m->next) {
-        PyObject *key = PyLong_FromUnsignedLongLong(m->id);
+    for (xmc_py_node *e = self->first; out && e; e = e->next) {
+        PyObject *key = PyLong_FromUnsignedLongLong(e->id);
 
-        if (!key || PyDict_SetItem(out, key, m->tag) < 0)
+        if (!key || PyDict_SetItem(out, key, e->tag ? e->tag : Py_None) < 0)
             Py_CLEAR(out);
         Py_XDECREF(key);
     }
@@ -92,9 +125,9 @@ static PyObject *xmc_py_tag_of(PyObject *op, PyObject *arg)
 
     if (id == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
-    if (self->releasing && self->releasing->id == id)
+    if (self->releasing && self->releasing->id == id && self->releasing->tag)
         return Py_NewRef(self->releasing->tag);
-    if (self->last && self->last->id == id)
+    if (self->last && self->last->id == id && self->last->tag)
         return Py_NewRef(self->last->tag);
     if (!self->tag_index || self->tag_index_version != self->version) {
         PyObject *index = xmc_py_tags(op, NULL);
@@ -120,27 +153,39 @@ static PyObject *xmc_py_release_at(PyObject *op, PyObject *arg)
 {
     xmc_py_cache *self = (xmc_py_cache *)op;
     unsigned long long address = PyLong_AsUnsignedLongLong(arg);
-    PyObject *idle = NULL;
+    xmc_py_node *idle = NULL;
+    Py_ssize_t at = 0, n;
+    PyObject *m, *r;
     int busy = 0;
 
     if (address == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
     if (!address) /* a Mapping in flight: no address yet, never a match */
         Py_RETURN_FALSE;
-    for (xmc_py_mapping *m = self->first; m; m = m->next) {
-        if (m->address != address || m->released)
-            continue;
-        if (m->exports)
-            busy = 1;
-        else
-            idle = (PyObject *)m;
+    for (xmc_py_node *e = self->first; e; e = e->next) {
+        xmc_py_seg *segs = xmc_py_entry_segs(e, &n);
+
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (segs[i].address != address || segs[i].released)
+                continue;
+            if (segs[i].exports) {
+                busy = 1;
+            } else {
+                idle = e;
+                at = i;
+            }
+        }
     }
     if (idle) {
-        PyObject *r;
+        xmc_py_group *g = xmc_py_entry_group(idle);
+        PyObject *holder = Py_NewRef(idle->self); /* making a member may run any code */
 
-        Py_INCREF(idle);
-        r = xmc_py_mapping_release(idle, NULL);
-        Py_DECREF(idle);
+        m = g ? xmc_py_group_member(g, at) : Py_NewRef(holder);
+        Py_DECREF(holder);
+        if (!m)
+            return NULL;
+        r = xmc_py_mapping_release(m, NULL);
+        Py_DECREF(m);
         if (!r)
             return NULL;
         Py_DECREF(r);
@@ -154,15 +199,37 @@ static PyObject *xmc_py_release_at(PyObject *op, PyObject *arg)
     Py_RETURN_FALSE;
 }
 
-/* mappings() -> list of the live Mappings, oldest first */
+/*
+ * mappings() -> list of the live Mappings, oldest first (a group's: each not
+ * released).  Making a group's members may run the GC, and so any code:
+ * the entries are taken (and held) first, their members made after.
+ */
 static PyObject *xmc_py_mappings(PyObject *op, PyObject *unused)
 {
-    PyObject *out = PyList_New(0);
+    PyObject *entries = PyList_New(0), *out = NULL, *m;
+    Py_ssize_t n;
 
     (void)unused;
-    for (xmc_py_mapping *m = ((xmc_py_cache *)op)->first; out && m; m = m->next)
-        if (PyList_Append(out, (PyObject *)m) < 0)
-            Py_CLEAR(out);
+    for (xmc_py_node *e = ((xmc_py_cache *)op)->first; entries && e; e = e->next)
+        if (PyList_Append(entries, e->self) < 0)
+            Py_CLEAR(entries);
+    if (!entries || !(out = PyList_New(0)))
+        goto done;
+    for (Py_ssize_t k = 0; out && k < PyList_Size(entries); k++) {
+        PyObject *self = PyList_GetItem(entries, k);
+        xmc_py_group *g = Py_TYPE(self) == xmc_py_group_type ? (xmc_py_group *)self : NULL;
+
+        n = g ? Py_SIZE(self) : 1;
+        for (Py_ssize_t i = 0; out && i < n; i++) {
+            if (g && g->segs[i].released)
+                continue;
+            if (!(m = g ? xmc_py_group_member(g, i) : Py_NewRef(self)) || PyList_Append(out, m) < 0)
+                Py_CLEAR(out);
+            Py_XDECREF(m);
+        }
+    }
+done:
+    Py_XDECREF(entries);
     return out;
 }
 
@@ -193,7 +260,7 @@ static PyObject *xmc_py_set_paddr(PyObject *op, PyObject *const *args, Py_ssize_
         PyErr_SetString(PyExc_TypeError, "set_paddr(mapping, paddr)");
         return NULL;
     }
-    ((xmc_py_mapping *)args[0])->paddr = paddr;
+    ((xmc_py_mapping *)args[0])->seg->paddr = paddr;
     Py_RETURN_NONE;
 }
 
@@ -207,12 +274,12 @@ static PyObject *xmc_py_set_paddr(PyObject *op, PyObject *const *args, Py_ssize_
 static PyObject *xmc_py_detach(PyObject *op, PyObject *unused)
 {
     xmc_py_cache *self = (xmc_py_cache *)op;
-    xmc_py_mapping *m;
+    xmc_py_node *e;
 
     (void)unused;
-    while ((m = self->first)) {
-        xmc_py_unregister(self, m);
-        Py_DECREF((PyObject *)m);
+    while ((e = self->first)) {
+        xmc_py_unregister(self, e);
+        Py_DECREF(e->self);
     }
     Py_RETURN_NONE;
 }
@@ -225,11 +292,15 @@ static PyObject *xmc_py_detach(PyObject *op, PyObject *unused)
 static PyObject *xmc_py_close_registry(PyObject *op, PyObject *unused)
 {
     xmc_py_cache *self = (xmc_py_cache *)op;
-    Py_ssize_t busy = 0;
+    Py_ssize_t busy = 0, n;
 
     (void)unused;
-    for (xmc_py_mapping *m = self->first; m; m = m->next)
-        busy += m->exports != 0;
+    for (xmc_py_node *e = self->first; e; e = e->next) {
+        xmc_py_seg *segs = xmc_py_entry_segs(e, &n);
+
+        for (Py_ssize_t i = 0; i < n; i++)
+            busy += segs[i].exports != 0;
+    }
     if (busy) {
         PyErr_Format(PyExc_BufferError, "%zd mapping(s) still have memoryviews alive", busy);
         return NULL;

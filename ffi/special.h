@@ -116,7 +116,7 @@ static PyObject *xmc_py_special_get(PyObject *op, PyObject *obj, PyObject *type)
         return Py_NewRef(op);
     if (!PyObject_TypeCheck(obj, d->owner))
         return xmc_py_special_misapplied(d);
-    b = (xmc_py_bound *)xmc_py_fl_new(&xmc_py_bound_free, xmc_py_bound_type, sizeof(*b));
+    b = (xmc_py_bound *)xmc_py_fl_new(&xmc_py_bound_free, xmc_py_bound_type, sizeof(*b), 1);
     if (!b)
         return NULL;
     b->vectorcall = xmc_py_bound_vectorcall;

@@ -43,6 +43,63 @@ def test_methods_kept_after_their_cache_went_still_raise_what_they_should(xmc: M
     held.release()
 
 
+BAD_CALLS = {  # each hot method: (arguments, what they deserve)
+    "map_ptr": [(("x",), TypeError), ((-1,), "InvalidAddress"), ((0, 2**64), "InvalidAddress")],
+    "read": [(("x", 1), TypeError), ((0, -1), "InvalidAddress"), ((2**64 - 1, 2), "InvalidAddress")],
+    "readinto": [(("x", bytearray(1)), TypeError), ((0, b"read-only"), TypeError), ((-1, bytearray(1)), "InvalidAddress")],
+    "write": [(("x", b"a"), TypeError), ((0, 5), TypeError), ((-1, b"a"), "InvalidAddress")],
+    "ram_addr": [(("x",), TypeError), ((-1,), "InvalidAddress"), ((1,), "UnknownMapping")],
+    "unlock": [(("x",), TypeError), ((-1,), "InvalidAddress"), ((0,), "UnknownMapping"), ((4096,), "UnknownMapping")],
+    "map": [(("x", 1), TypeError), ((0, -1), "InvalidAddress"), ((0, 1 << 40), "InvalidAddress")],
+    "map_sg": [(([("a", 1)],), TypeError), ((5,), TypeError), (([],), "InvalidAddress"), (([(-1, 1)],), "InvalidAddress")],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CALLS))
+def test_a_method_kept_after_its_cache_went_raises_what_its_arguments_deserve(
+    xmc: ModuleType, ram: Any, name: str
+) -> None:
+    # The builtins fell back on the checked method through the MapCache they
+    # hold weakly: once it was collected every such call said "the cache is
+    # closed" although the core is open.  Unlock of an unknown address too.
+    cache = xmc.MapCache(ram, bucket_shift=16)
+    method, read = getattr(cache, name), cache.read
+    address = cache.map_ptr(0x1000, 16, lock=True)
+    del cache
+    gc.collect()
+    for args, deserved in BAD_CALLS[name]:
+        expected = getattr(xmc, deserved) if isinstance(deserved, str) else deserved
+        with pytest.raises(expected) as info:
+            method(*args)
+        assert "closed" not in str(info.value) and "gone" not in str(info.value), (args, info.value)
+    assert read(0x1000, 4) == b"\0\0\0\0"  # and the core still serves
+    assert len(read(0, (1 << 24) + 1)) == (1 << 24) + 1  # past the builtin's own limit: the checked way
+    if name == "unlock":
+        method(address)  # the raw lock taken before the cache went
+        with pytest.raises(xmc.UnknownMapping):
+            method(address)
+
+
+def test_a_method_kept_after_its_cache_went_traces_and_knows_it_was_closed(xmc: ModuleType, ram: Any) -> None:
+    events: list[str] = []
+    cache = xmc.MapCache(ram, trace=lambda event: events.append(event.name))
+    unlock = cache.unlock
+    del cache
+    gc.collect()
+    with pytest.raises(xmc.UnknownMapping):
+        unlock(0x1000)
+    assert events.count("unlock_unknown") == 1
+    assert [e for e in events if e.endswith("_unknown")] == ["unlock_unknown"]
+    cache = xmc.MapCache(ram)
+    read = cache.read
+    cache.close()
+    del cache
+    gc.collect()
+    for args in ((0x1000, 4), ("x", 4), (0, 1 << 25)):
+        with pytest.raises(xmc.MapCacheError, match="closed"):
+            read(*args)
+
+
 def test_closures_kept_past_close_raise(xmc: ModuleType, ram: Any) -> None:
     cache = xmc.MapCache(ram)
     address = cache.map_ptr(0x1000, 16, lock=True)

@@ -12,6 +12,7 @@ import gc
 import os
 import pickle
 import socket
+import weakref
 from types import ModuleType
 from typing import Any
 
@@ -245,3 +246,109 @@ def test_a_traced_batch_reports_each_segment_once(xmc: ModuleType, ram: Any) -> 
             assert [e.address for e in events if e.name in ("hit", "miss")] == [m.address for m in g]
             del events[:]
         assert [e.name for e in events] == ["unlock"] * 3
+
+
+# -- the members of a group: made when asked for, one object each, never tied to it --
+
+
+def test_a_member_is_one_object_while_its_group_lives(cache: Any) -> None:
+    g = cache.map_sg([(0x1000, 8), (0x2000, 8)])
+    first = weakref.ref(g[0])
+    assert first() is g[0] is next(iter(g)) is tuple(g)[0] is g[-2]
+    g.release()
+    del g
+    gc.collect()
+    assert first() is None  # it went with its group: no later group's member is it
+    with cache.map_sg([(0x3000, 8), (0x4000, 8)]) as h:
+        assert [m.paddr for m in h] == [0x3000, 0x4000] and first() is None
+
+
+def test_a_member_kept_outlives_its_group(cache: Any, ram: Any) -> None:
+    g = cache.map_sg([(0x1000, 8), (0x2000, 16)], dma=True, tag="t")
+    m = g[1]
+    g.release()
+    del g
+    gc.collect()
+    assert m.released and (m.paddr, m.size, m.dma, m.tag) == (0x2000, 16, True, "t")
+    assert "released" in repr(m)
+    with pytest.raises(BufferError):
+        memoryview(m)
+    m.release()  # nothing to do
+    # A locked member of a group nobody holds stays locked, usable and releasable.
+    m = cache.map_sg([(0x3000, 8), (0x4000, 8)], tag="u")[0]
+    gc.collect()
+    assert not m.released and [lm.tag for lm in cache.locked()] == ["u", "u"]
+    with memoryview(m) as view:
+        view[:2] = b"hi"
+    assert ram.read(0x3000, 2) == b"hi"
+    m.release()
+    assert m.released and [lm.paddr for lm in cache.locked()] == [0x4000]
+
+
+def test_a_member_of_a_forgotten_cache_keeps_its_memory(xmc: ModuleType, ram: Any) -> None:
+    cache = xmc.MapCache(ram)
+    g = cache.map_sg([(0x1000, 8), (0x2000, 8)])
+    m = g[1]
+    view = memoryview(m)
+    del cache, g
+    gc.collect()
+    view[:3] = b"abc"  # still mapped: the member keeps what it needs
+    assert ram.read(0x2000, 3) == b"abc"
+    with pytest.raises(BufferError):
+        m.release()
+    view.release()
+    m.release()
+    assert m.released
+
+
+def test_groups_one_after_another_keep_their_own_members(cache: Any) -> None:
+    kept = []
+    for i in range(40):
+        segs = [(0x1000 * (k + 1) + i, 8 + k) for k in range(1 + i % 20)]
+        with cache.map_sg(segs, dma=bool(i & 1), tag=i) as g:
+            assert [(m.paddr, m.size, m.dma, m.tag) for m in g] == [(p, s, bool(i & 1), i) for p, s in segs]
+            assert all(cache.ram_addr(m.address) == m.paddr for m in g)
+            if i % 3 == 0:
+                kept.append((g[-1], segs[-1], i))
+    for m, (p, s), i in kept:
+        assert m.released and (m.paddr, m.size, m.dma, m.tag) == (p, s, bool(i & 1), i)
+    assert cache.locked() == []
+
+
+def test_a_group_in_a_cycle_through_its_tag_is_collected(cache: Any) -> None:
+    class Box:
+        pass
+
+    box = Box()
+    g = cache.map_sg([(0x1000, 8), (0x2000, 8)], tag=box)
+    box.member, box.group = g[0], g  # type: ignore[attr-defined]
+    gone = weakref.ref(box)
+    g.release()
+    del g, box
+    gc.collect()
+    assert gone() is None
+
+
+def test_code_run_as_a_group_goes_finds_its_members_standing_alone(xmc: ModuleType, ram: Any) -> None:
+    cache = xmc.MapCache(ram)
+    g = cache.map_sg([(0x1000, 8), (0x2000, 8), (0x3000, 8)])
+    held, watched = g[0], weakref.ref(g[1])
+    seen: list[Any] = []
+
+    def at_its_end(_: Any) -> None:  # Python code while the group goes: release what it reaches
+        seen.extend(m for m in (held, watched()) if m is not None)
+        for m in seen:
+            m.release()
+
+    gone = weakref.ref(g, at_its_end)
+    del cache  # the registry lets go of the group, its mappings still locked
+    gc.collect()
+    del g
+    gc.collect()
+    assert gone() is None and seen[0] is held and all(m.released for m in seen)
+    assert (held.paddr, held.size) == (0x1000, 8)
+    with xmc.MapCache(ram) as cache:  # the group went once: each later group is one of its own
+        groups = [cache.map_sg([(0x1000 * (i + 1), 8)], tag=i) for i in range(12)]
+        assert len({id(g) for g in groups}) == 12 and [g[0].tag for g in groups] == list(range(12))
+        for g in groups:
+            g.release()

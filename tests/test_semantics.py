@@ -361,6 +361,32 @@ def test_replace_of_a_missing_entry_or_onto_bad_pages_is_an_error(cache: Any, xm
     m.release()
 
 
+@pytest.mark.parametrize("traced", [False, True], ids=["untraced", "traced"])
+def test_replace_leaves_the_last_entry_alone_failed_or_not(xmc: ModuleType, ram: Any, traced: bool) -> None:
+    # As QEMU's xen_replace_cache_entry, replace keeps the entry that served
+    # last as the last one: an unlocked size-0 map of its bucket is a hit,
+    # even where no lookup by size would find it (an entry of two buckets).
+    # The C core forgot it, so a failed replace changed what the next call
+    # did (a miss and a new entry); the model test found it.
+    bucket = 1 << 16
+    events: list[Any] = []
+    with xmc.MapCache(ram, bucket_shift=16, trace=events.append if traced else None) as cache:
+        m = cache.map(bucket - 1, 2)  # one entry of two buckets, the last one
+        base = m.address - (bucket - 1)
+        with pytest.raises(xmc.MappingError):
+            cache.replace(bucket - 1, 33 * MIB + bucket - 1, 2)  # onto the hole: put back
+        for paddr in (0x1000, None):
+            if paddr is None:  # now over 2 MiB
+                assert cache.replace(bucket - 1, 2 * MIB + bucket - 1, 2) == m.address
+                paddr = 2 * MIB + 0x1000
+            before = cache.stats()
+            p = cache.map_ptr(paddr)
+            assert (p, cache.ram_addr(p)) == (base + 0x1000, paddr)
+            after = cache.stats()
+            assert (after.hits, after.misses, after.entries) == (before.hits + 1, before.misses, before.entries)
+        m.release()
+
+
 def test_replace_swaps_a_dummy_mapping_for_real_memory(xmc: ModuleType) -> None:
     ram = xmc.GuestRAM(4 * MIB, holes=[(MIB, 2 * MIB)])
     ram.write(2 * MIB, b"migrated")

@@ -1,16 +1,17 @@
 """C-to-Python callbacks (``extern "Python"`` in build_ffi.py), registered once.
 
 An exception raised by a user callback cannot cross C; it is kept in
-``pending.error`` for the calling thread, as ``(key, exception)`` where
-``key`` names the backend or translate callback that raised, whatever it
-raised (``KeyboardInterrupt`` and ``SystemExit`` too), and the callback
-returns its declared error value, which the core takes as a failure.  The
-caller chains the exception onto the error the core returns, or raises an
-interrupt as it is (``NativeCore._fail``).  A cache
-takes only its own callbacks' errors, so an error can never become the cause
-of a failure on another cache; every path that can leave one (a failed call,
-an invalidate or close whose unmap failed, the garbage collection of a cache)
-takes it at once.  A trace hook's error is logged (see xenmapcache.trace).
+``pending.errors`` for the calling thread, under the key that names the
+backend or translate callback that raised, whatever it raised
+(``KeyboardInterrupt`` and ``SystemExit`` too), and the callback returns its
+declared error value, which the core takes as a failure.  The caller chains
+the exception onto the error the core returns, or raises an interrupt as it
+is (``NativeCore._fail``).  A cache takes only its own callbacks' errors and
+leaves the others', so an error can never become the cause of a failure on
+another cache, nor be lost to another cache's taking in the middle of the
+call (a cache collected while a trace hook runs); every path that can leave
+one (a failed call, an invalidate or close whose unmap failed, the garbage
+collection of a cache) takes it at once.  A trace hook's error is logged (see xenmapcache.trace).
 
 Python backends are found through ``backends``, keyed by the integer the C
 core holds as its opaque pointer; the core's retain/release hooks count its
@@ -92,20 +93,31 @@ def _keep(exc_type: type[BaseException], exc: BaseException, tb: TracebackType |
     """
     opaque = tb.tb_frame.f_locals.get("opaque") if tb is not None else None
     key = None if opaque is None else int(ffi.cast("uintptr_t", opaque))
-    got = getattr(pending, "error", None)
-    if got is None or isinstance(got[1], Exception) or got[0] != key:
-        pending.error = (key, exc)
+    errors = _errors()
+    if isinstance(errors.get(key, ValueError()), Exception):
+        errors[key] = exc
+
+
+def _errors() -> dict[int | None, BaseException]:
+    """This thread's pending callback errors, by key."""
+    errors: dict[int | None, BaseException] | None = getattr(pending, "errors", None)
+    if errors is None:
+        errors = pending.errors = {}
+    return errors
 
 
 def take(keys: tuple[int, ...]) -> BaseException | None:
-    """This thread's pending callback error if one of ``keys`` raised it (once).
+    """This thread's pending callback error that one of ``keys`` raised (once),
+    an interrupt first; the other keys' stay for their own caches.
 
     One whose callback could not be told (None) is anyone's: an interrupt is
     never lost.
     """
-    got = getattr(pending, "error", None)
-    pending.error = None
-    return got[1] if got is not None and (got[0] in keys or got[0] is None) else None
+    errors = _errors()
+    if not errors:
+        return None
+    got = [exc for key in (*keys, None) if (exc := errors.pop(key, None)) is not None]
+    return next((exc for exc in got if not isinstance(exc, Exception)), got[0] if got else None)
 
 
 # Each callback that returns a status declares the one it returns when it

@@ -8,6 +8,7 @@ keeps the cache's Mappings.  ``cache.py`` is the API over it.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import sys
@@ -19,7 +20,7 @@ from typing import Any, NoReturn
 from . import _binding
 from ._binding import binding, check, raise_for
 from ._mapping import Mapping, MappingGroup
-from .trace import take_interrupt
+from .trace import emit_unknown, guard, take_interrupt
 
 logger = logging.getLogger("xenmapcache")
 
@@ -129,19 +130,35 @@ class NativeCore:
         lib = self._lib
         owner = weakref.ref(cache)
         take, keys = self._take, self._keys
+        trace = cache._trace
+        parts = (self._unowned(), cache.max_size, trace)
+
+        def stand_in(native: Any) -> Any:
+            # What a builtin's checked method runs on: the MapCache, or once
+            # it was collected (a kept rd = c.read), a stand-in made of its
+            # parts for this call, so that the call raises what it deserves.
+            live = owner()
+            return live if live is not None else _Orphan(native, *parts)
 
         def fail(rc: int, what: str, paddr: int, size: int) -> NoReturn:
             # What a builtin calls with a failed core call's status (a closed
             # cache's too).  Holds the cache weakly, and neither it nor the
             # core otherwise: no cycle.  A builtin kept after its MapCache
             # went (rd = c.read; del c) fails as it would have.
-            live = owner()
-            if live is not None and what == "ram_addr" and rc == lib.XMC_ENOENT:  # once per call, as the method does
-                live._trace_unknown("ram_addr_unknown", paddr)
+            if what == "ram_addr" and rc == lib.XMC_ENOENT:  # once per call, as the method does
+                emit_unknown(trace, "ram_addr_unknown", paddr)
             fail_with(take, keys, rc, what, paddr, size)
 
-        native.bind(owner, fail, cache.max_size, 1 << cache.bucket_shift, checked)
+        native.bind(stand_in, fail, cache.max_size, 1 << cache.bucket_shift, checked)
         return native
+
+    def _unowned(self) -> NativeCore:
+        """This core's checked path without the ``NativeCache`` that owns it (no
+        cycle): usable only while that one is alive, and unguarded."""
+        core = object.__new__(NativeCore)
+        core._ffi, core._lib, core._c, core._take, core._keys = self._ffi, self._lib, self._c, self._take, self._keys
+        core._native = None
+        return core
 
     def fast_paths(self) -> dict[str, Callable[..., Any]]:
         """The builtins of the hot methods, one for each of ``HOT_METHODS`` (none without ``NativeCache``)."""
@@ -256,6 +273,27 @@ class NativeCore:
         rc = self._lib.xmc_cache_close(self._c)
         if rc:
             self._fail(rc, "close")
+
+
+class _Orphan:
+    """What the checked methods of a ``MapCache`` run on once it was collected
+    while one of its builtins was kept: its core, open still, its registry (the
+    builtins' ``NativeCache``, held for the call) and its settings.  Made for
+    one call: nothing keeps it."""
+
+    def __init__(self, native: Any, core: NativeCore, max_size: int, trace: Any) -> None:
+        self._reg = native
+        self._core = copy.copy(core)  # its own, guarded like the MapCache's for a traced cache
+        if trace is not None:
+            guard(self._core)
+        self.max_size = max_size
+        self._trace = trace
+
+    def _check_open(self) -> None:
+        self._core.stats()  # "the cache is closed" if it was closed before it went
+
+    def _trace_unknown(self, name: str, address: int) -> None:
+        emit_unknown(self._trace, name, address)
 
 
 def fail_with(

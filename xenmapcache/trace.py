@@ -91,18 +91,25 @@ def make_sink(cache: Tagged, fn: Trace) -> Sink:
 
     Tags travel through the core as ids; they are turned back into the
     caller's objects here.  The cache is held weakly: the core holds the sink.
+    Nor does the sink's frame hold it while ``fn`` runs: an exception that
+    ``fn`` keeps holds its frame and so every caller's frame (a frame links
+    to its caller), the sink's too.
     """
     owner = weakref.ref(cache)
 
     def sink(kind: int, rc: int, flags: int, paddr: int, size: int, address: int, tag: int, old: int) -> None:
         if kind in PYTHON_LEVEL:
             return
-        c = owner()
-        tag_object = c._trace_tag(tag) if c is not None and tag else None
-        emit(fn, TraceEvent(EVENT_NAMES.get(kind, f"event {kind}"), paddr, size, address, tag_object,
+        emit(fn, TraceEvent(EVENT_NAMES.get(kind, f"event {kind}"), paddr, size, address, _tag_object(owner, tag),
                             bool(flags & XMC_DMA), rc == 0, old))
 
     return sink
+
+
+def _tag_object(owner: Callable[[], Tagged | None], tag: int) -> Any:
+    """The tag object behind the tag id ``tag`` (0: none) of the cache ``owner()``, if alive."""
+    cache = owner() if tag else None
+    return None if cache is None else cache._trace_tag(tag)
 
 
 def emit(fn: Trace, event: TraceEvent) -> None:
@@ -122,6 +129,17 @@ def keep(exc: BaseException) -> None:
     """Keep an interrupt a trace hook raised for this thread's call (the first one wins)."""
     if getattr(_kept, "interrupt", None) is None:
         _kept.interrupt = exc
+
+
+def emit_unknown(fn: Trace | None, name: str, address: int) -> None:
+    """Trace a lookup of an unknown address with ``fn`` (if any): once per call,
+    from Python, as the core may be asked twice.  An interrupt the hook raised
+    is raised here, instead of UnknownMapping."""
+    if fn is not None:
+        emit(fn, TraceEvent(name, 0, 0, address, None, False, False))
+        interrupt = take_interrupt()
+        if interrupt is not None:
+            raise interrupt
 
 
 def take_interrupt() -> BaseException | None:

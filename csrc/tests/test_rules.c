@@ -676,6 +676,41 @@ TEST(replace_errors_leave_the_entry_alone)
     fx_teardown();
 }
 
+/* As QEMU's xen_replace_cache_entry: the entry that served last stays the
+ * last one, failed replace or not, so a size-0 map of its bucket hits even
+ * where a lookup by size would not find it (an entry of two buckets). */
+TEST(replace_leaves_the_last_entry_alone)
+{
+    uint8_t *p, *base;
+    unsigned long calls;
+    xmc_stats s0, s1;
+    void *q;
+
+    setup();
+    p = MAP(B - 16, 32, XMC_LOCK); /* two buckets, the last entry */
+    base = p - (B - 16);
+    fb_bad_pages(F, 0x4f, 0x50); /* the first page of the new range */
+    CHECK_EQ(xmc_replace(C, B - 16, 0x40000 + B - 16, 32, &q), XMC_EMAP); /* put back */
+    for (int moved = 0; moved < 2; moved++) {
+        uint64_t paddr = moved ? 0x60000 + 0x1000 : 0x1000;
+
+        if (moved) {
+            OK(xmc_replace(C, B - 16, 0x60000 + B - 16, 32, &q));
+            CHECK(q == (void *)p);
+        }
+        calls = F->map_calls;
+        s0 = xt_stats(C);
+        CHECK((uint8_t *)MAP(paddr, 0, 0) == base + 0x1000);
+        s1 = xt_stats(C);
+        CHECK_EQ(s1.hits, s0.hits + 1);
+        CHECK_EQ(s1.misses, s0.misses);
+        CHECK_EQ(s1.entries, s0.entries);
+        CHECK_EQ(F->map_calls, calls);
+    }
+    OK(xmc_unlock(C, p, NULL));
+    fx_teardown();
+}
+
 TEST(replace_swaps_dummy_for_real_memory)
 {
     uint8_t *p, *q;
@@ -780,6 +815,7 @@ const xt_test xt_rules_tests[] = {
     XT(replace_remaps_an_unlocked_entry_in_place),
     XT(replace_locked_entry_records_follow),
     XT(replace_errors_leave_the_entry_alone),
+    XT(replace_leaves_the_last_entry_alone),
     XT(replace_swaps_dummy_for_real_memory),
     XT(read_write_span_buckets_and_stop_at_holes),
     XT(stats_count_hits_misses_remaps_and_bytes),
