@@ -2067,10 +2067,11 @@ static int copy_map(xmc_cache *c, uint64_t paddr, size_t n, unsigned flags, void
 }
 
 /* Whether the trace hook refused one of this copy's events (refusals: the
- * count when it began); then the hits it counted are taken back. */
-static bool copy_stopped(xmc_cache *c, unsigned refusals, uint64_t hits)
+ * count when it began, if traced then: an untraced copy reads no thread-local
+ * variable); then the hits it counted are taken back. */
+static bool copy_stopped(xmc_cache *c, bool traced, unsigned refusals, uint64_t hits)
 {
-    if (trace_refusals == refusals)
+    if (!traced || trace_refusals == refusals)
         return false;
     c->st.hits -= hits;
     return true;
@@ -2091,7 +2092,8 @@ static int copy_locked(xmc_cache *c, uint64_t paddr, uint8_t *buf, size_t n,
         stack[PIECES_ON_STACK];
     struct piece *pieces = stack;
     size_t count = 0, pinned = 0, chunk;
-    unsigned refusals = trace_refusals;
+    bool traced = c->traced;
+    unsigned refusals = traced ? trace_refusals : 0;
     uint64_t hits = 0;
     xmc_entry *e;
     void *p;
@@ -2109,7 +2111,7 @@ static int copy_locked(xmc_cache *c, uint64_t paddr, uint8_t *buf, size_t n,
     if (chunk == n) { /* the common case: one map, nothing to pin */
         if ((rc = copy_map(c, paddr, n, flags, &p, &hits)) != XMC_OK)
             return rc;
-        if (copy_stopped(c, refusals, hits))
+        if (copy_stopped(c, traced, refusals, hits))
             return XMC_ECALLBACK;
         memcpy(to_guest ? p : buf, to_guest ? buf : p, n);
         return XMC_OK;
@@ -2140,7 +2142,7 @@ again:
                 pieces[--pinned].e->lock--;
             goto again;
         }
-    if (rc == XMC_OK && copy_stopped(c, refusals, hits))
+    if (rc == XMC_OK && copy_stopped(c, traced, refusals, hits))
         rc = XMC_ECALLBACK;
     for (size_t i = 0; rc == XMC_OK && i < pinned; buf += pieces[i].len, i++)
         memcpy(to_guest ? pieces[i].p : buf, to_guest ? buf : pieces[i].p, pieces[i].len);

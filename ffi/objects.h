@@ -144,7 +144,10 @@ typedef PyObject *(*xmc_py_undo_fn)(PyObject *, PyObject *);
 static int xmc_py_interrupted(xmc_py_cache *self, xmc_py_undo_fn undo, PyObject *arg,
                               const void *raw)
 {
-    PyObject *exc = PyObject_CallNoArgs(self->take_interrupt), *r;
+    /* (undo || raw): no event of the undo is refused (see trace.take_interrupt) */
+    PyObject *exc = PyObject_CallFunctionObjArgs(self->take_interrupt,
+                                                 undo || raw ? Py_True : Py_False, NULL),
+             *r;
     int rc;
 
     if (!exc)

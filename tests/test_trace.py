@@ -252,6 +252,32 @@ def test_an_interrupt_from_the_hook_stops_an_unlock_before_it_drops(
         assert m.released and g.released and c.stats().locked == 0
 
 
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_a_hook_that_keeps_raising_leaks_no_lock(xmc: ModuleType, ram: Any, interrupt: type[BaseException]) -> None:
+    # A map gives back its locks after the interrupt: an unlock the hook could
+    # stop, raising again on the undo's own unlock event, would leak them.
+    raising = [False]
+
+    def hook(event: Any) -> None:
+        if raising[0]:
+            raise interrupt()
+
+    with xmc.MapCache(ram, trace=hook) as c:
+        raising[0] = True
+        for call in (
+            lambda: c.map(0x1000, 8, tag="t"),
+            lambda: c.map_sg([(0x1000, 8), (0x2000, 8)], tag="g"),
+            lambda: c.map_ptr(0x1000, 8, lock=True),
+        ):
+            with pytest.raises(interrupt):
+                call()
+            assert c.stats().locked == 0 and c.locked() == []
+        with pytest.raises(interrupt):
+            c.write(0x1000, b"x")  # refusals are back once the undo is over
+        raising[0] = False
+        assert c.read(0x1000, 1) == b"\0"
+
+
 def test_an_exception_the_hook_keeps_does_not_keep_its_cache(xmc: ModuleType, ram: Any) -> None:
     # A frame links to its caller's, so an exception a hook keeps holds every
     # frame under the hook: the sink's (the Python end of the core's trace

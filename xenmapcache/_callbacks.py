@@ -159,13 +159,14 @@ def _xmc_py_release(opaque: Any) -> None:
     _drop(int(ffi.cast("uintptr_t", opaque)))
 
 
-def _trace_lost(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
-    """cffi's ``onerror`` of the trace callback: log an error, keep an interrupt for
-    the call (either way the event is refused: the callback returns 1)."""
+def _trace_lost(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> int | None:
+    """cffi's ``onerror`` of the trace callback: log an error (the call goes on:
+    0), keep an interrupt for the call (the event is refused: ``error``, 1)."""
     if isinstance(exc, Exception):
         logging.getLogger("xenmapcache").error("trace event lost", exc_info=(exc_type, exc, tb))
-    else:
-        keep(exc)
+        return 0
+    keep(exc)
+    return None
 
 
 @ffi.def_extern(error=1, onerror=_trace_lost)  # type: ignore[misc, untyped-decorator, unused-ignore]  # code depends on mypy's version

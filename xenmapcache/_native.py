@@ -66,7 +66,7 @@ class NativeCore:
         dummy: bool,
         lock_limit: int,
         grants: bool = False,
-        trace: Callable[..., None] | None = None,
+        trace: Callable[..., bool] | None = None,
     ) -> None:
         from . import _callbacks  # registers the callbacks into Python: loads the compiled core
 

@@ -50,7 +50,7 @@ class CoreType(Protocol):
         dummy: bool,
         lock_limit: int,
         grants: bool = False,
-        trace: Callable[[int, int, int, int, int, int, int, int], None] | None = None,
+        trace: Callable[[int, int, int, int, int, int, int, int], bool] | None = None,  # True: refused
     ) -> Core: ...
 
     def has_fast_paths(self) -> bool:

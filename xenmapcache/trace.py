@@ -105,7 +105,7 @@ def make_sink(cache: Tagged, fn: Trace) -> Sink:
         if kind not in PYTHON_LEVEL:
             emit(fn, TraceEvent(EVENT_NAMES.get(kind, f"event {kind}"), paddr, size, address, _tag_object(owner, tag),
                                 bool(flags & XMC_DMA), rc == 0, old))
-        return getattr(_kept, "interrupt", None) is not None
+        return getattr(_kept, "interrupt", None) is not None and not getattr(_kept, "undoing", False)
 
     return sink
 
@@ -146,10 +146,14 @@ def emit_unknown(fn: Trace | None, name: str, address: int) -> None:
             raise interrupt
 
 
-def take_interrupt() -> BaseException | None:
-    """This thread's kept interrupt, if any (once)."""
+def take_interrupt(undo: bool = False) -> BaseException | None:
+    """This thread's kept interrupt, if any (once).  With ``undo``, when there is
+    one, the caller is about to give back what its call locked: until the next
+    call, the sink refuses no event (an undo that a hook raising again could
+    stop would leak the lock)."""
     exc: BaseException | None = getattr(_kept, "interrupt", None)
     _kept.interrupt = None
+    _kept.undoing = undo and exc is not None
     return exc
 
 
@@ -188,11 +192,13 @@ def _guarded(owner: Callable[[], Any], method: Callable[..., Any], undo: Callabl
             if interrupt is not None:
                 raise interrupt from None
             raise
-        interrupt = take_interrupt()
+        interrupt = take_interrupt(undo is not None)
         if interrupt is not None:
             if undo is not None:
-                undo(core, result, args)
-                take_interrupt()  # the undo's own events may raise again: the first one is the one
+                try:
+                    undo(core, result, args)
+                finally:
+                    take_interrupt()  # the undo's own events may raise again: the first one is the one
             raise interrupt
         return result
 
