@@ -16,13 +16,14 @@
  *
  * Lock convention: every public xmc_x() takes c->mutex and calls x_locked();
  * helpers without the suffix also expect the caller to hold it.  The one
- * exception is the hit (hit_fast), which takes no lock and writes no shared
- * cache line: the last entry is published as a copy of its bucket index and
- * host address under a sequence counter (a seqlock), which writers, holding
- * the mutex, make odd while they change the copy and even again after; a
- * reader validates what it read by finding the counter even and unchanged.
- * The copy, not the entry, is read, so nothing a reader touches is ever
- * freed under it; an entry is unpublished before it is remapped, blanked or
+ * exception is the hit (hit_home, hit_fast), which takes no lock and writes
+ * no shared cache line: the last entry is published as a copy, its bucket's
+ * guest-physical base and its mapping less that base, under a seqlock whose
+ * counter is kept twice: writers, holding the mutex, move pub_gen on before
+ * they change the copy and pub_done up to it after; a reader validates what
+ * it read by finding pub_gen, read last, equal to pub_done, read first.  The
+ * copy, not the entry, is read, so nothing a reader touches is ever freed
+ * under it; an entry is unpublished before it is remapped, blanked or
  * unmapped.  Each thread counts its hits in a slot of its own.
  */
 #include "xmc_internal.h"
@@ -39,7 +40,13 @@ enum {
 #if defined(__GNUC__)
 #define XMC_NOINLINE __attribute__((noinline))
 #define XMC_COLD __attribute__((noinline, cold))
+#define XMC_LIKELY(x) __builtin_expect(!!(x), 1)
+/* A function whose hit path starts a cache line: it spans two lines of
+ * instructions, not three, wherever the linker puts it. */
+#define XMC_LINE_ALIGNED __attribute__((aligned(LINE)))
 #else
+#define XMC_LIKELY(x) (x)
+#define XMC_LINE_ALIGNED
 #define XMC_COLD
 #define XMC_NOINLINE
 #endif
@@ -160,13 +167,52 @@ static inline uintptr_t this_thread(void)
     return (uintptr_t)pthread_self();
 }
 
+/* The calling thread's home hit slot, where it claims one first: bits 34 to
+ * 39 of self times a 30-bit constant (one instruction, no 64-bit constant to
+ * load), scaled to a slot by a mask rather than a shift.  Thread pointers
+ * differ by the threads' stack size; the constant was searched for so that
+ * 16 threads created one after another get 16 homes for stacks of 16 KiB to
+ * 16 MiB, with or without a guard page (a Fibonacci hash of the pointer gave
+ * glibc's default 8 MiB stacks 8 homes for 16 threads). */
+static inline hit_slot *slot_home(hit_slot *slots, uintptr_t self)
+{
+    _Static_assert(sizeof(hit_slot) == LINE && LINE == 64, "a hit slot is one line");
+    return (hit_slot *)((char *)slots + (((uint64_t)self * UINT64_C(0x3BDEFB01)) >> (34 - 6) &
+                                         (HIT_SLOTS - 1) * sizeof(hit_slot)));
+}
+
+/* The calling thread's hit slot, or NULL: none claimed yet, or no room.
+ * Slots are claimed in probe order and never given back, so the slots before
+ * a thread's own were taken before it claimed it, and it sees them taken. */
+static hit_slot *slot_find(hit_slot *slots, uintptr_t self)
+{
+    size_t home = (size_t)(slot_home(slots, self) - slots);
+
+    for (size_t i = 0; i < HIT_PROBE; i++) {
+        hit_slot *s = &slots[(home + i) % HIT_SLOTS];
+        uintptr_t owner = atomic_load_explicit(&s->owner, memory_order_relaxed);
+
+        if (owner == self)
+            return s;
+        if (owner == 0)
+            break;
+    }
+    return NULL;
+}
+
 struct xmc_cache {
     /* The line the lock-free hit reads, written only by changes of the last
      * entry and around backend calls. */
-    _Alignas(LINE) _Atomic uint64_t seq; /* odd while the published last entry
-                                           * changes; 64 bits: it never wraps */
-    _Atomic(uint8_t *) pub_vaddr;    /* the last entry's mapping; NULL: none */
-    _Atomic uint64_t pub_index;      /* and its bucket index */
+    /* Changes of the published last entry, counted twice: pub_gen as one
+     * starts, pub_done once it is over; they differ while one is under way. */
+    _Alignas(LINE) _Atomic uint64_t pub_gen;
+    _Atomic uint64_t pub_done;
+    /* The published last entry: the guest-physical address of its bucket
+     * (PUB_NONE: none), and its mapping less that address, modulo 2^64, so
+     * that the host address of a paddr in it is paddr + pub_delta. */
+    _Atomic uint64_t pub_base;
+    _Atomic uint64_t pub_delta;
+    uint64_t bucket_mask; /* ~(bucket_size - 1): a bucket's base, no bit below */
     /* this_thread() of the thread inside a backend map or unmap, else 0: it
      * holds the mutex, so a call of its into this cache would wait for itself. */
     atomic_uintptr_t callback_thread;
@@ -214,11 +260,41 @@ struct xmc_cache {
     hit_slot hits[HIT_SLOTS]; /* the threads' counts of lock-free hits */
 };
 
+/* ---- calls out of the cache ---------------------------------------------- */
+
+/*
+ * Around every call the cache makes out of itself under its mutex (a backend
+ * map or unmap, a trace hook), so that a call of the callback's into this
+ * cache fails with XMC_EREENTER instead of waiting for itself.  The calling
+ * thread becomes the callback_thread, for cache_lock(), and its hit slot,
+ * if it has one, is marked away (~self, no thread's id: ids are user-space
+ * addresses), so that no lock-free hit of the callback's finds a slot: every
+ * one takes the locked path, which answers XMC_EREENTER, and the hits need
+ * no check of their own.  Only a slot's owner writes a slot that has one;
+ * slot_find() and slot_claim() pass over a marked one as taken.  Returns the
+ * marked slot, for callback_leave() to give back.
+ */
+static hit_slot *callback_enter(xmc_cache *c)
+{
+    uintptr_t self = this_thread();
+    hit_slot *mine = slot_find(c->hits, self);
+
+    atomic_store_explicit(&c->callback_thread, self, memory_order_relaxed);
+    if (mine)
+        atomic_store_explicit(&mine->owner, ~self, memory_order_relaxed);
+    return mine;
+}
+
+static void callback_leave(xmc_cache *c, hit_slot *mine)
+{
+    if (mine)
+        atomic_store_explicit(&mine->owner, this_thread(), memory_order_relaxed);
+    atomic_store_explicit(&c->callback_thread, 0, memory_order_relaxed);
+}
+
 /* ---- trace events ------------------------------------------------------- */
 
-/* Call the hook; the caller checked that there is one (TRACE does).  Marked
- * as a callback, so that a call of the hook's into this cache fails with
- * XMC_EREENTER instead of waiting for itself. */
+/* Call the hook; the caller checked that there is one (TRACE does). */
 XMC_COLD static void trace_emit(xmc_cache *c, uint32_t kind, int rc, unsigned flags,
                                 uint64_t paddr, uint64_t size, uintptr_t address,
                                 uint64_t tag, uint64_t old_paddr)
@@ -226,9 +302,9 @@ XMC_COLD static void trace_emit(xmc_cache *c, uint32_t kind, int rc, unsigned fl
     xmc_event ev = { .struct_size = sizeof(ev), .kind = kind, .rc = rc, .flags = flags,
                      .paddr = paddr, .size = size, .address = address, .tag = tag,
                      .old_paddr = old_paddr };
-    atomic_store_explicit(&c->callback_thread, this_thread(), memory_order_relaxed);
+    hit_slot *mine = callback_enter(c);
     c->trace(c->trace_opaque, &ev);
-    atomic_store_explicit(&c->callback_thread, 0, memory_order_relaxed);
+    callback_leave(c, mine);
 }
 
 #define TRACE(c, ...)                                                         \
@@ -245,27 +321,34 @@ XMC_COLD static void trace_unknown(xmc_cache *c, uint32_t kind, uintptr_t addr, 
 
 /* ---- the published last entry (the lock-free hit reads it) -------------- */
 
+/* No bucket: pub_base when nothing is published (never a multiple of the
+ * bucket size, unlike paddr & bucket_mask). */
+#define PUB_NONE UINT64_C(1)
+
 /*
- * Publish (vaddr, index) for hit_fast(); vaddr NULL publishes nothing.  The
- * writer side of the seqlock: the counter odd, then the copy, then the
- * counter even again.  The copy's stores are releases, so a reader that
- * acquires a new value has the odd counter before it; the last store is a
- * release too, handing the mapping itself to a reader that acquires the
- * counter.  (No standalone fence: ThreadSanitizer models none.)  Under the
- * mutex; no store at all when nothing changes, as at every locked hit.
+ * Publish (vaddr, index) for hit_check(); vaddr NULL publishes nothing.  The
+ * writer side of a seqlock whose counter is kept twice: pub_gen one ahead,
+ * then the copy, then pub_done caught up.  The copy's stores are releases,
+ * so a reader that acquires a new value has the new pub_gen before it; the
+ * last store is a release too, handing the copy and the mapping itself to a
+ * reader that acquires pub_done.  (No standalone fence: ThreadSanitizer
+ * models none.)  Under the mutex; no store at all when nothing changes, as
+ * at every locked hit.
  */
 static void publish(xmc_cache *c, uint8_t *vaddr, uint64_t index)
 {
-    uint64_t seq = atomic_load_explicit(&c->seq, memory_order_relaxed);
+    uint64_t gen = atomic_load_explicit(&c->pub_gen, memory_order_relaxed) + 1;
+    uint64_t base = vaddr ? index << c->shift : PUB_NONE;
+    uint64_t delta = vaddr ? (uint64_t)(uintptr_t)vaddr - base : 0;
 
-    if (atomic_load_explicit(&c->pub_vaddr, memory_order_relaxed) == vaddr &&
-        (!vaddr || atomic_load_explicit(&c->pub_index, memory_order_relaxed) == index))
+    if (atomic_load_explicit(&c->pub_base, memory_order_relaxed) == base &&
+        atomic_load_explicit(&c->pub_delta, memory_order_relaxed) == delta)
         return;
-    atomic_store_explicit(&c->seq, seq + 1, memory_order_relaxed);
-    atomic_store_explicit(&c->pub_index, index, memory_order_release);
+    atomic_store_explicit(&c->pub_gen, gen, memory_order_relaxed);
+    atomic_store_explicit(&c->pub_base, base, memory_order_release);
     XMC_TEST_POINT(c, XMC_TP_PUBLISH);
-    atomic_store_explicit(&c->pub_vaddr, vaddr, memory_order_release);
-    atomic_store_explicit(&c->seq, seq + 2, memory_order_release);
+    atomic_store_explicit(&c->pub_delta, delta, memory_order_release);
+    atomic_store_explicit(&c->pub_done, gen, memory_order_release);
 }
 
 /*
@@ -477,21 +560,19 @@ static void chain_del(xmc_entry *e)
 static int backend_map(xmc_cache *c, void *fixed, uint64_t pfn, size_t n, int *errs,
                        void **out)
 {
-    int rc;
+    hit_slot *mine = callback_enter(c);
+    int rc = c->be->map(c->be->opaque, fixed, pfn, n, errs, out);
 
-    atomic_store_explicit(&c->callback_thread, this_thread(), memory_order_relaxed);
-    rc = c->be->map(c->be->opaque, fixed, pfn, n, errs, out);
-    atomic_store_explicit(&c->callback_thread, 0, memory_order_relaxed);
+    callback_leave(c, mine);
     return rc;
 }
 
 static int backend_unmap(xmc_cache *c, void *addr, size_t len)
 {
-    int rc;
+    hit_slot *mine = callback_enter(c);
+    int rc = c->be->unmap(c->be->opaque, addr, len);
 
-    atomic_store_explicit(&c->callback_thread, this_thread(), memory_order_relaxed);
-    rc = c->be->unmap(c->be->opaque, addr, len);
-    atomic_store_explicit(&c->callback_thread, 0, memory_order_relaxed);
+    callback_leave(c, mine);
     return rc;
 }
 
@@ -909,9 +990,9 @@ static void fork_child(void)
         if (atomic_load_explicit(&c->mutex.state, memory_order_relaxed) != 0 &&
             atomic_load_explicit(&c->callback_thread, memory_order_relaxed) != self) {
             c->forked = true;
-            /* An odd counter for good: every hit takes the locked path,
-             * which answers XMC_EFORKED.  (No writer is left to change it.) */
-            atomic_fetch_or_explicit(&c->seq, 1, memory_order_relaxed);
+            /* A change under way for good: every hit takes the locked path,
+             * which answers XMC_EFORKED.  (No writer is left to end it.) */
+            atomic_fetch_add_explicit(&c->pub_gen, 1, memory_order_relaxed);
         }
     pthread_mutex_unlock(&caches_lock);
 }
@@ -982,12 +1063,14 @@ int xmc_cache_new(const xmc_backend *be, unsigned bucket_shift, uint64_t max_siz
         return XMC_ENOMEM;
     }
     atomic_init(&c->callback_thread, 0);
-    atomic_init(&c->seq, 0);
-    atomic_init(&c->pub_vaddr, NULL);
-    atomic_init(&c->pub_index, 0);
+    atomic_init(&c->pub_gen, 0);
+    atomic_init(&c->pub_done, 0);
+    atomic_init(&c->pub_base, PUB_NONE);
+    atomic_init(&c->pub_delta, 0);
     c->be = be;
     c->shift = bucket_shift;
     c->bucket_size = bucket;
+    c->bucket_mask = ~(bucket - 1);
     c->max_size = max_size;
     c->nr_slots = slots;
     c->slot_mask = (slots & (slots - 1)) == 0 ? slots - 1 : 0;
@@ -1229,36 +1312,12 @@ static int translate_unlocked(xmc_cache *c, uint64_t paddr, uint64_t size,
 
 /* ---- the lock-free hit ---------------------------------------------------- */
 
-static size_t slot_home(uintptr_t self)
-{
-    return (size_t)(((uint64_t)self * UINT64_C(0x9E3779B97F4A7C15)) >> (64 - HIT_SLOT_BITS));
-}
-
-/* The calling thread's hit slot, or NULL: none claimed yet, or no room.
- * Slots are claimed in probe order and never given back, so the slots before
- * a thread's own were taken before it claimed it, and it sees them taken. */
-static hit_slot *slot_find(hit_slot *slots, uintptr_t self)
-{
-    size_t home = slot_home(self);
-
-    for (size_t i = 0; i < HIT_PROBE; i++) {
-        hit_slot *s = &slots[(home + i) % HIT_SLOTS];
-        uintptr_t owner = atomic_load_explicit(&s->owner, memory_order_relaxed);
-
-        if (owner == self)
-            return s;
-        if (owner == 0)
-            break;
-    }
-    return NULL;
-}
-
 /* Give the calling thread a hit slot, unless it has one or there is no room;
  * then its hits are counted under the mutex. */
 static void slot_claim(xmc_cache *c)
 {
     uintptr_t self = this_thread();
-    size_t home = slot_home(self);
+    size_t home = (size_t)(slot_home(c->hits, self) - c->hits);
 
     for (size_t i = 0; i < HIT_PROBE; i++) {
         hit_slot *s = &c->hits[(home + i) % HIT_SLOTS];
@@ -1288,25 +1347,27 @@ enum { HIT_NONE, HIT_DONE, HIT_UNCOUNTED };
 /*
  * The hit without a lock, for an unlocked request of size 0: the published
  * last entry covers paddr's bucket (it is published only when all its pages
- * are mapped).  The reader side of the seqlock: the counter, the copy and
- * the counter again, the first three loads acquires (free on x86), so the
- * last cannot be done before them; an odd or changed counter means a writer
- * was at work, and the locked path decides.  So does a call from inside one
- * of the cache's backend callbacks (XMC_EREENTER).  The host address of
- * paddr, or NULL.  Writes nothing.
+ * are mapped).  The reader side of the seqlock (see publish()): pub_done,
+ * the copy and pub_gen, the first three loads acquires (free on x86), so the
+ * last cannot be done before them.  pub_gen then differs from pub_done when
+ * a change was under way as the reader began (its pub_gen was stored before
+ * the pub_done read, which saw it not done) or began while it read (its
+ * pub_gen was stored before a new value the copy read, or is read now
+ * anyway); then the locked path decides.  (So must a call from inside one
+ * of the cache's callbacks, XMC_EREENTER: the callers see to that.)  Zero
+ * when it hits, with the host address of paddr in *p (written either way):
+ * the two tests are or'ed into one branch.  Writes nothing else.
  */
-static inline uint8_t *hit_check(xmc_cache *c, uint64_t paddr, uintptr_t self)
+static inline uint64_t hit_check(xmc_cache *c, uint64_t paddr, void **p)
 {
-    uint64_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
-    uint8_t *vaddr = atomic_load_explicit(&c->pub_vaddr, memory_order_acquire);
-    uint64_t index = atomic_load_explicit(&c->pub_index, memory_order_acquire);
+    uint64_t done = atomic_load_explicit(&c->pub_done, memory_order_acquire);
+    uint64_t base = atomic_load_explicit(&c->pub_base, memory_order_acquire);
+    uint64_t delta = atomic_load_explicit(&c->pub_delta, memory_order_acquire);
 
     XMC_TEST_POINT(c, XMC_TP_HIT_READ);
-    if ((seq & 1) || !vaddr || index != paddr >> c->shift ||
-        atomic_load_explicit(&c->seq, memory_order_relaxed) != seq ||
-        atomic_load_explicit(&c->callback_thread, memory_order_relaxed) == self)
-        return NULL;
-    return vaddr + (paddr & (c->bucket_size - 1));
+    *p = (void *)(uintptr_t)(paddr + delta);
+    return ((paddr & c->bucket_mask) ^ base) |
+           (atomic_load_explicit(&c->pub_gen, memory_order_relaxed) ^ done);
 }
 
 /* One more hit in the calling thread's own slot: a load and a store. */
@@ -1321,10 +1382,11 @@ static inline void hit_count(hit_slot *s)
 static inline bool hit_home(xmc_cache *c, uint64_t paddr, void **out)
 {
     uintptr_t self = this_thread();
-    hit_slot *home = &c->hits[slot_home(self)];
-    uint8_t *p = hit_check(c, paddr, self);
+    hit_slot *home = slot_home(c->hits, self);
+    void *p;
 
-    if (!p || atomic_load_explicit(&home->owner, memory_order_relaxed) != self)
+    if (!XMC_LIKELY(atomic_load_explicit(&home->owner, memory_order_relaxed) == self &&
+                    !hit_check(c, paddr, &p)))
         return false;
     hit_count(home);
     *out = p;
@@ -1332,14 +1394,15 @@ static inline bool hit_home(xmc_cache *c, uint64_t paddr, void **out)
 }
 
 /* The lock-free hit of any thread.  HIT_DONE: hit, counted, *out set;
- * HIT_UNCOUNTED: it would hit, but the thread has no slot yet. */
+ * HIT_UNCOUNTED: it would hit, but the thread has no slot (yet, or while it
+ * is inside a callback of the cache's). */
 static int hit_fast(xmc_cache *c, uint64_t paddr, void **out)
 {
     uintptr_t self = this_thread();
     hit_slot *mine;
-    uint8_t *p = hit_check(c, paddr, self);
+    void *p;
 
-    if (!p)
+    if (hit_check(c, paddr, &p))
         return HIT_NONE;
     if (!(mine = slot_find(c->hits, self)))
         return HIT_UNCOUNTED;
@@ -1490,27 +1553,28 @@ XMC_NOINLINE static int map_call(xmc_cache *c, uint64_t paddr, uint64_t size,
     return rc;
 }
 
-/* The lock-free hit first, inline, for an unlocked request of size 0; then
- * the rest (in which size is 0: one register fewer to keep). */
-#define HIT_FIRST(c, paddr, size, flags, tag, out, more)                      \
+/* The lock-free hit first, inline, for a request of size 0 and no flags
+ * (an unlocked one that is not DMA); then the rest, in which size, flags and
+ * tag (unused unlocked) are constants, so that the hit keeps only c, paddr
+ * and out.  (An unlocked DMA request hits lock-free in map_call().) */
+#define HIT_FIRST(c, paddr, size, flags, out, more)                           \
     do {                                                                      \
-        if (!((size) | ((flags) & ~(unsigned)XMC_DMA)) && (c) && (out))       \
-            return hit_home((c), (paddr), (out))                              \
-                       ? XMC_OK                                               \
-                       : map_call((c), (paddr), 0, (flags) | (more), (tag), (out)); \
+        if (XMC_LIKELY(!((size) | (flags)) && (c) && (out)))                  \
+            return hit_home((c), (paddr), (out)) ? XMC_OK                     \
+                                                 : map_call((c), (paddr), 0, (more), 0, (out)); \
     } while (0)
 
-int xmc_map(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
-            uint64_t tag, void **out)
+XMC_LINE_ALIGNED int xmc_map(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
+                             uint64_t tag, void **out)
 {
-    HIT_FIRST(c, paddr, size, flags, tag, out, 0u);
+    HIT_FIRST(c, paddr, size, flags, out, 0u);
     return (flags & MAP_NOWAIT) ? XMC_EINVAL : map_call(c, paddr, size, flags, tag, out);
 }
 
-int xmc_map_nowait(xmc_cache *c, uint64_t paddr, uint64_t size, unsigned flags,
-                   uint64_t tag, void **out)
+XMC_LINE_ALIGNED int xmc_map_nowait(xmc_cache *c, uint64_t paddr, uint64_t size,
+                                    unsigned flags, uint64_t tag, void **out)
 {
-    HIT_FIRST(c, paddr, size, flags, tag, out, MAP_NOWAIT);
+    HIT_FIRST(c, paddr, size, flags, out, MAP_NOWAIT);
     return (flags & MAP_NOWAIT) ? XMC_EINVAL
                                 : map_call(c, paddr, size, flags | MAP_NOWAIT, tag, out);
 }

@@ -121,6 +121,28 @@ TEST(lockfree_hit_waits_while_the_last_entry_is_unmapped)
     fx_teardown();
 }
 
+/* Two entries of one bucket: A's, locked, and a two-bucket one that becomes
+ * the last entry.  The published copy must follow it, though its bucket is
+ * the same: a copy left at A's mapping would outlive A's unmapping, which
+ * unpublishes only the last entry. */
+TEST(lockfree_hit_follows_a_new_last_entry_of_the_same_bucket)
+{
+    uint64_t bucket = A_PADDR & ~(B - 1);
+    uint8_t *a, *wide;
+    void *p = NULL;
+
+    setup();
+    a = last_at_a();
+    CHECK(MAP(A_PADDR, 0, XMC_LOCK) == a); /* A's entry stays: no reuse */
+    wide = MAP(bucket, B + 1, XMC_LOCK);   /* a new entry, two buckets long */
+    CHECK(wide != a - (A_PADDR - bucket));
+    fx_park(OTHER_SLOT); /* the mutex held: only a lock-free hit answers */
+    OK(xmc_map_nowait(C, A_PADDR, 0, 0, 0, &p));
+    CHECK(fx_unpark() != NULL);
+    CHECK(p == wide + (A_PADDR - bucket) && xt_has_pattern(p, A_PADDR, 64));
+    fx_teardown();
+}
+
 /* ---- the seqlock, raced deterministically through the test points ------ */
 
 static int hook_point;  /* the point that fires the hook, once */
@@ -196,8 +218,9 @@ TEST(lockfree_hit_rejects_a_read_raced_by_a_remap)
     hit_raced_by(ACT_MISS);
 }
 
-/* A hit in the middle of a publication (index stored, address not yet)
- * sees an odd counter: the locked path, whose mutex the publisher holds. */
+/* A hit in the middle of a publication (the bucket stored, its mapping not
+ * yet) sees pub_gen ahead of pub_done: the locked path, whose mutex the
+ * publisher holds. */
 TEST(lockfree_hit_ignores_a_half_published_entry)
 {
     uint8_t *a, *o;
@@ -351,6 +374,7 @@ const xt_test xt_lockfree_tests[] = {
     XT(lockfree_hit_answers_while_another_thread_holds_the_mutex),
     XT(lockfree_hit_waits_while_the_last_entry_is_remapped),
     XT(lockfree_hit_waits_while_the_last_entry_is_unmapped),
+    XT(lockfree_hit_follows_a_new_last_entry_of_the_same_bucket),
     XT(lockfree_hit_rejects_a_read_raced_by_invalidate),
     XT(lockfree_hit_rejects_a_read_raced_by_replace),
     XT(lockfree_hit_rejects_a_read_raced_by_a_remap),
