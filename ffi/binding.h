@@ -14,6 +14,7 @@
  * mapping.h   Mapping, and NativeCache.map
  * group.h     MappingGroup, and NativeCache.map_sg
  * cache.h     NativeCache: its other builtins, its life cycle, xmc_py_adopt()
+ * hot.h       MapCache's base FastCache and its hot methods' method descriptors
  * and here, install(), which checks Python's table of hot methods and makes
  * the types at import.
  *
@@ -54,6 +55,7 @@ static const char *xmc_py_build_version(void)
 #ifdef Py_PYTHON_H
 
 #include "cache.h"
+#include "hot.h"
 #include "special.h"
 
 /* 0 when names (Python's table) are the hot methods, each once; else -1
@@ -91,10 +93,12 @@ out:
 }
 
 /* Make the types, Mapping and MappingGroup as subclasses of mapping and
- * group, and put them on module; 0, or -1 with an error set. */
+ * group, and put them on module with FastCache and make_hot(); 0, or -1
+ * with an error set. */
 static int xmc_py_make_types(PyObject *module, PyObject *mapping, PyObject *group)
 {
     PyObject *bases = PyTuple_Pack(1, mapping), *gbases = PyTuple_Pack(1, group);
+    static PyObject *make_hot;
 
     for (size_t i = 0; i < XMC_PY_NNAMES; i++)
         if (!xmc_py_interned[i] && !(xmc_py_interned[i] = PyUnicode_InternFromString(xmc_py_names[i])))
@@ -108,15 +112,22 @@ static int xmc_py_make_types(PyObject *module, PyObject *mapping, PyObject *grou
         xmc_py_special_type = (PyTypeObject *)PyType_FromSpec(&xmc_py_special_spec);
     if (!xmc_py_bound_type)
         xmc_py_bound_type = (PyTypeObject *)PyType_FromSpec(&xmc_py_bound_spec);
+    if (!xmc_py_fast_type)
+        xmc_py_fast_type = (PyTypeObject *)PyType_FromSpec(&xmc_py_fast_spec);
+    if (!make_hot)
+        make_hot = PyCFunction_NewEx(&xmc_py_make_hot_def, NULL, NULL);
     if (!xmc_py_mapping_type || !xmc_py_group_type || !xmc_py_cache_type ||
-        !xmc_py_special_type || !xmc_py_bound_type ||
+        !xmc_py_special_type || !xmc_py_bound_type || !xmc_py_fast_type ||
+        !make_hot ||
         xmc_py_add_special(xmc_py_mapping_type, "__enter__", xmc_py_mapping_enter, 0) ||
         xmc_py_add_special(xmc_py_mapping_type, "__exit__", xmc_py_mapping_release, -1) ||
         xmc_py_add_special(xmc_py_group_type, "__enter__", xmc_py_mapping_enter, 0) ||
         xmc_py_add_special(xmc_py_group_type, "__exit__", xmc_py_group_release, -1) ||
         PyObject_SetAttrString(module, "Mapping", (PyObject *)xmc_py_mapping_type) < 0 ||
         PyObject_SetAttrString(module, "MappingGroup", (PyObject *)xmc_py_group_type) < 0 ||
-        PyObject_SetAttrString(module, "NativeCache", (PyObject *)xmc_py_cache_type) < 0)
+        PyObject_SetAttrString(module, "NativeCache", (PyObject *)xmc_py_cache_type) < 0 ||
+        PyObject_SetAttrString(module, "FastCache", (PyObject *)xmc_py_fast_type) < 0 ||
+        PyObject_SetAttrString(module, "make_hot", make_hot) < 0)
         goto fail;
     Py_DECREF(bases);
     Py_DECREF(gbases);

@@ -492,21 +492,39 @@ def test_every_page_of_a_partly_mapped_entry_but_the_holes_maps(xmc: ModuleType,
 
 @pytest.mark.skipif(sys.implementation.name != "cpython", reason="the builtins are CPython's (ffi/binding.h)")
 def test_the_hot_methods_are_the_builtins_on_cpython() -> None:
-    # A failed install falls back to Python closures silently, and every other
-    # test still passes: this one says so.
+    # A failed install falls back to Python methods silently, and every other
+    # test still passes: this one says so.  Each hot method of MapCache is a
+    # method descriptor of the binding, which CPython specialises on an object
+    # with no instance dict: `cache.map_ptr(p)` costs the builtin's call.
     from xenmapcache._binding import HOT_METHODS
 
+    for name in HOT_METHODS:
+        assert type(vars(xenmapcache.MapCache)[name]).__name__ == "method_descriptor", name
     with xenmapcache.GuestRAM(MIB) as ram:
         for cache in (xenmapcache.MapCache(ram), xenmapcache.MapCache(ram, bucket_shift=12, grants=True)):
+            assert cache._core.fast_paths() and not hasattr(cache, "__dict__")
             for name in HOT_METHODS:
                 assert type(getattr(cache, name)) is types.BuiltinFunctionType, name
-            # In slots, not in the instance's dict, where they would shadow the
-            # methods and CPython would not specialise `cache.map_ptr(p)`.
-            assert not set(HOT_METHODS) & set(vars(cache))
-            assert isinstance(cache, xenmapcache.MapCache) and type(cache).__qualname__ == "MapCache"
             cache.close()
-        with type(cache)(ram) as again:  # the class of a cache makes caches like it
-            assert type(again) is type(cache) and again.map_ptr(0) == again.map_ptr(0)
+
+
+def test_a_cache_is_of_its_own_class(xmc: ModuleType, ram: Any) -> None:
+    # On CPython each cache was of a subclass made per class to hold its
+    # builtins (type(cache) is MapCache was False), which surprised `type(x)
+    # is` checks and named the wrong class in errors.
+    class Mine(xmc.MapCache):  # type: ignore[misc,name-defined]
+        def read(self, paddr: int, n: int) -> bytes:
+            return b"mine:" + super().read(paddr, n)
+
+    with xmc.MapCache(ram) as cache, Mine(ram) as mine:
+        assert type(cache) is xmc.MapCache and type(mine) is Mine
+        assert mine.read(0x1000, 2) == b"mine:" + cache.read(0x1000, 2)  # its own method wins
+        assert mine.map_ptr(0x1000) == mine.map_ptr(0x1000)
+        with type(cache)(ram) as again:
+            assert type(again) is xmc.MapCache and again.map_ptr(0) == again.map_ptr(0)
+        for obj, name in ((cache, "MapCache"), (mine, "Mine")):
+            with pytest.raises(TypeError, match=f"^{name} objects cannot be copied or pickled"):
+                pickle.dumps(obj)
 
 
 @pytest.mark.skipif(sys.implementation.name != "cpython", reason="the builtins are CPython's")
@@ -528,14 +546,30 @@ def test_the_binding_refuses_another_table_of_hot_methods() -> None:
 def test_a_table_the_binding_was_not_built_for_fails_at_import() -> None:
     # A Python table that names a method the compiled binding lacks (a stale
     # binding): the first cache fails with ImportError, not with a wrong method.
-    code = (
-        "import xenmapcache._binding as n\n"
-        "n.HOT_METHODS += ('locked',)\n"
-        "import xenmapcache\n"
-        "try:\n"
-        "    xenmapcache.MapCache(xenmapcache.GuestRAM(1 << 20))\n"
-        "except ImportError as exc:\n"
-        "    print(exc)\n"
+    code = textwrap.dedent(
+        """
+        import sys
+        from importlib.machinery import PathFinder
+
+        class Stale(PathFinder):  # _binding's table, as a stale checkout would have it
+            @classmethod
+            def find_spec(cls, name, path=None, target=None):
+                spec = PathFinder.find_spec(name, path, target)
+                if name == "xenmapcache._binding" and spec is not None:
+                    exec_module = spec.loader.exec_module
+                    def patched(module):
+                        exec_module(module)
+                        module.HOT_METHODS += ("locked",)
+                    spec.loader.exec_module = patched
+                return spec
+
+        sys.meta_path.insert(0, Stale)
+        import xenmapcache
+        try:
+            xenmapcache.MapCache(xenmapcache.GuestRAM(1 << 20))
+        except ImportError as exc:
+            print(exc)
+        """
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
     assert "'locked'" in out and "are not the binding's builtins" in out, out

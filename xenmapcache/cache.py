@@ -7,11 +7,12 @@ The contract: https://xenmapcache.readthedocs.io/en/latest/contract.html
 objects with buffer export counting, tags, the DMA warnings, and lifetimes.
 A core is what ``_protocols.Core`` says (``NativeCore`` in ``_native.py``, or
 the reference's); its ``registry(cache, checked)`` keeps the cache's Mappings
-(None: a ``_mapping._PyRegistry`` does), and its ``fast_paths()`` are builtins
-that the cache installs over its own hot methods (``HOT_METHODS``, unless a
-subclass overrides them), so that the common case costs one C call and no
-Python frame; anything else they hand straight to the method here of the
-same name, which checks and calls the core.
+(None: a ``_mapping._PyRegistry`` does).  On CPython that registry is a
+``NativeCache`` whose builtins serve the hot methods (``HOT_METHODS``):
+MapCache's own hot methods are method descriptors of the binding that call
+them (unless a subclass overrides them), so that the common case costs one C
+call and no Python frame; anything else they hand straight to the method
+here of the same name, which checks and calls the core.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._binding import HOT_METHODS
 from ._mapping import DMA, LOCK, Mapping, MappingGroup, _PyRegistry
-from ._native import NativeCore
+from ._native import NativeCore, native_types
 from ._nocopy import NoCopy
 from ._protocols import Core, CoreType, Registry
 from ._validate import U64_LIMIT, as_uint, check_range
@@ -123,8 +124,28 @@ def _after_fork() -> None:
 
 os.register_at_fork(after_in_child=_after_fork)
 
+# On CPython, MapCache's base holds each cache's NativeCache, and a method
+# descriptor of the binding stands for each hot method (ffi/hot.h, made below
+# the class): `cache.map_ptr(p)` calls the builtin's C function with no
+# object made, and every cache is of its own class.
+try:
+    _TYPES = native_types()
+except ImportError:  # no C core, or a stale one: the first MapCache says so (NativeCore)
+    _TYPES = None
+if TYPE_CHECKING or _TYPES is None:
 
-class MapCache(NoCopy):
+    class _FastBase:
+        """Elsewhere (no binding types), nothing: the hot methods are MapCache's own."""
+
+        __slots__ = ()
+
+        def _set_fast(self, native: Any) -> None: ...
+
+else:
+    _FastBase = _TYPES.FastCache
+
+
+class MapCache(_FastBase, NoCopy):
     """A Xen mapcache over guest memory (the contract, sections 3 and 6: https://xenmapcache.readthedocs.io/en/latest/contract.html).
 
     ``ram`` is the backend the cache maps through: a :class:`GuestRAM`, a
@@ -170,22 +191,18 @@ class MapCache(NoCopy):
     guest memory is mapped until the first request.
     """
 
+    # No instance dict: CPython 3.13 specialises the lookup of a method on an
+    # object without one (or with an inline one, which a base with fields,
+    # FastCache, rules out); `cache.map_ptr(p)` then costs its builtin's call.
+    __slots__ = ("bucket_shift", "max_size", "grants", "_trace", "_core", "_ram", "_closed", "_reg", "__weakref__")
     _Core: ClassVar[CoreType] = NativeCore
     _no_copy_why = "a copy would share the cache's handle and mappings, which either copy may close"
     __signature__: ClassVar[inspect.Signature | None]  # __init__'s (set below the class)
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> MapCache:
-        # With builtins, each cache has its own set, kept in slots of a
-        # subclass made once per class (see _with_fast_slots).  What help()
-        # and the docs show as the signature is __init__'s (__signature__).
-        if cls._Core.has_fast_paths():
-            cls = _with_fast_slots(cls)
-        return super().__new__(cls)
-
     def __getattr__(self, name: str) -> Any:
         # Only for what normal lookup misses: a subclass whose __init__ never
-        # called MapCache.__init__ has no core and empty builtin slots.
-        if not name.startswith("__") and "_core" not in vars(self):
+        # called MapCache.__init__ has no core.
+        if not name.startswith("__") and name != "_core" and not hasattr(self, "_core"):
             raise AttributeError(
                 f"{type(self).__name__}.{name}: the cache was never set up "
                 "(a subclass's __init__ must call super().__init__(...))",
@@ -249,11 +266,8 @@ class MapCache(NoCopy):
         self._ram = ram
         self._closed = False
         self._reg: Registry = self._core.registry(self, _CHECKED) or _PyRegistry(self._core)
-        slots = getattr(type(self), "_fast_slots", ())
-        if slots:
-            fast = self._core.fast_paths()
-            for name in slots:
-                setattr(self, name, fast[name])
+        if self._core.fast_paths():  # the hot methods call the builtins of the registry (a NativeCache)
+            self._set_fast(self._reg)
         _caches.add(self)
         # The registry and its Mappings refer to each other; once the
         # MapCache is gone, nothing else can use the registry: break that
@@ -660,31 +674,5 @@ MapCache.__signature__ = _init_signature(MapCache)
 # What the builtins of the hot methods fall back on, by name.
 _CHECKED = {name: getattr(MapCache, name) for name in HOT_METHODS}
 
-_FAST_CLASSES: dict[type[MapCache], type[MapCache]] = {}
-
-
-def _with_fast_slots(cls: type[MapCache]) -> type[MapCache]:
-    """``cls`` with a slot for each hot method it does not override, where its
-    caches keep their builtins; made once per class.
-
-    A builtin kept in the instance's ``__dict__`` would shadow the method of
-    the same name, and CPython does not specialise such a lookup: about 15 ns
-    more on each call written as the README writes it, ``cache.map_ptr(p)``
-    (a third of a hit).  A slot is looked up as fast as a method.  The
-    subclass has the name, qualified name, module and docstring of ``cls``.
-    """
-    if "_fast_slots" in cls.__dict__:  # type(cache)(...): it is one already
-        return cls
-    fast = _FAST_CLASSES.get(cls)
-    if fast is None:
-        names = tuple(name for name in HOT_METHODS if getattr(cls, name) is getattr(MapCache, name))
-        namespace = {
-            "__slots__": names,
-            "_fast_slots": names,
-            "__module__": cls.__module__,
-            "__qualname__": cls.__qualname__,
-            "__doc__": cls.__doc__,
-        }
-        made = cast("type[MapCache]", type(cls.__name__, (cls,), namespace))
-        fast = _FAST_CLASSES.setdefault(cls, made)  # two threads may race to make it: one wins
-    return fast
+if _TYPES is not None:  # each hot method calls the cache's builtin (ffi/hot.h)
+    _TYPES.make_hot(MapCache)
