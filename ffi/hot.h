@@ -16,7 +16,7 @@
 #ifndef XMC_PY_HOT_H
 #define XMC_PY_HOT_H
 
-#include "objects.h"
+#include "cache.h"
 
 typedef struct {
     PyObject_HEAD
@@ -28,20 +28,15 @@ typedef PyObject *(*xmc_py_fastfn)(PyObject *self, PyObject *const *args, Py_ssi
 
 static PyTypeObject *xmc_py_fast_type;
 static PyObject *xmc_py_hot_funcs[XMC_PY_NHOT]; /* MapCache's methods, by xmc_py_hot_names */
-static xmc_py_fastfn xmc_py_hot_fns[XMC_PY_NHOT]; /* the builtins' C functions */
 static PyMethodDef xmc_py_hot_defs[XMC_PY_NHOT];
 
-/* MapCache's hot method i on self (a FastCache: the descriptor checked it) */
-static PyObject *xmc_py_hot_call(int i, PyObject *self, PyObject *const *args, Py_ssize_t n,
-                                 PyObject *kwnames)
+/* MapCache's method i, for a cache without builtins: self prepended. */
+static PyObject *xmc_py_hot_method(int i, PyObject *self, PyObject *const *args, Py_ssize_t n,
+                                   PyObject *kwnames)
 {
-    PyObject *native = ((xmc_py_fast *)self)->native; /* set once: lives as long as self */
+    Py_ssize_t total = n + (kwnames ? PyTuple_Size(kwnames) : 0);
     PyObject *stack[8], **buf = stack, *r;
-    Py_ssize_t total;
 
-    if (native)
-        return xmc_py_hot_fns[i](native, args, n, kwnames);
-    total = n + (kwnames ? PyTuple_Size(kwnames) : 0);
     if (total + 1 > (Py_ssize_t)(sizeof(stack) / sizeof(stack[0])) &&
         !(buf = PyMem_Malloc((size_t)(total + 1) * sizeof(*buf))))
         return PyErr_NoMemory();
@@ -54,28 +49,34 @@ static PyObject *xmc_py_hot_call(int i, PyObject *self, PyObject *const *args, P
     return r;
 }
 
-#define XMC_PY_HOT(i)                                                                      \
-    static PyObject *xmc_py_hot_##i(PyObject *self, PyObject *const *args, Py_ssize_t n,  \
-                                    PyObject *kwnames)                                    \
-    {                                                                                      \
-        return xmc_py_hot_call(i, self, args, n, kwnames);                                 \
+/* MapCache's hot method i on self (a FastCache: its descriptor checked it):
+ * the builtin's C function on the cache's NativeCache (set once, it lives
+ * as long as self), else the method. */
+#define XMC_PY_HOT(i, builtin)                                                              \
+    static PyObject *xmc_py_hot_##i(PyObject *self, PyObject *const *args, Py_ssize_t n,   \
+                                    PyObject *kwnames)                                     \
+    {                                                                                       \
+        PyObject *native = ((xmc_py_fast *)self)->native;                                   \
+                                                                                            \
+        return native ? builtin(native, args, n, kwnames)                                   \
+                      : xmc_py_hot_method(i, self, args, n, kwnames);                       \
     }
-XMC_PY_HOT(0)
-XMC_PY_HOT(1)
-XMC_PY_HOT(2)
-XMC_PY_HOT(3)
-XMC_PY_HOT(4)
-XMC_PY_HOT(5)
-XMC_PY_HOT(6)
-XMC_PY_HOT(7)
+XMC_PY_HOT(XMC_PY_MAP_PTR, xmc_py_map_ptr_fast)
+XMC_PY_HOT(XMC_PY_READ, xmc_py_read_fast)
+XMC_PY_HOT(XMC_PY_READINTO, xmc_py_readinto_fast)
+XMC_PY_HOT(XMC_PY_WRITE, xmc_py_write_fast)
+XMC_PY_HOT(XMC_PY_RAM_ADDR, xmc_py_ram_addr_fast)
+XMC_PY_HOT(XMC_PY_UNLOCK, xmc_py_unlock_fast)
+XMC_PY_HOT(XMC_PY_MAP, xmc_py_map_fast)
+XMC_PY_HOT(XMC_PY_MAP_SG, xmc_py_map_sg_fast)
 #undef XMC_PY_HOT
 
-static const xmc_py_fastfn xmc_py_hot_entry[] = {
-    xmc_py_hot_0, xmc_py_hot_1, xmc_py_hot_2, xmc_py_hot_3,
-    xmc_py_hot_4, xmc_py_hot_5, xmc_py_hot_6, xmc_py_hot_7,
+static const xmc_py_fastfn xmc_py_hot_entry[XMC_PY_NHOT] = {
+    [XMC_PY_MAP_PTR] = xmc_py_hot_XMC_PY_MAP_PTR,   [XMC_PY_READ] = xmc_py_hot_XMC_PY_READ,
+    [XMC_PY_READINTO] = xmc_py_hot_XMC_PY_READINTO, [XMC_PY_WRITE] = xmc_py_hot_XMC_PY_WRITE,
+    [XMC_PY_RAM_ADDR] = xmc_py_hot_XMC_PY_RAM_ADDR, [XMC_PY_UNLOCK] = xmc_py_hot_XMC_PY_UNLOCK,
+    [XMC_PY_MAP] = xmc_py_hot_XMC_PY_MAP,           [XMC_PY_MAP_SG] = xmc_py_hot_XMC_PY_MAP_SG,
 };
-_Static_assert(sizeof(xmc_py_hot_entry) / sizeof(xmc_py_hot_entry[0]) == XMC_PY_NHOT,
-               "one entry per hot method");
 
 static int xmc_py_fast_traverse(PyObject *op, visitproc visit, void *arg)
 {
@@ -139,61 +140,92 @@ static PyType_Spec xmc_py_fast_spec = {
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, xmc_py_fast_slots,
 };
 
-/*
- * make_hot(cls): replace each hot method of cls (MapCache, a FastCache) by
- * a method descriptor of cls calling the builtin's C function, documented
- * as the builtin is (its signature, then the method's docstring).  Once.
- */
-static PyObject *xmc_py_make_hot(PyObject *unused, PyObject *cls)
+/* cls.<name i> = a method descriptor of cls calling xmc_py_hot_<i>; 0 or -1 */
+static int xmc_py_put_hot(PyObject *cls, int i)
 {
-    (void)unused;
-    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, xmc_py_fast_type)) {
-        PyErr_SetString(PyExc_TypeError, "make_hot(cls): cls must subclass FastCache");
-        return NULL;
-    }
-    if (xmc_py_hot_funcs[0]) {
-        PyErr_SetString(PyExc_RuntimeError, "make_hot() was called already");
-        return NULL;
-    }
+    PyObject *d = PyDescr_NewMethod((PyTypeObject *)cls, &xmc_py_hot_defs[i]);
+    int rc = d ? PyObject_SetAttrString(cls, xmc_py_hot_names[i], d) : -1;
+
+    Py_XDECREF(d);
+    return rc;
+}
+
+/* The first call, for MapCache: keep its methods, document the builtins and
+ * the descriptors by them, and put the descriptors on it. */
+static int xmc_py_make_hot_first(PyObject *cls)
+{
     for (int i = 0; i < XMC_PY_NHOT; i++)
         if (!(xmc_py_hot_funcs[i] = PyObject_GetAttrString(cls, xmc_py_hot_names[i])))
-            goto fail;
+            return -1;
     if (xmc_py_document_hot(xmc_py_hot_funcs) < 0)
-        goto fail;
+        return -1;
     for (int i = 0; i < XMC_PY_NHOT; i++) {
         PyMethodDef *def = xmc_py_cache_method(xmc_py_hot_names[i]);
         size_t name = strlen(def->ml_name) + 1, len = strlen(def->ml_doc);
         char *doc = PyMem_Malloc(len + 8); /* "name($self, " + the rest and its NUL: kept for good */
-        PyObject *d;
-        int rc;
 
-        if (!doc)
-            return PyErr_NoMemory();
-        memcpy(doc, def->ml_doc, name);           /* "name(" */
-        memcpy(doc + name, "$self, ", 7);          /* the signature of a method */
+        if (!doc) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(doc, def->ml_doc, name);  /* "name(" */
+        memcpy(doc + name, "$self, ", 7); /* the signature of a method */
         memcpy(doc + name + 7, def->ml_doc + name, len - name + 1);
-        xmc_py_hot_fns[i] = (xmc_py_fastfn)(void (*)(void))def->ml_meth;
         xmc_py_hot_defs[i] = (PyMethodDef){ def->ml_name,
                                             (PyCFunction)(void (*)(void))xmc_py_hot_entry[i],
                                             METH_FASTCALL | METH_KEYWORDS, doc };
-        if (!(d = PyDescr_NewMethod((PyTypeObject *)cls, &xmc_py_hot_defs[i])))
-            return NULL; /* half made: cls is unusable, and so is the import */
-        rc = PyObject_SetAttrString(cls, def->ml_name, d);
-        Py_DECREF(d);
-        if (rc < 0)
+        if (xmc_py_put_hot(cls, i) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/*
+ * make_hot(cls, names): the first time (MapCache, a FastCache), replace
+ * each hot method by a method descriptor of cls calling the builtin's C
+ * function, documented as the builtin is (its signature, then the method's
+ * docstring).  Then, for a subclass: the same descriptors, of the subclass,
+ * for the hot methods of names (those it inherits).  CPython specialises
+ * the call of a method descriptor only on an object of exactly its class:
+ * so a subclass's caches are served as MapCache's are.
+ */
+static PyObject *xmc_py_make_hot(PyObject *unused, PyObject *const *args, Py_ssize_t n)
+{
+    PyObject *cls = n == 2 ? args[0] : NULL, *names = n == 2 ? args[1] : NULL;
+
+    (void)unused;
+    if (!cls || !PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, xmc_py_fast_type) ||
+        !PyTuple_Check(names)) {
+        PyErr_SetString(PyExc_TypeError, "make_hot(cls, names): cls subclasses FastCache, names a tuple");
+        return NULL;
+    }
+    if (!xmc_py_hot_funcs[0]) {
+        if (xmc_py_make_hot_first(cls) < 0)
+            return NULL; /* half made: MapCache is unusable, and so is the import */
+        Py_RETURN_NONE;
+    }
+    for (Py_ssize_t k = 0; k < PyTuple_Size(names); k++) {
+        const char *name = PyUnicode_AsUTF8AndSize(PyTuple_GetItem(names, k), NULL);
+        int i = 0;
+
+        if (!name)
+            return NULL;
+        while (i < XMC_PY_NHOT && strcmp(xmc_py_hot_names[i], name))
+            i++;
+        if (i == XMC_PY_NHOT) {
+            PyErr_Format(PyExc_ValueError, "make_hot(): %s is not a hot method", name);
+            return NULL;
+        }
+        if (xmc_py_put_hot(cls, i) < 0)
             return NULL;
     }
     Py_RETURN_NONE;
-fail:
-    for (int i = 0; i < XMC_PY_NHOT; i++)
-        Py_CLEAR(xmc_py_hot_funcs[i]);
-    return NULL;
 }
 
 static PyMethodDef xmc_py_make_hot_def = {
-    "make_hot", xmc_py_make_hot, METH_O,
-    "make_hot(cls)\n--\n\nPut a method descriptor calling the builtin over each of MapCache's "
-    "hot methods (once).",
+    "make_hot", (PyCFunction)(void (*)(void))xmc_py_make_hot, METH_FASTCALL,
+    "make_hot(cls, names)\n--\n\nPut method descriptors calling the builtins over MapCache's hot "
+    "methods (the first call), or a subclass's inherited ones, names.",
 };
 
 #endif /* XMC_PY_HOT_H */

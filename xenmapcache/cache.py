@@ -199,18 +199,6 @@ class MapCache(_FastBase, NoCopy):
     _no_copy_why = "a copy would share the cache's handle and mappings, which either copy may close"
     __signature__: ClassVar[inspect.Signature | None]  # __init__'s (set below the class)
 
-    def __getattr__(self, name: str) -> Any:
-        # Only for what normal lookup misses: a subclass whose __init__ never
-        # called MapCache.__init__ has no core.
-        if not name.startswith("__") and name != "_core" and not hasattr(self, "_core"):
-            raise AttributeError(
-                f"{type(self).__name__}.{name}: the cache was never set up "
-                "(a subclass's __init__ must call super().__init__(...))",
-                name=name,
-                obj=self,
-            )
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self)
-
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:  # its own parameters
@@ -218,6 +206,8 @@ class MapCache(_FastBase, NoCopy):
                 cls.__signature__ = _init_signature(cls)
             except (TypeError, ValueError):  # an __init__ inspect cannot read: not MapCache's
                 cls.__signature__ = None
+        if _TYPES is not None:  # its own descriptors of the hot methods it inherits (ffi/hot.h)
+            _TYPES.make_hot(cls, tuple(name for name in HOT_METHODS if _is_hot(getattr(cls, name))))
 
     def __init__(
         self,
@@ -616,13 +606,24 @@ class MapCache(_FastBase, NoCopy):
         emit_unknown(self._trace, name, address)
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._is_closed():
             raise MapCacheError("the cache is closed")
+
+    def _is_closed(self) -> bool:
+        try:
+            return self._closed
+        except AttributeError:  # a subclass whose __init__ never called MapCache.__init__
+            raise AttributeError(
+                f"{type(self).__name__}: the cache was never set up "
+                "(a subclass's __init__ must call super().__init__(...))",
+                name="_closed",
+                obj=self,
+            ) from None
 
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called (every call but ``close`` then raises)."""
-        return self._closed
+        return self._is_closed()
 
     def close(self) -> None:
         """Unmap everything and drop every record; a second call does nothing.
@@ -643,7 +644,7 @@ class MapCache(_FastBase, NoCopy):
 
         Cost: one unmap per live entry.
         """
-        if self._closed:
+        if self._is_closed():
             return
         # Decide before changing anything: a core call is refused here from
         # inside one of the cache's own callbacks (or in a forked child), and
@@ -674,5 +675,13 @@ MapCache.__signature__ = _init_signature(MapCache)
 # What the builtins of the hot methods fall back on, by name.
 _CHECKED = {name: getattr(MapCache, name) for name in HOT_METHODS}
 
+
+
+def _is_hot(method: object) -> bool:
+    """Whether ``method`` (from a class) is one of the binding's hot method descriptors."""
+    owner = getattr(method, "__objclass__", None)
+    return type(method).__name__ == "method_descriptor" and isinstance(owner, type) and issubclass(owner, MapCache)
+
+
 if _TYPES is not None:  # each hot method calls the cache's builtin (ffi/hot.h)
-    _TYPES.make_hot(MapCache)
+    _TYPES.make_hot(MapCache, HOT_METHODS)
