@@ -267,12 +267,12 @@ struct xmc_cache {
  * map or unmap, a trace hook), so that a call of the callback's into this
  * cache fails with XMC_EREENTER instead of waiting for itself.  The calling
  * thread becomes the callback_thread, for cache_lock(), and its hit slot,
- * if it has one, is marked away (~self, no thread's id: ids are user-space
- * addresses), so that no lock-free hit of the callback's finds a slot: every
- * one takes the locked path, which answers XMC_EREENTER, and the hits need
- * no check of their own.  Only a slot's owner writes a slot that has one;
- * slot_find() and slot_claim() pass over a marked one as taken.  Returns the
- * marked slot, for callback_leave() to give back.
+ * if it has one, is marked away (~self: odd, so neither 0 nor any thread's
+ * id, an aligned address), so that no lock-free hit of the callback's finds
+ * a slot: every one takes the locked path, which answers XMC_EREENTER, and
+ * the hits need no check of their own.  Only a slot's owner writes a slot
+ * that has one; slot_find() and slot_claim() pass over a marked one as
+ * taken.  Returns the marked slot, for callback_leave() to give back.
  */
 static hit_slot *callback_enter(xmc_cache *c)
 {
