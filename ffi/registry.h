@@ -68,7 +68,7 @@ static void xmc_py_unregister(xmc_py_cache *cache, xmc_py_node *e)
 
 /* n mappings of entry e were released (or refused): on the list, the entry
  * goes once none of its mappings is left, and with it the list's reference. */
-static void xmc_py_entry_done(xmc_py_cache *cache, xmc_py_node *e, Py_ssize_t n)
+static inline void xmc_py_entry_done(xmc_py_cache *cache, xmc_py_node *e, Py_ssize_t n)
 {
     if (xmc_py_linked(cache, e) && (e->live -= n) <= 0) {
         xmc_py_unregister(cache, e);
