@@ -10,6 +10,8 @@ import ctypes
 import mmap
 import os
 import subprocess
+import sys
+import textwrap
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
@@ -88,3 +90,30 @@ class Flaky:
 
     def cache(self, xmc: ModuleType, **kwargs: Any) -> Any:
         return xmc.MapCache(xmc.CallbackBackend(self.map, self.unmap), bucket_shift=16, max_size=2 << 16, **kwargs)
+
+
+def run_patched_import(module: str, patch: str, body: str) -> str:
+    """Run ``body`` in a child Python whose ``module`` runs ``patch`` (a line of
+    code, with the module as ``module``) right after it is imported, as a
+    stale or newer checkout would have it; returns the child's stdout."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from importlib.machinery import PathFinder
+
+        class Patched(PathFinder):
+            @classmethod
+            def find_spec(cls, name, path=None, target=None):
+                spec = PathFinder.find_spec(name, path, target)
+                if name == {module!r} and spec is not None:
+                    exec_module = spec.loader.exec_module
+                    def patched(module):
+                        exec_module(module)
+                        {patch}
+                    spec.loader.exec_module = patched
+                return spec
+
+        sys.meta_path.insert(0, Patched)
+        """
+    ) + textwrap.dedent(body)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout

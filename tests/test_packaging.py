@@ -10,17 +10,15 @@ from __future__ import annotations
 import importlib.metadata
 import re
 import shutil
-import subprocess
 import sys
 import sysconfig
 import tarfile
-import textwrap
 import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
-from ctools import REPO, run
+from ctools import REPO, run, run_patched_import
 
 import xenmapcache
 from xenmapcache import _binding
@@ -42,33 +40,18 @@ def test_the_compiled_core_carries_the_version() -> None:
 def test_a_stale_core_is_refused_at_import() -> None:
     # The package moves on to 9.9.9 while the compiled core stays as it was
     # built: the package still imports, and the first cache refuses the core.
-    code = textwrap.dedent(
+    out = run_patched_import(
+        "xenmapcache._version",
+        'module.__version__ = "9.9.9"',
         """
-        import sys
-        from importlib.machinery import PathFinder
-
-        class Moved(PathFinder):  # _version as the next checkout has it
-            @classmethod
-            def find_spec(cls, name, path=None, target=None):
-                spec = PathFinder.find_spec(name, path, target)
-                if name == "xenmapcache._version" and spec is not None:
-                    exec_module = spec.loader.exec_module
-                    def moved(module):
-                        exec_module(module)
-                        module.__version__ = "9.9.9"
-                    spec.loader.exec_module = moved
-                return spec
-
-        sys.meta_path.insert(0, Moved)
         import xenmapcache
         xenmapcache.GuestRAM(1 << 20)  # pure Python: no core needed yet
         try:
             xenmapcache.MapCache(xenmapcache.GuestRAM(1 << 20))
         except ImportError as exc:
             print(exc)
-        """
+        """,
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
     assert f"xenmapcache 9.9.9 found a C core built for version {__version__}" in out
     assert "stale" in out and "pip install" in out
 

@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from ctools import Flaky
+from ctools import Flaky, run_patched_import
 
 import xenmapcache
 import xenmapcache.reference
@@ -553,32 +553,17 @@ def test_the_binding_refuses_another_table_of_hot_methods() -> None:
 def test_a_table_the_binding_was_not_built_for_fails_at_import() -> None:
     # A Python table that names a method the compiled binding lacks (a stale
     # binding): the first cache fails with ImportError, not with a wrong method.
-    code = textwrap.dedent(
+    out = run_patched_import(
+        "xenmapcache._binding",
+        'module.HOT_METHODS += ("locked",)',
         """
-        import sys
-        from importlib.machinery import PathFinder
-
-        class Stale(PathFinder):  # _binding's table, as a stale checkout would have it
-            @classmethod
-            def find_spec(cls, name, path=None, target=None):
-                spec = PathFinder.find_spec(name, path, target)
-                if name == "xenmapcache._binding" and spec is not None:
-                    exec_module = spec.loader.exec_module
-                    def patched(module):
-                        exec_module(module)
-                        module.HOT_METHODS += ("locked",)
-                    spec.loader.exec_module = patched
-                return spec
-
-        sys.meta_path.insert(0, Stale)
         import xenmapcache
         try:
             xenmapcache.MapCache(xenmapcache.GuestRAM(1 << 20))
         except ImportError as exc:
             print(exc)
-        """
+        """,
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
     assert "'locked'" in out and "are not the binding's builtins" in out, out
 
 
