@@ -736,6 +736,19 @@ static int entry_remap(xmc_cache *c, xmc_entry **ep, uint64_t index, uint64_t si
     return XMC_OK;
 }
 
+/* The first entry of the slot of `index` of `size` bytes whose pages
+ * [first, first + n) are valid, or NULL. */
+static inline xmc_entry *entry_find(const xmc_cache *c, uint64_t index, uint64_t size,
+                                    uint64_t first, uint64_t n)
+{
+    xmc_entry *e;
+
+    for (e = c->slots[slot_of(c, index)]; e; e = e->next)
+        if (e->index == index && e->size == size && pages_valid(e, first, n))
+            break;
+    return e;
+}
+
 /*
  * Find in the slot of `index` an entry of `size` bytes whose pages
  * [first, first + n) are valid, else reuse the first unlocked entry of the
@@ -749,15 +762,15 @@ static int find_or_map(xmc_cache *c, uint64_t index, uint64_t size,
     xmc_entry *e, *reuse = NULL;
     int rc;
 
-    for (e = c->slots[slot_of(c, index)]; e; e = e->next) {
-        if (e->index == index && e->size == size && pages_valid(e, first, n)) {
-            c->st.hits++;
-            *out = e;
-            return XMC_OK;
-        }
-        if (!reuse && e->lock == 0 && !c->grants)
-            reuse = e;
+    if ((e = entry_find(c, index, size, first, n))) {
+        c->st.hits++;
+        *out = e;
+        return XMC_OK;
     }
+    if (!c->grants)
+        for (e = c->slots[slot_of(c, index)]; e && !reuse; e = e->next)
+            if (e->lock == 0)
+                reuse = e;
     if (nowait) /* a miss reaches the backend */
         return XMC_EAGAIN;
     c->st.misses++;
@@ -1449,6 +1462,21 @@ static inline bool hit_locked(xmc_cache *c, const xmc_entry *e, uint64_t paddr,
     return true;
 }
 
+/* The pages of a request of `size` bytes at paddr (size 0: the one page of
+ * paddr), and in *cache_size the bytes of whole buckets an entry for it maps. */
+static inline uint64_t request_pages(const xmc_cache *c, uint64_t paddr, uint64_t size,
+                                     uint64_t *cache_size)
+{
+    uint64_t offset = paddr & (c->bucket_size - 1);
+
+    if (!size) {
+        *cache_size = c->bucket_size;
+        return 1;
+    }
+    *cache_size = (offset + size + c->bucket_size - 1) & ~(c->bucket_size - 1);
+    return ((paddr & (XMC_PAGE_SIZE - 1)) + size + XMC_PAGE_SIZE - 1) >> XMC_PAGE_SHIFT;
+}
+
 /* Everything but the fast path, which the caller has tried (or which cannot
  * serve: locked or sized); kept out of line so xmc_map() stays small. */
 XMC_NOINLINE static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size,
@@ -1467,12 +1495,8 @@ XMC_NOINLINE static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size,
     if (lock && c->lock_limit == 0)
         return XMC_EOVERFLOW; /* before any lookup: nothing changes */
     for (;;) {
-        uint64_t cache_size = c->bucket_size, n = 1;
+        uint64_t cache_size, n = request_pages(c, paddr, size, &cache_size);
 
-        if (size) {
-            cache_size = (offset + size + c->bucket_size - 1) & ~(c->bucket_size - 1);
-            n = ((paddr & (XMC_PAGE_SIZE - 1)) + size + XMC_PAGE_SIZE - 1) >> XMC_PAGE_SHIFT;
-        }
         rc = find_or_map(c, index, cache_size, offset >> XMC_PAGE_SHIFT, n, dummy,
                          flags & MAP_NOWAIT, &e);
         if (rc != XMC_EMAP)
@@ -1609,10 +1633,34 @@ XMC_LINE_ALIGNED int xmc_map_nowait(xmc_cache *c, uint64_t paddr, uint64_t size,
  * tally); the entries they mapped stay, unlocked (on a grant cache they go
  * with their last lock, as record_drop() does).
  */
+/*
+ * Segment s of a batch on a usual cache, when it hits: an entry maps it
+ * whole and takes one more lock.  Then its address is in *out and the entry
+ * in *ep, which the caller makes the last entry (once, for a run of hits).
+ * False, with nothing changed, for anything else (a miss, a lock overflow,
+ * no memory for the record), which the caller hands to map_slow().
+ */
+static inline bool sg_hit(xmc_cache *c, const xmc_sg *s, unsigned flags, uint64_t tag,
+                          void **out, xmc_entry **ep)
+{
+    uint64_t offset = s->paddr & (c->bucket_size - 1), cache_size;
+    uint64_t n = request_pages(c, s->paddr, s->size, &cache_size);
+    xmc_entry *e = entry_find(c, s->paddr >> c->shift, cache_size, offset >> XMC_PAGE_SHIFT, n);
+
+    if (!e || e->lock >= c->lock_limit ||
+        record_add(c, e, (uintptr_t)(e->vaddr + offset), s->size, tag, flags & XMC_DMA) != XMC_OK)
+        return false;
+    e->lock++;
+    c->st.hits++;
+    *out = e->vaddr + offset;
+    *ep = e;
+    return true;
+}
+
 static int map_sg_locked(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags,
                          uint64_t tag, void **addrs)
 {
-    xmc_entry *last = get_last(c);
+    xmc_entry *last = get_last(c), *hit = NULL; /* hit: the last entry, not yet set */
     sg_tally t = { 0 }, before = { 0 }; /* before: what segments 0..i-1 moved */
     size_t i;
     int rc = XMC_OK;
@@ -1622,12 +1670,19 @@ static int map_sg_locked(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned fl
             return XMC_EINVAL;
     tally_resume(c, &t);
     for (i = 0; i < n; i++) {
+        if (!c->unusual && sg_hit(c, &segs[i], flags, tag, &addrs[i], &hit))
+            continue; /* (a hit never fails: before is needed only here) */
+        if (hit) /* as if each hit had set it */
+            set_last(c, hit);
+        hit = NULL;
         before = tally_now(c, &t);
         rc = map_slow(c, segs[i].paddr, segs[i].size, flags | XMC_LOCK, tag, &addrs[i]);
         if (rc != XMC_OK)
             break;
     }
     c->tally = NULL;
+    if (hit)
+        set_last(c, hit);
     if (rc == XMC_OK)
         return XMC_OK;
     /* Undo segments i - 1 down to 0, newest first: each one's record is the

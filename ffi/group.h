@@ -368,12 +368,7 @@ static PyObject *xmc_py_new_group(xmc_py_cache *self, PyObject *segments, int dm
             goto out;
         }
     }
-    for (Py_ssize_t i = 0; ok && i < n; i++) {
-        PyObject *seg = PyList_CheckExact(segments) ? PyList_GetItem(segments, i)
-                                                    : PyTuple_GetItem(segments, i);
-        ok = seg && xmc_py_segment(seg, self->max_size, &segs[i]);
-    }
-    if (!ok) {
+    if (!ok || !xmc_py_segments(segments, n, self->max_size, segs, out)) {
         *refused = 1;
         PyErr_Clear();
         goto out;

@@ -142,14 +142,44 @@ static const void *xmc_py_address(PyObject *const *args, Py_ssize_t n, PyObject 
     return (const void *)(uintptr_t)addr;
 }
 
-/* One (paddr, size) segment: an exact tuple of two exact ints in range. */
-static int xmc_py_segment(PyObject *o, uint64_t max_size, xmc_sg *out)
+/*
+ * The n segments of `seq` (an exact list or tuple) into segs[]: each an
+ * exact tuple of two exact ints, a (paddr, size) in range.  0 (no error
+ * set) for anything else.  Three passes, so that the loads of each level
+ * (the tuples, then their ints, cold after a large copy) are in flight
+ * together rather than one after another; `scratch` (n pointers) holds
+ * the tuples meanwhile, segs[] their ints.
+ */
+static int xmc_py_segments(PyObject *seq, Py_ssize_t n, uint64_t max_size, xmc_sg *segs,
+                           void **scratch)
 {
-    if (!PyTuple_CheckExact(o) || Py_SIZE(o) != 2 ||
-        !xmc_py_u64(PyTuple_GetItem(o, 0), &out->paddr) ||
-        !xmc_py_u64(PyTuple_GetItem(o, 1), &out->size) || out->size > max_size ||
-        (out->size && out->paddr > UINT64_MAX - (out->size - 1)))
-        return 0;
+    PyObject *(*item)(PyObject *, Py_ssize_t) = PyList_CheckExact(seq) ? PyList_GetItem
+                                                                       : PyTuple_GetItem;
+
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!(scratch[i] = item(seq, i)))
+            return 0;
+        __builtin_prefetch(scratch[i]);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *o = scratch[i], *a, *b;
+
+        if (!PyTuple_CheckExact(o) || Py_SIZE(o) != 2)
+            return 0;
+        a = PyTuple_GetItem(o, 0);
+        b = PyTuple_GetItem(o, 1);
+        __builtin_prefetch(a);
+        __builtin_prefetch(b);
+        segs[i] = (xmc_sg){ .paddr = (uintptr_t)a, .size = (uintptr_t)b };
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        xmc_sg *s = &segs[i];
+
+        if (!xmc_py_u64((PyObject *)(uintptr_t)s->paddr, &s->paddr) ||
+            !xmc_py_u64((PyObject *)(uintptr_t)s->size, &s->size) || s->size > max_size ||
+            (s->size && s->paddr > UINT64_MAX - (s->size - 1)))
+            return 0;
+    }
     return 1;
 }
 
