@@ -368,7 +368,7 @@ static PyObject *xmc_py_new_group(xmc_py_cache *self, PyObject *segments, int dm
             goto out;
         }
     }
-    if (!ok || !xmc_py_segments(segments, n, self->max_size, segs, out)) {
+    if (!ok || !xmc_py_segments(segments, n, self->max_size, segs)) {
         *refused = 1;
         PyErr_Clear();
         goto out;

@@ -11,20 +11,24 @@
 
 #include "xenmapcache.h"
 
-/* An exact int in [0, 2**64) into *out; 0 (no error set) for anything else. */
-static int xmc_py_u64(PyObject *o, uint64_t *out)
+/* An int (the caller checked its type) in [0, 2**64) into *out; 0 (no
+ * error set) for anything else. */
+static inline int xmc_py_u64_exact(PyObject *o, uint64_t *out)
 {
-    unsigned long long v;
+    unsigned long long v = PyLong_AsUnsignedLongLong(o);
 
-    if (!PyLong_CheckExact(o))
-        return 0;
-    v = PyLong_AsUnsignedLongLong(o);
     if (v == (unsigned long long)-1 && PyErr_Occurred()) {
         PyErr_Clear();
         return 0;
     }
     *out = v;
     return 1;
+}
+
+/* An exact int in [0, 2**64) into *out; 0 (no error set) for anything else. */
+static int xmc_py_u64(PyObject *o, uint64_t *out)
+{
+    return PyLong_CheckExact(o) && xmc_py_u64_exact(o, out);
 }
 
 /* The parameter names, interned by xmc_py_fast_install(): keyword names
@@ -145,39 +149,22 @@ static const void *xmc_py_address(PyObject *const *args, Py_ssize_t n, PyObject 
 /*
  * The n segments of `seq` (an exact list or tuple) into segs[]: each an
  * exact tuple of two exact ints, a (paddr, size) in range.  0 (no error
- * set) for anything else.  Three passes, so that the loads of each level
- * (the tuples, then their ints, cold after a large copy) are in flight
- * together rather than one after another; `scratch` (n pointers) holds
- * the tuples meanwhile, segs[] their ints.
+ * set) for anything else.
  */
-static int xmc_py_segments(PyObject *seq, Py_ssize_t n, uint64_t max_size, xmc_sg *segs,
-                           void **scratch)
+static int xmc_py_segments(PyObject *seq, Py_ssize_t n, uint64_t max_size, xmc_sg *segs)
 {
     PyObject *(*item)(PyObject *, Py_ssize_t) = PyList_CheckExact(seq) ? PyList_GetItem
                                                                        : PyTuple_GetItem;
+    PyTypeObject *tuple = &PyTuple_Type, *int_ = &PyLong_Type;
 
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (!(scratch[i] = item(seq, i)))
-            return 0;
-        __builtin_prefetch(scratch[i]);
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *o = scratch[i], *a, *b;
-
-        if (!PyTuple_CheckExact(o) || Py_SIZE(o) != 2)
-            return 0;
-        a = PyTuple_GetItem(o, 0);
-        b = PyTuple_GetItem(o, 1);
-        __builtin_prefetch(a);
-        __builtin_prefetch(b);
-        segs[i] = (xmc_sg){ .paddr = (uintptr_t)a, .size = (uintptr_t)b };
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *o = item(seq, i), *a, *b;
         xmc_sg *s = &segs[i];
 
-        if (!xmc_py_u64((PyObject *)(uintptr_t)s->paddr, &s->paddr) ||
-            !xmc_py_u64((PyObject *)(uintptr_t)s->size, &s->size) || s->size > max_size ||
-            (s->size && s->paddr > UINT64_MAX - (s->size - 1)))
+        if (!o || Py_TYPE(o) != tuple || Py_SIZE(o) != 2 ||
+            Py_TYPE(a = PyTuple_GetItem(o, 0)) != int_ || Py_TYPE(b = PyTuple_GetItem(o, 1)) != int_ ||
+            !xmc_py_u64_exact(a, &s->paddr) || !xmc_py_u64_exact(b, &s->size) ||
+            s->size > max_size || (s->size && s->paddr > UINT64_MAX - (s->size - 1)))
             return 0;
     }
     return 1;

@@ -98,9 +98,37 @@ MUTANTS = [
     Mutant(
         "reuse-locked-entry",
         "csrc/cache.c",
-        "if (!reuse && e->lock == 0 && !c->grants)",
-        "if (!reuse && !c->grants)",
+        "            if (e->lock == 0)\n                reuse = e;",
+        "            reuse = e;",
         "a miss remaps a locked entry under its holder",
+    ),
+    Mutant(
+        "sg-last-not-flushed",
+        "csrc/cache.c",
+        "        if (hit) /* as if each hit had set it */\n            set_last(c, hit);\n",
+        "",
+        "a batch's hits before a miss leave the last entry where it was",
+    ),
+    Mutant(
+        "sg-last-not-set",
+        "csrc/cache.c",
+        "    c->tally = NULL;\n    if (hit)\n        set_last(c, hit);\n",
+        "    c->tally = NULL;\n",
+        "a batch that ends in hits leaves the last entry where it was",
+    ),
+    Mutant(
+        "sg-hit-ignores-lock-limit",
+        "csrc/cache.c",
+        "    if (!e || e->lock >= c->lock_limit ||",
+        "    if (!e ||",
+        "a batch's hit takes a lock past lock_limit",
+    ),
+    Mutant(
+        "sg-hit-not-counted",
+        "csrc/cache.c",
+        "    e->lock++;\n    c->st.hits++;\n    *out = e->vaddr + offset;",
+        "    e->lock++;\n    *out = e->vaddr + offset;",
+        "a batch's hit is not counted",
     ),
     Mutant(
         "lock-limit-off-by-one",
@@ -154,8 +182,8 @@ MUTANTS = [
     Mutant(
         "copy-writes-before-checking",
         "csrc/cache.c",
-        "        if ((rc = map_slow(c, at, chunk, flags, 0, &p)) != XMC_OK)\n            break;\n",
-        "        if ((rc = map_slow(c, at, chunk, flags, 0, &p)) != XMC_OK)\n            break;\n"
+        "        if ((rc = copy_map(c, at, chunk, flags, &p, &hits)) != XMC_OK)\n            break;\n",
+        "        if ((rc = copy_map(c, at, chunk, flags, &p, &hits)) != XMC_OK)\n            break;\n"
         "        if (to_guest)\n            memcpy(p, buf + (at - paddr), chunk);\n",
         "a write copies each chunk as it maps it (a failed write is half done)",
     ),

@@ -105,6 +105,69 @@ TEST(sg_maps_each_segment_as_a_locked_map)
     fx_teardown();
 }
 
+/*
+ * A batch leaves the last entry where the same locked maps made one by one
+ * leave it: the entry of its last segment when it ends in hits (which set it
+ * once, at the end) or in a miss after hits, and the entry of the segment
+ * before the one that failed when it fails (here, on lock_limit 2).  The
+ * last entry shows in what an unlocked size-0 map of bucket 2 does next:
+ * through a last entry of two buckets at bucket 2 it hits; otherwise no
+ * one-bucket entry of bucket 2 is found, and it misses.
+ */
+static void check_last_entry(const xmc_sg *segs, size_t n, int rc, bool then_hits)
+{
+    fb *tf = fb_new(MIB);
+    xmc_cache *twin, *both[2];
+    xmc_stats s[2];
+    void *out[4], *tout[4], *p;
+    size_t i;
+
+    CHECK(tf != NULL);
+    setup();
+    OK(xmc_cache_new(&tf->be, SHIFT, 4 * B, &twin));
+    both[0] = C;
+    both[1] = twin;
+    for (int k = 0; k < 2; k++) {
+        OK(xmc_cache_set_lock_limit(both[k], 2));
+        MAPC(both[k], 0x2ff00, 0x200, 0); /* bucket 2's entry of two buckets */
+        MAPC(both[k], 0x10000, 0, 0);     /* the last entry is bucket 1's */
+    }
+    CHECK_EQ(xmc_map_sg(C, segs, n, XMC_DMA, TAG, out), rc);
+    for (i = 0; i < n; i++)
+        if (xmc_map(twin, segs[i].paddr, segs[i].size, XMC_LOCK | XMC_DMA, TAG, &tout[i]) !=
+            XMC_OK)
+            break;
+    CHECK_EQ(i == n ? XMC_OK : XMC_EOVERFLOW, rc);
+    for (size_t k = 0; rc != XMC_OK && k < i; k++) /* the batch's undo */
+        OK(xmc_unlock_tag(twin, tout[k], TAG));
+    for (int k = 0; k < 2; k++) {
+        xmc_stats before = xt_stats(both[k]);
+        OK(xmc_map(both[k], 0x20000, 0, 0, 0, &p));
+        s[k] = xt_stats(both[k]);
+        CHECK_EQ(s[k].misses, before.misses + !then_hits);
+    }
+    if (rc != XMC_OK)
+        s[1].hits -= i; /* a failed batch takes back its hits */
+    CHECK(same_stats(s[0], s[1]));
+    if (rc == XMC_OK)
+        OK(xmc_unlock_sg(C, out, n, TAG));
+    fb_done(tf, twin);
+    fx_teardown();
+}
+
+TEST(sg_leaves_the_last_entry_where_single_maps_would)
+{
+    const xmc_sg hits[] = { { 0x10000, 0x10 }, { 0x2ff00, 0x200 } };
+    const xmc_sg then_miss[] = { { 0x2ff00, 0x200 }, { 0x50000, 0x10 } };
+    const xmc_sg miss_then_hit[] = { { 0x50000, 0x10 }, { 0x2ff00, 0x200 } };
+    const xmc_sg overflow[] = { { 0x2ff00, 0x200 }, { 0x2ff00, 0x200 }, { 0x2ff00, 0x200 } };
+
+    check_last_entry(hits, 2, XMC_OK, true);
+    check_last_entry(then_miss, 2, XMC_OK, false);
+    check_last_entry(miss_then_hit, 2, XMC_OK, true);
+    check_last_entry(overflow, 3, XMC_EOVERFLOW, true);
+}
+
 TEST(sg_unlock_drops_every_address_given)
 {
     const xmc_sg segs[] = { { 0x20000, 0x10 }, { 0x20000, 0x10 }, { 0x30000, 0x10 } };
@@ -660,6 +723,7 @@ TEST(sg_nowait_does_not_wait_and_callbacks_get_ereenter)
 
 const xt_test xt_sg_tests[] = {
     XT(sg_maps_each_segment_as_a_locked_map),
+    XT(sg_leaves_the_last_entry_where_single_maps_would),
     XT(sg_unlock_drops_every_address_given),
     XT(sg_unlock_follows_the_tag_and_takes_the_newest),
     XT(sg_unlock_with_one_unknown_address_unlocks_nothing),
