@@ -1634,13 +1634,6 @@ XMC_LINE_ALIGNED int xmc_map_nowait(xmc_cache *c, uint64_t paddr, uint64_t size,
 #define SG_ON_STACK 64 /* addresses a batch keeps on the stack; more are allocated */
 
 /*
- * Map segments 0..n-1 as locked map_locked() calls into addrs[].  When one
- * fails, undo the records of those before it and take back what they moved
- * of hits, misses and remaps (kept apart from other threads' counts by the
- * tally); the entries they mapped stay, unlocked (on a grant cache they go
- * with their last lock, as record_drop() does).
- */
-/*
  * Segment s of a batch on a usual cache, when it hits: an entry maps it
  * whole and takes one more lock.  Then its address is in *out and the entry
  * in *ep, which the caller makes the last entry (once, for a run of hits).
@@ -1664,6 +1657,14 @@ static inline bool sg_hit(xmc_cache *c, const xmc_sg *s, unsigned flags, uint64_
     return true;
 }
 
+/*
+ * Map segments 0..n-1 as locked map_locked() calls into addrs[] (a hit on a
+ * usual cache by sg_hit(), without the rest of that path).  When one fails,
+ * undo the records of those before it and take back what they moved of
+ * hits, misses and remaps (kept apart from other threads' counts by the
+ * tally); the entries they mapped stay, unlocked (on a grant cache they go
+ * with their last lock, as record_drop() does).
+ */
 static int map_sg_locked(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags,
                          uint64_t tag, void **addrs)
 {
@@ -1678,11 +1679,11 @@ static int map_sg_locked(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned fl
     tally_resume(c, &t);
     for (i = 0; i < n; i++) {
         if (!c->unusual && sg_hit(c, &segs[i], flags, tag, &addrs[i], &hit))
-            continue; /* (a hit never fails: before is needed only here) */
+            continue;
         if (hit) /* as if each hit had set it */
             set_last(c, hit);
         hit = NULL;
-        before = tally_now(c, &t);
+        before = tally_now(c, &t); /* (only map_slow() can fail) */
         rc = map_slow(c, segs[i].paddr, segs[i].size, flags | XMC_LOCK, tag, &addrs[i]);
         if (rc != XMC_OK)
             break;
@@ -1777,7 +1778,7 @@ int xmc_map_sg_nowait(xmc_cache *c, const xmc_sg *segs, size_t n, unsigned flags
 /* The hash link of the newest record at addr with tag whose claim is `claimed`
  * (0: none, 1: claimed, 2: claimed and its unlock event told). */
 static XMC_INLINE uint32_t *record_find_claimed(xmc_cache *c, uintptr_t addr, uint64_t tag,
-                                     unsigned claimed)
+                                                unsigned claimed)
 {
     uint32_t *link;
 
