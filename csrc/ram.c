@@ -303,30 +303,10 @@ static int ram_range_check(const xmc_ram *ram, uint64_t paddr, size_t n)
     return XMC_OK;
 }
 
-int xmc_ram_read(xmc_ram *ram, uint64_t paddr, void *buf, size_t n)
-{
-    uint8_t *p = buf;
-    int rc;
-
-    if (!ram || (!buf && n))
-        return XMC_EINVAL;
-    if ((rc = ram_range_check(ram, paddr, n)) != XMC_OK)
-        return rc;
-    while (n) {
-        ssize_t got = pread(ram->fd, p, n, (off_t)paddr);
-
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0)
-            return XMC_ESYS;
-        p += got;
-        paddr += (uint64_t)got;
-        n -= (size_t)got;
-    }
-    return XMC_OK;
-}
-
-int xmc_ram_write(xmc_ram *ram, uint64_t paddr, const void *buf, size_t n)
+/* Read or write n bytes at paddr through the file, a pread() or pwrite() at a
+ * time until done (one that was interrupted is retried); the buffer is
+ * written only when reading. */
+static int ram_io(xmc_ram *ram, uint64_t paddr, const void *buf, size_t n, bool write)
 {
     const uint8_t *p = buf;
     int rc;
@@ -336,17 +316,28 @@ int xmc_ram_write(xmc_ram *ram, uint64_t paddr, const void *buf, size_t n)
     if ((rc = ram_range_check(ram, paddr, n)) != XMC_OK)
         return rc;
     while (n) {
-        ssize_t put = pwrite(ram->fd, p, n, (off_t)paddr);
+        ssize_t done = write ? pwrite(ram->fd, p, n, (off_t)paddr)
+                             : pread(ram->fd, (void *)(uintptr_t)p, n, (off_t)paddr);
 
-        if (put < 0 && errno == EINTR)
+        if (done < 0 && errno == EINTR)
             continue;
-        if (put <= 0)
+        if (done <= 0)
             return XMC_ESYS;
-        p += put;
-        paddr += (uint64_t)put;
-        n -= (size_t)put;
+        p += done;
+        paddr += (uint64_t)done;
+        n -= (size_t)done;
     }
     return XMC_OK;
+}
+
+int xmc_ram_read(xmc_ram *ram, uint64_t paddr, void *buf, size_t n)
+{
+    return ram_io(ram, paddr, buf, n, false);
+}
+
+int xmc_ram_write(xmc_ram *ram, uint64_t paddr, const void *buf, size_t n)
+{
+    return ram_io(ram, paddr, buf, n, true);
 }
 
 const xmc_backend *xmc_ram_backend(xmc_ram *ram)
