@@ -162,7 +162,8 @@ static int xmc_py_segments(PyObject *seq, Py_ssize_t n, uint64_t max_size, xmc_s
         xmc_sg *s = &segs[i];
 
         if (!o || Py_TYPE(o) != tuple || Py_SIZE(o) != 2 ||
-            Py_TYPE(a = PyTuple_GetItem(o, 0)) != int_ || Py_TYPE(b = PyTuple_GetItem(o, 1)) != int_ ||
+            Py_TYPE(a = PyTuple_GetItem(o, 0)) != int_ ||
+            Py_TYPE(b = PyTuple_GetItem(o, 1)) != int_ ||
             !xmc_py_u64_exact(a, &s->paddr) || !xmc_py_u64_exact(b, &s->size) ||
             s->size > max_size || (s->size && s->paddr > UINT64_MAX - (s->size - 1)))
             return 0;
