@@ -195,20 +195,27 @@ def _state(c: Any, ram: Any) -> tuple[Any, ...]:
             st.locked, st.dma_locked, st.entries, c.locked())
 
 
-@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
-def test_an_interrupt_from_the_hook_stops_a_write_before_its_bytes(
-    xmc: ModuleType, ram: Any, interrupt: type[BaseException]
-) -> None:
-    # The core copied the bytes, then the call raised the hook's interrupt.
-    armed: list[int] = []  # how many hits to let go first
+def _interrupt_after(name: str, interrupt: type[BaseException]) -> tuple[Callable[[Any], None], list[int]]:
+    """A trace hook that, once armed with armed.append(n), lets n events called
+    ``name`` go, raises ``interrupt`` at the next one and disarms."""
+    armed: list[int] = []
 
     def hook(event: Any) -> None:
-        if armed and event.name == "hit":
+        if armed and event.name == name:
             armed[0] -= 1
             if armed[0] < 0:
                 armed.clear()
                 raise interrupt()
 
+    return hook, armed
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_an_interrupt_from_the_hook_stops_a_write_before_its_bytes(
+    xmc: ModuleType, ram: Any, interrupt: type[BaseException]
+) -> None:
+    # The core copied the bytes, then the call raised the hook's interrupt.
+    hook, armed = _interrupt_after("hit", interrupt)
     with xmc.MapCache(ram, bucket_shift=19, trace=hook) as c:
         c.write(0x4000 - 4, b"abcdefgh")  # one bucket
         edge = (1 << 19) - 4
@@ -227,15 +234,7 @@ def test_an_interrupt_from_the_hook_stops_an_unlock_before_it_drops(
     xmc: ModuleType, ram: Any, interrupt: type[BaseException]
 ) -> None:
     # The core dropped the lock, then the call raised the hook's interrupt.
-    armed: list[int] = []  # how many unlock events to let go first
-
-    def hook(event: Any) -> None:
-        if armed and event.name == "unlock":
-            armed[0] -= 1
-            if armed[0] < 0:
-                armed.clear()
-                raise interrupt()
-
+    hook, armed = _interrupt_after("unlock", interrupt)
     with xmc.MapCache(ram, trace=hook) as c:
         m, g = c.map(0x3000, 8, dma=True), c.map_sg([(0x3000, 8), (0x4000, 8), (0x3000, 8)], tag="g")
         raw = c.map_ptr(0x5000, 8, lock=True)
