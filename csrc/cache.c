@@ -1484,6 +1484,21 @@ static inline uint64_t request_pages(const xmc_cache *c, uint64_t paddr, uint64_
     return ((paddr & (XMC_PAGE_SIZE - 1)) + size + XMC_PAGE_SIZE - 1) >> XMC_PAGE_SHIFT;
 }
 
+/* One more lock on e, recorded at addr: XMC_EOVERFLOW at lock_limit, or the
+ * record's error, with nothing changed. */
+static XMC_INLINE int entry_lock(xmc_cache *c, xmc_entry *e, uintptr_t addr, uint64_t size,
+                                 uint64_t tag, bool dma)
+{
+    int rc;
+
+    if (e->lock >= c->lock_limit)
+        return XMC_EOVERFLOW;
+    if ((rc = record_add(c, e, addr, size, tag, dma)) != XMC_OK)
+        return rc;
+    e->lock++;
+    return XMC_OK;
+}
+
 /* Everything but the fast path, which the caller has tried (or which cannot
  * serve: locked or sized); kept out of line so xmc_map() stays small. */
 XMC_NOINLINE static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size,
@@ -1528,21 +1543,16 @@ XMC_NOINLINE static int map_locked(xmc_cache *c, uint64_t paddr, uint64_t size,
     }
     if (rc != XMC_OK)
         return rc;
-    if (lock) {
-        if (e->lock >= c->lock_limit) {
+    if (lock && (rc = entry_lock(c, e, (uintptr_t)(e->vaddr + offset), size, tag,
+                                 flags & XMC_DMA)) != XMC_OK) {
+        if (rc == XMC_EOVERFLOW) {
             /* e was locked already, so it was found, not mapped: take back
              * the hit and leave everything as it was. */
             c->st.hits--;
-            return XMC_EOVERFLOW;
+        } else if (c->grants && e->lock == 0) { /* just mapped for this request */
+            entry_destroy(c, e);
         }
-        rc = record_add(c, e, (uintptr_t)(e->vaddr + offset), size, tag,
-                        flags & XMC_DMA);
-        if (rc != XMC_OK) {
-            if (c->grants && e->lock == 0) /* just mapped for this request */
-                entry_destroy(c, e);
-            return rc;
-        }
-        e->lock++;
+        return rc;
     }
     set_last(c, e);
     *out = e->vaddr + offset;
@@ -1647,10 +1657,9 @@ static inline bool sg_hit(xmc_cache *c, const xmc_sg *s, unsigned flags, uint64_
     uint64_t n = request_pages(c, s->paddr, s->size, &cache_size);
     xmc_entry *e = entry_find(c, s->paddr >> c->shift, cache_size, offset >> XMC_PAGE_SHIFT, n);
 
-    if (!e || e->lock >= c->lock_limit ||
-        record_add(c, e, (uintptr_t)(e->vaddr + offset), s->size, tag, flags & XMC_DMA) != XMC_OK)
+    if (!e || entry_lock(c, e, (uintptr_t)(e->vaddr + offset), s->size, tag,
+                         flags & XMC_DMA) != XMC_OK)
         return false;
-    e->lock++;
     c->st.hits++;
     *out = e->vaddr + offset;
     *ep = e;

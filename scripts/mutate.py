@@ -117,24 +117,17 @@ MUTANTS = [
         "a batch that ends in hits leaves the last entry where it was",
     ),
     Mutant(
-        "sg-hit-ignores-lock-limit",
-        "csrc/cache.c",
-        "    if (!e || e->lock >= c->lock_limit ||",
-        "    if (!e ||",
-        "a batch's hit takes a lock past lock_limit",
-    ),
-    Mutant(
         "sg-hit-not-counted",
         "csrc/cache.c",
-        "    e->lock++;\n    c->st.hits++;\n    *out = e->vaddr + offset;",
-        "    e->lock++;\n    *out = e->vaddr + offset;",
+        "    c->st.hits++;\n    *out = e->vaddr + offset;\n    *ep = e;",
+        "    *out = e->vaddr + offset;\n    *ep = e;",
         "a batch's hit is not counted",
     ),
     Mutant(
         "lock-limit-off-by-one",
         "csrc/cache.c",
-        "        if (e->lock >= c->lock_limit) {",
-        "        if (e->lock > c->lock_limit) {",
+        "    if (e->lock >= c->lock_limit)\n        return XMC_EOVERFLOW;",
+        "    if (e->lock > c->lock_limit)\n        return XMC_EOVERFLOW;",
         "one lock more than lock_limit",
     ),
     Mutant(
