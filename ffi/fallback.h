@@ -37,8 +37,8 @@ static PyObject *xmc_py_released(xmc_py_cache *cache, int failed, int rc, const 
     if (failed)
         (void)xmc_py_fail(cache, rc, what, arg, 0);
     else if (!(cache->take_interrupt && xmc_py_interrupted(cache, NULL, NULL, NULL)))
-        r = Py_NewRef(Py_None);
-    Py_DECREF((PyObject *)cache);
+        r = xmc_py_ref(Py_None);
+    xmc_py_unref((PyObject *)cache);
     return r;
 }
 

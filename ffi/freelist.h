@@ -44,7 +44,7 @@ static void xmc_py_fl_free(xmc_py_freelist *fl, PyObject *op)
         fl->items[fl->n++] = op;
     else
         PyObject_GC_Del(op);
-    Py_DECREF(tp);
+    xmc_py_unref((PyObject *)tp);
 }
 
 #endif /* XMC_PY_FREELIST_H */

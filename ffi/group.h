@@ -64,7 +64,7 @@ static PyObject *xmc_py_group_member(xmc_py_group *g, Py_ssize_t i)
         m->seg = &g->segs[i];
         g->members[i] = m;
     }
-    return Py_NewRef((PyObject *)m);
+    return xmc_py_ref((PyObject *)m);
 }
 
 /* g is going and something else can reach its member m: m stands alone from
@@ -128,8 +128,8 @@ static PyObject *xmc_py_group_release(PyObject *op, PyObject *unused)
         addrs[live] = (void *)(uintptr_t)g->segs[i].address;
         idx[live++] = i;
     }
-    Py_INCREF((PyObject *)cache);
-    Py_INCREF(op);
+    xmc_py_ref((PyObject *)cache);
+    xmc_py_ref(op);
     cache->releasing = &g->node; /* the batch's tag, for its unlock events */
     XMC_PY_CALL(rc, xmc_unlock_sg_nowait(cache->c, addrs, (size_t)live, g->node.id),
                 xmc_unlock_sg(cache->c, addrs, (size_t)live, g->node.id));
@@ -147,7 +147,7 @@ static PyObject *xmc_py_group_release(PyObject *op, PyObject *unused)
         PyMem_Free(idx);
     }
     r = xmc_py_released(cache, rc != XMC_OK, rc, "unlock_sg", (uint64_t)live);
-    Py_DECREF(op);
+    xmc_py_unref(op);
     return r;
 }
 
@@ -256,8 +256,8 @@ static int xmc_py_group_clear(PyObject *op)
 {
     xmc_py_group *g = (xmc_py_group *)op;
 
-    Py_CLEAR(g->cache); /* first: release() and the rest then do nothing */
-    Py_CLEAR(g->node.tag);
+    XMC_PY_CLEAR(g->cache); /* first: release() and the rest then do nothing */
+    XMC_PY_CLEAR(g->node.tag);
     return 0;
 }
 
@@ -292,7 +292,7 @@ static void xmc_py_group_dealloc(PyObject *op)
             Py_CLEAR(g->members[i]);
         PyObject_GC_Del(op);
     }
-    Py_DECREF(tp);
+    xmc_py_unref((PyObject *)tp);
 }
 
 static PyMethodDef xmc_py_group_methods[] = {
@@ -379,9 +379,9 @@ static PyObject *xmc_py_new_group(xmc_py_cache *self, PyObject *segments, int dm
     }
     if (!(g = xmc_py_group_alloc(n)))
         goto out;
-    g->cache = (xmc_py_cache *)Py_NewRef((PyObject *)self);
+    g->cache = (xmc_py_cache *)xmc_py_ref((PyObject *)self);
     g->weakrefs = NULL;
-    g->node = (xmc_py_node){ .self = (PyObject *)g, .tag = Py_NewRef(tag), .id = ++self->next_id,
+    g->node = (xmc_py_node){ .self = (PyObject *)g, .tag = xmc_py_ref(tag), .id = ++self->next_id,
                              .live = n, .dma = (char)dma };
     for (Py_ssize_t i = 0; i < n; i++)
         g->segs[i] = (xmc_py_seg){ .paddr = segs[i].paddr, .size = segs[i].size };

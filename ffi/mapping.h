@@ -78,7 +78,7 @@ static PyObject *xmc_py_mapping_release(PyObject *op, PyObject *unused)
 static PyObject *xmc_py_mapping_enter(PyObject *op, PyObject *unused)
 {
     (void)unused;
-    return Py_NewRef(op);
+    return xmc_py_ref(op);
 }
 
 static int xmc_py_mapping_getbuffer(PyObject *op, Py_buffer *view, int flags)
@@ -92,7 +92,7 @@ static int xmc_py_mapping_getbuffer(PyObject *op, Py_buffer *view, int flags)
         return -1;
     }
     /* PyBuffer_FillInfo()'s writable bytes, inline: one call fewer per export */
-    view->obj = Py_NewRef(op);
+    view->obj = xmc_py_ref(op);
     view->buf = (void *)(uintptr_t)seg->address;
     view->len = (Py_ssize_t)seg->size;
     view->readonly = 0;

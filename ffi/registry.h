@@ -42,7 +42,7 @@ static void xmc_py_register(xmc_py_cache *cache, xmc_py_node *e)
         cache->first = e;
     cache->last = e;
     cache->version++;
-    Py_INCREF(e->self);
+    xmc_py_ref(e->self);
 }
 
 /* Whether e is on the cache's list. */
@@ -72,7 +72,7 @@ static inline void xmc_py_entry_done(xmc_py_cache *cache, xmc_py_node *e, Py_ssi
 {
     if (xmc_py_linked(cache, e) && (e->live -= n) <= 0) {
         xmc_py_unregister(cache, e);
-        Py_DECREF(e->self);
+        xmc_py_unref(e->self);
     }
 }
 

@@ -72,8 +72,8 @@ static int xmc_py_bound_clear(PyObject *op)
 {
     xmc_py_bound *b = (xmc_py_bound *)op;
 
-    Py_CLEAR(b->self);
-    Py_CLEAR(b->descr);
+    XMC_PY_CLEAR(b->self);
+    XMC_PY_CLEAR(b->descr);
     return 0;
 }
 
@@ -120,8 +120,8 @@ static PyObject *xmc_py_special_get(PyObject *op, PyObject *obj, PyObject *type)
     if (!b)
         return NULL;
     b->vectorcall = xmc_py_bound_vectorcall;
-    b->descr = (xmc_py_special *)Py_NewRef(op);
-    b->self = Py_NewRef(obj);
+    b->descr = (xmc_py_special *)xmc_py_ref(op);
+    b->self = xmc_py_ref(obj);
     return (PyObject *)b;
 }
 
