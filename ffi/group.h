@@ -359,7 +359,7 @@ static PyObject *xmc_py_new_group(xmc_py_cache *self, PyObject *segments, int dm
 
     *refused = 0;
     ok = (PyList_CheckExact(segments) || PyTuple_CheckExact(segments)) &&
-         (n = PyObject_Length(segments)) > 0 && n <= XMC_SG_MAX;
+         (n = Py_SIZE(segments)) > 0 && n <= XMC_SG_MAX; /* their length, inline */
     if (ok && n > 16) {
         segs = PyMem_Malloc((size_t)n * sizeof(*segs));
         out = PyMem_Malloc((size_t)n * sizeof(*out));

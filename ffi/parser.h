@@ -50,7 +50,7 @@ static const char *xmc_py_known_name(PyObject *name)
 static int xmc_py_kwargs(PyObject *const *values, PyObject *kwnames,
                          const char *const *names, Py_ssize_t nnames, PyObject **slot)
 {
-    Py_ssize_t nkw = PyTuple_Size(kwnames);
+    Py_ssize_t nkw = Py_SIZE(kwnames); /* a tuple, by the vectorcall protocol */
 
     for (Py_ssize_t k = 0; k < nkw; k++) {
         PyObject *name = PyTuple_GetItem(kwnames, k);
@@ -64,7 +64,7 @@ static int xmc_py_kwargs(PyObject *const *values, PyObject *kwnames,
             return 0;
         slot[i] = values[k];
     }
-    return nkw >= 0;
+    return 1;
 }
 
 /*
