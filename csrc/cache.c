@@ -1812,6 +1812,28 @@ static void claims_undo(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag
     }
 }
 
+/*
+ * The batch's unlock when its records are the n newest, in order, as
+ * xmc_map_sg() leaves them: then they are what the lookups would find, and
+ * they go newest first, each the head of its hash chain (chains are newest
+ * first), without a lookup.  False, with nothing changed, when they are not.
+ */
+static bool unlock_sg_newest(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag)
+{
+    uint32_t id = c->newest;
+
+    for (size_t i = n; i-- > 0; id = rec(c, id)->older)
+        if (!id || rec(c, id)->addr != (uintptr_t)addrs[i] || rec(c, id)->tag != tag)
+            return false;
+    while (n--) {
+        uint32_t *link = &c->rhash[rhash_slot(c, rec(c, c->newest)->addr)];
+        while (*link != c->newest)
+            link = &rec(c, *link)->hnext;
+        record_del(c, link);
+    }
+    return true;
+}
+
 /* Claim a record for every address first; when traced, tell every unlock
  * (a refused one stops the batch, nothing changed); then drop the claimed ones. */
 static int unlock_sg_locked(xmc_cache *c, void *const *addrs, size_t n, uint64_t tag)
@@ -1819,6 +1841,9 @@ static int unlock_sg_locked(xmc_cache *c, void *const *addrs, size_t n, uint64_t
     unsigned claim = 1;
     size_t i;
     int rc = XMC_OK;
+
+    if (!c->unusual && unlock_sg_newest(c, addrs, n, tag))
+        return XMC_OK;
 
     for (i = 0; i < n; i++) {
         uint32_t *link = record_find_claimed(c, (uintptr_t)addrs[i], tag, 0);

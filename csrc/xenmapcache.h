@@ -371,7 +371,8 @@ int xmc_write(xmc_cache *c, uint64_t paddr, const void *buf, size_t n);
  * times needs k records), and when one is missing returns XMC_ENOENT having
  * unlocked nothing.  On a grant cache an entry whose last lock goes is
  * unmapped; if that fails the locks are gone all the same and it returns
- * XMC_ESYS.  O(n) hash lookups, no allocation.
+ * XMC_ESYS.  O(n) hash lookups (none for the batch mapped last, its addresses
+ * given in order: its records are the newest), no allocation.
  *
  * Traced (xmc_cache_set_trace), a batch reports each segment as xmc_map()
  * does, the undo of a failed batch as unlocks, and a refused unlock batch as

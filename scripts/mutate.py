@@ -124,6 +124,20 @@ MUTANTS = [
         "a batch's hit is not counted",
     ),
     Mutant(
+        "sg-unlock-newest-ignores-tag",
+        "csrc/cache.c",
+        "(uintptr_t)addrs[i] || rec(c, id)->tag != tag)",
+        "(uintptr_t)addrs[i] || (rec(c, id)->tag != tag && false))",
+        "a batch's unlock drops the newest records at its addresses whatever their tag",
+    ),
+    Mutant(
+        "sg-unlock-newest-ignores-address",
+        "csrc/cache.c",
+        "if (!id || rec(c, id)->addr != (uintptr_t)addrs[i] ||",
+        "if (!id || (rec(c, id)->addr != (uintptr_t)addrs[i] && false) ||",
+        "a batch's unlock drops the newest records with its tag whatever their address",
+    ),
+    Mutant(
         "lock-limit-off-by-one",
         "csrc/cache.c",
         "    if (e->lock >= c->lock_limit)\n        return XMC_EOVERFLOW;",

@@ -214,6 +214,73 @@ TEST(sg_unlock_follows_the_tag_and_takes_the_newest)
     fx_teardown();
 }
 
+/* The records of c and twin, oldest first, alike but for their addresses
+ * (the two caches map the same guest pages at different places). */
+static bool alike_listings(xmc_cache *c, xmc_cache *twin)
+{
+    listing a = list_locked(c), b = list_locked(twin);
+    bool same = a.n == b.n;
+
+    for (size_t i = 0; same && i < a.n; i++)
+        same = a.r[i].paddr == b.r[i].paddr && a.r[i].size == b.r[i].size &&
+               a.r[i].tag == b.r[i].tag && a.r[i].dma == b.r[i].dma;
+    xmc_records_free(a.r);
+    xmc_records_free(b.r);
+    return same;
+}
+
+/*
+ * The unlock of the batch just mapped (its records the newest, which
+ * xmc_unlock_sg() drops without a lookup), of a batch mapped before another
+ * (looked up), and of addresses given twice, with an older record at the
+ * same address and tag: each drops what single xmc_unlock_tag() calls drop
+ * on a twin, in the order given.
+ */
+TEST(sg_unlock_drops_what_single_unlocks_would)
+{
+    const xmc_sg first[] = { { 0x20000, 0x10 }, { 0x30000, 0x20 }, { 0x20000, 0x30 } };
+    const xmc_sg second[] = { { 0x30000, 0x40 }, { 0x50000, 0x50 } };
+    fb *tf = fb_new(MIB);
+    xmc_cache *twin, *both[2];
+    void *out[2][3], *more[2][2];
+
+    CHECK(tf != NULL);
+    setup();
+    OK(xmc_cache_new(&tf->be, SHIFT, 4 * B, &twin));
+    both[0] = C;
+    both[1] = twin;
+    for (int k = 0; k < 2; k++) {
+        MAPC(both[k], 0x20000, 0x10, XMC_LOCK); /* older, at first[0]'s address */
+        OK(xmc_map_sg(both[k], first, 3, XMC_DMA, TAG, out[k]));
+        OK(xmc_map_sg(both[k], second, 2, 0, TAG, more[k]));
+    }
+    CHECK(out[0][0] == out[0][2]);
+    OK(xmc_unlock_sg(C, out[0], 3, TAG)); /* not the newest: looked up */
+    for (int i = 0; i < 3; i++)
+        OK(xmc_unlock_tag(twin, out[1][i], TAG));
+    CHECK(alike_listings(C, twin));
+    CHECK(same_stats(xt_stats(C), xt_stats(twin)));
+    OK(xmc_map_sg(C, first, 3, XMC_DMA, TAG, out[0]));
+    OK(xmc_map_sg(twin, first, 3, XMC_DMA, TAG, out[1]));
+    OK(xmc_unlock_sg(C, out[0], 3, TAG)); /* the newest */
+    for (int i = 0; i < 3; i++)
+        OK(xmc_unlock_tag(twin, out[1][i], TAG));
+    CHECK(alike_listings(C, twin));
+    CHECK(same_stats(xt_stats(C), xt_stats(twin)));
+    OK(xmc_unlock_sg(C, more[0], 2, TAG)); /* the newest again */
+    for (int i = 0; i < 2; i++)
+        OK(xmc_unlock_tag(twin, more[1][i], TAG));
+    CHECK(alike_listings(C, twin));
+    CHECK_EQ(xt_stats(C).locked, 1); /* the older record stays */
+    CHECK(same_stats(xt_stats(C), xt_stats(twin)));
+    for (int k = 0; k < 2; k++) { /* every entry but the older record's is unlocked */
+        OK(xmc_invalidate(both[k], NULL, NULL));
+        CHECK_EQ(xt_stats(both[k]).entries, 1);
+    }
+    fb_done(tf, twin);
+    fx_teardown();
+}
+
 TEST(sg_unlock_with_one_unknown_address_unlocks_nothing)
 {
     const xmc_sg segs[] = { { 0x20000, 0x10 }, { 0x30000, 0x10 } };
@@ -726,6 +793,7 @@ const xt_test xt_sg_tests[] = {
     XT(sg_leaves_the_last_entry_where_single_maps_would),
     XT(sg_unlock_drops_every_address_given),
     XT(sg_unlock_follows_the_tag_and_takes_the_newest),
+    XT(sg_unlock_drops_what_single_unlocks_would),
     XT(sg_unlock_with_one_unknown_address_unlocks_nothing),
     XT(sg_failure_at_segment_k_undoes_the_batch),
     XT(sg_failure_keeps_the_counts_of_calls_made_during_a_translate),
