@@ -58,8 +58,8 @@ static PyObject *xmc_py_mapping_release(PyObject *op, PyObject *unused)
     /* Released, but its entry is on the list until the core call returns:
      * its trace event finds the tag there.  close() may take it off meanwhile. */
     seg->released = 1;
-    Py_INCREF((PyObject *)cache);
-    Py_INCREF(holder);
+    xmc_py_ref((PyObject *)cache);
+    xmc_py_ref(holder);
     cache->releasing = entry; /* for its unlock event's tag_of */
     rc = xmc_py_unlock_mapping(cache, seg->address, entry->id);
     cache->releasing = NULL;
@@ -71,7 +71,7 @@ static PyObject *xmc_py_mapping_release(PyObject *op, PyObject *unused)
         xmc_py_entry_done(cache, entry, 1);
     }
     r = xmc_py_released(cache, rc != XMC_OK && !cache->closed, rc, "unlock", seg->address);
-    Py_DECREF(holder); /* a group going may make m stand alone (group.h) */
+    xmc_py_unref(holder); /* a group going may make m stand alone (group.h) */
     return r;
 }
 
@@ -173,8 +173,8 @@ static int xmc_py_mapping_clear(PyObject *op)
 {
     xmc_py_mapping *m = (xmc_py_mapping *)op;
 
-    Py_CLEAR(m->cache);
-    Py_CLEAR(m->node.tag);
+    XMC_PY_CLEAR(m->cache);
+    XMC_PY_CLEAR(m->node.tag);
     return 0;
 }
 
@@ -258,12 +258,12 @@ static PyObject *xmc_py_new_mapping(xmc_py_cache *self, uint64_t paddr, uint64_t
         return xmc_py_fail(self, XMC_ECLOSED, "map", paddr, size);
     if (!(m = xmc_py_mapping_new(1)))
         return NULL;
-    m->cache = (xmc_py_cache *)Py_NewRef((PyObject *)self);
+    m->cache = (xmc_py_cache *)xmc_py_ref((PyObject *)self);
     m->seg = &m->own;
     m->own.paddr = paddr;
     m->own.size = size;
     m->node.self = (PyObject *)m;
-    m->node.tag = Py_NewRef(tag);
+    m->node.tag = xmc_py_ref(tag);
     m->node.id = ++self->next_id;
     m->node.live = 1;
     m->node.dma = (char)dma;
