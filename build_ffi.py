@@ -57,8 +57,9 @@ def binding_headers() -> list[str]:
     return sorted(f"{BINDING_DIR}/{path.name}" for path in (HERE / BINDING_DIR).glob("*.h"))
 
 
-# hidden: the module exports only PyInit, so calls into the core skip the PLT
-COMPILE_ARGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden"]
+# hidden: the module exports only PyInit, so calls into the core skip the PLT;
+# -O3, as CPython builds itself (the map_sg + os.preadv row: about 0.5% faster)
+COMPILE_ARGS = ["-std=c11", "-O3", "-Wall", "-Wextra", "-fvisibility=hidden"]
 # the stable ABI of 3.12 (cffi alone asks for 3.2's): the binding's builtins
 # take vectorcall arguments; free-threaded builds have no stable ABI
 DEFINE_MACROS = [] if sysconfig.get_config_var("Py_GIL_DISABLED") else [("Py_LIMITED_API", "0x030C0000")]
