@@ -52,19 +52,25 @@ static xmc_py_group *xmc_py_group_alloc(Py_ssize_t n)
     return g;
 }
 
+/* Member i of g, made the first time it is asked for: a new reference. */
+static PyObject *xmc_py_group_member_make(xmc_py_group *g, Py_ssize_t i)
+{
+    xmc_py_mapping *m = xmc_py_mapping_new(0);
+
+    if (!m)
+        return NULL;
+    m->group = g;
+    m->seg = &g->segs[i];
+    g->members[i] = m;
+    return xmc_py_ref((PyObject *)m);
+}
+
 /* Member i of g (a new reference), made the first time. */
-static PyObject *xmc_py_group_member(xmc_py_group *g, Py_ssize_t i)
+static inline PyObject *xmc_py_group_member(xmc_py_group *g, Py_ssize_t i)
 {
     xmc_py_mapping *m = g->members[i];
 
-    if (!m) {
-        if (!(m = xmc_py_mapping_new(0)))
-            return NULL;
-        m->group = g;
-        m->seg = &g->segs[i];
-        g->members[i] = m;
-    }
-    return xmc_py_ref((PyObject *)m);
+    return m ? xmc_py_ref((PyObject *)m) : xmc_py_group_member_make(g, i);
 }
 
 /* g is going and something else can reach its member m: m stands alone from
@@ -272,12 +278,15 @@ static void xmc_py_group_dealloc(PyObject *op)
     PyTypeObject *tp = Py_TYPE(op);
     xmc_py_group *g = (xmc_py_group *)op;
     xmc_py_mapping *m;
+    int left = 0; /* whether a member stands alone now */
 
     PyObject_GC_UnTrack(op);
     for (Py_ssize_t i = 0; i < g->capacity; i++)
-        if ((m = g->members[i]) && (Py_REFCNT((PyObject *)m) > 1 || m->weakrefs))
+        if ((m = g->members[i]) && (Py_REFCNT((PyObject *)m) > 1 || m->weakrefs)) {
             xmc_py_member_leave(g, m);
-    for (Py_ssize_t i = 0; i < g->capacity; i++)
+            left = 1;
+        }
+    for (Py_ssize_t i = 0; left && i < g->capacity; i++)
         if ((m = g->members[i]) && !m->group) {
             g->members[i] = NULL;
             Py_DECREF((PyObject *)m);

@@ -14,7 +14,7 @@
 #include "parser.h"
 
 static PyObject *xmc_py_mapping_release(PyObject *op, PyObject *unused); /* mapping.h */
-static PyObject *xmc_py_group_member(xmc_py_group *g, Py_ssize_t i);     /* group.h */
+static inline PyObject *xmc_py_group_member(xmc_py_group *g, Py_ssize_t i); /* group.h */
 
 /* The group whose entry e is, or NULL (a standalone Mapping's). */
 static xmc_py_group *xmc_py_entry_group(const xmc_py_node *e)
