@@ -105,6 +105,19 @@ TEST(sg_maps_each_segment_as_a_locked_map)
     fx_teardown();
 }
 
+/* setup(), and a twin of C with a backend of its own (returned, for
+ * fb_done()): both[0] is C, both[1] the twin. */
+static fb *setup_with_twin(xmc_cache *both[2])
+{
+    fb *tf = fb_new(MIB);
+
+    CHECK(tf != NULL);
+    setup();
+    OK(xmc_cache_new(&tf->be, SHIFT, 4 * B, &both[1]));
+    both[0] = C;
+    return tf;
+}
+
 /*
  * A batch leaves the last entry where the same locked maps made one by one
  * leave it: the entry of its last segment when it ends in hits (which set it
@@ -116,17 +129,13 @@ TEST(sg_maps_each_segment_as_a_locked_map)
  */
 static void check_last_entry(const xmc_sg *segs, size_t n, int rc, bool then_hits)
 {
-    fb *tf = fb_new(MIB);
-    xmc_cache *twin, *both[2];
+    xmc_cache *both[2];
+    fb *tf = setup_with_twin(both);
+    xmc_cache *twin = both[1];
     xmc_stats s[2];
     void *out[4], *tout[4], *p;
     size_t i;
 
-    CHECK(tf != NULL);
-    setup();
-    OK(xmc_cache_new(&tf->be, SHIFT, 4 * B, &twin));
-    both[0] = C;
-    both[1] = twin;
     for (int k = 0; k < 2; k++) {
         OK(xmc_cache_set_lock_limit(both[k], 2));
         MAPC(both[k], 0x2ff00, 0x200, 0); /* bucket 2's entry of two buckets */
@@ -240,15 +249,11 @@ TEST(sg_unlock_drops_what_single_unlocks_would)
 {
     const xmc_sg first[] = { { 0x20000, 0x10 }, { 0x30000, 0x20 }, { 0x20000, 0x30 } };
     const xmc_sg second[] = { { 0x30000, 0x40 }, { 0x50000, 0x50 } };
-    fb *tf = fb_new(MIB);
-    xmc_cache *twin, *both[2];
+    xmc_cache *both[2];
+    fb *tf = setup_with_twin(both);
+    xmc_cache *twin = both[1];
     void *out[2][3], *more[2][2];
 
-    CHECK(tf != NULL);
-    setup();
-    OK(xmc_cache_new(&tf->be, SHIFT, 4 * B, &twin));
-    both[0] = C;
-    both[1] = twin;
     for (int k = 0; k < 2; k++) {
         MAPC(both[k], 0x20000, 0x10, XMC_LOCK); /* older, at first[0]'s address */
         OK(xmc_map_sg(both[k], first, 3, XMC_DMA, TAG, out[k]));
