@@ -370,6 +370,13 @@ MUTANTS = [
         "a grant unmap that failed in the builtin unlock is retried, and its error lost",
     ),
     Mutant(
+        "binding-int-wraps-negatives",
+        "ffi/parser.h",
+        "    if (v >= 0) {\n",
+        "    if (v >= 0 || v < -1) {\n",
+        "the builtins read a negative int as its value modulo 2**64",
+    ),
+    Mutant(
         "binding-ram-addr-32-bit",
         "ffi/cache.h",
         "        return NULL;\n    return PyLong_FromUnsignedLongLong((unsigned long long)paddr);",

@@ -284,3 +284,36 @@ def test_the_builtins_are_bound_by_name(xmc: ModuleType, cache: Any) -> None:
     assert cache.ram_addr(Int(address)) == 0x1000
     cache.unlock(Int(address))
     assert cache.stats().locked == 0
+
+
+def test_ints_of_every_width_read_exactly(xmc: ModuleType) -> None:
+    # The builtins read an int of one digit, of two or three (a guest address
+    # past 1 GiB, every host address) and past 2**63 each its own way; each
+    # must come out exact, and one out of [0, 2**64) must not wrap into it.
+    ram = xmc.GuestRAM(8 << 30)  # sparse: nothing is touched but the pages written
+    cache = xmc.MapCache(ram)
+    try:
+        paddrs = [0x1234, (1 << 30) - 8, 1 << 30, (1 << 32) + 0x5678, (8 << 30) - 8]
+        for p in paddrs:
+            cache.write(p, p.to_bytes(8, "little"))
+            address = cache.map_ptr(p, 8, lock=True)
+            assert cache.ram_addr(address) == p
+            assert cache.read(p, 8) == p.to_bytes(8, "little")
+            for wrapped in (address - 2**64, address + 2**64, -address):
+                with pytest.raises(xmc.InvalidAddress):
+                    cache.ram_addr(wrapped)
+            cache.unlock(address)
+        with cache.map_sg([(p, 8) for p in paddrs], dma=True) as g:
+            assert [bytes(m) for m in g] == [p.to_bytes(8, "little") for p in paddrs]
+        for past_ram in (8 << 30, 2**63, 2**64 - 1):  # in range, but no guest page there
+            for call in (lambda: cache.map_ptr(past_ram), lambda: cache.map_sg([(past_ram, 1)])):
+                with pytest.raises(xmc.MappingError):
+                    call()
+        for bad in (2**64, -1, -(2**63), -(2**64)):
+            for call in (lambda: cache.map_ptr(bad), lambda: cache.map_sg([(bad, 1)]), lambda: cache.read(0, bad)):
+                with pytest.raises(xmc.InvalidAddress):
+                    call()
+    finally:
+        cache.close()
+        ram.close()
+
