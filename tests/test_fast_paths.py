@@ -317,3 +317,27 @@ def test_ints_of_every_width_read_exactly(xmc: ModuleType) -> None:
         cache.close()
         ram.close()
 
+
+def vm_peak_reset() -> int:
+    """Reset this process's resident high-water mark; its value in KiB now."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return vm_peak()
+
+
+def vm_peak() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+@pytest.mark.parametrize("n", [(1 << 32) + 1, 2**63, 2**64 - 1])
+def test_a_read_past_the_guest_costs_no_memory(xmc: ModuleType, cache: Any, n: int) -> None:
+    # A read of n bytes past the guest's 64 MiB zero-filled a bytearray of n
+    # bytes before the core found the range unmappable: 4 GiB of memory for a
+    # MappingError, or an OverflowError from 2**63 on.
+    before = vm_peak_reset()
+    with pytest.raises(xmc.MappingError):
+        cache.read(0, n)
+    assert vm_peak() - before < 256 * 1024
+    cache.write(32 * MIB - 1, b"\x7f")
+    assert cache.read(0, 32 * MIB)[-1:] == b"\x7f"  # a long read that can be served still is

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import mmap
 import sys
 import sysconfig
 import weakref
@@ -23,6 +24,8 @@ from ._mapping import Mapping, MappingGroup
 from .trace import emit_unknown, guard, take_interrupt
 
 logger = logging.getLogger("xenmapcache")
+
+EAGER_READ = 1 << 24  # a read() up to this many bytes copies into a zero-filled bytearray
 
 
 @functools.cache
@@ -240,11 +243,31 @@ class NativeCore:
         return int(self._ffi.cast("uintptr_t", out[0]))
 
     def read(self, paddr: int, n: int) -> bytes:
-        buf = bytearray(n)  # never a bytes object written through cffi
-        rc = self._lib.xmc_read(self._c, paddr, self._ffi.from_buffer(buf), n)
-        if rc:
-            self._fail(rc, "read", paddr, n)
-        return bytes(buf)
+        # Never a bytes object written through cffi.  A long read lands in
+        # pages the kernel commits only as the copy writes them, and the core
+        # copies only once it has mapped the whole range: a range that cannot
+        # be mapped costs no memory (a bytearray is zero-filled first).
+        if n <= EAGER_READ:
+            buf: bytearray | mmap.mmap = bytearray(n)
+        else:
+            try:
+                buf = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_NORESERVE)
+            except (OverflowError, OSError) as e:
+                # Whose fault: a range that reaches past the guest's pages
+                # says so, as a copy would; else there is no room for it.
+                rc = self._lib.xmc_read(self._c, paddr + n - 1, self._ffi.new("char[1]"), 1)
+                if rc:
+                    self._fail(rc, "read", paddr, n)
+                raise MemoryError(f"read of {n} bytes: no room for them in this process") from e
+        try:
+            with self._ffi.from_buffer(buf) as dst:
+                rc = self._lib.xmc_read(self._c, paddr, dst, n)
+            if rc:
+                self._fail(rc, "read", paddr, n)
+            return bytes(buf)
+        finally:
+            if isinstance(buf, mmap.mmap):
+                buf.close()
 
     def write(self, paddr: int, data: Any) -> None:
         # Release the export before raising: a traceback kept in a reference

@@ -416,6 +416,8 @@ class MapCache(_FastBase, NoCopy):
         :raises InvalidAddress: negative values, or ``paddr + n`` past ``2**64``.
         :raises TypeError: ``paddr`` or ``n`` is not an int.
         :raises MapCacheError: the cache is closed.
+        :raises MemoryError: ``n`` bytes cannot be held in this process (a range
+            that cannot be mapped costs no memory: the copy waits for the maps).
 
         Cost: one C call per request (the GIL is kept for a hit within a page),
         plus the copy of ``n`` bytes into the new object; a miss maps the bucket.
