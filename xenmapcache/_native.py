@@ -253,12 +253,9 @@ class NativeCore:
             try:
                 buf = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_NORESERVE)
             except (OverflowError, OSError) as e:
-                # Whose fault: a range that reaches past the guest's pages
-                # says so, as a copy would; else there is no room for it.
-                rc = self._lib.xmc_read(self._c, paddr + n - 1, self._ffi.new("char[1]"), 1)
-                if rc:
-                    self._fail(rc, "read", paddr, n)
-                raise MemoryError(f"read of {n} bytes: no room for them in this process") from e
+                # No room for n bytes of address space: nor, then, for the
+                # core's maps of the range, which a copy holds all at once.
+                raise_for(self._lib.XMC_EMAP, "read", paddr, n, cause=e)
         try:
             with self._ffi.from_buffer(buf) as dst:
                 rc = self._lib.xmc_read(self._c, paddr, dst, n)

@@ -411,13 +411,12 @@ class MapCache(_FastBase, NoCopy):
         Transient and unlocked: the range may span buckets (it is copied a
         bucket at a time), and nothing stays locked afterwards.
 
-        :raises MappingError: a page of the range cannot be mapped (then
-            nothing is returned).
+        :raises MappingError: a page of the range cannot be mapped, or the
+            range is too large to map in this process (then nothing is
+            returned; a range that cannot be mapped costs no memory).
         :raises InvalidAddress: negative values, or ``paddr + n`` past ``2**64``.
         :raises TypeError: ``paddr`` or ``n`` is not an int.
         :raises MapCacheError: the cache is closed.
-        :raises MemoryError: ``n`` bytes cannot be held in this process (a range
-            that cannot be mapped costs no memory: the copy waits for the maps).
 
         Cost: one C call per request (the GIL is kept for a hit within a page),
         plus the copy of ``n`` bytes into the new object; a miss maps the bucket.
